@@ -1,0 +1,1 @@
+"""Entry points that build a Flink topology from a config and run it."""

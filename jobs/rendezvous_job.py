@@ -1,0 +1,264 @@
+"""The rendezvous job: builds the topology from a config and runs it. Nothing runs at import.
+
+    requests ─ parse ─┐
+                      ├─ union ─ key_by(request_id) ─ mailbox ─┬─ results  -> each request's return address
+    scores ── parse ─┘                                         ├─ canary   -> canary topic
+                                                               ├─ decisions-> decisions topic
+      (parse errors and mailbox rejects) ──────────────────────┼─ dead letters -> dead-letters topic
+                                                               └─ decoy archive -> JSONL files (on checkpoint)
+
+Kafka I/O uses the Flink Kafka connector through Table DDL: the source exposes partition and
+offset (dead letters point back at the record) and the sink takes a per-record topic (the
+return address) and key. Processing is DataStream Python with explicit uids.
+``build_pipeline`` takes the two raw streams and returns the outputs, so tests can swap the
+Kafka ends for collections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from udfs import names
+from udfs.policy import Policy, PolicyError, load_policy
+from udfs.wire import TOPIC_PATTERN
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_FLINK_CONF = REPO_ROOT / "flink-conf" / "config.yaml"
+CONNECTOR_JARS_DIR = REPO_ROOT / "build" / "jars" / "flink"
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    policy: Policy
+    bootstrap: str
+    archive_dir: Path
+    state_dir: Path
+    requests_topic: str = names.TOPIC_REQUESTS
+    scores_topic: str = names.TOPIC_SCORES
+    canary_topic: str = names.TOPIC_CANARY
+    decisions_topic: str = names.TOPIC_DECISIONS
+    dead_letters_topic: str = names.TOPIC_DEAD_LETTERS
+    group_id: str = names.GROUP_RENDEZVOUS
+    flink_conf: Path = DEFAULT_FLINK_CONF
+    flink_overrides: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    results: Any  # DataStream of Row(k, v, topic)
+    canary: Any  # DataStream of Row(k, v)
+    decisions: Any
+    dead_letters: Any
+    archive: Any  # DataStream of str (JSON lines)
+
+
+def flatten_conf(data: Any, prefix: str = "") -> dict[str, str]:
+    """Flink's YAML nests keys; Configuration wants 'a.b.c' strings."""
+    out: dict[str, str] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out.update(flatten_conf(v, f"{prefix}{k}."))
+    elif isinstance(data, list):
+        out[prefix[:-1]] = ";".join(str(x) for x in data)
+    elif isinstance(data, bool):
+        out[prefix[:-1]] = "true" if data else "false"
+    elif data is not None:
+        out[prefix[:-1]] = str(data)
+    return out
+
+
+def connector_jars() -> list[Path]:
+    jars = sorted(CONNECTOR_JARS_DIR.glob("flink-sql-connector-kafka-*.jar"))
+    if not jars:
+        raise SystemExit(f"error: no Flink Kafka connector jar in {CONNECTOR_JARS_DIR}; run `make setup` first")
+    return jars
+
+
+def flink_configuration(cfg: JobConfig) -> dict[str, str]:
+    """The project's flink-conf, plus what only the running process knows (paths, interpreter)."""
+    conf = flatten_conf(yaml.safe_load(cfg.flink_conf.read_text(encoding="utf-8")) or {})
+    site_packages = next(p for p in sys.path if p.endswith("site-packages"))
+    conf.update(
+        {
+            "python.executable": sys.executable,
+            "python.client.executable": sys.executable,
+            # Thread mode runs Python inside the JVM; it needs the venv and the project on its path.
+            "python.pythonpath": f"{site_packages}:{REPO_ROOT}",
+            "pipeline.jars": ";".join(p.resolve().as_uri() for p in connector_jars()),
+            "execution.checkpointing.dir": (cfg.state_dir / "checkpoints").resolve().as_uri(),
+            "execution.checkpointing.savepoint-dir": (cfg.state_dir / "savepoints").resolve().as_uri(),
+        }
+    )
+    conf.update(cfg.flink_overrides)
+    return conf
+
+
+def build_pipeline(requests: Any, scores: Any, policy: Policy) -> Outputs:
+    """Parse, union, key by request id, run the mailbox. Inputs: Row(value bytes, topic, partition, offset)."""
+    from pyflink.common import Types
+
+    from udfs import flink_fn
+
+    parsed_requests = requests.process(
+        flink_fn.ParseFunction(flink_fn.KIND_REQUEST), output_type=flink_fn.PARSED_TYPE
+    ).uid(names.UID_PARSE_REQUESTS).name("parse requests")
+    parsed_scores = scores.process(
+        flink_fn.ParseFunction(flink_fn.KIND_SCORE), output_type=flink_fn.PARSED_TYPE
+    ).uid(names.UID_PARSE_SCORES).name("parse scores")
+    mailbox = (
+        parsed_requests.union(parsed_scores)
+        .key_by(lambda row: row[1], key_type=Types.STRING())
+        .process(flink_fn.MailboxFunction(policy), output_type=flink_fn.ROUTED_RECORD_TYPE)
+        .uid(names.UID_MAILBOX)
+        .name("rendezvous mailbox")
+    )
+    dead_letters = parsed_requests.get_side_output(flink_fn.DEAD_LETTERS).union(
+        parsed_scores.get_side_output(flink_fn.DEAD_LETTERS),
+        mailbox.get_side_output(flink_fn.DEAD_LETTERS),
+    )
+    return Outputs(
+        results=mailbox,
+        canary=mailbox.get_side_output(flink_fn.CANARY),
+        decisions=mailbox.get_side_output(flink_fn.DECISIONS),
+        dead_letters=dead_letters,
+        archive=mailbox.get_side_output(flink_fn.ARCHIVE),
+    )
+
+
+def _kafka_source_ddl(table: str, topic: str, cfg: JobConfig) -> str:
+    return f"""
+        CREATE TEMPORARY TABLE `{table}` (
+          `value` BYTES,
+          `topic` STRING METADATA VIRTUAL,
+          `partition` INT METADATA VIRTUAL,
+          `offset` BIGINT METADATA VIRTUAL
+        ) WITH (
+          'connector' = 'kafka',
+          'topic' = '{topic}',
+          'properties.bootstrap.servers' = '{cfg.bootstrap}',
+          'properties.group.id' = '{cfg.group_id}',
+          'properties.isolation.level' = 'read_committed',
+          'scan.startup.mode' = 'group-offsets',
+          'properties.auto.offset.reset' = 'earliest',
+          'format' = 'raw'
+        )"""
+
+
+def _kafka_sink_ddl(table: str, cfg: JobConfig, topic: str | None) -> str:
+    routed = topic is None
+    columns = "`k` STRING, `v` STRING" + (", `topic` STRING METADATA" if routed else "")
+    target = f"'topic-pattern' = '{TOPIC_PATTERN}'" if routed else f"'topic' = '{topic}'"
+    return f"""
+        CREATE TEMPORARY TABLE `{table}` ({columns}) WITH (
+          'connector' = 'kafka',
+          {target},
+          'properties.bootstrap.servers' = '{cfg.bootstrap}',
+          'properties.linger.ms' = '0',
+          'key.format' = 'raw',
+          'key.fields' = 'k',
+          'value.format' = 'raw',
+          'value.fields-include' = 'EXCEPT_KEY',
+          'sink.delivery-guarantee' = 'at-least-once'
+        )"""
+
+
+def build_job(env: Any, cfg: JobConfig) -> None:
+    """The whole topology on ``env``: Kafka in, the pipeline, Kafka and files out."""
+    from pyflink.common.serialization import Encoder
+    from pyflink.datastream.connectors.file_system import FileSink, OutputFileConfig, RollingPolicy
+    from pyflink.table import StreamTableEnvironment
+
+    t_env = StreamTableEnvironment.create(env)
+    t_env.execute_sql(_kafka_source_ddl("requests_in", cfg.requests_topic, cfg))
+    t_env.execute_sql(_kafka_source_ddl("scores_in", cfg.scores_topic, cfg))
+    select = "SELECT `value`, `topic`, `partition`, `offset` FROM "
+    requests = t_env.to_data_stream(t_env.sql_query(select + "requests_in"))
+    scores = t_env.to_data_stream(t_env.sql_query(select + "scores_in"))
+
+    out = build_pipeline(requests, scores, cfg.policy)
+
+    archive_sink = (
+        FileSink.for_row_format(str(cfg.archive_dir.resolve()), Encoder.simple_string_encoder())
+        .with_output_file_config(OutputFileConfig.builder().with_part_prefix("part").with_part_suffix(".jsonl").build())
+        .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
+        .build()
+    )
+    out.archive.sink_to(archive_sink).uid(names.UID_SINK_ARCHIVE).name("decoy archive")
+
+    t_env.execute_sql(_kafka_sink_ddl("results_out", cfg, None))
+    t_env.execute_sql(_kafka_sink_ddl("canary_out", cfg, cfg.canary_topic))
+    t_env.execute_sql(_kafka_sink_ddl("decisions_out", cfg, cfg.decisions_topic))
+    t_env.execute_sql(_kafka_sink_ddl("dead_letters_out", cfg, cfg.dead_letters_topic))
+    statements = t_env.create_statement_set()
+    statements.add_insert("results_out", t_env.from_data_stream(out.results))
+    statements.add_insert("canary_out", t_env.from_data_stream(out.canary))
+    statements.add_insert("decisions_out", t_env.from_data_stream(out.decisions))
+    statements.add_insert("dead_letters_out", t_env.from_data_stream(out.dead_letters))
+    statements.attach_as_datastream()
+
+
+def make_env(cfg: JobConfig) -> Any:
+    from pyflink.common import Configuration
+    from pyflink.datastream import StreamExecutionEnvironment
+
+    conf = Configuration()
+    for k, v in flink_configuration(cfg).items():
+        conf.set_string(k, v)
+    return StreamExecutionEnvironment.get_execution_environment(conf)
+
+
+def parse_args(argv: list[str] | None) -> JobConfig:
+    ap = argparse.ArgumentParser(prog="rendezvous-job", description=__doc__.split("\n")[0])
+    ap.add_argument("--policy", required=True, type=Path, help="policy YAML file")
+    ap.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers, e.g. 127.0.0.1:9092")
+    ap.add_argument("--archive-dir", type=Path, default=REPO_ROOT / "var" / "archive")
+    ap.add_argument("--state-dir", type=Path, default=REPO_ROOT / "var" / "flink")
+    ap.add_argument("--flink-conf", type=Path, default=DEFAULT_FLINK_CONF)
+    ap.add_argument("--group-id", default=names.GROUP_RENDEZVOUS)
+    ap.add_argument("--requests-topic", default=names.TOPIC_REQUESTS)
+    ap.add_argument("--scores-topic", default=names.TOPIC_SCORES)
+    ap.add_argument("-D", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="Flink configuration override (repeatable)")
+    a = ap.parse_args(argv)
+    try:
+        policy = load_policy(a.policy)
+    except PolicyError as e:
+        ap.exit(2, f"error: invalid policy: {e}\n")
+    overrides = {}
+    for item in a.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"-D expects KEY=VALUE, got {item!r}")
+        overrides[key] = value
+    return JobConfig(
+        policy=policy,
+        bootstrap=a.bootstrap,
+        archive_dir=a.archive_dir,
+        state_dir=a.state_dir,
+        requests_topic=a.requests_topic,
+        scores_topic=a.scores_topic,
+        group_id=a.group_id,
+        flink_conf=a.flink_conf,
+        flink_overrides=overrides,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    env = make_env(cfg)
+    build_job(env, cfg)
+    print(
+        f"rendezvous job: policy v{cfg.policy.version} ({cfg.policy.decide}), Kafka {cfg.bootstrap}",
+        flush=True,
+    )
+    env.execute(f"rendezvous policy-v{cfg.policy.version}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Operating the stack: broker, topics, load generator, demo, archive SQL."""

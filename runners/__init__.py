@@ -1,0 +1,1 @@
+"""Model runners: training, load()+score() models, and the Kafka loop around them."""

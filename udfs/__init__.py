@@ -1,0 +1,1 @@
+"""Rendezvous logic: wire formats, policy, mailbox (pure Python) and the thin Flink adapter."""

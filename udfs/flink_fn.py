@@ -1,0 +1,157 @@
+"""The thin Flink adapter: maps the pure mailbox onto keyed state, timers and side outputs.
+
+Everything that decides anything lives in ``udfs.mailbox`` / ``udfs.policy`` / ``udfs.wire``;
+this module only moves data between them and PyFlink. Records crossing Java and Python are rows
+of plain strings and integers (no pickled project classes), so module renames never break state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from pyflink.common import Row, Types
+from pyflink.datastream import OutputTag
+from pyflink.datastream.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext
+from pyflink.datastream.state import ValueStateDescriptor
+
+from udfs import mailbox as mbx
+from udfs import names
+from udfs.policy import Policy
+from udfs.wire import DeadLetter, Request, Score, Source, parse_request, parse_score
+
+KIND_REQUEST = "request"
+KIND_SCORE = "score"
+
+# A parsed record on its way to the mailbox: kind, request id, the record's text, and where it came from.
+PARSED_TYPE = Types.ROW_NAMED(
+    ["kind", "request_id", "text", "topic", "partition", "offset"],
+    [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.INT(), Types.LONG()],
+)
+# A Kafka record to write: key, value, and (for results) the topic.
+KEYED_RECORD_TYPE = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
+ROUTED_RECORD_TYPE = Types.ROW_NAMED(["k", "v", "topic"], [Types.STRING(), Types.STRING(), Types.STRING()])
+
+DEAD_LETTERS = OutputTag(names.TAG_DEAD_LETTERS, KEYED_RECORD_TYPE)
+CANARY = OutputTag(names.TAG_CANARY, KEYED_RECORD_TYPE)
+DECISIONS = OutputTag(names.TAG_DECISIONS, KEYED_RECORD_TYPE)
+ARCHIVE = OutputTag(names.TAG_ARCHIVE, Types.STRING())
+
+_SIDE_TAGS = {mbx.CANARY: CANARY, mbx.DECISION: DECISIONS, mbx.DEAD_LETTER: DEAD_LETTERS}
+
+
+def _json(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"), allow_nan=False)
+
+
+def _now(ctx: Any) -> int:
+    return int(ctx.timer_service().current_processing_time())
+
+
+class ParseFunction(ProcessFunction):
+    """Raw Kafka rows (value bytes, topic, partition, offset) -> parsed rows, or dead letters."""
+
+    def __init__(self, kind: str) -> None:
+        if kind not in (KIND_REQUEST, KIND_SCORE):
+            raise ValueError(f"kind must be {KIND_REQUEST!r} or {KIND_SCORE!r}")
+        self.kind = kind
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        group = runtime_context.get_metrics_group()
+        self.dead_letters = group.counter(names.METRIC_DEAD_LETTERS)
+
+    def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        data, topic, partition, offset = value[0], value[1], value[2], value[3]
+        source = Source(topic, partition, offset)
+        parsed = parse_request(data, source) if self.kind == KIND_REQUEST else parse_score(data, source)
+        if isinstance(parsed, DeadLetter):
+            self.dead_letters.inc()
+            yield DEAD_LETTERS, Row(parsed.request_id, _json(parsed.to_dict(_now(ctx))))
+            return
+        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        yield Row(self.kind, parsed.request_id, text, topic, partition, offset)
+
+
+class MailboxFunction(KeyedProcessFunction):
+    """One mailbox per request id in a ValueState of versioned JSON, driven by processing time."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.state = runtime_context.get_state(ValueStateDescriptor(names.STATE_MAILBOX, Types.STRING()))
+        group = runtime_context.get_metrics_group()
+        self.counters = {
+            name: group.counter(name)
+            for name in (
+                names.METRIC_REQUESTS,
+                names.METRIC_SCORES,
+                names.METRIC_RESULTS,
+                names.METRIC_NO_ANSWER,
+                names.METRIC_LATE_SCORES,
+                names.METRIC_DUPLICATES,
+                names.METRIC_ORPHANS,
+                names.METRIC_DEAD_LETTERS,
+            )
+        }
+
+    def _load(self) -> mbx.Mailbox | None:
+        text = self.state.value()
+        return None if text is None else mbx.Mailbox.from_json(text)
+
+    def process_element(self, value: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        kind, _rid, text, topic, partition, offset = value
+        now = _now(ctx)
+        source = Source(topic, partition, offset)
+        obj = json.loads(text)  # validated by ParseFunction upstream
+        if kind == KIND_REQUEST:
+            req = Request(
+                obj["request_id"],
+                obj["return_address"],
+                obj["sent_at_ms"],
+                obj["features"],
+                obj.get("deadline_ms"),
+                obj.get("routing_key"),
+            )
+            step = mbx.on_request(self._load(), req, text, source, self.policy, now)
+        else:
+            score = Score(
+                obj["request_id"],
+                obj["model_id"],
+                obj["model_version"],
+                obj["status"],
+                obj.get("output") if obj["status"] == "ok" else None,
+                obj.get("error") if obj["status"] != "ok" else None,
+                obj["scored_at_ms"],
+                float(obj["latency_ms"]),
+            )
+            step = mbx.on_score(self._load(), score, source, self.policy, now)
+        yield from self._apply(step, ctx)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        current = self._load()
+        if current is None:
+            return
+        now = max(int(timestamp), _now(ctx))
+        yield from self._apply(mbx.on_timer(current, self.policy, now), ctx)
+
+    def _apply(self, step: mbx.Step, ctx: Any) -> Iterator[Any]:
+        mb = step.mailbox
+        if mb is None:
+            self.state.clear()
+        else:
+            self.state.update(mb.to_json())
+            if mb.wake_at_ms is not None:
+                ctx.timer_service().register_processing_time_timer(mb.wake_at_ms)
+        for name in step.counts:
+            self.counters[name].inc()
+        for out in step.outputs:
+            if out.kind == mbx.RESULT:
+                yield Row(out.record["request_id"], _json(out.record), out.topic)
+            elif out.kind == mbx.ARCHIVE:
+                yield ARCHIVE, _json(out.record)
+            else:
+                if out.kind == mbx.DEAD_LETTER:
+                    self.counters[names.METRIC_DEAD_LETTERS].inc()
+                yield _SIDE_TAGS[out.kind], Row(out.record.get("request_id"), _json(out.record))

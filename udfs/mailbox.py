@@ -1,0 +1,332 @@
+"""The per-request mailbox and its transitions. Pure Python, no pyflink; time is an argument.
+
+A mailbox lives in Flink keyed state (keyed by request id) as versioned JSON text, never as a
+pickled object, so module renames cannot break a restore. Its life:
+
+    open (request and/or scores arriving) -> decided (official result out; late scores still
+    recorded) -> closed (decision log and canary records out; a small tombstone stays for
+    ``dedupe_retention_ms`` so a replayed or duplicate request never gets a second answer) -> gone.
+
+Scores that arrive before their request wait in the mailbox up to ``orphan_timeout_ms``.
+Each transition returns the records to emit and sets ``wake_at_ms``, the next time the mailbox
+needs a timer; the Flink adapter only stores state, registers that timer and routes the records.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from udfs import names
+from udfs.policy import Decided, Policy, ScoreView, decide
+from udfs.wire import DeadLetter, Request, Score, Source
+
+STATE_VERSION = 1
+
+# Output kinds; the adapter maps each to a Kafka topic, side output or file sink.
+RESULT = "result"
+ARCHIVE = "archive"
+CANARY = "canary"
+DECISION = "decision"
+DEAD_LETTER = "dead_letter"
+
+
+@dataclass(frozen=True)
+class Out:
+    kind: str
+    record: dict[str, Any]
+    topic: str | None = None  # only for results: the request's return address
+
+
+@dataclass
+class Mailbox:
+    request_id: str
+    first_seen_ms: int
+    policy_version: int | None = None  # fixed when the request arrives: one policy per request
+    return_address: str | None = None
+    sent_at_ms: int | None = None
+    deadline_ms: int | None = None  # the request's own override, if any
+    received_at_ms: int | None = None
+    scores: list[dict[str, Any]] = field(default_factory=list)
+    result: dict[str, Any] | None = None
+    closed: bool = False
+    wake_at_ms: int | None = None
+
+    @property
+    def has_request(self) -> bool:
+        return self.received_at_ms is not None
+
+    def deadline_at_ms(self, policy: Policy) -> int:
+        assert self.received_at_ms is not None
+        return self.received_at_ms + (self.deadline_ms or policy.deadline_ms)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "v": STATE_VERSION,
+                "id": self.request_id,
+                "first": self.first_seen_ms,
+                "pv": self.policy_version,
+                "ra": self.return_address,
+                "sent": self.sent_at_ms,
+                "dl": self.deadline_ms,
+                "recv": self.received_at_ms,
+                "scores": self.scores,
+                "result": self.result,
+                "closed": self.closed,
+                "wake": self.wake_at_ms,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Mailbox:
+        d = json.loads(text)
+        if d.get("v") != STATE_VERSION:
+            raise ValueError(f"mailbox state version {d.get('v')!r} is not supported (expected {STATE_VERSION})")
+        return cls(
+            request_id=d["id"],
+            first_seen_ms=d["first"],
+            policy_version=d["pv"],
+            return_address=d["ra"],
+            sent_at_ms=d["sent"],
+            deadline_ms=d["dl"],
+            received_at_ms=d["recv"],
+            scores=d["scores"],
+            result=d["result"],
+            closed=d["closed"],
+            wake_at_ms=d["wake"],
+        )
+
+
+@dataclass
+class Step:
+    """What one transition did: the mailbox to keep (None: clear state), records, counters."""
+
+    mailbox: Mailbox | None
+    outputs: list[Out] = field(default_factory=list)
+    counts: list[str] = field(default_factory=list)
+
+
+def on_request(
+    mb: Mailbox | None, req: Request, raw: str, source: Source, policy: Policy, now_ms: int
+) -> Step:
+    """A request arrives: archive it (once), then decide if the scores already there allow it."""
+    if mb is not None and (mb.has_request or mb.closed):
+        dead = DeadLetter(
+            "duplicate_request",
+            "a request with this id was already received; the first one is answered",
+            source,
+            raw[:4096],
+            raw_truncated=len(raw) > 4096,
+            request_id=req.request_id,
+        )
+        return Step(mb, [Out(DEAD_LETTER, dead.to_dict(now_ms))], [names.METRIC_DUPLICATES])
+    if mb is None:
+        mb = Mailbox(req.request_id, now_ms)
+    mb.policy_version = policy.version
+    mb.return_address = req.return_address
+    mb.sent_at_ms = req.sent_at_ms
+    mb.deadline_ms = req.deadline_ms
+    mb.received_at_ms = now_ms
+    step = Step(mb, [Out(ARCHIVE, _archive_row(req, raw, source, now_ms))], [names.METRIC_REQUESTS])
+    _evaluate(step, mb, policy, now_ms, by_timer=False)
+    return step
+
+
+def on_score(mb: Mailbox | None, score: Score, source: Source, policy: Policy, now_ms: int) -> Step:
+    """A score arrives: record it (flagged late or duplicate if so) and decide if it settles things."""
+    if mb is not None and mb.closed:
+        dead = DeadLetter(
+            "score_after_close",
+            f"score from {score.model_id} arrived after the mailbox closed",
+            source,
+            json.dumps(score.to_dict())[:4096],
+            request_id=score.request_id,
+        )
+        return Step(mb, [Out(DEAD_LETTER, dead.to_dict(now_ms))], [names.METRIC_LATE_SCORES])
+    if mb is None:
+        mb = Mailbox(score.request_id, now_ms)
+        mb.wake_at_ms = now_ms + policy.orphan_timeout_ms
+    entry = score.to_dict()
+    entry["arrived_at_ms"] = now_ms
+    entry["role"] = policy.role_of(score.model_id)
+    entry["duplicate"] = any(s["model_id"] == score.model_id for s in mb.scores)
+    entry["late"] = mb.result is not None
+    entry["src"] = [source.topic, source.partition, source.offset]
+    mb.scores.append(entry)
+    step = Step(mb, counts=[names.METRIC_SCORES])
+    if entry["duplicate"]:
+        step.counts.append(names.METRIC_DUPLICATES)
+    if entry["late"]:
+        step.counts.append(names.METRIC_LATE_SCORES)
+    if mb.has_request and mb.result is None and not entry["duplicate"]:
+        _evaluate(step, mb, policy, now_ms, by_timer=False)
+    return step
+
+
+def on_timer(mb: Mailbox, policy: Policy, now_ms: int) -> Step:
+    """Time passed: a wait or the deadline ran out, the mailbox closes, or state expires."""
+    step = Step(mb)
+    if mb.closed:
+        if mb.wake_at_ms is not None and now_ms >= mb.wake_at_ms:
+            step.mailbox = None
+        return step
+    if not mb.has_request:
+        if mb.wake_at_ms is not None and now_ms >= mb.wake_at_ms:
+            step.outputs.extend(_orphan_letters(mb, now_ms))
+            step.counts.append(names.METRIC_ORPHANS)
+            step.mailbox = None
+        return step
+    if mb.result is None:
+        _evaluate(step, mb, policy, now_ms, by_timer=True)
+        return step
+    if mb.wake_at_ms is not None and now_ms >= mb.wake_at_ms:
+        _close(step, mb, policy, now_ms)
+    return step
+
+
+def _evaluate(step: Step, mb: Mailbox, policy: Policy, now_ms: int, by_timer: bool) -> None:
+    views = {
+        s["model_id"]: ScoreView(s["status"] == "ok", s["output"], s["model_version"])
+        for s in mb.scores
+        if not s["duplicate"] and not s["late"]
+    }
+    verdict = decide(policy, views, mb.received_at_ms or now_ms, mb.deadline_at_ms(policy), now_ms, by_timer)
+    if isinstance(verdict, Decided):
+        mb.result = _result(mb, verdict, policy, now_ms)
+        assert mb.return_address is not None
+        step.outputs.append(Out(RESULT, mb.result, mb.return_address))
+        step.counts.append(names.METRIC_RESULTS)
+        if verdict.reason == "no_answer":
+            step.counts.append(names.METRIC_NO_ANSWER)
+        mb.wake_at_ms = max(now_ms, mb.deadline_at_ms(policy)) + policy.late_window_ms
+    else:
+        mb.wake_at_ms = verdict.wake_at_ms
+
+
+def _result(mb: Mailbox, d: Decided, policy: Policy, now_ms: int) -> dict[str, Any]:
+    assert mb.received_at_ms is not None
+    current = [s for s in mb.scores if not s["duplicate"]]
+    return {
+        "request_id": mb.request_id,
+        "model_id": d.model_id,
+        "model_version": d.model_version,
+        "output": d.output,
+        "reason": d.reason,
+        "trigger": d.trigger,
+        "policy_version": policy.version,
+        "sent_at_ms": mb.sent_at_ms,
+        "received_at_ms": mb.received_at_ms,
+        "decided_at_ms": now_ms,
+        "latency_ms": now_ms - mb.received_at_ms,
+        "answered": [s["model_id"] for s in current if s["status"] == "ok"],
+        "failed": [s["model_id"] for s in current if s["status"] != "ok"],
+    }
+
+
+def _close(step: Step, mb: Mailbox, policy: Policy, now_ms: int) -> None:
+    assert mb.result is not None
+    step.outputs.append(Out(DECISION, _decision_record(mb, now_ms)))
+    if policy.canary is not None:
+        step.outputs.append(Out(CANARY, _canary_record(mb, policy.canary.id)))
+    if policy.dedupe_retention_ms == 0:
+        step.mailbox = None
+        return
+    # Keep only a tombstone: enough to refuse duplicates, small enough for a long retention.
+    step.mailbox = Mailbox(
+        mb.request_id,
+        mb.first_seen_ms,
+        policy_version=mb.policy_version,
+        received_at_ms=mb.received_at_ms,
+        closed=True,
+        wake_at_ms=now_ms + policy.dedupe_retention_ms,
+    )
+
+
+def _public_score(s: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in s.items() if k not in ("src", "request_id")}
+
+
+def _decision_record(mb: Mailbox, now_ms: int) -> dict[str, Any]:
+    assert mb.result is not None
+    return {
+        "request_id": mb.request_id,
+        "policy_version": mb.policy_version,
+        "received_at_ms": mb.received_at_ms,
+        "decided_at_ms": mb.result["decided_at_ms"],
+        "closed_at_ms": now_ms,
+        "result": mb.result,
+        "scores": [_public_score(s) for s in mb.scores],
+    }
+
+
+def _canary_record(mb: Mailbox, canary_id: str) -> dict[str, Any]:
+    assert mb.result is not None
+    res = mb.result
+    canary = next((s for s in mb.scores if s["model_id"] == canary_id and not s["duplicate"]), None)
+    canary_view = None
+    if canary is not None:
+        canary_view = {
+            "model_id": canary["model_id"],
+            "model_version": canary["model_version"],
+            "status": canary["status"],
+            "output": canary["output"],
+            "arrived_at_ms": canary["arrived_at_ms"],
+        }
+    return {
+        "request_id": mb.request_id,
+        "policy_version": mb.policy_version,
+        "decided_at_ms": res["decided_at_ms"],
+        "official": {
+            "model_id": res["model_id"],
+            "model_version": res["model_version"],
+            "output": res["output"],
+            "reason": res["reason"],
+        },
+        "canary": canary_view,
+        "agree": agreement(res["output"] if res["reason"] != "no_answer" else None, canary),
+    }
+
+
+def agreement(official: Any, canary: dict[str, Any] | None) -> bool | None:
+    """Same label, or probabilities on the same side of 0.5; None when there is nothing to compare."""
+    if canary is None or canary["status"] != "ok" or not isinstance(official, dict):
+        return None
+    other = canary["output"] or {}
+    if official.get("label") is not None and other.get("label") is not None:
+        return bool(official["label"] == other["label"])
+    p, q = official.get("probability"), other.get("probability")
+    if p is not None and q is not None:
+        return (p >= 0.5) == (q >= 0.5)
+    return None
+
+
+def _orphan_letters(mb: Mailbox, now_ms: int) -> list[Out]:
+    outs = []
+    for s in mb.scores:
+        topic, partition, offset = s["src"]
+        dead = DeadLetter(
+            "orphan_score",
+            f"no request with this id arrived within the orphan timeout (score from {s['model_id']})",
+            Source(topic, partition, offset),
+            json.dumps(_public_score(s))[:4096],
+            request_id=mb.request_id,
+        )
+        outs.append(Out(DEAD_LETTER, dead.to_dict(now_ms)))
+    return outs
+
+
+def _archive_row(req: Request, raw: str, source: Source, now_ms: int) -> dict[str, Any]:
+    return {
+        "request_id": req.request_id,
+        "received_at_ms": now_ms,
+        "sent_at_ms": req.sent_at_ms,
+        "return_address": req.return_address,
+        "source_topic": source.topic,
+        "partition": source.partition,
+        "offset": source.offset,
+        "features": json.dumps(req.features, separators=(",", ":"), sort_keys=True),
+        "raw": raw,
+    }

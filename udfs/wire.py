@@ -1,0 +1,333 @@
+"""Parsing of the wire formats (see schemas/). Pure Python, no pyflink.
+
+Bad input is data: every parse returns either a record or a ``DeadLetter`` with a reason code,
+never raises. The rules mirror the JSON Schema files in ``schemas/``; tests hold the two together.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_RECORD_BYTES = 64 * 1024
+RAW_PREFIX_CHARS = 4096
+MAX_ERROR_CHARS = 1024
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Same character class as Kafka's own topic-name rule; the results sink is built with the
+# same pattern, so a request can never name a topic the sink would refuse.
+TOPIC_PATTERN = r"[A-Za-z0-9._-]{1,249}"
+TOPIC_RE = re.compile(f"^{TOPIC_PATTERN}$")
+MODEL_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+REQUEST_FIELDS = frozenset(
+    {"request_id", "return_address", "sent_at_ms", "deadline_ms", "routing_key", "features"}
+)
+SCORE_FIELDS = frozenset(
+    {"request_id", "model_id", "model_version", "status", "output", "error", "scored_at_ms", "latency_ms"}
+)
+OUTPUT_FIELDS = frozenset({"label", "probability", "value"})
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a record came from: kept so a dead letter can point back at it."""
+
+    topic: str
+    partition: int | None = None
+    offset: int | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    request_id: str
+    return_address: str
+    sent_at_ms: int
+    features: dict[str, Any]
+    deadline_ms: int | None = None
+    routing_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Score:
+    request_id: str
+    model_id: str
+    model_version: str
+    status: str  # "ok" | "error"
+    output: dict[str, Any] | None
+    error: str | None
+    scored_at_ms: int
+    latency_ms: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "model_id": self.model_id,
+            "model_version": self.model_version,
+            "status": self.status,
+            "output": self.output,
+            "error": self.error,
+            "scored_at_ms": self.scored_at_ms,
+            "latency_ms": self.latency_ms,
+        }
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str
+    detail: str
+    source: Source
+    raw: str
+    raw_truncated: bool = False
+    raw_encoding: str = "utf-8"
+    request_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, at_ms: int) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "detail": self.detail,
+            "source_topic": self.source.topic,
+            "partition": self.source.partition,
+            "offset": self.source.offset,
+            "request_id": self.request_id,
+            "raw": self.raw,
+            "raw_truncated": self.raw_truncated,
+            "raw_encoding": self.raw_encoding,
+            "at_ms": at_ms,
+        }
+
+
+class _Bad(Exception):
+    """Internal: one validation failure, turned into a DeadLetter at the boundary."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, int | float) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _decode(data: bytes | str, source: Source) -> tuple[str | None, DeadLetter | None]:
+    if isinstance(data, str):
+        text = data
+        size = len(text.encode("utf-8", "surrogatepass"))
+    else:
+        size = len(data)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            prefix = data[: RAW_PREFIX_CHARS * 3 // 4]
+            return None, DeadLetter(
+                "not_utf8",
+                f"record is not UTF-8 ({e.reason} at byte {e.start})",
+                source,
+                base64.b64encode(prefix).decode("ascii"),
+                raw_truncated=len(prefix) < len(data),
+                raw_encoding="base64",
+            )
+    if size > MAX_RECORD_BYTES:
+        return None, _dead(
+            "too_large", f"record is {size} bytes, the limit is {MAX_RECORD_BYTES}", source, text
+        )
+    return text, None
+
+
+def _dead(reason: str, detail: str, source: Source, text: str, request_id: str | None = None) -> DeadLetter:
+    return DeadLetter(
+        reason,
+        detail,
+        source,
+        text[:RAW_PREFIX_CHARS],
+        raw_truncated=len(text) > RAW_PREFIX_CHARS,
+        request_id=request_id,
+    )
+
+
+def _load_object(text: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        raise _Bad("not_json", f"not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise _Bad("not_object", f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _reject_constant(name: str) -> Any:
+    # json.loads accepts NaN/Infinity by default; they are not JSON and no model output may be NaN.
+    raise ValueError(f"{name} is not allowed")
+
+
+def _require(obj: dict[str, Any], name: str) -> Any:
+    if name not in obj:
+        raise _Bad("missing_field", f"missing field '{name}'")
+    return obj[name]
+
+
+def _check_unknown(obj: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise _Bad("unknown_field", f"unknown field(s): {', '.join(unknown[:5])}")
+
+
+def _request_id(obj: dict[str, Any]) -> str:
+    rid = _require(obj, "request_id")
+    if not isinstance(rid, str) or not REQUEST_ID_RE.match(rid):
+        raise _Bad("bad_request_id", "request_id must be 1-128 characters of [A-Za-z0-9._:-]")
+    return rid
+
+
+def _safe_request_id(obj: Any) -> str | None:
+    if isinstance(obj, dict):
+        rid = obj.get("request_id")
+        if isinstance(rid, str) and REQUEST_ID_RE.match(rid):
+            return rid
+    return None
+
+
+def parse_request(data: bytes | str, source: Source) -> Request | DeadLetter:
+    """A request record, or the reason it is not one."""
+    text, dead = _decode(data, source)
+    if dead is not None:
+        return dead
+    assert text is not None
+    obj: dict[str, Any] | None = None
+    try:
+        obj = _load_object(text)
+        return _request_from_obj(obj)
+    except _Bad as bad:
+        return _dead(bad.reason, bad.detail, source, text, _safe_request_id(obj))
+
+
+def _request_from_obj(obj: dict[str, Any]) -> Request:
+    rid = _request_id(obj)
+    _check_unknown(obj, REQUEST_FIELDS)
+    ret = _require(obj, "return_address")
+    if not isinstance(ret, str) or not TOPIC_RE.match(ret):
+        raise _Bad("bad_return_address", "return_address must be a Kafka topic name ([A-Za-z0-9._-]{1,249})")
+    sent = _require(obj, "sent_at_ms")
+    if not _is_int(sent) or sent < 0:
+        raise _Bad("bad_field", "sent_at_ms must be a non-negative integer (epoch milliseconds)")
+    features = _require(obj, "features")
+    if not isinstance(features, dict):
+        raise _Bad("bad_field", "features must be an object")
+    for k, v in features.items():
+        if v is not None and not isinstance(v, str | bool) and not _is_number(v):
+            raise _Bad("bad_field", f"features.{k[:64]} must be a number, string, boolean or null")
+    deadline = obj.get("deadline_ms")
+    if deadline is not None and (not _is_int(deadline) or not 1 <= deadline <= 600_000):
+        raise _Bad("bad_field", "deadline_ms must be an integer from 1 to 600000")
+    routing = obj.get("routing_key")
+    if routing is not None and (not isinstance(routing, str) or len(routing) > 256):
+        raise _Bad("bad_field", "routing_key must be a string of at most 256 characters")
+    return Request(rid, ret, sent, features, deadline, routing)
+
+
+def parse_score(data: bytes | str, source: Source) -> Score | DeadLetter:
+    """A score record, or the reason it is not one."""
+    text, dead = _decode(data, source)
+    if dead is not None:
+        return dead
+    assert text is not None
+    obj: dict[str, Any] | None = None
+    try:
+        obj = _load_object(text)
+        return score_from_obj(obj)
+    except _Bad as bad:
+        return _dead(bad.reason, bad.detail, source, text, _safe_request_id(obj))
+
+
+def score_from_obj(obj: dict[str, Any]) -> Score:
+    rid = _request_id(obj)
+    _check_unknown(obj, SCORE_FIELDS)
+    model_id = _require(obj, "model_id")
+    if not isinstance(model_id, str) or not MODEL_ID_RE.match(model_id):
+        raise _Bad("bad_field", "model_id must be 1-64 characters of [A-Za-z0-9._-]")
+    version = _require(obj, "model_version")
+    if not isinstance(version, str) or not 1 <= len(version) <= 128:
+        raise _Bad("bad_field", "model_version must be a string of 1-128 characters")
+    status = _require(obj, "status")
+    if status not in ("ok", "error"):
+        raise _Bad("bad_field", "status must be 'ok' or 'error'")
+    scored = _require(obj, "scored_at_ms")
+    if not _is_int(scored) or scored < 0:
+        raise _Bad("bad_field", "scored_at_ms must be a non-negative integer (epoch milliseconds)")
+    latency = _require(obj, "latency_ms")
+    if not _is_number(latency) or latency < 0:
+        raise _Bad("bad_field", "latency_ms must be a finite number >= 0")
+    output = obj.get("output")
+    error = obj.get("error")
+    if status == "ok":
+        if output is None:
+            raise _Bad("missing_field", "missing field 'output' (required when status is 'ok')")
+        output = check_output(output)
+        error = None
+    else:
+        if not isinstance(error, str) or not error:
+            raise _Bad("missing_field", "missing field 'error' (required when status is 'error')")
+        if output is not None:
+            raise _Bad("bad_output", "output must be null when status is 'error'")
+        error = error[:MAX_ERROR_CHARS]
+    return Score(rid, model_id, version, status, output, error, scored, float(latency))
+
+
+def check_output(output: Any) -> dict[str, Any]:
+    """An output object: label, probability in [0,1], finite value; at least one of them."""
+    if not isinstance(output, dict):
+        raise _Bad("bad_output", "output must be an object")
+    unknown = set(output) - OUTPUT_FIELDS
+    if unknown:
+        raise _Bad("bad_output", f"output has unknown field(s): {', '.join(sorted(unknown)[:5])}")
+    if not output:
+        raise _Bad("bad_output", "output needs at least one of label, probability, value")
+    label = output.get("label")
+    if label is not None and not isinstance(label, str | bool | int):
+        raise _Bad("bad_output", "output.label must be an integer, string or boolean")
+    if isinstance(label, str) and len(label) > 256:
+        raise _Bad("bad_output", "output.label must be at most 256 characters")
+    p = output.get("probability")
+    if p is not None and (not _is_number(p) or not 0.0 <= p <= 1.0):
+        raise _Bad("bad_output", "output.probability must be a finite number in [0, 1]")
+    v = output.get("value")
+    if v is not None and not _is_number(v):
+        raise _Bad("bad_output", "output.value must be a finite number")
+    return dict(output)
+
+
+def request_id_of(data: bytes | str) -> str | None:
+    """Best-effort request id of a record, for keying; None when it cannot be read."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return _safe_request_id(obj)
+
+
+def request_to_dict(req: Request) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "request_id": req.request_id,
+        "return_address": req.return_address,
+        "sent_at_ms": req.sent_at_ms,
+        "features": req.features,
+    }
+    if req.deadline_ms is not None:
+        d["deadline_ms"] = req.deadline_ms
+    if req.routing_key is not None:
+        d["routing_key"] = req.routing_key
+    return d
