@@ -93,6 +93,8 @@ def flink_configuration(cfg: JobConfig) -> dict[str, str]:
             "pipeline.jars": ";".join(p.resolve().as_uri() for p in connector_jars()),
             "execution.checkpointing.dir": (cfg.state_dir / "checkpoints").resolve().as_uri(),
             "execution.checkpointing.savepoint-dir": (cfg.state_dir / "savepoints").resolve().as_uri(),
+            # The mini cluster's REST endpoint on any free port: several jobs may run side by side.
+            "rest.port": "0",
         }
     )
     conf.update(cfg.flink_overrides)
@@ -223,6 +225,9 @@ def parse_args(argv: list[str] | None) -> JobConfig:
     ap.add_argument("--group-id", default=names.GROUP_RENDEZVOUS)
     ap.add_argument("--requests-topic", default=names.TOPIC_REQUESTS)
     ap.add_argument("--scores-topic", default=names.TOPIC_SCORES)
+    ap.add_argument("--canary-topic", default=names.TOPIC_CANARY)
+    ap.add_argument("--decisions-topic", default=names.TOPIC_DECISIONS)
+    ap.add_argument("--dead-letters-topic", default=names.TOPIC_DEAD_LETTERS)
     ap.add_argument("-D", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="Flink configuration override (repeatable)")
     a = ap.parse_args(argv)
@@ -243,6 +248,9 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         state_dir=a.state_dir,
         requests_topic=a.requests_topic,
         scores_topic=a.scores_topic,
+        canary_topic=a.canary_topic,
+        decisions_topic=a.decisions_topic,
+        dead_letters_topic=a.dead_letters_topic,
         group_id=a.group_id,
         flink_conf=a.flink_conf,
         flink_overrides=overrides,

@@ -1,0 +1,62 @@
+# rendezvous: the two commands are `make demo` and `make test`; both run `make setup` first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+JARS   := build/jars
+PYTEST_ARGS ?=
+
+.PHONY: help setup demo test test-unit lint clean distclean sql
+
+help:
+	@echo "make setup   - virtualenv + pinned Python deps + Kafka broker and Flink connector jars (idempotent)"
+	@echo "make demo    - broker, models, runners, rendezvous job, load; prints a summary; stops everything"
+	@echo "make test    - the whole test suite (unit, mini cluster, end-to-end on a real broker)"
+	@echo "make lint    - ruff + mypy"
+	@echo "make sql Q='SELECT ...' - SQL over the decoy archive of the last demo"
+
+setup: $(VENV)/.installed $(JARS)/.fetched
+
+$(VENV)/.installed: pyproject.toml
+	@ver=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null); \
+	  if [ "$$ver" != "3.11" ]; then \
+	    echo "error: Python 3.11 is required (apache-flink 2.2.1 wheels + pinned deps); found '$(PYTHON)' $$ver." >&2; \
+	    echo "       Install python3.11 or run: make setup PYTHON=/path/to/python3.11" >&2; exit 1; fi
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+$(JARS)/.fetched: deps/pom.xml
+	@command -v java >/dev/null || { echo "error: Java 17+ is required (Debian: apt-get install openjdk-17-jdk-headless)." >&2; exit 1; }
+	@jv=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
+	  if [ -z "$$jv" ] || [ "$$jv" -lt 17 ]; then echo "error: Java 17+ is required, found version '$$jv'." >&2; exit 1; fi
+	@command -v mvn >/dev/null || { echo "error: Maven is required to fetch the Kafka broker and Flink connector jars (Debian: apt-get install maven)." >&2; exit 1; }
+	@echo "fetching Kafka broker + Flink Kafka connector jars from Maven Central (deps/pom.xml) ..."
+	mvn --batch-mode --quiet -f deps/pom.xml package
+	@touch $@
+
+demo: setup
+	$(PY) -m ops.demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+sql: setup
+	$(PY) -m ops.archive --archive-dir var/demo/archive "$(Q)"
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+distclean: clean
+	rm -rf $(VENV) build deps/target *.egg-info

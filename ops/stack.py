@@ -1,0 +1,198 @@
+"""Start and stop the moving parts (model runners, the rendezvous job) as processes we own.
+
+Used by the demo, the benchmarks and the end-to-end tests: every process runs in its own
+session with a log file and is stopped by its PID, never by name.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ops import procs
+from udfs import names
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+JOB_READY_TIMEOUT_S = 180.0
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """One model runner process and the faults it should inject."""
+
+    model_id: str
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    fail_rate: float = 0.0
+    drop_rate: float = 0.0
+    seed: int = 0
+
+    def argv(self, models_dir: Path, bootstrap: str, requests_topic: str, scores_topic: str) -> list[str]:
+        return [
+            sys.executable, "-m", "runners.runner",
+            "--model-dir", str(models_dir / self.model_id),
+            "--bootstrap", bootstrap,
+            "--requests-topic", requests_topic,
+            "--scores-topic", scores_topic,
+            "--latency-ms", str(self.latency_ms),
+            "--jitter-ms", str(self.jitter_ms),
+            "--fail-rate", str(self.fail_rate),
+            "--drop-rate", str(self.drop_rate),
+            "--seed", str(self.seed),
+        ]  # fmt: skip
+
+
+@dataclass
+class Processes:
+    """Everything started for one run, stopped in reverse order."""
+
+    started: list[procs.ManagedProcess] = field(default_factory=list)
+
+    def add(self, p: procs.ManagedProcess) -> procs.ManagedProcess:
+        self.started.append(p)
+        return p
+
+    def stop_all(self) -> None:
+        for p in reversed(self.started):
+            p.stop(grace_s=15.0)
+        self.started.clear()
+
+
+def start_runners(
+    specs: Iterable[RunnerSpec],
+    models_dir: Path,
+    bootstrap: str,
+    log_dir: Path,
+    processes: Processes,
+    requests_topic: str = names.TOPIC_REQUESTS,
+    scores_topic: str = names.TOPIC_SCORES,
+    timeout_s: float = 60.0,
+) -> list[procs.ManagedProcess]:
+    """Start one runner per spec and wait until each has its partitions assigned."""
+    started = []
+    for spec in specs:
+        argv = spec.argv(models_dir, bootstrap, requests_topic, scores_topic)
+        p = processes.add(procs.ManagedProcess.start(argv, log_dir / f"runner-{spec.model_id}.log", cwd=REPO_ROOT))
+        started.append((spec, p))
+    for spec, p in started:
+        procs.wait_for(
+            lambda p=p: _ready_or_dead(p, f"runner {spec.model_id} ready"),
+            timeout_s,
+            f"model runner {spec.model_id} to start (log: {p.log_path})",
+        )
+    return [p for _, p in started]
+
+
+def _ready_or_dead(p: procs.ManagedProcess, marker: str) -> bool:
+    if not p.is_running():
+        raise RuntimeError(f"process exited early; last log lines:\n{p.log_tail(30)}")
+    return p.log_path.exists() and marker in p.log_path.read_text(errors="replace")
+
+
+def start_job(
+    policy: Path,
+    bootstrap: str,
+    archive_dir: Path,
+    state_dir: Path,
+    log_path: Path,
+    processes: Processes,
+    extra_args: Sequence[str] = (),
+) -> procs.ManagedProcess:
+    """The rendezvous job on the embedded mini cluster, as a process of its own."""
+    argv = [
+        sys.executable, "-m", "jobs.rendezvous_job",
+        "--policy", str(policy),
+        "--bootstrap", bootstrap,
+        "--archive-dir", str(archive_dir),
+        "--state-dir", str(state_dir),
+        *extra_args,
+    ]  # fmt: skip
+    return processes.add(procs.ManagedProcess.start(argv, log_path, cwd=REPO_ROOT))
+
+
+def wait_until_answering(
+    bootstrap: str,
+    job: procs.ManagedProcess,
+    requests_topic: str = names.TOPIC_REQUESTS,
+    timeout_s: float = JOB_READY_TIMEOUT_S,
+) -> tuple[float, int]:
+    """Send probe requests until one is answered: the job is then reading, deciding and writing.
+
+    Returns (seconds waited, probes sent). Probes are ordinary requests with ids ``probe-…``.
+    """
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from ops import kafka_admin
+
+    return_address = f"results.probe-{uuid.uuid4().hex[:8]}"
+    kafka_admin.create_topics(bootstrap, [return_address])
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=500)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    consumer.subscribe([return_address])
+    start = time.monotonic()
+    sent = 0
+    next_probe = start
+    try:
+        while time.monotonic() - start < timeout_s:
+            if not job.is_running():
+                raise RuntimeError(f"the rendezvous job exited; last log lines:\n{job.log_tail(40)}")
+            if time.monotonic() >= next_probe:
+                rid = f"probe-{uuid.uuid4().hex[:12]}"
+                req = {
+                    "request_id": rid,
+                    "return_address": return_address,
+                    "sent_at_ms": int(time.time() * 1000),
+                    "features": {},
+                }
+                producer.send(requests_topic, key=rid.encode(), value=json.dumps(req).encode())
+                producer.flush()
+                sent += 1
+                next_probe = time.monotonic() + 2.0
+            for _ in consumer:
+                return time.monotonic() - start, sent
+        raise TimeoutError(
+            f"the rendezvous job did not answer a probe within {timeout_s:.0f} s; log: {job.log_path}"
+        )
+    finally:
+        consumer.close()
+        producer.close()
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    """Every JSON record now in a (single- or multi-partition) topic, from the beginning to the end."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        consumer_timeout_ms=1000,
+    )
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        records: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} did not reach its end offsets within {timeout_s:.0f} s")
+            for batch in consumer.poll(timeout_ms=500).values():
+                for msg in batch:
+                    try:
+                        records.append(json.loads(msg.value))
+                    except ValueError:
+                        records.append({"_unreadable": True})
+        return records
+    finally:
+        consumer.close()

@@ -1,0 +1,135 @@
+"""End-to-end fixtures: the real rendezvous job (PyFlink mini cluster) on the real broker.
+
+Each test module gets its own job on its own topics, so modules never see each other's records.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kafka import KafkaConsumer, KafkaProducer
+
+from ops import kafka_admin, stack
+
+
+@dataclass
+class RunningJob:
+    bootstrap: str
+    tag: str
+    requests: str
+    scores: str
+    results: str
+    canary: str
+    decisions: str
+    dead_letters: str
+    archive_dir: Path
+    job: Any
+    processes: stack.Processes
+    producer: KafkaProducer
+
+    def send_request(self, rid: str, **extra: Any) -> dict[str, Any]:
+        req = {"request_id": rid, "return_address": self.results, "sent_at_ms": int(time.time() * 1000),
+               "features": {"amount": 12.5}, **extra}  # fmt: skip
+        self.producer.send(self.requests, key=rid.encode(), value=json.dumps(req).encode())
+        self.producer.flush()
+        return req
+
+    def send_score(self, rid: str, model_id: str, probability: float = 0.9, status: str = "ok") -> None:
+        score: dict[str, Any] = {
+            "request_id": rid, "model_id": model_id, "model_version": f"{model_id}-test",
+            "status": status, "scored_at_ms": int(time.time() * 1000), "latency_ms": 1.0,
+        }  # fmt: skip
+        if status == "ok":
+            score["output"] = {"label": int(probability >= 0.5), "probability": probability}
+        else:
+            score["error"] = "scripted failure"
+        self.producer.send(self.scores, key=rid.encode(), value=json.dumps(score).encode())
+        self.producer.flush()
+
+    def send_raw(self, topic: str, value: bytes) -> None:
+        self.producer.send(topic, value=value)
+        self.producer.flush()
+
+
+class TopicReader:
+    """Reads one topic from the beginning and remembers everything, keyed by request id."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = KafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+            enable_auto_commit=False, group_id=None, isolation_level="read_committed",
+        )  # fmt: skip
+        self.records: list[dict[str, Any]] = []
+
+    def poll(self) -> None:
+        for batch in self.consumer.poll(timeout_ms=200).values():
+            self.records.extend(json.loads(m.value) for m in batch)
+
+    def for_id(self, rid: str) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("request_id") == rid]
+
+    def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.poll()
+            if predicate(self.records):
+                return
+        raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; saw {self.records[-5:]}")
+
+    def settle(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.poll()
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+@pytest.fixture(scope="module")
+def rendezvous_job_factory(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[dict[str, Any]], RunningJob]]:
+    """Start the real job with a given policy on fresh topics; everything is stopped at module end."""
+    started: list[RunningJob] = []
+
+    def start(policy: dict[str, Any]) -> RunningJob:
+        tag = uuid.uuid4().hex[:8]
+        base = tmp_path_factory.mktemp(f"job-{tag}")
+        topics = {k: f"{k}-{tag}" for k in ("requests", "scores", "results", "canary", "decisions", "dead-letters")}
+        kafka_admin.create_topics(kafka_bootstrap, list(topics.values()))
+        policy_path = base / "policy.yaml"
+        policy_path.write_text(yaml.safe_dump(policy))
+        processes = stack.Processes()
+        job = stack.start_job(
+            policy_path, kafka_bootstrap, base / "archive", base / "flink", base / "job.log", processes,
+            extra_args=[
+                "--requests-topic", topics["requests"], "--scores-topic", topics["scores"],
+                "--canary-topic", topics["canary"], "--decisions-topic", topics["decisions"],
+                "--dead-letters-topic", topics["dead-letters"], "--group-id", f"rendezvous-{tag}",
+            ],
+        )  # fmt: skip
+        running = RunningJob(
+            kafka_bootstrap, tag, topics["requests"], topics["scores"], topics["results"], topics["canary"],
+            topics["decisions"], topics["dead-letters"], base / "archive", job, processes,
+            KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=0),
+        )  # fmt: skip
+        started.append(running)
+        try:
+            stack.wait_until_answering(kafka_bootstrap, job, requests_topic=topics["requests"])
+        except Exception:
+            print(job.log_tail(60))
+            raise
+        return running
+
+    yield start
+    for running in started:
+        running.producer.close()
+        running.processes.stop_all()
