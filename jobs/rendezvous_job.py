@@ -76,7 +76,9 @@ def flatten_conf(data: Any, prefix: str = "") -> dict[str, str]:
 def connector_jars() -> list[Path]:
     jars = sorted(CONNECTOR_JARS_DIR.glob("flink-sql-connector-kafka-*.jar"))
     if not jars:
-        raise SystemExit(f"error: no Flink Kafka connector jar in {CONNECTOR_JARS_DIR}; run `make setup` first")
+        raise SystemExit(
+            f"error: no Flink Kafka connector jar in {CONNECTOR_JARS_DIR}; run `make setup` first"
+        )
     return jars
 
 
@@ -107,12 +109,16 @@ def build_pipeline(requests: Any, scores: Any, policy: Policy) -> Outputs:
 
     from udfs import flink_fn
 
-    parsed_requests = requests.process(
-        flink_fn.ParseFunction(flink_fn.KIND_REQUEST), output_type=flink_fn.PARSED_TYPE
-    ).uid(names.UID_PARSE_REQUESTS).name("parse requests")
-    parsed_scores = scores.process(
-        flink_fn.ParseFunction(flink_fn.KIND_SCORE), output_type=flink_fn.PARSED_TYPE
-    ).uid(names.UID_PARSE_SCORES).name("parse scores")
+    parsed_requests = (
+        requests.process(flink_fn.ParseFunction(flink_fn.KIND_REQUEST), output_type=flink_fn.PARSED_TYPE)
+        .uid(names.UID_PARSE_REQUESTS)
+        .name("parse requests")
+    )
+    parsed_scores = (
+        scores.process(flink_fn.ParseFunction(flink_fn.KIND_SCORE), output_type=flink_fn.PARSED_TYPE)
+        .uid(names.UID_PARSE_SCORES)
+        .name("parse scores")
+    )
     mailbox = (
         parsed_requests.union(parsed_scores)
         .key_by(lambda row: row[1], key_type=Types.STRING())
@@ -187,7 +193,9 @@ def build_job(env: Any, cfg: JobConfig) -> None:
 
     archive_sink = (
         FileSink.for_row_format(str(cfg.archive_dir.resolve()), Encoder.simple_string_encoder())
-        .with_output_file_config(OutputFileConfig.builder().with_part_prefix("part").with_part_suffix(".jsonl").build())
+        .with_output_file_config(
+            OutputFileConfig.builder().with_part_prefix("part").with_part_suffix(".jsonl").build()
+        )
         .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
         .build()
     )
@@ -228,8 +236,14 @@ def parse_args(argv: list[str] | None) -> JobConfig:
     ap.add_argument("--canary-topic", default=names.TOPIC_CANARY)
     ap.add_argument("--decisions-topic", default=names.TOPIC_DECISIONS)
     ap.add_argument("--dead-letters-topic", default=names.TOPIC_DEAD_LETTERS)
-    ap.add_argument("-D", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="Flink configuration override (repeatable)")
+    ap.add_argument(
+        "-D",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Flink configuration override (repeatable)",
+    )
     a = ap.parse_args(argv)
     try:
         policy = load_policy(a.policy)

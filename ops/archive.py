@@ -93,7 +93,7 @@ def connect(archive_dir: Path) -> Any:
         listing = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
         source = f"read_parquet([{listing}], hive_partitioning = true)"
     else:  # an empty archive is still a table with the right columns
-        cols = ", ".join(f"CAST(NULL AS {_duck_type(f.type)}) AS \"{f.name}\"" for f in ARCHIVE_SCHEMA)
+        cols = ", ".join(f'CAST(NULL AS {_duck_type(f.type)}) AS "{f.name}"' for f in ARCHIVE_SCHEMA)
         source = f"(SELECT {cols}, CAST(NULL AS VARCHAR) AS hour WHERE false)"
     con.execute(
         f"CREATE VIEW {TABLE} AS SELECT *, to_timestamp(received_at_ms / 1000.0) AS received_at FROM {source}"

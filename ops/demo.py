@@ -60,7 +60,9 @@ def run(count: int, rate: float, bad: int, policy_path: Path, keep: bool) -> int
     t0 = time.monotonic()
     try:
         say("starting a single-node Kafka broker (KRaft) ...")
-        broker = KafkaBroker.start(DEMO_DIR / "broker", port=procs.free_port(), controller_port=procs.free_port())
+        broker = KafkaBroker.start(
+            DEMO_DIR / "broker", port=procs.free_port(), controller_port=procs.free_port()
+        )
         kafka_admin.ensure_default_topics(broker.bootstrap)
         say(f"broker ready at {broker.bootstrap} (pid {broker.pid}); topics: {', '.join(names.ALL_TOPICS)}")
 
@@ -68,7 +70,9 @@ def run(count: int, rate: float, bad: int, policy_path: Path, keep: bool) -> int
         trained = ensure_trained(MODELS_DIR)
         for model_id, meta in sorted(trained.items()):
             metrics = meta.get("metrics", {})
-            say(f"  {model_id:7s} {meta.get('model_version', '?'):24s} holdout AUC {metrics.get('auc', float('nan')):.3f}")
+            say(
+                f"  {model_id:7s} {meta.get('model_version', '?'):24s} holdout AUC {metrics.get('auc', float('nan')):.3f}"
+            )
 
         say("starting model runners: " + ", ".join(
             f"{s.model_id} ({policy.role_of(s.model_id)}, ~{s.latency_ms:.0f}±{s.jitter_ms:.0f} ms"
@@ -82,7 +86,12 @@ def run(count: int, rate: float, bad: int, policy_path: Path, keep: bool) -> int
             f"{policy.decide}, deadline {policy.deadline_ms} ms) ...")  # fmt: skip
         archive_dir = DEMO_DIR / "archive"
         job = stack.start_job(
-            policy_path, broker.bootstrap, archive_dir, DEMO_DIR / "flink", DEMO_DIR / "logs" / "job.log", processes
+            policy_path,
+            broker.bootstrap,
+            archive_dir,
+            DEMO_DIR / "flink",
+            DEMO_DIR / "logs" / "job.log",
+            processes,
         )
         waited, probes = stack.wait_until_answering(broker.bootstrap, job)
         say(f"job answering after {waited:.1f} s ({probes} probe request(s))")

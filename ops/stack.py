@@ -78,11 +78,13 @@ def start_runners(
     started = []
     for spec in specs:
         argv = spec.argv(models_dir, bootstrap, requests_topic, scores_topic)
-        p = processes.add(procs.ManagedProcess.start(argv, log_dir / f"runner-{spec.model_id}.log", cwd=REPO_ROOT))
+        p = processes.add(
+            procs.ManagedProcess.start(argv, log_dir / f"runner-{spec.model_id}.log", cwd=REPO_ROOT)
+        )
         started.append((spec, p))
     for spec, p in started:
         procs.wait_for(
-            lambda p=p: _ready_or_dead(p, f"runner {spec.model_id} ready"),
+            lambda p=p, marker=f"runner {spec.model_id} ready": _ready_or_dead(p, marker),
             timeout_s,
             f"model runner {spec.model_id} to start (log: {p.log_path})",
         )
@@ -132,7 +134,9 @@ def wait_until_answering(
 
     return_address = f"results.probe-{uuid.uuid4().hex[:8]}"
     kafka_admin.create_topics(bootstrap, [return_address])
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=500)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=500
+    )
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     consumer.subscribe([return_address])
     start = time.monotonic()

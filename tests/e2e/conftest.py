@@ -76,7 +76,9 @@ class TopicReader:
     def for_id(self, rid: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("request_id") == rid]
 
-    def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout_s: float, what: str) -> None:
+    def wait_for(
+        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout_s: float, what: str
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.poll()
@@ -103,7 +105,9 @@ def rendezvous_job_factory(
     def start(policy: dict[str, Any]) -> RunningJob:
         tag = uuid.uuid4().hex[:8]
         base = tmp_path_factory.mktemp(f"job-{tag}")
-        topics = {k: f"{k}-{tag}" for k in ("requests", "scores", "results", "canary", "decisions", "dead-letters")}
+        topics = {
+            k: f"{k}-{tag}" for k in ("requests", "scores", "results", "canary", "decisions", "dead-letters")
+        }
         kafka_admin.create_topics(kafka_bootstrap, list(topics.values()))
         policy_path = base / "policy.yaml"
         policy_path.write_text(yaml.safe_dump(policy))

@@ -92,7 +92,9 @@ def test_incumbent_in_time_wins_at_once(job: RunningJob, results: TopicReader) -
     assert res["latency_ms"] < 400
 
 
-def test_slow_incumbent_falls_back_to_challenger_after_its_wait(job: RunningJob, results: TopicReader) -> None:
+def test_slow_incumbent_falls_back_to_challenger_after_its_wait(
+    job: RunningJob, results: TopicReader
+) -> None:
     rid = _rid("slow")
     job.send_request(rid)
     job.send_score(rid, "logreg", 0.2)
@@ -216,12 +218,17 @@ def test_malformed_records_become_dead_letters_and_the_job_keeps_answering(
     job.send_raw(job.scores, json.dumps({"request_id": f"bad-{marker}", "model_id": "gbt"}).encode())
     job.send_raw(job.scores, b'{"request_id": "x", "probability": NaN}')
     dead_letters.wait_for(
-        lambda recs: sum(1 for d in recs if marker in d.get("raw", "") or d.get("request_id") == f"bad-{marker}")
-        >= 3,
+        lambda recs: (
+            sum(1 for d in recs if marker in d.get("raw", "") or d.get("request_id") == f"bad-{marker}") >= 3
+        ),
         20,
         "dead letters for the malformed records",
     )
-    mine = [d for d in dead_letters.records if marker in d.get("raw", "") or d.get("request_id") == f"bad-{marker}"]
+    mine = [
+        d
+        for d in dead_letters.records
+        if marker in d.get("raw", "") or d.get("request_id") == f"bad-{marker}"
+    ]
     for d in dead_letters.records:
         _validate(d, "dead_letter.schema.json")
         assert isinstance(d["offset"], int) and d["source_topic"] in (job.requests, job.scores)
@@ -244,7 +251,9 @@ def test_every_request_is_in_the_decoy_archive(job: RunningJob, results: TopicRe
     found: dict[str, str] = {}
     end = time.monotonic() + deadline_s
     while time.monotonic() < end and len(found) < len(rids):
-        _, rows = archive.query(job.archive_dir, "SELECT request_id, raw FROM decoy WHERE request_id LIKE 'archived-%'")
+        _, rows = archive.query(
+            job.archive_dir, "SELECT request_id, raw FROM decoy WHERE request_id LIKE 'archived-%'"
+        )
         found = dict(rows)
         time.sleep(1.0)  # rows appear when a checkpoint commits the part file
     assert set(found) == set(rids)

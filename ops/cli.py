@@ -1,0 +1,41 @@
+"""`rendezvous <command> ...`: one entry point that hands over to each part's own CLI."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "broker": ("ops.broker", "start/stop/status a single-node KRaft Kafka broker"),
+    "train": ("runners.train", "train the demo models on synthetic data"),
+    "runner": ("runners.runner", "run one model runner (Kafka in, scores out)"),
+    "job": ("jobs.rendezvous_job", "run the rendezvous job on the embedded Flink mini cluster"),
+    "load": ("ops.loadgen", "open-loop load generator and result collector"),
+    "sql": ("ops.archive", "SQL (DuckDB) over the decoy archive"),
+    "demo": ("ops.demo", "the whole stack with load and a summary (what `make demo` runs)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: rendezvous <command> [args...]", "", "commands:"]
+    lines += [f"  {name:8s} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines.append("\n`rendezvous <command> --help` shows each command's options.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    result = module.main(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

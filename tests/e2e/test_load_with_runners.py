@@ -1,0 +1,73 @@
+"""Real scikit-learn model runners, the real job and the load generator, on the real broker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ops import archive, loadgen, stack
+from runners.train import ensure_trained
+from tests.e2e.conftest import RunningJob
+
+pytestmark = pytest.mark.e2e
+
+POLICY = {
+    "version": 2,
+    "deadline_ms": 1000,
+    "decide": "first_in_order",
+    "models": [
+        {"id": "gbt", "role": "incumbent", "wait_ms": 300},
+        {"id": "logreg", "role": "challenger", "wait_ms": 600},
+        {"id": "tree", "role": "backstop"},
+        {"id": "base", "role": "canary"},
+    ],
+}
+COUNT = 400
+
+
+def test_every_request_answered_exactly_once_and_archived(
+    rendezvous_job_factory: Callable[[dict[str, Any]], RunningJob], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    job = rendezvous_job_factory(POLICY)
+    models_dir: Path = tmp_path_factory.mktemp("models")
+    ensure_trained(models_dir, rows=3000)
+    specs = [
+        stack.RunnerSpec("gbt", latency_ms=2, fail_rate=0.05, drop_rate=0.05, seed=1),
+        stack.RunnerSpec("logreg", latency_ms=1, seed=2),
+        stack.RunnerSpec("tree", seed=3),
+        stack.RunnerSpec("base", seed=4),
+    ]
+    stack.start_runners(
+        specs, models_dir, job.bootstrap, tmp_path_factory.mktemp("runner-logs"), job.processes,
+        requests_topic=job.requests, scores_topic=job.scores,
+    )  # fmt: skip
+
+    report = loadgen.run_load(
+        job.bootstrap, count=COUNT, rate=100, requests_topic=job.requests, scores_topic=job.scores,
+        return_address=job.results, settle_ms=5000,
+    )  # fmt: skip
+
+    assert report.sent == COUNT
+    assert report.answered == COUNT, f"unanswered: {report.unanswered_sample}"
+    assert report.duplicates == 0 and report.conflicting == 0
+    assert report.invalid_results == 0  # every result validates against result.schema.json
+    # gbt drops or fails ~10% of requests: those go to the challenger; everything else to gbt.
+    assert report.wins_by_model.get("gbt", 0) > COUNT * 0.7
+    assert report.wins_by_model.get("logreg", 0) > 0
+    assert set(report.by_reason) <= {"preferred", "fallback", "backstop"}
+
+    rows: list[tuple[Any, ...]] = []
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        _, rows = archive.query(
+            job.archive_dir,
+            f"SELECT count(*), count(DISTINCT request_id) FROM decoy WHERE request_id LIKE '{report.run_id}-%'",
+        )
+        if rows[0][1] == COUNT:
+            break
+        time.sleep(1.0)
+    assert rows[0] == (COUNT, COUNT)  # every request archived exactly once
