@@ -1,0 +1,260 @@
+"""Small process helpers shared by everything that runs a JVM or a worker in the background.
+
+Processes run in their own session so that stopping one also stops anything it spawned, and they
+are tracked by PID files so that a later CLI call can stop what an earlier one started.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+JAVA_MIN_VERSION = 17
+JAVA_INSTALL_HINT = "install it with `apt-get install openjdk-17-jre-headless` (or set JAVA_HOME)"
+
+
+def repo_root() -> Path:
+    """The checkout root, so paths like build/jars work from any working directory."""
+    return Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    """True if nothing listens on 127.0.0.1:port (racy, like any such check)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def port_accepts(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """True if a TCP connection to host:port succeeds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
+    """Poll until predicate() is truthy; the TimeoutError names what we were waiting for."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@functools.cache
+def java_bin() -> str:
+    """Path of a Java 17+ executable (JAVA_HOME first, then PATH), or a RuntimeError saying how to get one."""
+    java_home = os.environ.get("JAVA_HOME")
+    candidate = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    if not candidate or not os.access(candidate, os.X_OK):
+        raise RuntimeError(f"Java {JAVA_MIN_VERSION}+ not found; {JAVA_INSTALL_HINT}")
+    out = subprocess.run([candidate, "-version"], capture_output=True, text=True, check=False)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not match:
+        raise RuntimeError(f"cannot tell the version of {candidate}; {JAVA_INSTALL_HINT}")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8.0" style
+        major = int(match.group(2))
+    if major < JAVA_MIN_VERSION:
+        raise RuntimeError(f"{candidate} is Java {major}, need {JAVA_MIN_VERSION}+; {JAVA_INSTALL_HINT}")
+    return candidate
+
+
+def read_cmdline(pid: int) -> list[str] | None:
+    """The argv of a live process from /proc, or None if there is no such process."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return raw.decode(errors="replace").split("\0")[:-1] if raw else []
+
+
+def pid_alive(pid: int) -> bool:
+    """True while any thread of pid still runs; an exited process awaiting its reaper counts as dead.
+
+    Threads are checked one by one because a JVM's main thread can be a zombie while the others
+    are still tearing down (and holding its ports). Nothing is reaped here: Popen does that.
+    """
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+        return False
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the process group led by pid, or just pid if it does not lead one."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop_pid(pid: int, grace_s: float = 30.0) -> bool:
+    """SIGTERM the group, wait up to grace_s, then SIGKILL. True if we had to kill."""
+    if not pid_alive(pid):
+        return False
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return False
+        time.sleep(0.1)
+    _signal_group(pid, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(pid), 10.0, f"pid {pid} to die after SIGKILL", interval_s=0.05)
+    return True
+
+
+@dataclass
+class ManagedProcess:
+    """A background process we started, identified by PID and the exact argv (guards PID reuse)."""
+
+    pid: int
+    argv: list[str]
+    log_path: Path
+    pid_file: Path | None = None
+    started_at: float = field(default_factory=time.time)
+    _popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def start(
+        cls,
+        argv: Sequence[str],
+        log_path: Path,
+        pid_file: Path | None = None,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> ManagedProcess:
+        """Start argv in a new session with stdout+stderr appended to log_path; write pid_file if given."""
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            popen = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=dict(env) if env is not None else None,
+                start_new_session=True,
+            )
+        proc = cls(pid=popen.pid, argv=list(argv), log_path=log_path, pid_file=pid_file, _popen=popen)
+        if pid_file is not None:
+            proc.write_pid_file(pid_file)
+        return proc
+
+    @classmethod
+    def from_pid_file(cls, pid_file: Path) -> ManagedProcess | None:
+        """Re-attach to a process recorded by an earlier call; None if there is no usable pid file."""
+        try:
+            data = json.loads(pid_file.read_text())
+            return cls(
+                pid=int(data["pid"]),
+                argv=[str(a) for a in data["argv"]],
+                log_path=Path(data["log_path"]),
+                pid_file=pid_file,
+                started_at=float(data.get("started_at", 0.0)),
+            )
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+
+    def write_pid_file(self, pid_file: Path) -> None:
+        """JSON rather than a bare number: the argv lets a later stop check it is still our process."""
+        record = {
+            "pid": self.pid,
+            "argv": self.argv,
+            "log_path": str(self.log_path),
+            "started_at": self.started_at,
+        }
+        tmp = pid_file.with_suffix(pid_file.suffix + ".tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.replace(pid_file)
+        self.pid_file = pid_file
+
+    def is_running(self) -> bool:
+        """Alive and still the program we started (not some later process that reused the PID)."""
+        if self._popen is not None:
+            # Our own unreaped child cannot have a reused PID. Its cmdline is also unreliable just
+            # after Popen returns: the kernel fills it in a moment after exec.
+            return self._popen.poll() is None
+        return pid_alive(self.pid) and read_cmdline(self.pid) == self.argv
+
+    def returncode(self) -> int | None:
+        """Exit code if we started it in this Python process and it has exited, else None."""
+        return self._popen.poll() if self._popen is not None else None
+
+    def stop(self, grace_s: float = 30.0) -> bool:
+        """Stop by PID (SIGTERM to the group, SIGKILL after grace_s); remove the pid file.
+
+        Returns True if the process had to be killed.
+        """
+        killed = stop_pid(self.pid, grace_s) if self.is_running() else False
+        if self._popen is not None:
+            self._popen.wait(timeout=10)  # reap our child so no zombie stays behind
+        if self.pid_file is not None:
+            recorded = ManagedProcess.from_pid_file(self.pid_file)
+            if recorded is None or recorded.pid == self.pid:  # not a newer process's pid file
+                self.pid_file.unlink(missing_ok=True)
+        return killed
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the log, for error messages."""
+        return tail(self.log_path, lines)
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    """Last lines of a text file ('' if it does not exist)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            text = fh.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_pidfile(path: Path, grace_s: float = 30.0) -> bool:
+    """Stop the process recorded in a pid file, but only if it is alive and its cmdline still matches.
+
+    Returns True if a process was stopped. A stale or foreign pid file is removed and nothing is killed.
+    """
+    proc = ManagedProcess.from_pid_file(path)
+    if proc is None:
+        return False
+    if not proc.is_running():
+        path.unlink(missing_ok=True)
+        return False
+    proc.stop(grace_s)
+    return True

@@ -1,0 +1,46 @@
+"""Shared pytest fixtures. The Kafka broker starts only when a test asks for it, so unit tests stay fast."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from ops.broker import KafkaBroker
+
+BOOTSTRAP_ENV = "RDV_TEST_BOOTSTRAP"
+
+
+@dataclass(frozen=True)
+class ExternalBroker:
+    """A broker someone else runs (RDV_TEST_BOOTSTRAP); we only know its address."""
+
+    bootstrap: str
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker | ExternalBroker]:
+    """One real broker for the session: the one in RDV_TEST_BOOTSTRAP if set, else our own on free ports.
+
+    Our own broker's address is exported as RDV_TEST_BOOTSTRAP for the session, so tests that run
+    subprocesses find it too; the variable is restored afterwards and the broker stopped by PID.
+    """
+    external = os.environ.get(BOOTSTRAP_ENV)
+    if external:
+        yield ExternalBroker(external)
+        return
+    broker = KafkaBroker.start(tmp_path_factory.mktemp("kafka-broker"))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(BOOTSTRAP_ENV, broker.bootstrap)
+            yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: KafkaBroker | ExternalBroker) -> str:
+    """host:port of the session broker."""
+    return kafka_broker.bootstrap

@@ -1,0 +1,511 @@
+"""The JSON Schemas in schemas/ are the wire contract: they must be valid, and say what the README says."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+
+from ops.loadgen import build_request
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+NAMES = ("request", "score", "result", "canary", "decision", "dead_letter", "archive_row")
+
+
+def load(name: str) -> dict[str, Any]:
+    return json.loads((SCHEMAS / f"{name}.schema.json").read_text())
+
+
+VALIDATORS = {n: Draft202012Validator(load(n)) for n in NAMES}
+
+
+def errors(name: str, instance: Any) -> list[str]:
+    return [e.message for e in VALIDATORS[name].iter_errors(instance)]
+
+
+def ok(name: str, instance: Any) -> None:
+    assert errors(name, instance) == [], instance
+
+
+def bad(name: str, instance: Any) -> None:
+    assert errors(name, instance), f"{name} accepted {instance!r}"
+
+
+def without(d: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k != key}
+
+
+def patched(d: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """Deep copy of d with d[a][b]... (path 'a.b') set to value."""
+    out = copy.deepcopy(d)
+    *parents, last = path.split(".")
+    cur = out
+    for p in parents:
+        cur = cur[p]
+    cur[last] = value
+    return out
+
+
+# --- the files themselves ----------------------------------------------------------------------------
+
+
+def test_every_schema_in_the_readme_table_exists_and_nothing_else() -> None:
+    readme = (SCHEMAS / "README.md").read_text()
+    listed = set(re.findall(r"`(\w+)\.schema\.json`", readme))
+    on_disk = {p.name.removesuffix(".schema.json") for p in SCHEMAS.glob("*.schema.json")}
+    assert listed == on_disk == set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_schema_is_valid_draft_2020_12(name: str) -> None:
+    schema = load(name)
+    Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"] == f"urn:rendezvous:schema:{name}:1"
+    assert schema["type"] == "object"
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "$ref"] + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_schema_is_self_contained(name: str) -> None:
+    """Every $ref is local, so each file can be used alone (no registry, no network)."""
+    schema = load(name)
+    for ref in _refs(schema):
+        assert ref.startswith("#/$defs/"), ref
+        assert ref.removeprefix("#/$defs/") in schema["$defs"]
+
+
+def test_shared_definitions_do_not_drift() -> None:
+    """The output object is copied into several files, the result into decision: the copies must match."""
+    output = load("score")["$defs"]["output"]
+    for name in ("result", "canary", "decision"):
+        assert load(name)["$defs"]["output"] == output, name
+    result = load("result")
+    body = {k: v for k, v in result.items() if not k.startswith("$") and k not in ("title", "description")}
+    assert load("decision")["$defs"]["result"] == body
+
+
+# --- request -----------------------------------------------------------------------------------------
+
+REQUEST = {
+    "request_id": "load-1:abc.DEF_9",
+    "return_address": "results",
+    "sent_at_ms": 1_700_000_000_000,
+    "features": {"amount": 12.5, "hour": 3, "country": "NL", "card_present": True, "note": None},
+}
+
+
+def test_request_valid_examples() -> None:
+    ok("request", REQUEST)
+    ok("request", {**REQUEST, "deadline_ms": 1, "routing_key": ""})
+    ok("request", {**REQUEST, "deadline_ms": 600_000, "routing_key": "k" * 256, "features": {}})
+    ok("request", {**REQUEST, "request_id": "x" * 128, "return_address": "r" * 249})
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        pytest.param(without(REQUEST, "return_address"), id="no return_address"),
+        pytest.param(without(REQUEST, "request_id"), id="no request_id"),
+        pytest.param(without(REQUEST, "sent_at_ms"), id="no sent_at_ms"),
+        pytest.param(without(REQUEST, "features"), id="no features"),
+        pytest.param({**REQUEST, "priority": 1}, id="extra field"),
+        pytest.param({**REQUEST, "request_id": ""}, id="empty id"),
+        pytest.param({**REQUEST, "request_id": "x" * 129}, id="id too long"),
+        pytest.param({**REQUEST, "request_id": "a b"}, id="id with space"),
+        pytest.param({**REQUEST, "request_id": "a/b"}, id="id with slash"),
+        pytest.param({**REQUEST, "request_id": "abc\n"}, id="id with trailing newline"),
+        pytest.param({**REQUEST, "request_id": 17}, id="id not a string"),
+        pytest.param({**REQUEST, "return_address": "bad topic!"}, id="bad topic name"),
+        pytest.param({**REQUEST, "return_address": "a:b"}, id="colon not allowed in topics"),
+        pytest.param({**REQUEST, "return_address": "r" * 250}, id="topic too long"),
+        pytest.param({**REQUEST, "return_address": "results\n"}, id="topic with trailing newline"),
+        pytest.param({**REQUEST, "sent_at_ms": "now"}, id="sent_at_ms string"),
+        pytest.param({**REQUEST, "sent_at_ms": 1.5}, id="sent_at_ms fractional"),
+        pytest.param({**REQUEST, "sent_at_ms": True}, id="sent_at_ms bool"),
+        pytest.param({**REQUEST, "deadline_ms": 0}, id="deadline 0"),
+        pytest.param({**REQUEST, "deadline_ms": 600_001}, id="deadline too big"),
+        pytest.param({**REQUEST, "deadline_ms": None}, id="deadline null"),
+        pytest.param({**REQUEST, "routing_key": "k" * 257}, id="routing key too long"),
+        pytest.param({**REQUEST, "features": [1, 2]}, id="features not an object"),
+        pytest.param({**REQUEST, "features": {"a": [1]}}, id="feature is a list"),
+        pytest.param({**REQUEST, "features": {"a": {"b": 1}}}, id="feature is an object"),
+        pytest.param([REQUEST], id="not an object"),
+    ],
+)
+def test_request_invalid_examples(instance: Any) -> None:
+    bad("request", instance)
+
+
+# --- score -------------------------------------------------------------------------------------------
+
+SCORE_OK = {
+    "request_id": "r-1",
+    "model_id": "gbm.v2-fast",
+    "model_version": "2024-06-01+sha.abc",
+    "status": "ok",
+    "output": {"label": 1, "probability": 0.93},
+    "scored_at_ms": 1_700_000_000_010,
+    "latency_ms": 3.2,
+}
+SCORE_ERROR = {
+    "request_id": "r-1",
+    "model_id": "logreg",
+    "model_version": "1",
+    "status": "error",
+    "error": "feature 'amount' missing",
+    "scored_at_ms": 1_700_000_000_010,
+    "latency_ms": 0,
+}
+
+
+def test_score_valid_examples() -> None:
+    ok("score", SCORE_OK)
+    ok("score", SCORE_ERROR)
+    ok("score", {**SCORE_ERROR, "output": None, "error": "e" * 1024})
+    for output in (
+        {"label": "fraud"},
+        {"label": False},
+        {"probability": 0},
+        {"probability": 1},
+        {"value": -1e9},
+    ):
+        ok("score", {**SCORE_OK, "output": output})
+    ok("score", {**SCORE_OK, "output": {"label": 0, "probability": 0.2, "value": 0.2}})
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        pytest.param(without(SCORE_OK, "output"), id="ok without output"),
+        pytest.param({**SCORE_OK, "output": None}, id="ok with null output"),
+        pytest.param({**SCORE_OK, "output": {}}, id="empty output"),
+        pytest.param({**SCORE_OK, "output": {"probability": 1.5}}, id="probability 1.5"),
+        pytest.param({**SCORE_OK, "output": {"probability": -0.01}}, id="negative probability"),
+        pytest.param({**SCORE_OK, "output": {"probability": "0.5"}}, id="probability string"),
+        pytest.param({**SCORE_OK, "output": {"label": 1.5}}, id="fractional label"),
+        pytest.param({**SCORE_OK, "output": {"label": None}}, id="null label"),
+        pytest.param({**SCORE_OK, "output": {"value": float("inf")}}, id="infinite value"),
+        pytest.param({**SCORE_OK, "output": {"label": 1, "confidence": 0.9}}, id="extra output field"),
+        pytest.param(without(SCORE_ERROR, "error"), id="error without error text"),
+        pytest.param({**SCORE_ERROR, "error": None}, id="error with null error text"),
+        pytest.param({**SCORE_ERROR, "error": "e" * 1025}, id="error text too long"),
+        pytest.param({**SCORE_ERROR, "output": {"label": 1}}, id="error with an output"),
+        pytest.param({**SCORE_OK, "status": "maybe"}, id="unknown status"),
+        pytest.param(without(SCORE_OK, "status"), id="no status"),
+        pytest.param(without(SCORE_OK, "scored_at_ms"), id="no scored_at_ms"),
+        pytest.param(without(SCORE_OK, "latency_ms"), id="no latency_ms"),
+        pytest.param({**SCORE_OK, "latency_ms": -1}, id="negative latency"),
+        pytest.param({**SCORE_OK, "latency_ms": float("inf")}, id="infinite latency"),
+        pytest.param({**SCORE_OK, "model_id": "m" * 65}, id="model_id too long"),
+        pytest.param({**SCORE_OK, "model_id": "gbm:v2"}, id="colon in model_id"),
+        pytest.param({**SCORE_OK, "model_id": ""}, id="empty model_id"),
+        pytest.param({**SCORE_OK, "model_version": ""}, id="empty model_version"),
+        pytest.param({**SCORE_OK, "model_version": "v" * 129}, id="model_version too long"),
+        pytest.param({**SCORE_OK, "request_id": "a b"}, id="bad request_id"),
+    ],
+)
+def test_score_invalid_examples(instance: Any) -> None:
+    bad("score", instance)
+
+
+# --- result ------------------------------------------------------------------------------------------
+
+RESULT = {
+    "request_id": "r-1",
+    "model_id": "gbm",
+    "model_version": "3",
+    "output": {"label": 1, "probability": 0.93},
+    "reason": "preferred",
+    "trigger": "score",
+    "policy_version": 7,
+    "sent_at_ms": 1_700_000_000_000,
+    "received_at_ms": 1_700_000_000_002,
+    "decided_at_ms": 1_700_000_000_012,
+    "latency_ms": 10,
+    "answered": ["gbm", "logreg"],
+    "failed": [],
+}
+NO_ANSWER = {
+    **RESULT,
+    "model_id": None,
+    "model_version": None,
+    "output": None,
+    "reason": "no_answer",
+    "trigger": "deadline",
+    "answered": [],
+    "failed": ["gbm"],
+}
+ENSEMBLE = {**RESULT, "model_id": "ensemble", "model_version": "7", "reason": "ensemble", "trigger": "score"}
+
+
+def test_result_valid_examples() -> None:
+    ok("result", RESULT)
+    ok("result", NO_ANSWER)
+    ok("result", {**NO_ANSWER, "output": {"label": 0}, "trigger": "all_failed"})  # on_no_answer.output
+    ok("result", ENSEMBLE)
+    for reason in ("fallback", "backstop"):
+        for trigger in ("wait_timer", "deadline"):
+            ok("result", {**RESULT, "reason": reason, "trigger": trigger})
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        pytest.param({**RESULT, "reason": "fastest"}, id="unknown reason"),
+        pytest.param({**RESULT, "trigger": "timeout"}, id="unknown trigger"),
+        pytest.param({**RESULT, "model_id": None}, id="model answer without model_id"),
+        pytest.param({**RESULT, "model_version": None}, id="model answer without model_version"),
+        pytest.param({**RESULT, "output": None}, id="model answer without output"),
+        pytest.param({**NO_ANSWER, "model_id": "gbm"}, id="no_answer naming a model"),
+        pytest.param({**ENSEMBLE, "model_id": "gbm"}, id="ensemble not named ensemble"),
+        pytest.param({**RESULT, "output": {"probability": 1.5}}, id="probability 1.5"),
+        pytest.param({**RESULT, "output": {"label": 1, "extra": 2}}, id="extra output field"),
+        pytest.param({**RESULT, "answered": ["gbm", "gbm"]}, id="answered not a set"),
+        pytest.param({**RESULT, "failed": ["bad model!"]}, id="bad model id in failed"),
+        pytest.param({**RESULT, "latency_ms": -1}, id="negative latency"),
+        pytest.param({**RESULT, "policy_version": "7"}, id="policy_version string"),
+        pytest.param(without(RESULT, "trigger"), id="no trigger"),
+        pytest.param(without(RESULT, "answered"), id="no answered"),
+        pytest.param(without(RESULT, "received_at_ms"), id="no received_at_ms"),
+    ],
+)
+def test_result_invalid_examples(instance: Any) -> None:
+    bad("result", instance)
+
+
+# --- canary ------------------------------------------------------------------------------------------
+
+CANARY = {
+    "request_id": "r-1",
+    "policy_version": 7,
+    "decided_at_ms": 1_700_000_000_012,
+    "official": {"model_id": "gbm", "model_version": "3", "output": {"label": 1}, "reason": "preferred"},
+    "canary": {
+        "model_id": "gbm-next",
+        "model_version": "4",
+        "status": "ok",
+        "output": {"label": 1, "probability": 0.7},
+        "arrived_at_ms": 1_700_000_000_020,
+    },
+    "agree": True,
+}
+
+
+def test_canary_valid_examples() -> None:
+    ok("canary", CANARY)
+    ok("canary", {**CANARY, "canary": None, "agree": None})
+    ok("canary", patched(patched(CANARY, "canary.status", "error"), "canary.output", None) | {"agree": None})
+    no_answer = {"model_id": None, "model_version": None, "output": None, "reason": "no_answer"}
+    ok("canary", {**CANARY, "official": no_answer, "agree": None})
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        pytest.param({**CANARY, "canary": None, "agree": True}, id="agreement with an absent canary"),
+        pytest.param(patched(CANARY, "canary.output", None), id="ok canary without output"),
+        pytest.param(patched(CANARY, "canary.status", "error"), id="error canary with output"),
+        pytest.param(patched(CANARY, "canary.output", {"probability": 1.5}), id="probability 1.5"),
+        pytest.param(patched(CANARY, "official.reason", "canary"), id="unknown official reason"),
+        pytest.param({**CANARY, "agree": "yes"}, id="agree not boolean"),
+        pytest.param(without(CANARY, "canary"), id="no canary field"),
+        pytest.param(without(CANARY, "official"), id="no official"),
+    ],
+)
+def test_canary_invalid_examples(instance: Any) -> None:
+    bad("canary", instance)
+
+
+# --- decision ----------------------------------------------------------------------------------------
+
+SCORE_ENTRY = {
+    "model_id": "gbm",
+    "model_version": "3",
+    "role": "primary",
+    "status": "ok",
+    "output": {"label": 1, "probability": 0.93},
+    "error": None,
+    "scored_at_ms": 1_700_000_000_010,
+    "latency_ms": 3.5,
+    "arrived_at_ms": 1_700_000_000_011,
+    "late": False,
+    "duplicate": False,
+}
+DECISION = {
+    "request_id": "r-1",
+    "policy_version": 7,
+    "received_at_ms": 1_700_000_000_002,
+    "decided_at_ms": 1_700_000_000_012,
+    "closed_at_ms": 1_700_000_001_000,
+    "result": RESULT,
+    "scores": [
+        SCORE_ENTRY,
+        {
+            **SCORE_ENTRY,
+            "model_id": "logreg",
+            "status": "error",
+            "output": None,
+            "error": "boom",
+            "late": True,
+        },
+    ],
+}
+ORPHAN = {**DECISION, "received_at_ms": None, "decided_at_ms": None, "result": None,
+          "scores": [{**SCORE_ENTRY, "role": "unknown"}]}  # fmt: skip
+
+
+def test_decision_valid_examples() -> None:
+    ok("decision", DECISION)
+    ok("decision", ORPHAN)
+    ok("decision", {**DECISION, "result": NO_ANSWER, "scores": []})
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        pytest.param({**ORPHAN, "result": RESULT}, id="orphan with a result"),
+        pytest.param({**DECISION, "result": {**RESULT, "reason": "fastest"}}, id="invalid embedded result"),
+        pytest.param({**DECISION, "scores": [without(SCORE_ENTRY, "late")]}, id="score without late"),
+        pytest.param({**DECISION, "scores": [{**SCORE_ENTRY, "output": None}]}, id="ok score without output"),
+        pytest.param({**DECISION, "scores": [{**SCORE_ENTRY, "status": "error"}]}, id="error score no text"),
+        pytest.param({**DECISION, "scores": [{**SCORE_ENTRY, "role": ""}]}, id="empty role"),
+        pytest.param({**DECISION, "scores": {}}, id="scores not a list"),
+        pytest.param(without(DECISION, "closed_at_ms"), id="no closed_at_ms"),
+    ],
+)
+def test_decision_invalid_examples(instance: Any) -> None:
+    bad("decision", instance)
+
+
+# --- dead letter -------------------------------------------------------------------------------------
+
+DEAD_LETTER = {
+    "reason": "not_json",
+    "detail": "Expecting value: line 1 column 1 (char 0)",
+    "source_topic": "requests",
+    "partition": 0,
+    "offset": 42,
+    "request_id": None,
+    "raw": "this is not json {",
+    "raw_truncated": False,
+    "raw_encoding": "utf-8",
+    "at_ms": 1_700_000_000_000,
+}
+
+
+def test_dead_letter_valid_examples() -> None:
+    ok("dead_letter", DEAD_LETTER)
+    ok("dead_letter", {**DEAD_LETTER, "reason": "not_utf8", "raw": "//4=", "raw_encoding": "base64"})
+    ok("dead_letter", {**DEAD_LETTER, "reason": "orphan_score", "partition": None, "offset": None,
+                       "request_id": "r-1", "raw": "x" * 4096, "raw_truncated": True})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        pytest.param({**DEAD_LETTER, "reason": "weird"}, id="unknown reason"),
+        pytest.param({**DEAD_LETTER, "raw": "x" * 4097}, id="raw not cut"),
+        pytest.param({**DEAD_LETTER, "raw_encoding": "latin-1"}, id="unknown encoding"),
+        pytest.param({**DEAD_LETTER, "offset": "42"}, id="offset string"),
+        pytest.param({**DEAD_LETTER, "partition": -1}, id="negative partition"),
+        pytest.param(without(DEAD_LETTER, "request_id"), id="request_id absent (must be null)"),
+        pytest.param(without(DEAD_LETTER, "detail"), id="no detail"),
+    ],
+)
+def test_dead_letter_invalid_examples(instance: Any) -> None:
+    bad("dead_letter", instance)
+
+
+# --- archive row -------------------------------------------------------------------------------------
+
+ARCHIVE_ROW = {
+    "request_id": "r-1",
+    "received_at_ms": 1_700_000_000_002,
+    "sent_at_ms": 1_700_000_000_000,
+    "return_address": "results",
+    "source_topic": "requests",
+    "partition": 0,
+    "offset": 7,
+    "features": json.dumps(REQUEST["features"]),
+    "raw": json.dumps(REQUEST),
+}
+
+
+def test_archive_row_valid_example() -> None:
+    ok("archive_row", ARCHIVE_ROW)
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        pytest.param({**ARCHIVE_ROW, "features": REQUEST["features"]}, id="features not a JSON string"),
+        pytest.param({**ARCHIVE_ROW, "offset": None}, id="null offset"),
+        pytest.param({**ARCHIVE_ROW, "return_address": "bad topic!"}, id="bad return address"),
+        pytest.param(without(ARCHIVE_ROW, "raw"), id="no raw"),
+    ],
+)
+def test_archive_row_invalid_examples(instance: Any) -> None:
+    bad("archive_row", instance)
+
+
+# --- the load generator's requests always satisfy the contract -----------------------------------------
+
+ids = st.from_regex(r"[A-Za-z0-9._:-]{1,128}", fullmatch=True)
+topics = st.from_regex(r"[A-Za-z0-9._-]{1,249}", fullmatch=True)
+scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+)
+features = st.dictionaries(st.text(max_size=20), scalars, max_size=10)
+now_ms = st.integers(min_value=0, max_value=2**53)
+deadlines = st.none() | st.integers(min_value=1, max_value=600_000)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ids, topics, features, now_ms, deadlines)
+def test_built_requests_always_validate(
+    rid: str, topic: str, feats: dict[str, Any], now: int, deadline: int | None
+) -> None:
+    req = build_request(rid, topic, feats, now, deadline)
+    ok("request", req)
+    ok("request", json.loads(json.dumps(req)))  # and still after the wire round trip
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(max_size=140) | ids,
+    st.text(max_size=260) | topics,
+    st.integers(min_value=-5, max_value=2**53),
+    st.none() | st.integers(min_value=-5, max_value=700_000),
+)
+def test_builder_agrees_with_the_schema(rid: str, topic: str, now: int, deadline: int | None) -> None:
+    """The builder raises ValueError exactly when the schema would reject the request: never junk."""
+    candidate: dict[str, Any] = {
+        "request_id": rid,
+        "return_address": topic,
+        "sent_at_ms": now,
+        "features": {},
+    }
+    if deadline is not None:
+        candidate["deadline_ms"] = deadline
+    try:
+        req = build_request(rid, topic, {}, now, deadline)
+    except ValueError:
+        assert not VALIDATORS["request"].is_valid(candidate), candidate
+        return
+    assert req == candidate
+    ok("request", req)
