@@ -1,0 +1,452 @@
+"""A model runner: read every request from Kafka, score it, write one score per request.
+
+Two halves. The pure half (parse_request, decide, Scheduler) says what to send and when, given the
+requests and the time; it has no clock or I/O of its own, so tests drive it with a fake clock. The thin
+half (run, main) moves bytes between Kafka and the Scheduler.
+
+Fault injection, for exercising the rendezvous job: --latency-ms/--jitter-ms delay scores without
+blocking the loop (pending scores wait in a time-ordered heap), --fail-rate sends error scores,
+--drop-rate sends nothing, --hang-after N stops answering after N requests. Which requests fail or drop
+is a hash of (seed, request_id), so a rerun with the same seed injects the same faults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import heapq
+import json
+import math
+import re
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TextIO
+
+from kafka import KafkaConsumer, KafkaProducer
+from threadpoolctl import threadpool_limits
+
+from runners.model import Scored, ScoringModel, load
+from udfs.names import TOPIC_REQUESTS, TOPIC_SCORES, runner_group
+
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_ERROR_CHARS = 1024  # score.error limit in schemas/README.md
+IDLE_POLL_MS = 50  # poll timeout when nothing is pending: bounds how long a stop signal waits
+STATS_EVERY_S = 5.0  # at most this often while requests flow
+STATS_IDLE_EVERY_S = 60.0  # a heartbeat when nothing happens
+INJECTED_FAILURE = "injected failure"
+
+
+class MalformedRequest(ValueError):
+    """A record that is not a request at all (skipped and counted, never scored)."""
+
+
+def parse_request(raw: bytes | None) -> tuple[str, Any]:
+    """(request_id, features) of one request record; MalformedRequest if it has neither.
+
+    Only what a runner needs is checked. Unusable features (not an object, bad values) still yield a
+    request: the model rejects them and the request gets an error score, which is more useful to the
+    rendezvous job than silence.
+    """
+    if raw is None:
+        raise MalformedRequest("empty record")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedRequest(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise MalformedRequest("not a JSON object")
+    request_id = obj.get("request_id")
+    if not isinstance(request_id, str) or not REQUEST_ID_RE.fullmatch(request_id):
+        raise MalformedRequest("missing or invalid request_id")
+    if "features" not in obj:
+        raise MalformedRequest("missing features")
+    return request_id, obj["features"]
+
+
+class Fate(StrEnum):
+    OK = "ok"  # scored (status ok, or error if the features are unusable)
+    FAIL = "fail"  # injected error score
+    DROP = "drop"  # injected silence
+    HANG = "hang"  # past --hang-after: silence
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Injected behaviour; all zero means an honest, fast runner."""
+
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0  # extra delay, uniform in [0, jitter_ms), per request
+    fail_rate: float = 0.0
+    drop_rate: float = 0.0
+    hang_after: int | None = None  # answer only the first N requests, then nothing
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.latency_ms >= 0 and self.jitter_ms >= 0):
+            raise ValueError("latency_ms and jitter_ms must be >= 0")
+        if not (0 <= self.fail_rate <= 1 and 0 <= self.drop_rate <= 1):
+            raise ValueError("fail_rate and drop_rate must be in [0, 1]")
+        if self.fail_rate + self.drop_rate > 1:
+            raise ValueError("fail_rate + drop_rate must be <= 1")
+        if self.hang_after is not None and self.hang_after < 0:
+            raise ValueError("hang_after must be >= 0")
+
+
+def _unit(seed: int, salt: str, request_id: str) -> float:
+    """A uniform number in [0, 1) fixed by (seed, salt, request_id): reproducible, no shared RNG state."""
+    digest = hashlib.blake2b(f"{seed}\0{salt}\0{request_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def decide(request_id: str, faults: Faults) -> tuple[Fate, float]:
+    """The injected fate and delay (ms) of one request; --hang-after is the Scheduler's business."""
+    u = _unit(faults.seed, "fate", request_id)
+    if u < faults.drop_rate:
+        fate = Fate.DROP
+    elif u < faults.drop_rate + faults.fail_rate:
+        fate = Fate.FAIL
+    else:
+        fate = Fate.OK
+    delay = faults.latency_ms
+    if faults.jitter_ms:
+        delay += faults.jitter_ms * _unit(faults.seed, "jitter", request_id)
+    return fate, delay
+
+
+@dataclass(frozen=True)
+class _Pending:
+    request_id: str
+    received_ms: float
+    output: Mapping[str, Any] | None
+    error: str | None
+
+
+ScoreFn = Callable[[list[Any]], list[Scored]]
+
+
+class Scheduler:
+    """Pure: turns admitted requests into score records released at their due time.
+
+    The caller passes in the times (received_ms, a clock read after scoring, now_ms for release), so the
+    same inputs always give the same outputs. Scores come out in due order, ties in admission order.
+    """
+
+    def __init__(self, model_id: str, model_version: str, faults: Faults) -> None:
+        self.model_id = model_id
+        self.model_version = model_version
+        self.faults = faults
+        self.counts: Counter[str] = Counter()
+        # (due_ms, seq, pending): seq is admission order, so equal due times keep request order.
+        self._heap: list[tuple[float, int, _Pending]] = []
+        self._seq = 0
+
+    def admit(
+        self,
+        requests: Sequence[tuple[str, Any]],
+        received_ms: float,
+        score: ScoreFn,
+        clock: Callable[[], float],
+    ) -> None:
+        """Decide each request's fate, score the ones that need it in one call, queue their scores.
+
+        `clock` is read once after scoring, so model time counts towards the due time and latency.
+        """
+        planned: list[tuple[str, Fate, float]] = []
+        to_score: list[Any] = []
+        for request_id, features in requests:
+            self.counts["admitted"] += 1
+            hang_after = self.faults.hang_after
+            if hang_after is not None and self.counts["admitted"] > hang_after:
+                self.counts[Fate.HANG.value] += 1
+                continue
+            fate, delay = decide(request_id, self.faults)
+            self.counts[fate.value] += 1
+            if fate is Fate.DROP:
+                continue
+            planned.append((request_id, fate, delay))
+            if fate is Fate.OK:
+                to_score.append(features)
+        if not planned:
+            return
+        results = self._score(score, to_score)
+        done_ms = clock()
+        scored = iter(results)
+        for request_id, fate, delay in planned:
+            output: Mapping[str, Any] | None = None
+            error: str | None = None
+            if fate is Fate.FAIL:
+                error = INJECTED_FAILURE
+            else:
+                result = next(scored)
+                if isinstance(result, ValueError):
+                    error = f"bad features: {result}"
+                    self.counts["bad_features"] += 1
+                elif isinstance(result, BaseException):
+                    error = str(result)
+                else:
+                    output = result
+            self._seq += 1
+            pending = _Pending(request_id, received_ms, output, error)
+            heapq.heappush(self._heap, (done_ms + delay, self._seq, pending))
+
+    def _score(self, score: ScoreFn, rows: list[Any]) -> list[Scored | BaseException]:
+        """The model's results; if the model itself blows up, every row gets that error, not the runner."""
+        if not rows:
+            return []
+        try:
+            results: list[Scored | BaseException] = list(score(rows))
+        except Exception as exc:  # a model bug must cost error scores, not the process
+            self.counts["model_errors"] += 1
+            return [RuntimeError(f"model error: {type(exc).__name__}: {exc}")] * len(rows)
+        if len(results) != len(rows):
+            return [RuntimeError("model error: wrong number of results")] * len(rows)
+        return results
+
+    def next_due_ms(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def pending(self) -> int:
+        return len(self._heap)
+
+    def release(self, now_ms: float) -> list[tuple[str, dict[str, Any]]]:
+        """(request_id, score record) for every pending score due at or before now_ms, in due order."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        while self._heap and self._heap[0][0] <= now_ms:
+            p = heapq.heappop(self._heap)[2]
+            record: dict[str, Any] = {
+                "request_id": p.request_id,
+                "model_id": self.model_id,
+                "model_version": self.model_version,
+            }
+            if p.error is None:
+                record["status"] = "ok"
+                record["output"] = dict(p.output or {})
+            else:
+                record["status"] = "error"
+                record["error"] = p.error[:MAX_ERROR_CHARS]
+            record["scored_at_ms"] = int(now_ms)
+            record["latency_ms"] = round(max(now_ms - p.received_ms, 0.0), 3)
+            self.counts["error" if p.error else "ok_sent"] += 1
+            out.append((p.request_id, record))
+        return out
+
+    def discard(self) -> int:
+        """Forget scores not yet due (at shutdown); returns how many."""
+        n = len(self._heap)
+        self._heap.clear()
+        return n
+
+
+def poll_timeout_ms(next_due_ms: float | None, now_ms: float, idle_ms: int = IDLE_POLL_MS) -> int:
+    """How long the next poll may block: until the next score is due, at most idle_ms."""
+    if next_due_ms is None:
+        return idle_ms
+    return max(0, min(idle_ms, math.ceil(next_due_ms - now_ms)))
+
+
+def encode_score(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+
+
+def now_ms() -> float:
+    return time.time() * 1000.0
+
+
+# --- the thin Kafka half ------------------------------------------------------------------------
+
+
+def run(
+    model: ScoringModel,
+    consumer: Any,
+    producer: Any,
+    *,
+    scores_topic: str,
+    faults: Faults,
+    stop: threading.Event,
+    max_seconds: float | None = None,
+    clock: Callable[[], float] = now_ms,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    max_records: int = 1000,
+) -> Counter[str]:
+    """The loop: poll, admit, release due scores, until `stop` is set or max_seconds pass.
+
+    `consumer` and `producer` are kafka-python objects (or fakes with poll/assignment and send/flush).
+    Returns the counters. Does not close the clients: the caller made them, the caller closes them.
+    """
+    scheduler = Scheduler(model.model_id, model.model_version, faults)
+    counts = scheduler.counts
+    started = clock()
+    deadline = None if max_seconds is None else started + max_seconds * 1000.0
+    ready = False
+    last_stats = started
+    last_sent = last_consumed = 0
+
+    def on_send_error(exc: BaseException) -> None:
+        counts["send_errors"] += 1
+
+    def send_due(at_ms: float) -> None:
+        for request_id, record in scheduler.release(at_ms):
+            future = producer.send(scores_topic, key=request_id.encode(), value=encode_score(record))
+            if hasattr(future, "add_errback"):
+                future.add_errback(on_send_error)
+            counts["sent"] += 1
+
+    while not stop.is_set():
+        now = clock()
+        if deadline is not None and now >= deadline:
+            break
+        batch = consumer.poll(
+            timeout_ms=poll_timeout_ms(scheduler.next_due_ms(), now), max_records=max_records
+        )
+        if not ready and consumer.assignment():
+            ready = True
+            print(f"runner {model.model_id} ready", file=out, flush=True)
+        if batch:
+            received = clock()
+            requests: list[tuple[str, Any]] = []
+            for records in batch.values():
+                counts["consumed"] += len(records)
+                for record in records:
+                    try:
+                        requests.append(parse_request(record.value))
+                    except MalformedRequest:
+                        counts["malformed"] += 1
+            scheduler.admit(requests, received, model.score_batch, clock)
+        now = clock()
+        send_due(now)
+        since = now - last_stats
+        busy = counts["consumed"] != last_consumed or counts["sent"] != last_sent
+        if since >= (STATS_EVERY_S if busy else STATS_IDLE_EVERY_S) * 1000.0:
+            rate = (counts["sent"] - last_sent) * 1000.0 / since
+            print(_stats_line(model.model_id, counts, scheduler.pending(), rate), file=err, flush=True)
+            last_stats, last_sent, last_consumed = now, counts["sent"], counts["consumed"]
+
+    send_due(clock())
+    counts["discarded_at_stop"] += scheduler.discard()
+    producer.flush(timeout=10)
+    print(_stats_line(model.model_id, counts, 0, None, final=True), file=err, flush=True)
+    return counts
+
+
+_STATS_KEYS = (
+    "consumed",
+    "malformed",
+    "sent",
+    "ok_sent",
+    "error",
+    "bad_features",
+    "fail",
+    "drop",
+    "hang",
+    "model_errors",
+    "send_errors",
+)
+
+
+def warm_up(model: ScoringModel) -> None:
+    """Score one dummy row, so the first real batch does not pay for lazy initialisation (~0.3 s)."""
+    model.score_batch([dict.fromkeys(model.features, 0)])
+
+
+def _stats_line(
+    model_id: str, counts: Mapping[str, int], pending: int, rate: float | None, final: bool = False
+) -> str:
+    parts = [f"{k}={counts.get(k, 0)}" for k in _STATS_KEYS]
+    if final:
+        parts.append(f"discarded_at_stop={counts.get('discarded_at_stop', 0)}")
+    else:
+        parts.append(f"pending={pending}")
+    if rate is not None:
+        parts.append(f"rate={rate:.0f}/s")
+    return f"runner {model_id} {'final' if final else 'stats'}: " + " ".join(parts)
+
+
+def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Faults]:
+    p = argparse.ArgumentParser(prog="python -m runners.runner", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-dir", type=Path, required=True, help="a directory written by runners.train")
+    p.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers, host:port[,host:port]")
+    p.add_argument("--requests-topic", default=TOPIC_REQUESTS)
+    p.add_argument("--scores-topic", default=TOPIC_SCORES)
+    p.add_argument("--group", default=None, help="consumer group (default: runner-<model_id>)")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="injected delay per score")
+    p.add_argument("--jitter-ms", type=float, default=0.0, help="extra delay, uniform in [0, J)")
+    p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests given an error score")
+    p.add_argument("--drop-rate", type=float, default=0.0, help="share of requests given no score")
+    p.add_argument("--hang-after", type=int, default=None, help="answer only the first N requests")
+    p.add_argument("--seed", type=int, default=0, help="seed for which requests fail/drop and jitter")
+    p.add_argument("--max-seconds", type=float, default=None, help="exit this long after connecting")
+    args = p.parse_args(argv)
+    try:
+        faults = Faults(
+            latency_ms=args.latency_ms,
+            jitter_ms=args.jitter_ms,
+            fail_rate=args.fail_rate,
+            drop_rate=args.drop_rate,
+            hang_after=args.hang_after,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        p.error(str(exc))
+    return args, faults
+
+
+def _split_servers(bootstrap: str) -> list[str]:
+    return [s.strip() for s in bootstrap.split(",") if s.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the flags, load the model, connect, run until a signal or --max-seconds."""
+    args, faults = _parse_args(argv)
+    # Handlers first: a stop during the slow start-up (imports, model load) then ends run() at once.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    model = load(args.model_dir)
+    # One thread per runner: batches are small and several runners share the cores, where OpenMP's
+    # spinning threads made HistGradientBoosting 10-50x slower. After load(): the libraries must be loaded.
+    threadpool_limits(limits=1)
+    warm_up(model)
+    if stop.is_set():
+        return 0
+
+    servers = _split_servers(args.bootstrap)
+    client_id = f"runner-{model.model_id}"
+    consumer = KafkaConsumer(
+        bootstrap_servers=servers,
+        group_id=args.group or runner_group(model.model_id),
+        client_id=client_id,
+        auto_offset_reset="earliest",
+        enable_auto_commit=True,
+        fetch_max_wait_ms=100,
+        check_crcs=False,
+        max_poll_records=1000,
+    )
+    producer = KafkaProducer(bootstrap_servers=servers, client_id=client_id, acks="all", linger_ms=1)
+    try:
+        consumer.subscribe([args.requests_topic])
+        run(
+            model,
+            consumer,
+            producer,
+            scores_topic=args.scores_topic,
+            faults=faults,
+            stop=stop,
+            max_seconds=args.max_seconds,
+        )
+    finally:
+        producer.close(timeout=10)
+        consumer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""A real runner process against a real broker: one well-formed score per request, faults as seeded."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from ops import kafka_admin
+from runners.data import sample_many
+from runners.runner import INJECTED_FAILURE, Fate, Faults, decide
+from runners.train import train_all
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+BOOTSTRAP_ENV = "RDV_TEST_BOOTSTRAP"
+N_REQUESTS = 50
+FAIL_RATE, SEED, LATENCY_MS, JITTER_MS = 0.2, 3, 5.0, 3.0
+
+
+@pytest.fixture(scope="module")
+def bootstrap(kafka_bootstrap: str) -> str:
+    """The session's real broker (tests/conftest.py), or RDV_TEST_BOOTSTRAP's."""
+    return kafka_bootstrap
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("models")
+    train_all(out, rows=2000, seed=7)
+    return out
+
+
+def _lines(stream: Any, into: queue.Queue[str]) -> None:
+    for line in stream:
+        into.put(line.rstrip("\n"))
+
+
+def _wait_for_line(
+    lines: queue.Queue[str], proc: subprocess.Popen[str], wanted: str, timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if lines.get(timeout=0.2) == wanted:
+                return
+        except queue.Empty:
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"runner exited with {proc.returncode} before printing {wanted!r}"
+                ) from None
+    raise AssertionError(f"no {wanted!r} from the runner within {timeout_s}s")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM by PID, then SIGKILL by PID if it does not go; never by name."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def test_runner_answers_every_request_once(bootstrap: str, models: Path, tmp_path: Path) -> None:
+    suffix = uuid.uuid4().hex[:10]
+    requests_topic, scores_topic = f"test-runner-req-{suffix}", f"test-runner-sc-{suffix}"
+    model_dir = models / "gbt"
+    meta = json.loads((model_dir / "meta.json").read_text())
+    schema = json.loads((REPO / "schemas" / "score.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+
+    # Made up front: a consumer subscribing to a topic that does not exist yet may not see it for minutes.
+    kafka_admin.create_topics(bootstrap, [requests_topic, scores_topic])
+
+    faults = Faults(latency_ms=LATENCY_MS, jitter_ms=JITTER_MS, fail_rate=FAIL_RATE, seed=SEED)
+    stderr_path = tmp_path / "runner.stderr"
+    cmd = [
+        sys.executable,
+        "-m",
+        "runners.runner",
+        "--model-dir",
+        str(model_dir),
+        "--bootstrap",
+        bootstrap,
+        "--requests-topic",
+        requests_topic,
+        "--scores-topic",
+        scores_topic,
+        "--group",
+        f"test-runner-{suffix}",
+        "--latency-ms",
+        str(LATENCY_MS),
+        "--jitter-ms",
+        str(JITTER_MS),
+        "--fail-rate",
+        str(FAIL_RATE),
+        "--seed",
+        str(SEED),
+        "--max-seconds",
+        "300",  # a backstop if this test dies without reaching its finally
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
+        _wait_for_line(lines, proc, "runner gbt ready", timeout_s=90)
+
+        ids = [f"it-{suffix}-{i}" for i in range(N_REQUESTS)]
+        features = sample_many(np.random.default_rng(5), N_REQUESTS)
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        try:
+            now = int(time.time() * 1000)
+            for rid, f in zip(ids, features, strict=True):
+                body = {"request_id": rid, "return_address": "results", "sent_at_ms": now, "features": f}
+                producer.send(requests_topic, key=rid.encode(), value=json.dumps(body).encode())
+            producer.send(requests_topic, value=b"this is not a request")  # skipped, never scored
+            # An id the seeded faults leave alone, so its error can only come from the features.
+            bad_id = next(r for i in range(100) if decide(r := f"it-{suffix}-bad{i}", faults)[0] is Fate.OK)
+            bad = {"request_id": bad_id, "sent_at_ms": now, "features": {"amount": "lots"}}
+            producer.send(requests_topic, value=json.dumps(bad).encode())
+            producer.flush(timeout=30)
+        finally:
+            producer.close()
+        expected_ids = {*ids, bad["request_id"]}
+
+        scores: list[tuple[bytes, dict[str, Any]]] = []
+        consumer = KafkaConsumer(scores_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        try:
+            deadline = time.monotonic() + 60
+            while len(scores) < len(expected_ids) and time.monotonic() < deadline:
+                for batch in consumer.poll(timeout_ms=500).values():
+                    scores.extend((r.key, json.loads(r.value)) for r in batch)
+            quiet_until = time.monotonic() + 2  # anything extra (duplicates, the malformed record) shows here
+            while time.monotonic() < quiet_until:
+                for batch in consumer.poll(timeout_ms=200).values():
+                    scores.extend((r.key, json.loads(r.value)) for r in batch)
+        finally:
+            consumer.close()
+    finally:
+        _stop(proc)
+        kafka_admin.delete_topics(bootstrap, [requests_topic, scores_topic])
+    stderr_text = stderr_path.read_text()
+    assert proc.returncode == 0, stderr_text
+    assert "runner gbt final:" in stderr_text and "malformed=1" in stderr_text
+
+    by_id = {s["request_id"]: s for _, s in scores}
+    assert len(scores) == len(by_id) == len(expected_ids), "exactly one score per request"
+    assert set(by_id) == expected_ids
+    injected = {rid for rid in ids if decide(rid, faults)[0] is Fate.FAIL}
+    assert 0 < len(injected) < N_REQUESTS
+    for key, score in scores:
+        validator.validate(score)
+        assert key == score["request_id"].encode()
+        assert score["model_id"] == "gbt" and score["model_version"] == meta["model_version"]
+        assert score["latency_ms"] >= LATENCY_MS
+        rid = score["request_id"]
+        if rid == bad["request_id"]:
+            assert score["status"] == "error" and score["error"].startswith("bad features")
+        elif rid in injected:
+            assert score["status"] == "error" and score["error"] == INJECTED_FAILURE
+        else:
+            assert score["status"] == "ok"
+            assert score["output"]["label"] in (0, 1) and 0 <= score["output"]["probability"] <= 1

@@ -1,0 +1,482 @@
+"""The runner's pure core (parsing, fault injection, scheduling) and its loop with fake Kafka clients."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runners.model import Scored, ScoringModel
+from runners.runner import (
+    INJECTED_FAILURE,
+    Fate,
+    Faults,
+    MalformedRequest,
+    Scheduler,
+    decide,
+    parse_request,
+    poll_timeout_ms,
+    run,
+)
+
+SCORE_SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "score.schema.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCORE_SCHEMA)
+
+
+def _ok_scorer(rows: list[Any]) -> list[Scored]:
+    """A stand-in model: probability = x, and rows without a numeric x are bad."""
+    out: list[Scored] = []
+    for r in rows:
+        if isinstance(r, dict) and isinstance(r.get("x"), int | float):
+            out.append({"label": int(r["x"] >= 0.5), "probability": float(r["x"])})
+        else:
+            out.append(ValueError("missing features: x"))
+    return out
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _ids(n: int, prefix: str = "req") -> list[str]:
+    return [f"{prefix}-{i}" for i in range(n)]
+
+
+# --- parse_request ------------------------------------------------------------------------------
+
+
+def test_parse_request_returns_id_and_features() -> None:
+    raw = json.dumps(
+        {"request_id": "a:1", "return_address": "results", "sent_at_ms": 1, "features": {"x": 1}}
+    )
+    assert parse_request(raw.encode()) == ("a:1", {"x": 1})
+
+
+def test_parse_request_passes_unusable_features_on_for_an_error_score() -> None:
+    assert parse_request(b'{"request_id": "r", "features": "oops"}') == ("r", "oops")
+    assert parse_request(b'{"request_id": "r", "features": null}') == ("r", None)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        b"",
+        b"not json",
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'"just a string"',
+        b'{"features": {}}',
+        b'{"request_id": 5, "features": {}}',
+        b'{"request_id": "", "features": {}}',
+        b'{"request_id": "has space", "features": {}}',
+        b'{"request_id": "r\\n", "features": {}}',
+        json.dumps({"request_id": "r" * 129, "features": {}}).encode(),
+        b'{"request_id": "r"}',
+    ],
+)
+def test_parse_request_rejects_non_requests(raw: bytes | None) -> None:
+    with pytest.raises(MalformedRequest):
+        parse_request(raw)
+
+
+# --- faults -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"latency_ms": -1},
+        {"jitter_ms": -0.1},
+        {"fail_rate": 1.5},
+        {"drop_rate": -0.1},
+        {"fail_rate": 0.6, "drop_rate": 0.5},
+        {"hang_after": -1},
+    ],
+)
+def test_faults_reject_impossible_settings(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Faults(**kwargs)
+
+
+def test_fail_and_drop_shares_match_the_rates() -> None:
+    faults = Faults(fail_rate=0.2, drop_rate=0.1, seed=3)
+    fates = [decide(r, faults)[0] for r in _ids(20000)]
+    assert fates.count(Fate.FAIL) / len(fates) == pytest.approx(0.2, abs=0.015)
+    assert fates.count(Fate.DROP) / len(fates) == pytest.approx(0.1, abs=0.015)
+    assert fates.count(Fate.OK) / len(fates) == pytest.approx(0.7, abs=0.015)
+
+
+def test_fates_are_reproducible_by_seed_and_differ_across_seeds() -> None:
+    ids = _ids(2000)
+
+    def failed(seed: int) -> set[str]:
+        return {r for r in ids if decide(r, Faults(fail_rate=0.3, seed=seed))[0] is Fate.FAIL}
+
+    assert failed(1) == failed(1)
+    assert failed(1) != failed(2)
+
+
+def test_no_faults_means_every_request_is_ok_and_immediate() -> None:
+    assert {decide(r, Faults()) for r in _ids(500)} == {(Fate.OK, 0.0)}
+    assert {decide(r, Faults(fail_rate=1.0))[0] for r in _ids(50)} == {Fate.FAIL}
+    assert {decide(r, Faults(drop_rate=1.0))[0] for r in _ids(50)} == {Fate.DROP}
+
+
+def test_jitter_is_bounded_spread_and_deterministic() -> None:
+    faults = Faults(latency_ms=5, jitter_ms=10, seed=9)
+    delays = [decide(r, faults)[1] for r in _ids(2000)]
+    assert all(5 <= d < 15 for d in delays)
+    assert min(delays) < 6 and max(delays) > 14
+    assert delays == [decide(r, faults)[1] for r in _ids(2000)]
+
+
+# --- Scheduler ----------------------------------------------------------------------------------
+
+
+def _admit(s: Scheduler, clock: FakeClock, ids: list[str], x: float = 0.7, model_ms: float = 0.0) -> None:
+    def score(rows: list[Any]) -> list[Scored]:
+        clock.t += model_ms  # the model takes this long
+        return _ok_scorer(rows)
+
+    s.admit([(r, {"x": x}) for r in ids], clock(), score, clock)
+
+
+def test_scores_wait_for_their_latency_and_are_released_in_due_order() -> None:
+    clock = FakeClock()
+    s = Scheduler("m", "m-v1", Faults(latency_ms=5, jitter_ms=20, seed=1))
+    start = clock()
+    ids = _ids(200)
+    _admit(s, clock, ids, model_ms=2.0)
+    due = {r: start + 2.0 + decide(r, s.faults)[1] for r in ids}
+    assert s.release(start + 6.9) == []  # nothing is due before model time + latency
+    released: list[tuple[str, dict[str, Any]]] = []
+    for step in range(0, 40):
+        now = start + 7 + step
+        batch = s.release(now)
+        assert all(due[r] <= now for r, _ in batch)
+        released.extend(batch)
+    assert [r for r, _ in released] == sorted(ids, key=lambda r: (due[r], ids.index(r)))
+    assert s.pending() == 0 and s.next_due_ms() is None
+
+
+def test_released_scores_match_the_wire_format_and_measure_latency() -> None:
+    clock = FakeClock()
+    s = Scheduler("gbt", "gbt-abc", Faults(latency_ms=5))
+    received = clock()
+    _admit(s, clock, ["r1"], x=0.25, model_ms=1.5)
+    assert s.next_due_ms() == received + 6.5
+    ((rid, record),) = s.release(received + 8.0)
+    assert rid == "r1"
+    VALIDATOR.validate(record)
+    assert record == {
+        "request_id": "r1",
+        "model_id": "gbt",
+        "model_version": "gbt-abc",
+        "status": "ok",
+        "output": {"label": 0, "probability": 0.25},
+        "scored_at_ms": int(received + 8.0),
+        "latency_ms": 8.0,
+    }
+
+
+def test_injected_failures_and_bad_features_give_error_scores() -> None:
+    clock = FakeClock()
+    s = Scheduler("m", "v", Faults(fail_rate=0.5, seed=4))
+    ids = _ids(100)
+    scored_rows: list[Any] = []
+
+    def score(rows: list[Any]) -> list[Scored]:
+        scored_rows.extend(rows)
+        return _ok_scorer(rows)
+
+    s.admit([(r, {"x": 0.9} if i % 2 else {"y": 1}) for i, r in enumerate(ids)], clock(), score, clock)
+    out = dict(s.release(clock()))
+    injected = {r for r in ids if decide(r, s.faults)[0] is Fate.FAIL}
+    assert set(out) == set(ids)
+    assert len(scored_rows) == 100 - len(injected)  # injected failures never reach the model
+    for i, r in enumerate(ids):
+        VALIDATOR.validate(out[r])
+        if r in injected:
+            assert out[r]["status"] == "error" and out[r]["error"] == INJECTED_FAILURE
+        elif i % 2 == 0:
+            assert out[r]["status"] == "error" and out[r]["error"].startswith("bad features: missing")
+        else:
+            assert out[r]["status"] == "ok"
+    assert s.counts["fail"] == len(injected)
+
+
+def test_dropped_requests_get_no_score_and_are_not_scored() -> None:
+    clock = FakeClock()
+    s = Scheduler("m", "v", Faults(drop_rate=0.3, seed=5))
+    ids = _ids(1000)
+    _admit(s, clock, ids)
+    sent = {r for r, _ in s.release(clock())}
+    dropped = {r for r in ids if decide(r, s.faults)[0] is Fate.DROP}
+    assert sent == set(ids) - dropped
+    assert 0.25 < len(dropped) / len(ids) < 0.35
+    assert s.counts["drop"] == len(dropped)
+
+
+def test_hang_after_answers_only_the_first_n_requests_across_batches() -> None:
+    clock = FakeClock()
+    s = Scheduler("m", "v", Faults(hang_after=5))
+    _admit(s, clock, _ids(3, "a"))
+    _admit(s, clock, _ids(4, "b"))
+    _admit(s, clock, _ids(2, "c"))
+    sent = [r for r, _ in s.release(clock())]
+    assert sent == ["a-0", "a-1", "a-2", "b-0", "b-1"]
+    assert s.counts["hang"] == 4
+
+
+def test_a_crashing_model_costs_error_scores_not_the_runner() -> None:
+    clock = FakeClock()
+    s = Scheduler("m", "v", Faults())
+
+    def broken(rows: list[Any]) -> list[Scored]:
+        raise RuntimeError("boom")
+
+    s.admit([("r1", {}), ("r2", {})], clock(), broken, clock)
+    out = s.release(clock())
+    assert [r["status"] for _, r in out] == ["error", "error"]
+    assert all(r["error"] == "model error: RuntimeError: boom" for _, r in out)
+    assert s.counts["model_errors"] == 1
+
+
+def test_long_errors_are_cut_to_the_schema_limit() -> None:
+    clock = FakeClock()
+    s = Scheduler("m", "v", Faults())
+    s.admit([("r", {})], clock(), lambda rows: [ValueError("x" * 5000)], clock)
+    ((_, record),) = s.release(clock())
+    assert len(record["error"]) == 1024
+    VALIDATOR.validate(record)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 60),
+    fail=st.floats(0, 0.5),
+    drop=st.floats(0, 0.5),
+    hang=st.none() | st.integers(0, 80),
+    seed=st.integers(0, 2**31),
+    latency=st.floats(0, 50),
+    jitter=st.floats(0, 50),
+)
+def test_each_request_gets_at_most_one_score_exactly_when_not_dropped_or_hung(
+    n: int, fail: float, drop: float, hang: int | None, seed: int, latency: float, jitter: float
+) -> None:
+    faults = Faults(latency, jitter, fail, drop, hang, seed)
+    clock = FakeClock()
+    s = Scheduler("m", "v", faults)
+    ids = _ids(n)
+    _admit(s, clock, ids)
+    out = s.release(clock() + 101)
+    sent = [r for r, _ in out]
+    assert len(sent) == len(set(sent))
+    expected = {
+        r for i, r in enumerate(ids) if (hang is None or i < hang) and decide(r, faults)[0] is not Fate.DROP
+    }
+    assert set(sent) == expected
+    for _, record in out:
+        VALIDATOR.validate(record)
+
+
+def test_poll_timeout_waits_for_the_next_due_score_but_never_long() -> None:
+    assert poll_timeout_ms(None, 100.0) == 50
+    assert poll_timeout_ms(103.2, 100.0) == 4
+    assert poll_timeout_ms(99.0, 100.0) == 0
+    assert poll_timeout_ms(10_000.0, 100.0, idle_ms=20) == 20
+
+
+# --- run() with fake Kafka clients ----------------------------------------------------------------
+
+
+@dataclass
+class FakeRecord:
+    value: bytes | None
+
+
+@dataclass
+class FakeConsumer:
+    """Serves scripted batches; each poll advances the fake clock by its timeout (an idle wait)."""
+
+    clock: FakeClock
+    batches: list[list[bytes | None]]
+    stop: threading.Event
+    timeouts: list[int] = field(default_factory=list)
+    assigned_after: int = 1
+    batch_ms: float = 0.0  # fake time a poll that returns records takes
+    polls: int = 0
+
+    def poll(self, timeout_ms: int, max_records: int) -> dict[str, list[FakeRecord]]:
+        self.polls += 1
+        self.timeouts.append(timeout_ms)
+        if self.batches:
+            self.clock.t += self.batch_ms
+            return {"tp": [FakeRecord(v) for v in self.batches.pop(0)]}
+        self.clock.t += timeout_ms
+        return {}
+
+    def assignment(self) -> set[str]:
+        return {"tp"} if self.polls >= self.assigned_after else set()
+
+
+@dataclass
+class FakeProducer:
+    clock: FakeClock
+    sent: list[tuple[str, bytes, dict[str, Any], float]] = field(default_factory=list)
+    flushed: bool = False
+
+    def send(self, topic: str, key: bytes, value: bytes) -> None:
+        self.sent.append((topic, key, json.loads(value), self.clock()))
+
+    def flush(self, timeout: float) -> None:
+        self.flushed = True
+
+
+class TinyEstimator:
+    def predict_proba(self, x: Any) -> Any:
+        import numpy as np
+
+        p = np.clip(np.asarray(x)[:, 0], 0, 1)
+        return np.column_stack([1 - p, p])
+
+
+def _request(rid: str, x: Any = 0.8) -> bytes:
+    return json.dumps(
+        {"request_id": rid, "return_address": "results", "sent_at_ms": 1, "features": {"x": x}}
+    ).encode()
+
+
+def _run(
+    batches: list[list[bytes | None]], faults: Faults, max_seconds: float = 1.0, **kw: Any
+) -> tuple[FakeConsumer, FakeProducer, str, str, Any]:
+    clock = FakeClock()
+    stop = threading.Event()
+    consumer = FakeConsumer(clock, batches, stop, **kw)
+    producer = FakeProducer(clock)
+    out, err = io.StringIO(), io.StringIO()
+    model = ScoringModel("tiny", "tiny-v1", ("x",), TinyEstimator())
+    counts = run(
+        model,
+        consumer,
+        producer,
+        scores_topic="scores-t",
+        faults=faults,
+        stop=stop,
+        max_seconds=max_seconds,
+        clock=clock,
+        out=out,
+        err=err,
+    )
+    return consumer, producer, out.getvalue(), err.getvalue(), counts
+
+
+def test_run_scores_requests_skips_malformed_and_reports_ready_once() -> None:
+    batches: list[list[bytes | None]] = [
+        [_request("r1"), b"garbage", None, _request("r2", x="high")],
+        [_request("r3", x=0.1), b'{"request_id": "r4"}'],
+    ]
+    consumer, producer, out, err, counts = _run(batches, Faults(), assigned_after=2)
+    assert out == "runner tiny ready\n"
+    assert [(t, k) for t, k, _, _ in producer.sent] == [
+        ("scores-t", b"r1"),
+        ("scores-t", b"r2"),
+        ("scores-t", b"r3"),
+    ]
+    by_id = {v["request_id"]: v for _, _, v, _ in producer.sent}
+    assert by_id["r1"]["output"] == {"label": 1, "probability": 0.8}
+    assert by_id["r2"]["status"] == "error" and "x=" in by_id["r2"]["error"]
+    assert by_id["r3"]["output"]["label"] == 0
+    for v in by_id.values():
+        VALIDATOR.validate(v)
+    assert counts["malformed"] == 3 and counts["consumed"] == 6 and counts["sent"] == 3
+    assert producer.flushed
+    assert "runner tiny final:" in err and "malformed=3" in err
+
+
+def test_run_delays_scores_without_blocking_the_loop() -> None:
+    """With 5 ms latency the loop keeps polling (short timeouts) and sends each score when due."""
+    batches: list[list[bytes | None]] = [[_request(f"r{i}") for i in range(50)], [_request("late")]]
+    consumer, producer, _, _, counts = _run(batches, Faults(latency_ms=5))
+    assert counts["sent"] == 51
+    assert all(v["latency_ms"] >= 5 for _, _, v, _ in producer.sent)
+    assert all(v["latency_ms"] < 5 + 1 for _, _, v, _ in producer.sent)  # sent as soon as due, not later
+    # Idle, the loop polls with the idle timeout; with scores pending, only until the next one is due.
+    assert consumer.timeouts[0] == 50
+    assert consumer.timeouts[1] == 5  # the next batch is read while the first batch's scores wait
+    assert consumer.timeouts[2] == 5 and consumer.timeouts[3] == 50  # all sent at t0+5: idle again
+
+
+def test_run_returns_promptly_once_stop_is_set_and_flushes() -> None:
+    clock = FakeClock()
+    stop = threading.Event()
+
+    class StoppingConsumer(FakeConsumer):
+        def poll(self, timeout_ms: int, max_records: int) -> dict[str, list[FakeRecord]]:
+            batch = super().poll(timeout_ms, max_records)
+            if self.polls == 2:
+                stop.set()  # as the SIGTERM handler would
+            return batch
+
+    more: list[list[bytes | None]] = [[_request(f"later{i}")] for i in range(5)]
+    consumer = StoppingConsumer(clock, [[_request("a")], [_request("b")], *more], stop)
+    producer = FakeProducer(clock)
+    model = ScoringModel("tiny", "v", ("x",), TinyEstimator())
+    counts = run(
+        model,
+        consumer,
+        producer,
+        scores_topic="s",
+        faults=Faults(),
+        stop=stop,
+        clock=clock,
+        out=io.StringIO(),
+        err=io.StringIO(),
+    )
+    assert consumer.polls == 2
+    assert [k for _, k, _, _ in producer.sent] == [b"a", b"b"]  # what was taken is answered, nothing more
+    assert counts["discarded_at_stop"] == 0 and producer.flushed
+
+
+def test_run_discards_scores_still_waiting_at_stop() -> None:
+    consumer, producer, _, err, counts = _run([[_request("r1")]], Faults(latency_ms=10_000), max_seconds=0.5)
+    assert producer.sent == []
+    assert counts["discarded_at_stop"] == 1
+    assert "discarded_at_stop=1" in err
+
+
+def test_run_prints_stats_every_five_seconds_while_busy_and_a_heartbeat_when_idle() -> None:
+    _, _, _, err, _ = _run([[_request("r1")]], Faults(), max_seconds=130.0)
+    stats = [line for line in err.splitlines() if " stats:" in line]
+    assert len(stats) == 3  # ~5 s (after the request), then idle heartbeats at ~65 s and ~125 s
+    assert "sent=1" in stats[0] and "pending=0" in stats[0]
+    # 400 polls x 50 ms: busy for 20 s, then idle.
+    busy: list[list[bytes | None]] = [[_request(f"r{i}")] for i in range(400)]
+    _, _, _, err, _ = _run(busy, Faults(latency_ms=100), max_seconds=30.0, batch_ms=50)
+    stats = [line for line in err.splitlines() if " stats:" in line]
+    # At 5, 10, 15, 20 s, at 25 s for the last scores sent after 20 s, then nothing while idle.
+    assert len(stats) == 5
+    assert all("rate=20/s" in line for line in stats[1:4])
+    assert "sent=400" in stats[4] and "pending=0" in stats[4]
+
+
+def test_cli_rejects_impossible_fault_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    from runners.runner import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--model-dir", "x", "--bootstrap", "b:1", "--fail-rate", "0.7", "--drop-rate", "0.7"])
+    assert exc.value.code == 2
+    assert "fail_rate + drop_rate" in capsys.readouterr().err
