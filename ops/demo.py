@@ -40,7 +40,7 @@ def say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _progress(total: int):  # type: ignore[no-untyped-def]
+def _progress(total: int) -> loadgen.Progress:
     def show(sent: int, answered: int, elapsed_s: float) -> None:
         sys.stderr.write("\r" + loadgen.progress_line(sent, answered, total, elapsed_s))
         sys.stderr.flush()

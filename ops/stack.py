@@ -6,6 +6,7 @@ session with a log file and is stopped by its PID, never by name.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -83,8 +84,9 @@ def start_runners(
         )
         started.append((spec, p))
     for spec, p in started:
+        marker = f"runner {spec.model_id} ready"
         procs.wait_for(
-            lambda p=p, marker=f"runner {spec.model_id} ready": _ready_or_dead(p, marker),
+            functools.partial(_ready_or_dead, p, marker),
             timeout_s,
             f"model runner {spec.model_id} to start (log: {p.log_path})",
         )

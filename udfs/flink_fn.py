@@ -8,6 +8,7 @@ of plain strings and integers (no pickled project classes), so module renames ne
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,8 +46,33 @@ def _json(record: dict[str, Any]) -> str:
     return json.dumps(record, separators=(",", ":"), allow_nan=False)
 
 
-def _now(ctx: Any) -> int:
-    return int(ctx.timer_service().current_processing_time())
+def _now_ms() -> int:
+    """Processing time from Python's clock: the same system clock Flink's timer service reads,
+    without a call into the JVM (each such call costs tens of microseconds in thread mode)."""
+    return time.time_ns() // 1_000_000
+
+
+class _BatchedCounters:
+    """Metric counters incremented in Python and pushed to Flink at most once a second."""
+
+    FLUSH_EVERY_MS = 1000
+
+    def __init__(self, group: Any, metric_names: tuple[str, ...]) -> None:
+        self._counters = {name: group.counter(name) for name in metric_names}
+        self._pending = dict.fromkeys(metric_names, 0)
+        self._next_flush_ms = 0
+
+    def add(self, name: str, now_ms: int) -> None:
+        self._pending[name] += 1
+        if now_ms >= self._next_flush_ms:
+            self.flush(now_ms)
+
+    def flush(self, now_ms: int) -> None:
+        for name, n in self._pending.items():
+            if n:
+                self._counters[name].inc(n)
+                self._pending[name] = 0
+        self._next_flush_ms = now_ms + self.FLUSH_EVERY_MS
 
 
 class ParseFunction(ProcessFunction):
@@ -58,16 +84,16 @@ class ParseFunction(ProcessFunction):
         self.kind = kind
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        group = runtime_context.get_metrics_group()
-        self.dead_letters = group.counter(names.METRIC_DEAD_LETTERS)
+        self.counters = _BatchedCounters(runtime_context.get_metrics_group(), (names.METRIC_DEAD_LETTERS,))
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         data, topic, partition, offset = value[0], value[1], value[2], value[3]
         source = Source(topic, partition, offset)
         parsed = parse_request(data, source) if self.kind == KIND_REQUEST else parse_score(data, source)
         if isinstance(parsed, DeadLetter):
-            self.dead_letters.inc()
-            yield DEAD_LETTERS, Row(parsed.request_id, _json(parsed.to_dict(_now(ctx))))
+            now = _now_ms()
+            self.counters.add(names.METRIC_DEAD_LETTERS, now)
+            yield DEAD_LETTERS, Row(parsed.request_id, _json(parsed.to_dict(now)))
             return
         text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
         yield Row(self.kind, parsed.request_id, text, topic, partition, offset)
@@ -81,10 +107,9 @@ class MailboxFunction(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.state = runtime_context.get_state(ValueStateDescriptor(names.STATE_MAILBOX, Types.STRING()))
-        group = runtime_context.get_metrics_group()
-        self.counters = {
-            name: group.counter(name)
-            for name in (
+        self.counters = _BatchedCounters(
+            runtime_context.get_metrics_group(),
+            (
                 names.METRIC_REQUESTS,
                 names.METRIC_SCORES,
                 names.METRIC_RESULTS,
@@ -93,8 +118,8 @@ class MailboxFunction(KeyedProcessFunction):
                 names.METRIC_DUPLICATES,
                 names.METRIC_ORPHANS,
                 names.METRIC_DEAD_LETTERS,
-            )
-        }
+            ),
+        )
 
     def _load(self) -> mbx.Mailbox | None:
         text = self.state.value()
@@ -102,7 +127,7 @@ class MailboxFunction(KeyedProcessFunction):
 
     def process_element(self, value: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         kind, _rid, text, topic, partition, offset = value
-        now = _now(ctx)
+        now = _now_ms()
         source = Source(topic, partition, offset)
         obj = json.loads(text)  # validated by ParseFunction upstream
         if kind == KIND_REQUEST:
@@ -114,7 +139,8 @@ class MailboxFunction(KeyedProcessFunction):
                 obj.get("deadline_ms"),
                 obj.get("routing_key"),
             )
-            step = mbx.on_request(self._load(), req, text, source, self.policy, now)
+            current = self._load()
+            step = mbx.on_request(current, req, text, source, self.policy, now)
         else:
             score = Score(
                 obj["request_id"],
@@ -126,26 +152,34 @@ class MailboxFunction(KeyedProcessFunction):
                 obj["scored_at_ms"],
                 float(obj["latency_ms"]),
             )
-            step = mbx.on_score(self._load(), score, source, self.policy, now)
-        yield from self._apply(step, ctx)
+            current = self._load()
+            step = mbx.on_score(current, score, source, self.policy, now)
+        yield from self._apply(step, ctx, None if current is None else current.wake_at_ms, now)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         current = self._load()
         if current is None:
             return
-        now = max(int(timestamp), _now(ctx))
-        yield from self._apply(mbx.on_timer(current, self.policy, now), ctx)
+        now = max(int(timestamp), _now_ms())
+        yield from self._apply(mbx.on_timer(current, self.policy, now), ctx, current.wake_at_ms, now)
 
-    def _apply(self, step: mbx.Step, ctx: Any) -> Iterator[Any]:
+    def _apply(self, step: mbx.Step, ctx: Any, previous_wake_ms: int | None, now: int) -> Iterator[Any]:
         mb = step.mailbox
         if mb is None:
             self.state.clear()
+            if previous_wake_ms is not None and previous_wake_ms > now:
+                ctx.timer_service().delete_processing_time_timer(previous_wake_ms)
         else:
             self.state.update(mb.to_json())
-            if mb.wake_at_ms is not None:
-                ctx.timer_service().register_processing_time_timer(mb.wake_at_ms)
+            if mb.wake_at_ms != previous_wake_ms:
+                timers = ctx.timer_service()
+                if previous_wake_ms is not None and previous_wake_ms > now:
+                    # Deleting costs one call into the JVM; letting it fire costs a state read and a callback.
+                    timers.delete_processing_time_timer(previous_wake_ms)
+                if mb.wake_at_ms is not None:
+                    timers.register_processing_time_timer(mb.wake_at_ms)
         for name in step.counts:
-            self.counters[name].inc()
+            self.counters.add(name, now)
         for out in step.outputs:
             if out.kind == mbx.RESULT:
                 yield Row(out.record["request_id"], _json(out.record), out.topic)
@@ -153,5 +187,5 @@ class MailboxFunction(KeyedProcessFunction):
                 yield ARCHIVE, _json(out.record)
             else:
                 if out.kind == mbx.DEAD_LETTER:
-                    self.counters[names.METRIC_DEAD_LETTERS].inc()
+                    self.counters.add(names.METRIC_DEAD_LETTERS, now)
                 yield _SIDE_TAGS[out.kind], Row(out.record.get("request_id"), _json(out.record))

@@ -84,7 +84,9 @@ class Mailbox:
     def from_json(cls, text: str) -> Mailbox:
         d = json.loads(text)
         if d.get("v") != STATE_VERSION:
-            raise ValueError(f"mailbox state version {d.get('v')!r} is not supported (expected {STATE_VERSION})")
+            raise ValueError(
+                f"mailbox state version {d.get('v')!r} is not supported (expected {STATE_VERSION})"
+            )
         return cls(
             request_id=d["id"],
             first_seen_ms=d["first"],
@@ -193,7 +195,8 @@ def _evaluate(step: Step, mb: Mailbox, policy: Policy, now_ms: int, by_timer: bo
         for s in mb.scores
         if not s["duplicate"] and not s["late"]
     }
-    verdict = decide(policy, views, mb.received_at_ms or now_ms, mb.deadline_at_ms(policy), now_ms, by_timer)
+    assert mb.received_at_ms is not None  # 0 is a valid time: never `received_at_ms or now_ms`
+    verdict = decide(policy, views, mb.received_at_ms, mb.deadline_at_ms(policy), now_ms, by_timer)
     if isinstance(verdict, Decided):
         mb.result = _result(mb, verdict, policy, now_ms)
         assert mb.return_address is not None
@@ -296,7 +299,8 @@ def agreement(official: Any, canary: dict[str, Any] | None) -> bool | None:
         return None
     other = canary["output"] or {}
     if official.get("label") is not None and other.get("label") is not None:
-        return bool(official["label"] == other["label"])
+        # As JSON values: 1, true and "1" are different labels (Python has 1 == True).
+        return json.dumps(official["label"]) == json.dumps(other["label"])
     p, q = official.get("probability"), other.get("probability")
     if p is not None and q is not None:
         return (p >= 0.5) == (q >= 0.5)

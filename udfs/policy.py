@@ -16,10 +16,13 @@ from typing import Any
 
 import yaml
 
+from udfs.wire import MODEL_ID_RE, check_output
+
 ROLES = ("incumbent", "challenger", "backstop", "canary", "shadow")
 OFFICIAL_ROLES = frozenset({"incumbent", "challenger", "backstop"})
 DECIDE_MODES = ("first_in_order", "majority_vote", "weighted_average")
 MAX_DEADLINE_MS = 600_000
+MAX_WEIGHT = 1e6  # bounded (so also finite): a weighted sum never overflows to inf, the mean to NaN
 
 _TOP_FIELDS = {
     "version",
@@ -155,6 +158,12 @@ def parse_policy(data: Any) -> Policy:
         no_answer_json = json.dumps(on_no_answer.get("output"), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise PolicyError(f"on_no_answer.output: must be JSON-serialisable: {e}") from None
+    if on_no_answer.get("output") is not None:
+        # It goes out as a result's output, so it must be null or a valid output object.
+        try:
+            check_output(on_no_answer["output"])
+        except ValueError as e:
+            raise PolicyError(f"on_no_answer.output: must be null or an output object: {e}") from None
     official = [m for m in models if m.official]
     min_votes = _int(data, "min_votes", 1, max(1, len(official)), 1)
     threshold = data.get("threshold", 0.5)
@@ -187,8 +196,9 @@ def _parse_models(raw: Any, deadline: int) -> tuple[ModelSpec, ...]:
         if unknown:
             raise PolicyError(f"{where}.{unknown[0]}: unknown field (allowed: id, role, wait_ms, weight)")
         mid = m.get("id")
-        if not isinstance(mid, str) or not mid or len(mid) > 64:
-            raise PolicyError(f"{where}.id: required, a string of 1-64 characters")
+        if not isinstance(mid, str) or not MODEL_ID_RE.match(mid):
+            # The same rule as a score's model_id: any other id could never match a score.
+            raise PolicyError(f"{where}.id: required, a string of 1-64 characters of [A-Za-z0-9._-]")
         if mid in seen:
             raise PolicyError(f"{where}.id: duplicate model id {mid!r}")
         seen.add(mid)
@@ -202,8 +212,8 @@ def _parse_models(raw: Any, deadline: int) -> tuple[ModelSpec, ...]:
             if not isinstance(wait, int) or isinstance(wait, bool) or not 0 <= wait <= deadline:
                 raise PolicyError(f"{where}.wait_ms: must be an integer from 0 to deadline_ms ({deadline})")
         weight = m.get("weight", 1.0)
-        if not isinstance(weight, int | float) or isinstance(weight, bool) or not weight > 0:
-            raise PolicyError(f"{where}.weight: must be a number > 0, got {weight!r}")
+        if not isinstance(weight, int | float) or isinstance(weight, bool) or not 0 < weight <= MAX_WEIGHT:
+            raise PolicyError(f"{where}.weight: must be a number in (0, {MAX_WEIGHT:g}], got {weight!r}")
         out.append(ModelSpec(mid, role, wait, float(weight)))
     if not any(m.official for m in out):
         raise PolicyError("models: needs at least one model with role incumbent, challenger or backstop")
@@ -280,7 +290,9 @@ def _first_in_order(
         s = scores.get(m.id)
         if s is not None and s.ok:
             reason = "backstop" if m.role == "backstop" else ("preferred" if i == 0 else "fallback")
-            return Decided(m.id, s.model_version, s.output, reason, _trigger(now_ms, deadline_at_ms, by_timer))
+            return Decided(
+                m.id, s.model_version, s.output, reason, _trigger(now_ms, deadline_at_ms, by_timer)
+            )
         if s is not None:  # failed: no point waiting for it
             continue
         until = _wait_until(m, received_at_ms, deadline_at_ms)
@@ -361,7 +373,9 @@ def _label_key(label: Any) -> str:
 
 def _average(usable: list[tuple[ModelSpec, Mapping[str, Any]]], threshold: float) -> dict[str, Any]:
     """Weighted mean of probabilities (label by threshold) or, failing that, of values."""
-    with_p = [(m.weight, float(out["probability"])) for m, out in usable if out.get("probability") is not None]
+    with_p = [
+        (m.weight, float(out["probability"])) for m, out in usable if out.get("probability") is not None
+    ]
     if with_p:
         total = sum(w for w, _ in with_p)
         p = sum(w * x for w, x in with_p) / total

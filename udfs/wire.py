@@ -17,12 +17,13 @@ MAX_RECORD_BYTES = 64 * 1024
 RAW_PREFIX_CHARS = 4096
 MAX_ERROR_CHARS = 1024
 
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# \Z, not $: "$" also matches before a trailing newline, so "abc\n" would pass.
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 # Same character class as Kafka's own topic-name rule; the results sink is built with the
 # same pattern, so a request can never name a topic the sink would refuse.
 TOPIC_PATTERN = r"[A-Za-z0-9._-]{1,249}"
-TOPIC_RE = re.compile(f"^{TOPIC_PATTERN}$")
-MODEL_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+TOPIC_RE = re.compile(f"^{TOPIC_PATTERN}\\Z")
+MODEL_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 
 REQUEST_FIELDS = frozenset(
     {"request_id", "return_address", "sent_at_ms", "deadline_ms", "routing_key", "features"}
@@ -106,7 +107,7 @@ class DeadLetter:
         }
 
 
-class _Bad(Exception):
+class _Bad(ValueError):
     """Internal: one validation failure, turned into a DeadLetter at the boundary."""
 
     def __init__(self, reason: str, detail: str) -> None:
@@ -120,7 +121,12 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return (isinstance(v, int | float) and not isinstance(v, bool)) and math.isfinite(v)
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer literal too large for a float (e.g. 400 digits)
+        return False
 
 
 def _decode(data: bytes | str, source: Source) -> tuple[str | None, DeadLetter | None]:
@@ -296,6 +302,9 @@ def check_output(output: Any) -> dict[str, Any]:
         raise _Bad("bad_output", f"output has unknown field(s): {', '.join(sorted(unknown)[:5])}")
     if not output:
         raise _Bad("bad_output", "output needs at least one of label, probability, value")
+    nulls = sorted(k for k, v in output.items() if v is None)
+    if nulls:
+        raise _Bad("bad_output", f"output.{nulls[0]} must not be null (leave the field out instead)")
     label = output.get("label")
     if label is not None and not isinstance(label, str | bool | int):
         raise _Bad("bad_output", "output.label must be an integer, string or boolean")

@@ -1,0 +1,849 @@
+"""udfs.mailbox: per-request transitions, driven the way the Flink adapter drives them.
+
+`Flink` below is a tiny stand-in for the keyed process function: it keeps the mailbox only as the JSON
+text from `Mailbox.to_json` (as the ValueState does), registers a timer at every step's `wake_at_ms`
+(and never deletes one, as Flink does not), and calls `on_timer` with now = the timer's time. Records
+arriving at the same millisecond as a timer are processed first.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from udfs import names
+from udfs.mailbox import (
+    ARCHIVE,
+    CANARY,
+    DEAD_LETTER,
+    DECISION,
+    RESULT,
+    STATE_VERSION,
+    Mailbox,
+    Out,
+    Step,
+    agreement,
+    on_request,
+    on_score,
+    on_timer,
+)
+from udfs.policy import Decided, Policy, ScoreView, decide, load_policy, parse_policy
+from udfs.wire import Request, Score, Source
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT = load_policy(ROOT / "policies" / "default.yaml")
+PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+RID = "req-1"
+
+
+def _validator(name: str) -> Any:
+    path = ROOT / "schemas" / f"{name}.schema.json"
+    if not path.exists():
+        return None
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(json.loads(path.read_text()))
+
+
+SCHEMA_OF = {
+    RESULT: "result",
+    ARCHIVE: "archive_row",
+    DECISION: "decision",
+    CANARY: "canary",
+    DEAD_LETTER: "dead_letter",
+}
+_VALIDATORS = {n: _validator(n) for n in SCHEMA_OF.values()}
+
+
+def assert_valid(kind: str, record: dict[str, Any]) -> None:
+    v = _VALIDATORS[SCHEMA_OF[kind]]
+    if v is None:
+        pytest.skip(f"schemas/{SCHEMA_OF[kind]}.schema.json is missing")
+    errs = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in v.iter_errors(record)]
+    assert errs == [], (kind, record, errs)
+
+
+def policy_with(**over: Any) -> Policy:
+    return parse_policy(DEFAULT.to_dict() | over)
+
+
+def make_request(t: int = 0, rid: str = RID, offset: int = 0, **over: Any) -> tuple[Request, str, Source]:
+    d: dict[str, Any] = {
+        "request_id": rid,
+        "return_address": "results",
+        "sent_at_ms": max(t - 2, 0),
+        "features": {"b": 2, "a": "x"},
+    } | over
+    req = Request(
+        d["request_id"],
+        d["return_address"],
+        d["sent_at_ms"],
+        d["features"],
+        d.get("deadline_ms"),
+        d.get("routing_key"),
+    )
+    return req, json.dumps(d), Source("requests", 1, offset)
+
+
+def make_score(
+    model: str, status: str = "ok", output: Any = None, rid: str = RID, t: int = 0, version: str | None = None
+) -> Score:
+    if status == "ok":
+        output = output if output is not None else {"label": 1, "probability": 0.75}
+        error = None
+    else:
+        output, error = None, f"{model} failed"
+    return Score(rid, model, version or f"{model}-v1", status, output, error, t, 1.5)
+
+
+@dataclass
+class Flink:
+    policy: Policy
+    state: str | None = None
+    timers: set[int] = field(default_factory=set)
+    now: int = -1
+    outs: list[tuple[int, Out]] = field(default_factory=list)
+    counts: list[str] = field(default_factory=list)
+    cleared: list[int] = field(default_factory=list)
+    fired: list[int] = field(default_factory=list)
+
+    def load(self) -> Mailbox | None:
+        return None if self.state is None else Mailbox.from_json(self.state)
+
+    def apply(self, t: int, step: Step) -> None:
+        mb = step.mailbox
+        if mb is None:
+            if self.state is not None:
+                self.cleared.append(t)
+            self.state = None
+        else:
+            text = mb.to_json()
+            again = Mailbox.from_json(text)
+            assert again == mb and again.to_json() == text  # what Flink restores is what was stored
+            self.state = text
+            if mb.wake_at_ms is not None:
+                assert mb.wake_at_ms >= t, (mb.wake_at_ms, t)
+                self.timers.add(mb.wake_at_ms)
+        self.outs.extend((t, o) for o in step.outputs)
+        self.counts.extend(step.counts)
+
+    def advance(self, t: int) -> None:
+        """Fire every timer before t (records at t come before timers at t)."""
+        while self.timers and min(self.timers) < t:
+            self.fire()
+        assert t >= self.now, "time only moves forward"
+        self.now = t
+
+    def fire(self) -> None:
+        tm = min(self.timers)
+        self.timers.discard(tm)
+        self.fired.append(tm)
+        # A mailbox that keeps asking for a timer at a time already passed would spin Flink forever.
+        assert self.fired.count(tm) <= 3, f"timer at {tm} keeps firing: the mailbox never moves on"
+        now = max(tm, self.now)
+        self.now = now
+        mb = self.load()
+        if mb is not None:  # as the adapter: a timer for state that is gone does nothing
+            self.apply(now, on_timer(mb, self.policy, now))
+
+    def request(self, t: int, req: Request, raw: str, src: Source) -> None:
+        self.advance(t)
+        self.apply(t, on_request(self.load(), req, raw, src, self.policy, t))
+
+    def score(self, t: int, s: Score, src: Source | None = None) -> None:
+        self.advance(t)
+        self.apply(t, on_score(self.load(), s, src or Source("scores", 2, t), self.policy, t))
+
+    def drain(self, until: int | None = None) -> None:
+        while self.timers and (until is None or min(self.timers) <= until):
+            self.fire()
+
+    def of(self, kind: str) -> list[tuple[int, dict[str, Any]]]:
+        return [(t, o.record) for t, o in self.outs if o.kind == kind]
+
+    def kinds(self) -> list[str]:
+        return [o.kind for _, o in self.outs]
+
+
+# --- by hand: the default policy -------------------------------------------------------------------------
+
+
+def test_happy_path_records() -> None:
+    f = Flink(DEFAULT)
+    req, raw, src = make_request(1000, routing_key="u1")
+    f.request(1000, req, raw, src)
+    assert f.kinds() == [ARCHIVE]
+    assert f.load().wake_at_ms == 1040  # type: ignore[union-attr]
+    f.score(1010, make_score("base", output={"label": 0}))  # the canary answers: nothing official yet
+    f.score(1012, make_score("gbt", output={"label": 1, "probability": 0.75}))
+    assert f.kinds() == [ARCHIVE, RESULT]
+    t, result = f.of(RESULT)[0]
+    assert t == 1012 and f.outs[1][1].topic == "results"
+    assert result == {
+        "request_id": RID,
+        "model_id": "gbt",
+        "model_version": "gbt-v1",
+        "output": {"label": 1, "probability": 0.75},
+        "reason": "preferred",
+        "trigger": "score",
+        "policy_version": 1,
+        "sent_at_ms": 998,
+        "received_at_ms": 1000,
+        "decided_at_ms": 1012,
+        "latency_ms": 12,
+        "answered": ["base", "gbt"],
+        "failed": [],
+    }
+    f.score(1030, make_score("logreg", "error"))
+    assert f.load().wake_at_ms == 1000 + 100 + 1000  # type: ignore[union-attr]  # deadline + late window
+    f.drain(until=2099)
+    assert f.kinds() == [ARCHIVE, RESULT]
+    f.drain(until=2100)
+    assert f.kinds() == [ARCHIVE, RESULT, DECISION, CANARY]
+    (tc, decision), (_, canary) = f.of(DECISION)[0], f.of(CANARY)[0]
+    assert tc == 2100 and decision["closed_at_ms"] == 2100 and decision["decided_at_ms"] == 1012
+    assert decision["result"] == result
+    assert [(s["model_id"], s["role"], s["late"], s["duplicate"]) for s in decision["scores"]] == [
+        ("base", "canary", False, False),
+        ("gbt", "incumbent", False, False),
+        ("logreg", "challenger", True, False),
+    ]
+    assert (
+        decision["scores"][2]["error"] == "logreg failed" and decision["scores"][2]["arrived_at_ms"] == 1030
+    )
+    assert "src" not in decision["scores"][0] and "request_id" not in decision["scores"][0]
+    assert canary == {
+        "request_id": RID,
+        "policy_version": 1,
+        "decided_at_ms": 1012,
+        "official": {
+            "model_id": "gbt",
+            "model_version": "gbt-v1",
+            "output": {"label": 1, "probability": 0.75},
+            "reason": "preferred",
+        },
+        "canary": {
+            "model_id": "base",
+            "model_version": "base-v1",
+            "status": "ok",
+            "output": {"label": 0},
+            "arrived_at_ms": 1010,
+        },
+        "agree": False,
+    }
+    archive = f.of(ARCHIVE)[0][1]
+    assert archive == {
+        "request_id": RID,
+        "received_at_ms": 1000,
+        "sent_at_ms": 998,
+        "return_address": "results",
+        "source_topic": "requests",
+        "partition": 1,
+        "offset": 0,
+        "features": '{"a":"x","b":2}',
+        "raw": raw,
+    }
+    tomb = f.load()
+    assert tomb is not None and tomb.closed and tomb.scores == [] and tomb.result is None
+    assert tomb.wake_at_ms == 2100 + DEFAULT.dedupe_retention_ms
+    f.drain()
+    assert f.state is None and f.cleared == [2100 + DEFAULT.dedupe_retention_ms]
+    for _, o in f.outs:
+        assert_valid(o.kind, o.record)
+    assert sorted(f.counts) == sorted(
+        [
+            names.METRIC_REQUESTS,
+            names.METRIC_SCORES,
+            names.METRIC_SCORES,
+            names.METRIC_RESULTS,
+            names.METRIC_SCORES,
+            names.METRIC_LATE_SCORES,
+        ]
+    )
+
+
+def test_fallback_by_wait_timer_and_backstop() -> None:
+    f = Flink(DEFAULT)
+    f.request(0, *make_request(0))
+    f.score(5, make_score("tree", output={"value": 3.5}))
+    f.score(6, make_score("logreg", "error"))
+    f.drain(until=39)
+    assert f.of(RESULT) == []
+    f.drain(until=40)
+    ((t, result),) = f.of(RESULT)
+    assert (t, result["model_id"], result["reason"], result["trigger"]) == (
+        40,
+        "tree",
+        "backstop",
+        "wait_timer",
+    )
+    assert (result["answered"], result["failed"], result["received_at_ms"]) == (["tree"], ["logreg"], 0)
+
+
+def test_request_received_at_time_zero_still_times_out_waits() -> None:
+    # Regression: received_at_ms == 0 was read as "missing" and the waits restarted from the timer's time.
+    f = Flink(DEFAULT)
+    f.request(0, *make_request(0))
+    f.score(10, make_score("logreg"))
+    f.drain(until=40)
+    ((t, result),) = f.of(RESULT)
+    assert (t, result["model_id"], result["trigger"]) == (40, "logreg", "wait_timer")
+
+
+def test_no_answer_at_deadline_with_request_deadline_override() -> None:
+    p = policy_with(on_no_answer={"output": {"label": -1}})
+    f = Flink(p)
+    f.request(100, *make_request(100, deadline_ms=25))
+    f.score(110, make_score("mlp"))  # a shadow: never official
+    f.drain(until=124)
+    assert f.of(RESULT) == []
+    f.drain(until=125)
+    ((t, result),) = f.of(RESULT)
+    assert (t, result["reason"], result["trigger"], result["output"], result["model_id"]) == (
+        125,
+        "no_answer",
+        "deadline",
+        {"label": -1},
+        None,
+    )
+    assert result["answered"] == ["mlp"]  # every ok score present, official or not
+    assert f.load().wake_at_ms == 125 + p.late_window_ms  # type: ignore[union-attr]
+    f.drain(until=125 + p.late_window_ms)
+    canary = f.of(CANARY)[0][1]
+    assert (canary["canary"], canary["agree"]) == (None, None)
+    assert names.METRIC_NO_ANSWER in f.counts
+
+
+def test_all_failed_decides_at_once() -> None:
+    f = Flink(DEFAULT)
+    f.request(0, *make_request(0))
+    for i, m in enumerate(("tree", "gbt", "logreg")):
+        f.score(1 + i, make_score(m, "error"))
+    ((t, result),) = f.of(RESULT)
+    assert (t, result["reason"], result["trigger"], result["failed"]) == (
+        3,
+        "no_answer",
+        "all_failed",
+        ["tree", "gbt", "logreg"],
+    )
+
+
+def test_scores_before_the_request_are_used_at_once() -> None:
+    f = Flink(DEFAULT)
+    f.score(0, make_score("logreg"))
+    f.score(1, make_score("gbt", output={"label": 0}))
+    assert f.kinds() == [] and f.load().wake_at_ms == DEFAULT.orphan_timeout_ms  # type: ignore[union-attr]
+    f.request(7, *make_request(7))
+    assert f.kinds() == [ARCHIVE, RESULT]
+    result = f.of(RESULT)[0][1]
+    assert (result["model_id"], result["trigger"], result["decided_at_ms"], result["latency_ms"]) == (
+        "gbt",
+        "score",
+        7,
+        0,
+    )
+    f.drain(until=DEFAULT.orphan_timeout_ms)  # the stale orphan timer fires: nothing happens
+    assert f.kinds() == [ARCHIVE, RESULT, DECISION, CANARY]
+    assert f.of(DEAD_LETTER) == []
+
+
+def test_a_duplicate_score_does_not_trigger_a_decision() -> None:
+    # At 40 the incumbent's wait runs out; a duplicate arriving at that ms (before the timer) changes
+    # nothing, so the decision is the timer's, not a score's.
+    f = Flink(DEFAULT)
+    f.request(0, *make_request(0))
+    f.score(10, make_score("logreg"))
+    f.score(40, make_score("logreg", output={"label": 5}))
+    assert f.of(RESULT) == []
+    f.drain(until=40)
+    ((t, result),) = f.of(RESULT)
+    assert (t, result["model_id"], result["trigger"], result["output"]) == (
+        40,
+        "logreg",
+        "wait_timer",
+        {"label": 1, "probability": 0.75},
+    )
+
+
+def test_duplicate_score_is_flagged_and_ignored() -> None:
+    f = Flink(DEFAULT)
+    f.request(0, *make_request(0))
+    f.score(1, make_score("gbt", "error"))
+    f.score(2, make_score("gbt", output={"label": 9}))  # a second score from gbt cannot override its error
+    f.score(3, make_score("logreg", output={"label": 4}))
+    result = f.of(RESULT)[0][1]
+    assert (result["model_id"], result["failed"], result["answered"]) == ("logreg", ["gbt"], ["logreg"])
+    f.drain(until=2000)
+    scores = f.of(DECISION)[0][1]["scores"]
+    assert [(s["model_id"], s["duplicate"], s["late"]) for s in scores] == [
+        ("gbt", False, False),
+        ("gbt", True, False),
+        ("logreg", False, False),
+    ]
+    assert f.counts.count(names.METRIC_DUPLICATES) == 1
+
+
+def test_duplicate_request_before_and_after_decision_and_after_close() -> None:
+    f = Flink(DEFAULT)
+    f.request(0, *make_request(0))
+    f.request(5, *make_request(5, offset=1, return_address="elsewhere", deadline_ms=1))
+    before = f.load()
+    f.score(10, make_score("gbt"))
+    f.request(20, *make_request(20, offset=2))
+    f.drain(until=1100)
+    f.request(1200, *make_request(1200, offset=3))
+    results = f.of(RESULT)
+    assert len(results) == 1 and f.outs[[o.kind for _, o in f.outs].index(RESULT)][1].topic == "results"
+    letters = f.of(DEAD_LETTER)
+    assert [(t, d["reason"], d["offset"], d["request_id"]) for t, d in letters] == [
+        (5, "duplicate_request", 1, RID),
+        (20, "duplicate_request", 2, RID),
+        (1200, "duplicate_request", 3, RID),
+    ]
+    assert json.loads(letters[0][1]["raw"])["return_address"] == "elsewhere"
+    assert before is not None and before.deadline_ms is None and before.return_address == "results"
+    for _, d in letters:
+        assert_valid(DEAD_LETTER, d)
+    assert f.counts.count(names.METRIC_DUPLICATES) == 3 and f.counts.count(names.METRIC_REQUESTS) == 1
+
+
+def test_score_after_close() -> None:
+    f = Flink(DEFAULT)
+    f.request(0, *make_request(0))
+    f.drain(until=1100)
+    assert f.kinds() == [ARCHIVE, RESULT, DECISION, CANARY]
+    f.score(1101, make_score("gbt"), Source("scores", 4, 77))
+    ((t, d),) = f.of(DEAD_LETTER)
+    assert (t, d["reason"], d["request_id"], d["source_topic"], d["partition"], d["offset"], d["at_ms"]) == (
+        1101,
+        "score_after_close",
+        RID,
+        "scores",
+        4,
+        77,
+        1101,
+    )
+    assert json.loads(d["raw"])["model_id"] == "gbt" and not d["raw_truncated"]
+    assert_valid(DEAD_LETTER, d)
+    assert f.of(RESULT)[0][1]["reason"] == "no_answer"
+
+
+def test_orphan_scores_become_dead_letters() -> None:
+    p = policy_with(orphan_timeout_ms=50)
+    f = Flink(p)
+    f.score(10, make_score("gbt"), Source("scores", 0, 1))
+    f.score(30, make_score("gbt", "error"), Source("scores", 1, 2))
+    f.drain(until=59)
+    assert f.kinds() == [] and f.state is not None
+    f.drain(until=60)
+    letters = f.of(DEAD_LETTER)
+    assert [(t, d["reason"], d["partition"], d["offset"], d["request_id"]) for t, d in letters] == [
+        (60, "orphan_score", 0, 1, RID),
+        (60, "orphan_score", 1, 2, RID),
+    ]
+    assert [json.loads(d["raw"])["duplicate"] for _, d in letters] == [False, True]
+    assert f.state is None and f.cleared == [60] and f.counts.count(names.METRIC_ORPHANS) == 1
+    for _, d in letters:
+        assert_valid(DEAD_LETTER, d)
+    # The request comes after all: a fresh mailbox, the orphans are gone.
+    f.request(70, *make_request(70))
+    fresh = f.load()
+    assert fresh is not None and fresh.scores == [] and fresh.first_seen_ms == 70
+    f.drain(until=170)
+    assert f.of(RESULT)[0][1]["reason"] == "no_answer"
+
+
+def test_no_dedupe_retention_clears_at_close() -> None:
+    p = policy_with(dedupe_retention_ms=0, late_window_ms=0)
+    f = Flink(p)
+    f.request(0, *make_request(0))
+    f.score(3, make_score("gbt"))
+    f.drain()
+    assert f.state is None and f.cleared == [100]  # decided at 3, closed at the deadline
+    assert f.kinds() == [ARCHIVE, RESULT, DECISION, CANARY]
+    # With nothing kept, a replay is a new request (the documented cost of retention 0).
+    f.request(200, *make_request(200))
+    assert f.kinds()[-1] == ARCHIVE
+
+
+def test_tombstone_expires_after_retention() -> None:
+    p = policy_with(dedupe_retention_ms=500, late_window_ms=0)
+    f = Flink(p)
+    f.request(0, *make_request(0))
+    f.drain(until=100)  # decided and closed at the deadline (late window 0)
+    assert f.load().closed and f.load().wake_at_ms == 600  # type: ignore[union-attr]
+    f.request(599, *make_request(599))
+    assert f.kinds()[-1] == DEAD_LETTER
+    f.drain(until=600)
+    assert f.state is None and f.cleared == [600]
+
+
+def test_late_window_zero_closes_when_decided_at_deadline() -> None:
+    p = policy_with(late_window_ms=0)
+    f = Flink(p)
+    f.request(0, *make_request(0))
+    f.drain(until=100)
+    assert f.kinds() == [ARCHIVE, RESULT, DECISION, CANARY]
+    assert f.of(DECISION)[0][1]["closed_at_ms"] == 100
+
+
+def test_early_timers_do_nothing() -> None:
+    mb = on_request(None, *make_request(0), DEFAULT, 0).mailbox
+    assert mb is not None and mb.wake_at_ms == 40
+    step = on_timer(mb, DEFAULT, 10)  # a stale timer while undecided: re-evaluates, same wait
+    assert step.outputs == [] and step.mailbox is mb and mb.wake_at_ms == 40
+    decided = on_score(mb, make_score("gbt"), Source("scores"), DEFAULT, 20).mailbox
+    assert decided is not None and decided.result is not None
+    step = on_timer(decided, DEFAULT, 40)
+    assert step.outputs == [] and step.mailbox is decided
+    orphan = on_score(None, make_score("gbt"), Source("scores"), DEFAULT, 0).mailbox
+    assert orphan is not None
+    step = on_timer(orphan, DEFAULT, DEFAULT.orphan_timeout_ms - 1)
+    assert step.outputs == [] and step.mailbox is orphan
+
+
+def test_state_version_is_checked() -> None:
+    mb = on_request(None, *make_request(0), DEFAULT, 0).mailbox
+    assert mb is not None
+    d = json.loads(mb.to_json())
+    assert d["v"] == STATE_VERSION
+    with pytest.raises(ValueError, match="state version"):
+        Mailbox.from_json(json.dumps(d | {"v": STATE_VERSION + 1}))
+
+
+@pytest.mark.parametrize(
+    ("official", "canary", "agree"),
+    [
+        ({"label": 1}, {"status": "ok", "output": {"label": 1}}, True),
+        ({"label": "a"}, {"status": "ok", "output": {"label": "b"}}, False),
+        ({"label": 1}, {"status": "ok", "output": {"label": True}}, False),  # JSON 1 is not true
+        ({"label": "1"}, {"status": "ok", "output": {"label": 1}}, False),
+        ({"probability": 0.7}, {"status": "ok", "output": {"probability": 0.5}}, True),
+        ({"probability": 0.2}, {"status": "ok", "output": {"probability": 0.5}}, False),
+        ({"label": 1, "probability": 0.2}, {"status": "ok", "output": {"probability": 0.1}}, True),
+        ({"value": 3}, {"status": "ok", "output": {"value": 3}}, None),
+        ({"label": 1}, {"status": "error", "output": None}, None),
+        (None, {"status": "ok", "output": {"label": 1}}, None),
+        ({"label": 1}, None, None),
+    ],
+)
+def test_agreement(official: Any, canary: Any, agree: bool | None) -> None:
+    assert agreement(official, canary) is agree
+
+
+# --- properties -------------------------------------------------------------------------------------------
+
+OFFICIAL_ROLES = ("incumbent", "challenger", "backstop")
+
+
+@st.composite
+def policies(draw: st.DrawFn) -> Policy:
+    deadline = draw(st.integers(1, 120))
+    roles = draw(st.lists(st.sampled_from(["challenger", "challenger", "backstop"]), min_size=1, max_size=3))
+    if draw(st.booleans()):
+        roles[0] = "incumbent"
+    roles += draw(st.sampled_from([[], ["canary"], ["shadow"], ["canary", "shadow"]]))
+    models = []
+    for i, role in enumerate(draw(st.permutations(roles))):
+        m: dict[str, Any] = {"id": f"m{i}", "role": role}
+        if role in OFFICIAL_ROLES:
+            wait = draw(st.integers(0, deadline) | st.integers(0, deadline) | st.none())
+            if wait is not None:
+                m["wait_ms"] = wait
+            m["weight"] = draw(st.sampled_from([1, 2, 0.5]))
+        models.append(m)
+    return parse_policy(
+        {
+            "version": draw(st.integers(1, 9)),
+            "deadline_ms": deadline,
+            "decide": draw(
+                st.sampled_from(["first_in_order", "first_in_order", "majority_vote", "weighted_average"])
+            ),
+            "models": models,
+            "on_no_answer": draw(st.sampled_from([{"output": None}, {"output": {"label": "none"}}])),
+            "late_window_ms": draw(st.integers(0, 150)),
+            "orphan_timeout_ms": draw(st.integers(31, 10_000)),  # longer than any wait for the request below
+            "dedupe_retention_ms": draw(st.integers(21, 5_000)),  # the tombstone outlives every record below
+            "min_votes": draw(st.integers(1, sum(r in OFFICIAL_ROLES for r in roles))),
+        }
+    )
+
+
+score_outputs = st.sets(st.sampled_from(["label", "probability", "value"]), min_size=1).flatmap(
+    lambda keys: st.fixed_dictionaries(
+        {
+            k: {
+                "label": st.sampled_from(["a", "b", 0, 1]),
+                "probability": st.sampled_from([0.0, 0.25, 0.5, 0.9, 1.0]),
+                "value": st.integers(-50, 50),
+            }[k]
+            for k in sorted(keys)
+        }
+    )
+)
+
+
+@dataclass(frozen=True)
+class Ev:
+    t: int
+    kind: str  # "request" | "score"
+    req: Request | None = None
+    raw: str = ""
+    score: Score | None = None
+    src: Source = Source("x")
+
+
+@st.composite
+def lifecycles(draw: st.DrawFn) -> tuple[Policy, list[Ev]]:
+    policy = draw(policies())
+    r = draw(st.integers(0, 30))
+    own_deadline = draw(st.none() | st.integers(1, 150))
+    horizon = r + (own_deadline or policy.deadline_ms) + policy.late_window_ms + 20
+    own: dict[str, Any] = {} if own_deadline is None else {"deadline_ms": own_deadline}
+    req, raw, src = make_request(r, offset=0, **own)
+    evs = [Ev(r, "request", req=req, raw=raw, src=src)]
+    for k in range(draw(st.integers(0, 2))):  # duplicates of the request, maybe with other content
+        t = draw(st.integers(r, horizon))
+        address = draw(st.sampled_from(["results", "r2"]))
+        dreq, dup_raw, dsrc = make_request(t, offset=k + 1, return_address=address)
+        evs.append(Ev(t, "request", req=dreq, raw=dup_raw, src=dsrc))
+    deadline_at = r + (own_deadline or policy.deadline_ms)
+    close = deadline_at + policy.late_window_ms
+    # Mostly before the deadline, some at the very ms a timer fires, some late or after close.
+    edges = {r + m.wait_ms for m in policy.official if m.wait_ms is not None} | {
+        r,
+        deadline_at,
+        close,
+        close + 1,
+    }
+    times = st.integers(0, deadline_at) | st.sampled_from(sorted(edges)) | st.integers(0, horizon)
+    official = [m.id for m in policy.official]
+    ids = [m.id for m in policy.models] + ["ghost"]
+    for k in range(draw(st.integers(0, 8))):
+        mid = draw(st.sampled_from(official) | st.sampled_from(ids))
+        t = draw(times)
+        ok = draw(st.booleans() | st.just(True))
+        s = make_score(
+            mid, "ok" if ok else "error", draw(score_outputs) if ok else None, t=t, version=f"{mid}-v{k}"
+        )
+        evs.append(Ev(t, "score", score=s, src=Source("scores", k % 3, 100 + k)))
+    order = draw(st.permutations(range(len(evs))))  # ties at the same ms in any order
+    evs = [evs[i] for i in order]
+    evs.sort(key=lambda e: e.t)  # stable: keeps the drawn order within a millisecond
+    return policy, evs
+
+
+def public(s: Score, arrived: int, policy: Policy, late: bool, duplicate: bool) -> dict[str, Any]:
+    return {
+        "model_id": s.model_id,
+        "model_version": s.model_version,
+        "status": s.status,
+        "output": s.output,
+        "error": s.error,
+        "scored_at_ms": s.scored_at_ms,
+        "latency_ms": s.latency_ms,
+        "arrived_at_ms": arrived,
+        "role": policy.role_of(s.model_id),
+        "duplicate": duplicate,
+        "late": late,
+    }
+
+
+def expect_agree(result: dict[str, Any], canary: dict[str, Any] | None) -> bool | None:
+    if canary is None or canary["status"] != "ok" or result["reason"] == "no_answer":
+        return None
+    a, b = result["output"], canary["output"]
+    if not isinstance(a, dict):
+        return None
+    if "label" in a and "label" in b:
+        return json.dumps(a["label"]) == json.dumps(b["label"])
+    if "probability" in a and "probability" in b:
+        return (a["probability"] >= 0.5) == (b["probability"] >= 0.5)
+    return None
+
+
+def run(policy: Policy, evs: list[Ev]) -> Flink:
+    f = Flink(policy)
+    for e in evs:
+        if e.kind == "request":
+            assert e.req is not None
+            f.request(e.t, e.req, e.raw, e.src)
+        else:
+            assert e.score is not None
+            f.score(e.t, e.score, e.src)
+    f.drain()
+    return f
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lifecycles())
+def test_one_request_lifecycle(case: tuple[Policy, list[Ev]]) -> None:
+    policy, evs = case
+    f = run(policy, evs)
+    for _, o in f.outs:
+        assert_valid(o.kind, o.record)
+
+    # What should have happened, worked out from the events alone ------------------------------------
+    first = next(i for i, e in enumerate(evs) if e.kind == "request")
+    req = evs[first]
+    assert req.req is not None
+    r = req.t
+    deadline_at = r + (req.req.deadline_ms or policy.deadline_ms)
+    present: dict[str, ScoreView] = {}  # first score per model, as decide sees it
+    seen: list[tuple[int, Score]] = []  # every score in the mailbox, in order
+    decided: tuple[int, Decided, list[tuple[int, Score]]] | None = None
+
+    def add(e: Ev) -> bool:
+        assert e.score is not None
+        fresh = e.score.model_id not in present
+        if fresh:
+            present[e.score.model_id] = ScoreView(e.score.ok, e.score.output, e.score.model_version)
+        seen.append((e.t, e.score))
+        return fresh
+
+    def try_decide(t: int, by_timer: bool) -> None:
+        nonlocal decided
+        if decided is None:
+            v = decide(policy, present, r, deadline_at, t, by_timer)
+            if isinstance(v, Decided):
+                decided = (t, v, list(seen))
+
+    for e in evs[:first]:
+        add(e)
+    try_decide(r, False)
+    i = first + 1
+    for t in range(r, deadline_at + 1):  # brute force: every record is a moment, and so is every ms
+        while i < len(evs) and evs[i].t == t:
+            if evs[i].kind == "score" and add(evs[i]):
+                try_decide(t, False)
+            i += 1
+        try_decide(t, True)
+    assert decided is not None
+    T, verdict, before = decided
+    close = deadline_at + policy.late_window_ms
+    in_box = [(t, e) for t, e in ((e.t, e) for e in evs if e.kind == "score") if t <= close]
+    after_close = [e for e in evs if e.kind == "score" and e.t > close]
+    dup_requests = [e for j, e in enumerate(evs) if e.kind == "request" and j != first]
+
+    # The result ---------------------------------------------------------------------------------------
+    results = [(t, o) for t, o in f.outs if o.kind == RESULT]
+    assert len(results) == 1
+    t_res, out = results[0]
+    res = out.record
+    assert out.topic == req.req.return_address
+    assert t_res == T == res["decided_at_ms"]
+    counted = [s for _, s in before if s is not None]
+    firsts: dict[str, Score] = {}
+    for s in counted:
+        firsts.setdefault(s.model_id, s)
+    assert res == {
+        "request_id": RID,
+        "model_id": verdict.model_id,
+        "model_version": verdict.model_version,
+        "output": verdict.output,
+        "reason": verdict.reason,
+        "trigger": verdict.trigger,
+        "policy_version": policy.version,
+        "sent_at_ms": req.req.sent_at_ms,
+        "received_at_ms": r,
+        "decided_at_ms": T,
+        "latency_ms": T - r,
+        "answered": [m for m, s in firsts.items() if s.ok],
+        "failed": [m for m, s in firsts.items() if not s.ok],
+    }
+
+    # Archive, decision log, canary -----------------------------------------------------------------------
+    archives = f.of(ARCHIVE)
+    assert [(t, a["raw"], a["offset"]) for t, a in archives] == [(r, req.raw, req.src.offset)]
+    decisions = f.of(DECISION)
+    assert len(decisions) == 1
+    t_close, dec = decisions[0]
+    assert t_close == close == dec["closed_at_ms"] and dec["result"] == res and dec["received_at_ms"] == r
+    seen_models: set[str] = set()
+    want_scores = []
+    for t, e in in_box:
+        assert e.score is not None
+        late = not any(e.score is s for _, s in before)
+        want_scores.append(public(e.score, t, policy, late, e.score.model_id in seen_models))
+        seen_models.add(e.score.model_id)
+    assert dec["scores"] == want_scores
+    canaries = f.of(CANARY)
+    if policy.canary is None:
+        assert canaries == []
+    else:
+        ((t_can, can),) = canaries
+        c_first = next(
+            (w for w in want_scores if w["model_id"] == policy.canary.id and not w["duplicate"]), None
+        )
+        want_view = (
+            None
+            if c_first is None
+            else {k: c_first[k] for k in ("model_id", "model_version", "status", "output", "arrived_at_ms")}
+        )
+        assert (t_can, can["canary"], can["decided_at_ms"]) == (close, want_view, T)
+        assert can["official"] == {k: res[k] for k in ("model_id", "model_version", "output", "reason")}
+        assert can["agree"] is expect_agree(res, c_first)
+
+    # Dead letters: duplicates of the request, scores after close; nothing else --------------------------
+    letters = f.of(DEAD_LETTER)
+    want_letters = sorted(
+        [(e.t, "duplicate_request", e.src.offset) for e in dup_requests]
+        + [(e.t, "score_after_close", e.src.offset) for e in after_close]
+    )
+    assert sorted((t, d["reason"], d["offset"]) for t, d in letters) == want_letters
+    assert all(d["request_id"] == RID for _, d in letters)
+    assert sorted(f.kinds()) == sorted(
+        [RESULT, ARCHIVE, DECISION]
+        + [CANARY] * (policy.canary is not None)
+        + [DEAD_LETTER] * len(want_letters)
+    )
+
+    # State: a tombstone until the retention ran out, then nothing --------------------------------------
+    assert f.cleared == [close + policy.dedupe_retention_ms]
+    assert f.state is None
+    assert f.counts.count(names.METRIC_RESULTS) == 1 and f.counts.count(names.METRIC_REQUESTS) == 1
+    assert f.counts.count(names.METRIC_SCORES) == len(in_box)
+    assert f.counts.count(names.METRIC_NO_ANSWER) == (verdict.reason == "no_answer")
+
+
+@st.composite
+def orphan_cases(draw: st.DrawFn) -> tuple[Policy, list[Ev]]:
+    policy = policy_with(orphan_timeout_ms=draw(st.integers(1, 100)))
+    evs = []
+    for k in range(draw(st.integers(1, 8))):
+        mid = draw(st.sampled_from(["gbt", "logreg", "base", "mlp", "ghost"]))
+        s = make_score(mid, draw(st.sampled_from(["ok", "error"])), t=0, version=f"v{k}")
+        evs.append(Ev(draw(st.integers(0, 300)), "score", score=s, src=Source("scores", 0, k)))
+    evs.sort(key=lambda e: e.t)
+    return policy, evs
+
+
+@PROPS
+@given(orphan_cases())
+def test_scores_without_a_request_are_orphans(case: tuple[Policy, list[Ev]]) -> None:
+    policy, evs = case
+    f = run(policy, evs)
+    # Group the scores by mailbox: one opens at a score with no mailbox and closes orphan_timeout_ms later.
+    groups: list[tuple[int, list[Ev]]] = []
+    for e in evs:
+        if groups and e.t <= groups[-1][0]:
+            groups[-1][1].append(e)
+        else:
+            groups.append((e.t + policy.orphan_timeout_ms, [e]))
+    want = [(expiry, e.src.offset, "orphan_score") for expiry, group in groups for e in group]
+    got = [(t, d["offset"], d["reason"]) for t, d in f.of(DEAD_LETTER)]
+    assert got == want
+    assert f.kinds() == [DEAD_LETTER] * len(evs)
+    assert f.cleared == [expiry for expiry, _ in groups] and f.state is None
+    assert f.counts.count(names.METRIC_ORPHANS) == len(groups)
+    for (_, d), e in zip(f.of(DEAD_LETTER), [e for _, g in groups for e in g], strict=True):
+        assert e.score is not None
+        assert d["request_id"] == RID and d["source_topic"] == "scores"
+        assert json.loads(d["raw"])["model_id"] == e.score.model_id
+        assert_valid(DEAD_LETTER, d)
