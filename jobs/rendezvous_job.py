@@ -95,8 +95,6 @@ def flink_configuration(cfg: JobConfig) -> dict[str, str]:
             "pipeline.jars": ";".join(p.resolve().as_uri() for p in connector_jars()),
             "execution.checkpointing.dir": (cfg.state_dir / "checkpoints").resolve().as_uri(),
             "execution.checkpointing.savepoint-dir": (cfg.state_dir / "savepoints").resolve().as_uri(),
-            # The mini cluster's REST endpoint on any free port: several jobs may run side by side.
-            "rest.port": "0",
         }
     )
     conf.update(cfg.flink_overrides)

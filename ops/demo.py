@@ -180,7 +180,7 @@ def _misses(r: loadgen.LoadReport, deadline_ms: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="rendezvous demo", description=__doc__.split("\n")[0])
     ap.add_argument("--count", type=int, default=3000)
-    ap.add_argument("--rate", type=float, default=300.0)
+    ap.add_argument("--rate", type=float, default=100.0)
     ap.add_argument("--bad", type=int, default=20, help="malformed records to send, to show the dead letters")
     ap.add_argument("--policy", type=Path, default=DEFAULT_POLICY)
     ap.add_argument("--keep-running", action="store_true", help="leave broker, runners and job running")

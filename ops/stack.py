@@ -115,6 +115,8 @@ def start_job(
         "--bootstrap", bootstrap,
         "--archive-dir", str(archive_dir),
         "--state-dir", str(state_dir),
+        # The mini cluster's REST endpoint on any free port: several local jobs may run side by side.
+        "-D", "rest.port=0",
         *extra_args,
     ]  # fmt: skip
     return processes.add(procs.ManagedProcess.start(argv, log_path, cwd=REPO_ROOT))

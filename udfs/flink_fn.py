@@ -130,6 +130,8 @@ class MailboxFunction(KeyedProcessFunction):
         now = _now_ms()
         source = Source(topic, partition, offset)
         obj = json.loads(text)  # validated by ParseFunction upstream
+        current = self._load()
+        previous_wake_ms = None if current is None else current.wake_at_ms  # before the in-place update
         if kind == KIND_REQUEST:
             req = Request(
                 obj["request_id"],
@@ -139,7 +141,6 @@ class MailboxFunction(KeyedProcessFunction):
                 obj.get("deadline_ms"),
                 obj.get("routing_key"),
             )
-            current = self._load()
             step = mbx.on_request(current, req, text, source, self.policy, now)
         else:
             score = Score(
@@ -152,16 +153,16 @@ class MailboxFunction(KeyedProcessFunction):
                 obj["scored_at_ms"],
                 float(obj["latency_ms"]),
             )
-            current = self._load()
             step = mbx.on_score(current, score, source, self.policy, now)
-        yield from self._apply(step, ctx, None if current is None else current.wake_at_ms, now)
+        yield from self._apply(step, ctx, previous_wake_ms, now)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         current = self._load()
         if current is None:
             return
         now = max(int(timestamp), _now_ms())
-        yield from self._apply(mbx.on_timer(current, self.policy, now), ctx, current.wake_at_ms, now)
+        previous_wake_ms = current.wake_at_ms  # read first: the transition updates the mailbox in place
+        yield from self._apply(mbx.on_timer(current, self.policy, now), ctx, previous_wake_ms, now)
 
     def _apply(self, step: mbx.Step, ctx: Any, previous_wake_ms: int | None, now: int) -> Iterator[Any]:
         mb = step.mailbox

@@ -1,0 +1,353 @@
+"""docker/: the compose file, the Dockerfile, the entrypoint and the Flink configuration they bake in.
+
+No Docker engine is needed: the files are parsed and checked against the rest of the repository
+(versions pinned in pyproject.toml and deps/pom.xml, the policy's models, the job's CLI).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import tomllib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from jobs import rendezvous_job
+from udfs import names
+from udfs.policy import load_policy
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKER = REPO / "docker"
+COMPOSE = DOCKER / "compose.yaml"
+DOCKERFILE = DOCKER / "Dockerfile"
+ENTRYPOINT = DOCKER / "entrypoint.sh"
+POLICY = REPO / "policies" / "default.yaml"
+
+RUNNERS = {"runner-gbt", "runner-logreg", "runner-tree", "runner-base", "runner-mlp"}
+SERVICES = {"kafka", "topics", "jobmanager", "taskmanager", "submit"} | RUNNERS
+FLINK_SHARED_MOUNTS = {"flink-state": "/opt/rendezvous/state", "decoy-archive": "/opt/rendezvous/archive"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def flink_conf() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("docker_flink_conf", DOCKER / "flink_conf.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def pom_property(name: str) -> str:
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    node = ET.parse(REPO / "deps" / "pom.xml").getroot().find(f"m:properties/m:{name}", ns)
+    assert node is not None and node.text, name
+    return node.text.strip()
+
+
+def pyproject_pin(package: str) -> str:
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = [d.split("==", 1)[1] for d in deps if d.split("==", 1)[0].strip().lower() == package]
+    assert len(pins) == 1, f"{package} must be pinned exactly once in pyproject.toml"
+    return pins[0]
+
+
+def dockerfile_lines() -> list[str]:
+    """Instructions one per line (continuations joined, comments dropped)."""
+    joined = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    return [ln.strip() for ln in joined.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def entrypoint_roles() -> set[str]:
+    """The roles dispatched by the entrypoint's final `case "$role" in ... esac`."""
+    text = ENTRYPOINT.read_text(encoding="utf-8")
+    block = text[text.index('case "$role" in') :]
+    return {
+        alt.strip()
+        for arm in re.findall(r"^    ([^\s()*][^)]*)\)\s*$", block, flags=re.MULTILINE)
+        for alt in arm.split("|")
+    }
+
+
+def role_of(service: dict[str, Any]) -> tuple[str, list[str]]:
+    """(entrypoint role, its arguments) of a service built from the rendezvous image."""
+    entry = service.get("entrypoint")
+    command = list(service.get("command", []))
+    if entry:  # tools pin the role in the entrypoint: tini -- entrypoint.sh ROLE
+        assert entry[:3] == ["/usr/bin/tini", "--", "/opt/rendezvous/bin/entrypoint.sh"], entry
+        return entry[3], command
+    return command[0], command[1:]
+
+
+def depends(service: dict[str, Any]) -> dict[str, str]:
+    deps = service.get("depends_on", {})
+    assert isinstance(deps, dict), "depends_on must use the long form with conditions"
+    return {name: spec["condition"] for name, spec in deps.items()}
+
+
+def mounts(service: dict[str, Any], named: bool = True) -> dict[str, str]:
+    """source -> target of a service's named volumes (or of its bind mounts, named=False)."""
+    out = {}
+    for spec in service.get("volumes", []):
+        source, target, *_ = spec.split(":")
+        if source.startswith((".", "/")) != named:
+            out[source] = target
+    return out
+
+
+# --- compose.yaml ---------------------------------------------------------------------------
+
+
+def test_services_are_all_there(services: dict[str, dict[str, Any]]) -> None:
+    assert set(services) >= SERVICES
+
+
+def test_kafka_image_is_the_broker_version_of_deps_pom(services: dict[str, dict[str, Any]]) -> None:
+    want = f"apache/kafka:{pom_property('kafka.version')}"
+    assert want == "apache/kafka:3.9.2"
+    assert services["kafka"]["image"] == want
+    assert services["topics"]["image"] == want
+
+
+def test_kafka_is_single_node_kraft_with_an_internal_and_a_host_listener(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    env = {k: str(v) for k, v in services["kafka"]["environment"].items()}
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
+    advertised = dict(item.split("://") for item in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    assert advertised["INTERNAL"] == "kafka:9092"
+    host_addr, host_port = advertised["HOST"].rsplit(":", 1)
+    assert host_addr == "127.0.0.1"
+    assert f"127.0.0.1:{host_port}:{host_port}" in services["kafka"]["ports"]
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "INTERNAL"
+    assert env["KAFKA_LOG_DIRS"] == mounts(services["kafka"])["kafka-data"]
+    assert "healthcheck" in services["kafka"]
+
+
+def test_topics_creates_every_default_topic(services: dict[str, dict[str, Any]]) -> None:
+    script = " ".join(services["topics"]["command"])
+    assert "/opt/kafka/bin/kafka-topics.sh" in script and "--if-not-exists" in script
+    loop = re.search(r"for topic in ([^;]+);", script)
+    assert loop is not None
+    assert set(loop.group(1).split()) == set(names.ALL_TOPICS)
+
+
+def test_published_ports_are_bound_to_loopback_only(services: dict[str, dict[str, Any]]) -> None:
+    published = {name: svc.get("ports", []) for name, svc in services.items() if svc.get("ports")}
+    assert set(published) == {"kafka", "jobmanager"}
+    for name, ports in published.items():
+        for port in ports:
+            assert isinstance(port, str) and port.startswith("127.0.0.1:"), (name, port)
+    assert "127.0.0.1:8081:8081" in services["jobmanager"]["ports"]
+
+
+def test_one_runner_per_policy_model_on_the_internal_listener(services: dict[str, dict[str, Any]]) -> None:
+    policy_models = {m.id for m in load_policy(POLICY).models}
+    runners = {}
+    for name, svc in services.items():
+        role, args = role_of(svc) if "build" in svc else ("", [])
+        if role == "runner":
+            runners[name] = args[0]
+            assert svc["environment"]["KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert set(runners) == RUNNERS
+    assert all(name == f"runner-{model}" for name, model in runners.items())
+    assert set(runners.values()) == policy_models
+
+
+def test_dependencies_wait_for_health_or_completion(services: dict[str, dict[str, Any]]) -> None:
+    assert depends(services["topics"]) == {"kafka": "service_healthy"}
+    assert depends(services["taskmanager"]) == {"jobmanager": "service_healthy"}
+    for name in RUNNERS:
+        assert depends(services[name]) == {"topics": "service_completed_successfully"}
+    submit = depends(services["submit"])
+    assert submit["topics"] == "service_completed_successfully"
+    assert submit["jobmanager"] == "service_healthy"
+    assert "taskmanager" in submit
+    for name, svc in services.items():
+        for target, condition in depends(svc).items():
+            assert target in services, (name, target)
+            if condition == "service_healthy":
+                assert "healthcheck" in services[target], target
+            if condition == "service_completed_successfully":
+                assert services[target].get("restart") == "no", target
+
+
+def test_one_shot_services(services: dict[str, dict[str, Any]]) -> None:
+    assert services["submit"]["restart"] == "no"
+    assert services["topics"]["restart"] == "no"
+
+
+def test_volumes_are_declared_and_shared_by_jobmanager_and_taskmanager(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    declared = set(compose["volumes"])
+    assert {"kafka-data", *FLINK_SHARED_MOUNTS} <= declared
+    for name, svc in services.items():
+        for source in mounts(svc):
+            assert source in declared, f"{name}: volume {source} is not declared"
+    for name in ("jobmanager", "taskmanager"):
+        assert mounts(services[name]) == FLINK_SHARED_MOUNTS, name
+    assert mounts(services["sql"])["decoy-archive"] == FLINK_SHARED_MOUNTS["decoy-archive"]
+
+
+def test_image_services_use_roles_the_entrypoint_knows(services: dict[str, dict[str, Any]]) -> None:
+    roles = entrypoint_roles()
+    built = {name: svc for name, svc in services.items() if "build" in svc}
+    assert set(built) >= {"jobmanager", "taskmanager", "submit"} | RUNNERS
+    for name, svc in built.items():
+        assert svc["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}, name
+        assert role_of(svc)[0] in roles, name
+
+
+def test_submit_runs_the_job_with_the_policy_and_the_internal_bootstrap(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    env = services["submit"]["environment"]
+    assert env["KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert env["POLICY"].endswith("/opt/rendezvous/app/policies/default.yaml}")
+    text = ENTRYPOINT.read_text(encoding="utf-8")
+    assert '-py "$APP_DIR/jobs/rendezvous_job.py" -pyfs "$PYFILES"' in text
+    assert '--policy "$POLICY"' in text and '--bootstrap "$KAFKA_BOOTSTRAP"' in text
+    assert (REPO / "jobs" / "rendezvous_job.py").is_file()
+    # the policies of the checkout, read-only, where POLICY points
+    assert mounts(services["submit"], named=False) == {"../policies": "/opt/rendezvous/app/policies"}
+    assert "../policies:/opt/rendezvous/app/policies:ro" in services["submit"]["volumes"]
+
+
+# --- Dockerfile -----------------------------------------------------------------------------
+
+
+def test_base_images_are_pinned() -> None:
+    froms = [ln.split()[1:] for ln in dockerfile_lines() if ln.upper().startswith("FROM ")]
+    assert len(froms) == 2
+    stages = {args[2] for args in froms if len(args) == 3 and args[1].upper() == "AS"}
+    images = [args[0] for args in froms if args[0] not in stages]
+    for image in images:
+        assert "@sha256:" in image or re.search(r":\d+\.\d+\.\d+", image), f"{image} is not pinned"
+    assert images[0].startswith("maven:3.") and "eclipse-temurin-17" in images[0]
+    assert images[1].startswith("python:3.11.")
+
+
+def test_pyflink_version_matches_pyproject() -> None:
+    args = dict(ln.split(None, 1)[1].split("=", 1) for ln in dockerfile_lines() if ln.startswith("ARG "))
+    assert args["PYFLINK_VERSION"] == pyproject_pin("apache-flink") == "2.2.1"
+    assert "/opt/venv/lib/python3.11/site-packages/pyflink" in DOCKERFILE.read_text()
+
+
+def test_dockerfile_builds_jars_with_maven_and_runs_as_non_root() -> None:
+    lines = dockerfile_lines()
+    text = "\n".join(lines)
+    assert "mvn --batch-mode --no-transfer-progress -f deps/pom.xml package" in text
+    assert "COPY --from=jars /src/build/jars/flink/ /opt/rendezvous/app/build/jars/flink/" in text
+    assert "build/jars/kafka" not in text  # the broker runs in its own container
+    assert "pip install --no-cache-dir . " in text and "-e ." not in text
+    assert "python -m runners.train --out /opt/rendezvous/models" in text
+    users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    assert lines.index(f"USER {users[-1]}") < next(i for i, ln in enumerate(lines) if "runners.train" in ln)
+    assert lines[-2].startswith('ENTRYPOINT ["/usr/bin/tini", "--", "/opt/rendezvous/bin/entrypoint.sh"]')
+
+
+# --- entrypoint.sh --------------------------------------------------------------------------
+
+
+def test_entrypoint_has_every_role() -> None:
+    roles = {"jobmanager", "taskmanager", "runner", "submit", "train", "load", "sql", "flink", "help"}
+    assert roles <= entrypoint_roles()
+    text = ENTRYPOINT.read_text(encoding="utf-8")
+    assert '"$FLINK_HOME/bin/jobmanager.sh" start-foreground' in text
+    assert '"$FLINK_HOME/bin/taskmanager.sh" start-foreground' in text
+
+
+def test_entrypoint_is_valid_bash() -> None:
+    subprocess.run(["bash", "-n", str(ENTRYPOINT)], check=True)
+
+
+# --- the Flink configuration baked into the image ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def container_conf(flink_conf: ModuleType) -> dict[str, Any]:
+    conf = flink_conf.build_config(
+        flink_conf.load_yaml(flink_conf.pyflink_conf_dir() / "config.yaml"),
+        flink_conf.load_yaml(REPO / "flink-conf" / "config.yaml"),
+        flink_conf.python_settings(
+            "/opt/venv/bin/python", "/opt/rendezvous/app", "/opt/venv/lib/python3.11/site-packages"
+        ),
+    )
+    return flink_conf.flatten(conf)
+
+
+def test_container_conf_keeps_the_project_settings(container_conf: dict[str, Any]) -> None:
+    project = rendezvous_job.flatten_conf(yaml.safe_load((REPO / "flink-conf" / "config.yaml").read_text()))
+    overridden = {
+        k for k in project if k.startswith(("jobmanager.", "taskmanager.", "rest.")) and "memory" not in k
+    }
+    for key, value in project.items():
+        if key not in overridden:
+            assert str(container_conf[key]).lower() == value.lower(), key
+    assert container_conf["python.execution-mode"] == "thread"
+    assert "--add-opens=java.base/java.lang=ALL-UNNAMED" in container_conf["env.java.opts.all"]
+
+
+def test_container_conf_overrides_for_compose(container_conf: dict[str, Any]) -> None:
+    assert container_conf["jobmanager.bind-host"] == "0.0.0.0"
+    assert container_conf["taskmanager.bind-host"] == "0.0.0.0"
+    assert container_conf["jobmanager.rpc.address"] == "jobmanager"
+    assert container_conf["rest.address"] == "jobmanager"
+    assert container_conf["rest.bind-address"] == "0.0.0.0"
+    assert container_conf["rest.port"] == 8081
+    assert "taskmanager.host" not in container_conf
+    assert container_conf["python.executable"] == "/opt/venv/bin/python"
+    assert container_conf["python.client.executable"] == "/opt/venv/bin/python"
+    assert container_conf["python.pythonpath"] == "/opt/venv/lib/python3.11/site-packages:/opt/rendezvous/app"
+    assert container_conf["execution.checkpointing.dir"] == "file:///opt/rendezvous/state/checkpoints"
+
+
+def test_container_conf_refuses_to_lose_thread_mode(flink_conf: ModuleType) -> None:
+    project = yaml.safe_load((REPO / "flink-conf" / "config.yaml").read_text())
+    project["python"]["execution-mode"] = "process"
+    with pytest.raises(ValueError, match="execution-mode"):
+        flink_conf.build_config({}, project, {})
+
+
+def test_submitted_job_points_at_the_jobmanager(
+    flink_conf: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under `flink run` the job's configuration is laid over the cluster's; the entrypoint passes
+    --flink-conf (the container conf) and -D rest.port so the submission goes to jobmanager:8081."""
+    conf_dir = tmp_path / "flink-conf"
+    flink_conf.main(["--app-dir", str(REPO), "--out", str(conf_dir), "--python", "/opt/venv/bin/python"])
+    assert (conf_dir / "log4j-console.properties").is_file() and (conf_dir / "log4j-cli.properties").is_file()
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    (jars / "flink-sql-connector-kafka-5.0.0-2.2.jar").write_bytes(b"")
+    monkeypatch.setattr(rendezvous_job, "CONNECTOR_JARS_DIR", jars)
+    cfg = rendezvous_job.parse_args(
+        ["--policy", str(POLICY), "--bootstrap", "kafka:9092", "--flink-conf", str(conf_dir / "config.yaml")]
+        + ["-D", "rest.port=8081"]
+    )
+    conf = rendezvous_job.flink_configuration(cfg)
+    assert conf["rest.address"] == "jobmanager"
+    assert conf["rest.port"] == "8081"
+    assert conf["python.execution-mode"] == "thread"
+    assert conf["pipeline.jars"].endswith("flink-sql-connector-kafka-5.0.0-2.2.jar")
+    assert '-D "rest.port=$rest_port"' in ENTRYPOINT.read_text(encoding="utf-8")

@@ -1,0 +1,143 @@
+"""The Flink adapter's bookkeeping (state, timers, routing) against fake Flink context objects.
+
+The mini-cluster and end-to-end tests run the adapter for real; this one drives timers by hand,
+which a bounded mini-cluster run cannot, so a timer that is never registered fails here in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from udfs import flink_fn
+from udfs.policy import parse_policy
+
+POLICY = parse_policy(
+    {
+        "version": 1,
+        "deadline_ms": 100,
+        "models": [
+            {"id": "gbt", "role": "incumbent", "wait_ms": 40},
+            {"id": "tree", "role": "backstop"},
+        ],
+        "late_window_ms": 50,
+        "dedupe_retention_ms": 1000,
+    }
+)
+
+
+class FakeState:
+    def __init__(self) -> None:
+        self.v: str | None = None
+
+    def value(self) -> str | None:
+        return self.v
+
+    def update(self, v: str) -> None:
+        self.v = v
+
+    def clear(self) -> None:
+        self.v = None
+
+
+class FakeCounter:
+    def inc(self, n: int = 1) -> None:
+        pass
+
+
+class FakeRuntime:
+    def __init__(self, state: FakeState) -> None:
+        self.state = state
+
+    def get_state(self, _descriptor: Any) -> FakeState:
+        return self.state
+
+    def get_metrics_group(self) -> Any:
+        return type("G", (), {"counter": lambda _self, _name: FakeCounter()})()
+
+
+class FakeTimers:
+    def __init__(self) -> None:
+        self.pending: set[int] = set()
+
+    def register_processing_time_timer(self, t: int) -> None:
+        self.pending.add(t)
+
+    def delete_processing_time_timer(self, t: int) -> None:
+        self.pending.discard(t)
+
+
+class FakeCtx:
+    def __init__(self, timers: FakeTimers) -> None:
+        self.timers = timers
+
+    def timer_service(self) -> FakeTimers:
+        return self.timers
+
+
+@pytest.fixture()
+def harness(monkeypatch: pytest.MonkeyPatch) -> Any:
+    clock = {"now": 1_000_000}
+    monkeypatch.setattr(flink_fn, "_now_ms", lambda: clock["now"])
+    state, timers = FakeState(), FakeTimers()
+    fn = flink_fn.MailboxFunction(POLICY)
+    fn.open(FakeRuntime(state))  # type: ignore[arg-type]
+    return fn, state, timers, clock
+
+
+def _row(kind: str, record: dict[str, Any]) -> tuple[Any, ...]:
+    return (kind, record["request_id"], json.dumps(record), "t", 0, 7)
+
+
+REQUEST = {"request_id": "r1", "return_address": "answers", "sent_at_ms": 1, "features": {}}
+
+
+def _fire_due(fn: Any, timers: FakeTimers, clock: dict[str, int], until: int) -> list[Any]:
+    """Fire every registered timer up to `until`, in time order, as Flink would."""
+    out: list[Any] = []
+    while timers.pending and min(timers.pending) <= until:
+        t = min(timers.pending)
+        timers.pending.discard(t)
+        clock["now"] = t
+        out += list(fn.on_timer(t, FakeCtx(timers)))
+    clock["now"] = until
+    return out
+
+
+def test_timers_carry_a_silent_request_to_no_answer_then_close_then_expiry(harness: Any) -> None:
+    fn, state, timers, clock = harness
+    t0 = clock["now"]
+    out = list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST), FakeCtx(timers)))
+    assert [o[0] for o in out if isinstance(o, tuple)] == [flink_fn.ARCHIVE]
+    assert timers.pending == {t0 + 40}  # the incumbent's wait
+
+    out = _fire_due(fn, timers, clock, t0 + 99)
+    assert out == [] and timers.pending == {t0 + 100}  # then the deadline
+
+    out = _fire_due(fn, timers, clock, t0 + 100)
+    results = [o for o in out if not isinstance(o, tuple)]
+    assert len(results) == 1 and results[0][2] == "answers"
+    assert json.loads(results[0][1])["reason"] == "no_answer"
+    assert timers.pending == {t0 + 150}  # close after the late window
+
+    out = _fire_due(fn, timers, clock, t0 + 150)
+    assert [o[0] for o in out] == [flink_fn.DECISIONS]
+    assert timers.pending == {t0 + 150 + 1000}  # tombstone expiry
+    _fire_due(fn, timers, clock, t0 + 1150)
+    assert state.v is None and timers.pending == set()
+
+
+def test_an_early_answer_replaces_the_wait_timer(harness: Any) -> None:
+    fn, _state, timers, clock = harness
+    t0 = clock["now"]
+    list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST), FakeCtx(timers)))
+    clock["now"] = t0 + 5
+    score = {
+        "request_id": "r1", "model_id": "gbt", "model_version": "1", "status": "ok",
+        "output": {"label": 1, "probability": 0.9}, "scored_at_ms": 1, "latency_ms": 1.0,
+    }  # fmt: skip
+    out = list(fn.process_element(_row(flink_fn.KIND_SCORE, score), FakeCtx(timers)))
+    assert json.loads(out[0][1])["model_id"] == "gbt"
+    assert timers.pending == {t0 + 150}  # the 40 ms wait timer is gone; close is due
