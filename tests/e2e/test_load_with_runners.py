@@ -17,11 +17,13 @@ pytestmark = pytest.mark.e2e
 
 POLICY = {
     "version": 2,
-    "deadline_ms": 1000,
+    # Generous waits: this test is about exactly-once answers and the archive, not about speed, and
+    # must hold on a busy 2-core CI machine.
+    "deadline_ms": 2000,
     "decide": "first_in_order",
     "models": [
-        {"id": "gbt", "role": "incumbent", "wait_ms": 300},
-        {"id": "logreg", "role": "challenger", "wait_ms": 600},
+        {"id": "gbt", "role": "incumbent", "wait_ms": 800},
+        {"id": "logreg", "role": "challenger", "wait_ms": 1400},
         {"id": "tree", "role": "backstop"},
         {"id": "base", "role": "canary"},
     ],
@@ -56,7 +58,7 @@ def test_every_request_answered_exactly_once_and_archived(
     assert report.duplicates == 0 and report.conflicting == 0
     assert report.invalid_results == 0  # every result validates against result.schema.json
     # gbt drops or fails ~10% of requests: those go to the challenger; everything else to gbt.
-    assert report.wins_by_model.get("gbt", 0) > COUNT * 0.7
+    assert report.wins_by_model.get("gbt", 0) > COUNT * 0.6
     assert report.wins_by_model.get("logreg", 0) > 0
     assert set(report.by_reason) <= {"preferred", "fallback", "backstop"}
 
