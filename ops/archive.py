@@ -115,6 +115,35 @@ def query(archive_dir: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]
         con.close()
 
 
+def flink_sql_ddl(archive_dir: Path, table: str = TABLE) -> str:
+    """The same table for Flink SQL (SQL client on a cluster, or PyFlink batch): the JSONL files.
+
+    Flink's file source skips dot-prefixed (in-progress) files, so it also reads committed rows only.
+    """
+    columns = ",\n  ".join(f"`{f.name}` {_flink_type(f.type)}" for f in ARCHIVE_SCHEMA)
+    return (
+        f"CREATE TABLE `{table}` (\n  {columns}\n) WITH (\n"
+        f"  'connector' = 'filesystem',\n  'path' = '{archive_dir.resolve().as_uri()}',\n  'format' = 'json'\n)"
+    )
+
+
+def _flink_type(t: pa.DataType) -> str:
+    return {pa.string(): "STRING", pa.int64(): "BIGINT", pa.int32(): "INT"}[t]
+
+
+def query_flink(archive_dir: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run SQL over the archive with Flink SQL in batch mode (starts a local PyFlink gateway)."""
+    from pyflink.table import EnvironmentSettings, TableEnvironment
+
+    t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
+    t_env.get_config().set("parallelism.default", "1")
+    t_env.execute_sql(flink_sql_ddl(archive_dir))
+    result = t_env.execute_sql(sql)
+    columns = list(result.get_resolved_schema().get_column_names())
+    with result.collect() as rows:
+        return columns, [tuple(r) for r in rows]
+
+
 def format_table(columns: list[str], rows: list[tuple[Any, ...]], limit: int = 50) -> str:
     shown = [[("NULL" if v is None else str(v)) for v in r] for r in rows[:limit]]
     widths = [max([len(c)] + [len(r[i]) for r in shown]) for i, c in enumerate(columns)]
@@ -132,13 +161,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("sql", nargs="?", default=f"SELECT count(*) AS requests FROM {TABLE}")
     ap.add_argument("--archive-dir", type=Path, default=DEFAULT_ARCHIVE_DIR)
     ap.add_argument("--compact-only", action="store_true", help="only convert finished JSONL to Parquet")
+    ap.add_argument("--engine", choices=("duckdb", "flink"), default="duckdb", help="who runs the SQL")
+    ap.add_argument("--flink-ddl", action="store_true", help="print the Flink SQL CREATE TABLE and exit")
     a = ap.parse_args(argv)
+    if a.flink_ddl:
+        print(flink_sql_ddl(a.archive_dir) + ";")
+        return 0
     if not a.archive_dir.is_dir():
         print(f"error: no archive at {a.archive_dir} (run the job or `make demo` first)", file=sys.stderr)
         return 2
     if a.compact_only:
         r = compact(a.archive_dir)
         print(f"{r.parts_seen} finished part files, {r.parts_written} converted ({r.rows_written} rows)")
+        return 0
+    if a.engine == "flink":
+        columns, rows = query_flink(a.archive_dir, a.sql)
+        print(format_table(columns, rows))
         return 0
     import duckdb
 

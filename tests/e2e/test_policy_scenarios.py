@@ -259,3 +259,9 @@ def test_every_request_is_in_the_decoy_archive(job: RunningJob, results: TopicRe
     assert set(found) == set(rids)
     for rid, raw in found.items():
         assert json.loads(raw) == sent[rid]  # exactly as it arrived
+
+    # The same table in Flink SQL (what a cluster user runs in the SQL client) sees the same rows.
+    _, flink_rows = archive.query_flink(
+        job.archive_dir, "SELECT request_id, `raw` FROM decoy WHERE request_id LIKE 'archived-%'"
+    )
+    assert dict(flink_rows) == found
