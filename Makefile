@@ -8,13 +8,14 @@ PY     := $(VENV)/bin/python
 JARS   := build/jars
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-unit lint clean distclean sql
+.PHONY: help setup demo test test-unit lint bench clean distclean sql
 
 help:
 	@echo "make setup   - virtualenv + pinned Python deps + Kafka broker and Flink connector jars (idempotent)"
 	@echo "make demo    - broker, models, runners, rendezvous job, load; prints a summary; stops everything"
 	@echo "make test    - the whole test suite (unit, mini cluster, end-to-end on a real broker)"
 	@echo "make lint    - ruff + mypy"
+	@echo "make bench   - Kafka floor, job capacity, whole stack at several rates -> var/bench/ (JSON, Markdown, PNG)"
 	@echo "make sql Q='SELECT ...' - SQL over the decoy archive of the last demo"
 
 setup: $(VENV)/.installed $(JARS)/.fetched
@@ -51,6 +52,9 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) -m ops.bench $(BENCH_ARGS)
 
 sql: setup
 	$(PY) -m ops.archive --archive-dir var/demo/archive "$(Q)"
