@@ -17,6 +17,7 @@ help:
 	@echo "make lint    - ruff + mypy"
 	@echo "make bench   - Kafka floor, job capacity, whole stack at several rates -> var/bench/ (JSON, Markdown, PNG)"
 	@echo "make sql Q='SELECT ...' - SQL over the decoy archive of the last demo"
+	@echo "make cluster-up | cluster-submit BOOTSTRAP=host:port | cluster-status | cluster-cancel JOB=id | cluster-down"
 
 setup: $(VENV)/.installed $(JARS)/.fetched
 
@@ -64,3 +65,6 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) build deps/target *.egg-info
+
+# Flink session cluster targets: cluster-up, cluster-submit, cluster-status, cluster-cancel, cluster-down.
+include ops/cluster.mk

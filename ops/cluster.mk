@@ -1,0 +1,29 @@
+# Flink standalone session cluster from the PyFlink package (ops/cluster.py). Included by the Makefile.
+# make cluster-up [CLUSTER_REST_PORT=8081]; make cluster-submit POLICY=policies/default.yaml BOOTSTRAP=127.0.0.1:9092
+# make cluster-status; make cluster-cancel JOB=<jobid>; make cluster-down; make test-cluster
+CLUSTER_DIR       ?= var/cluster
+CLUSTER_REST_PORT ?= 8081
+POLICY            ?= policies/default.yaml
+BOOTSTRAP         ?= 127.0.0.1:9092
+JOB_ARGS          ?=
+
+.PHONY: cluster-up cluster-down cluster-submit cluster-status cluster-cancel test-cluster
+
+cluster-up: setup
+	$(PY) -m ops.cluster up --dir $(CLUSTER_DIR) --rest-port $(CLUSTER_REST_PORT)
+
+cluster-down:
+	$(PY) -m ops.cluster down --dir $(CLUSTER_DIR)
+
+cluster-submit:
+	$(PY) -m ops.cluster submit --dir $(CLUSTER_DIR) --policy $(POLICY) --bootstrap $(BOOTSTRAP) $(JOB_ARGS)
+
+cluster-status:
+	$(PY) -m ops.cluster status --dir $(CLUSTER_DIR)
+
+cluster-cancel:
+	@[ -n "$(JOB)" ] || { echo "usage: make cluster-cancel JOB=<jobid>" >&2; exit 2; }
+	$(PY) -m ops.cluster cancel --dir $(CLUSTER_DIR) $(JOB)
+
+test-cluster: setup
+	$(PY) -m pytest -q tests/e2e/test_session_cluster.py $(PYTEST_ARGS)
