@@ -178,6 +178,9 @@ class KafkaBroker:
         broker._write_state()
         try:
             broker.wait_ready(timeout_s)
+            from ops.kafka_admin import warm_up_group_coordinator
+
+            warm_up_group_coordinator(broker.bootstrap, timeout_s)
         except BaseException:
             broker.stop(timeout_s=10)
             raise

@@ -115,3 +115,32 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout_s: float = DEFAU
 def ensure_default_topics(bootstrap: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[str]:
     """Create every topic rendezvous uses (udfs.names.ALL_TOPICS); returns the ones that were missing."""
     return create_topics(bootstrap, ALL_TOPICS, timeout_s=timeout_s)
+
+
+WARM_UP_TOPIC = "_rendezvous-warm-up"
+
+
+def warm_up_group_coordinator(bootstrap: str, timeout_s: float = 60.0) -> None:
+    """Join one consumer group and wait for its assignment, so `__consumer_offsets` exists.
+
+    On a new broker the first group join creates the offsets topic; several clients joining their
+    groups at that moment (runners starting together) were seen to wait over a minute for a
+    coordinator. Doing it once, alone, right after start-up avoids that.
+    """
+    from kafka import KafkaConsumer
+
+    create_topics(bootstrap, [WARM_UP_TOPIC], timeout_s=timeout_s)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id="rendezvous-warm-up", enable_auto_commit=False
+    )
+    try:
+        consumer.subscribe([WARM_UP_TOPIC])
+        deadline = time.monotonic() + timeout_s
+        while not consumer.assignment():
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"no consumer-group assignment from the broker at {bootstrap} in {timeout_s:.0f} s"
+                )
+            consumer.poll(timeout_ms=200)
+    finally:
+        consumer.close()

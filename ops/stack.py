@@ -73,7 +73,7 @@ def start_runners(
     processes: Processes,
     requests_topic: str = names.TOPIC_REQUESTS,
     scores_topic: str = names.TOPIC_SCORES,
-    timeout_s: float = 60.0,
+    timeout_s: float = 120.0,
 ) -> list[procs.ManagedProcess]:
     """Start one runner per spec and wait until each has its partitions assigned."""
     started = []
