@@ -10,14 +10,17 @@ import base64
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 MAX_RECORD_BYTES = 64 * 1024
 RAW_PREFIX_CHARS = 4096
 MAX_ERROR_CHARS = 1024
 
 # \Z, not $: "$" also matches before a trailing newline, so "abc\n" would pass.
+T = TypeVar("T")
+
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 # Same character class as Kafka's own topic-name rule; the results sink is built with the
 # same pattern, so a request can never name a topic the sink would refuse.
@@ -209,6 +212,11 @@ def _safe_request_id(obj: Any) -> str | None:
 
 def parse_request(data: bytes | str, source: Source) -> Request | DeadLetter:
     """A request record, or the reason it is not one."""
+    return _parse(data, source, _request_from_obj)
+
+
+def _parse(data: bytes | str, source: Source, build: Callable[[dict[str, Any]], T]) -> T | DeadLetter:
+    """Decode, load a JSON object and build a record from it; any failure becomes a dead letter."""
     text, dead = _decode(data, source)
     if dead is not None:
         return dead
@@ -216,7 +224,7 @@ def parse_request(data: bytes | str, source: Source) -> Request | DeadLetter:
     obj: dict[str, Any] | None = None
     try:
         obj = _load_object(text)
-        return _request_from_obj(obj)
+        return build(obj)
     except _Bad as bad:
         return _dead(bad.reason, bad.detail, source, text, _safe_request_id(obj))
 
@@ -247,16 +255,7 @@ def _request_from_obj(obj: dict[str, Any]) -> Request:
 
 def parse_score(data: bytes | str, source: Source) -> Score | DeadLetter:
     """A score record, or the reason it is not one."""
-    text, dead = _decode(data, source)
-    if dead is not None:
-        return dead
-    assert text is not None
-    obj: dict[str, Any] | None = None
-    try:
-        obj = _load_object(text)
-        return score_from_obj(obj)
-    except _Bad as bad:
-        return _dead(bad.reason, bad.detail, source, text, _safe_request_id(obj))
+    return _parse(data, source, score_from_obj)
 
 
 def score_from_obj(obj: dict[str, Any]) -> Score:
