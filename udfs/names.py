@@ -38,15 +38,11 @@ TAG_DECISIONS = "decisions"
 TAG_ARCHIVE = "decoy-archive"
 
 # --- Operator uids (never rename: savepoints map state by these) ----------------------------
-UID_SOURCE_REQUESTS = "source-requests"
-UID_SOURCE_SCORES = "source-scores"
+# The Kafka sources and sinks are built from Table DDL and get planner-generated uids
+# (table.exec.uid.generation: ALWAYS in flink-conf/); only DataStream operators are named here.
 UID_PARSE_REQUESTS = "parse-requests"
 UID_PARSE_SCORES = "parse-scores"
 UID_MAILBOX = "rendezvous-mailbox"
-UID_SINK_RESULTS = "sink-results"
-UID_SINK_CANARY = "sink-canary"
-UID_SINK_DECISIONS = "sink-decisions"
-UID_SINK_DEAD_LETTERS = "sink-dead-letters"
 UID_SINK_ARCHIVE = "sink-decoy-archive"
 
 # --- State names (part of the savepoint contract, like uids) --------------------------------

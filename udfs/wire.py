@@ -318,15 +318,6 @@ def check_output(output: Any) -> dict[str, Any]:
     return dict(output)
 
 
-def request_id_of(data: bytes | str) -> str | None:
-    """Best-effort request id of a record, for keying; None when it cannot be read."""
-    try:
-        obj = json.loads(data)
-    except (ValueError, TypeError, RecursionError):
-        return None
-    return _safe_request_id(obj)
-
-
 def request_to_dict(req: Request) -> dict[str, Any]:
     d: dict[str, Any] = {
         "request_id": req.request_id,

@@ -20,6 +20,25 @@ from kafka import KafkaConsumer, KafkaProducer
 from ops import kafka_admin, stack
 
 
+def request_record(rid: str, return_address: str, **extra: Any) -> dict[str, Any]:
+    """A well-formed request, as a client would send it."""
+    return {"request_id": rid, "return_address": return_address, "sent_at_ms": int(time.time() * 1000),
+            "features": {"amount": 12.5}, **extra}  # fmt: skip
+
+
+def score_record(rid: str, model_id: str, probability: float = 0.9, status: str = "ok") -> dict[str, Any]:
+    """A scripted model's score: ok with a label and probability, or an error."""
+    score: dict[str, Any] = {
+        "request_id": rid, "model_id": model_id, "model_version": f"{model_id}-test",
+        "status": status, "scored_at_ms": int(time.time() * 1000), "latency_ms": 1.0,
+    }  # fmt: skip
+    if status == "ok":
+        score["output"] = {"label": int(probability >= 0.5), "probability": probability}
+    else:
+        score["error"] = "scripted failure"
+    return score
+
+
 @dataclass
 class RunningJob:
     bootstrap: str
@@ -36,21 +55,13 @@ class RunningJob:
     producer: KafkaProducer
 
     def send_request(self, rid: str, **extra: Any) -> dict[str, Any]:
-        req = {"request_id": rid, "return_address": self.results, "sent_at_ms": int(time.time() * 1000),
-               "features": {"amount": 12.5}, **extra}  # fmt: skip
+        req = request_record(rid, self.results, **extra)
         self.producer.send(self.requests, key=rid.encode(), value=json.dumps(req).encode())
         self.producer.flush()
         return req
 
     def send_score(self, rid: str, model_id: str, probability: float = 0.9, status: str = "ok") -> None:
-        score: dict[str, Any] = {
-            "request_id": rid, "model_id": model_id, "model_version": f"{model_id}-test",
-            "status": status, "scored_at_ms": int(time.time() * 1000), "latency_ms": 1.0,
-        }  # fmt: skip
-        if status == "ok":
-            score["output"] = {"label": int(probability >= 0.5), "probability": probability}
-        else:
-            score["error"] = "scripted failure"
+        score = score_record(rid, model_id, probability, status)
         self.producer.send(self.scores, key=rid.encode(), value=json.dumps(score).encode())
         self.producer.flush()
 

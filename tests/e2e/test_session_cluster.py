@@ -10,7 +10,6 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -18,7 +17,7 @@ from kafka import KafkaProducer
 
 from ops import cluster as cluster_mod
 from ops import kafka_admin, procs
-from tests.e2e.conftest import TopicReader
+from tests.e2e.conftest import TopicReader, request_record, score_record
 
 pytestmark = pytest.mark.e2e
 
@@ -36,21 +35,11 @@ POLICY = {
 
 
 def _request(rid: str, return_address: str) -> bytes:
-    req = {"request_id": rid, "return_address": return_address, "sent_at_ms": int(time.time() * 1000),
-           "features": {"amount": 12.5}}  # fmt: skip
-    return json.dumps(req).encode()
+    return json.dumps(request_record(rid, return_address)).encode()
 
 
 def _score(rid: str, model_id: str, probability: float = 0.9, status: str = "ok") -> bytes:
-    score: dict[str, Any] = {
-        "request_id": rid, "model_id": model_id, "model_version": f"{model_id}-test",
-        "status": status, "scored_at_ms": int(time.time() * 1000), "latency_ms": 1.0,
-    }  # fmt: skip
-    if status == "ok":
-        score["output"] = {"label": int(probability >= 0.5), "probability": probability}
-    else:
-        score["error"] = "scripted failure"
-    return json.dumps(score).encode()
+    return json.dumps(score_record(rid, model_id, probability, status)).encode()
 
 
 def test_session_cluster_up_submit_answer_cancel_down(kafka_bootstrap: str, tmp_path: Path) -> None:

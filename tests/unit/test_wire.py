@@ -26,7 +26,6 @@ from udfs.wire import (
     Source,
     parse_request,
     parse_score,
-    request_id_of,
     request_to_dict,
 )
 
@@ -399,13 +398,6 @@ def test_not_utf8_raw_is_base64_of_a_prefix() -> None:
     assert_valid("dead_letter", d.to_dict(AT))
 
 
-def test_request_id_of() -> None:
-    assert request_id_of(enc(good_request())) == "req-1"
-    assert request_id_of(json.dumps(good_score(request_id="r:2"))) == "r:2"
-    for data in (b"\xff", b"[]", b'{"request_id": 3}', b'{"request_id": "a\\n"}', b"{", "x" * 10):
-        assert request_id_of(data) is None
-
-
 # --- properties -------------------------------------------------------------------------------------------
 
 json_scalars = (
@@ -557,7 +549,6 @@ def test_valid_requests_round_trip(d: dict[str, Any]) -> None:
     r = parse_request(enc(d), SRC_REQ)
     assert isinstance(r, Request), r
     assert request_to_dict(r) == d
-    assert request_id_of(enc(d)) == d["request_id"]
 
 
 @FAST
