@@ -40,6 +40,7 @@ MAX_ERROR_CHARS = 1024  # score.error limit in schemas/README.md
 IDLE_POLL_MS = 50  # poll timeout when nothing is pending: bounds how long a stop signal waits
 STATS_EVERY_S = 5.0  # at most this often while requests flow
 STATS_IDLE_EVERY_S = 60.0  # a heartbeat when nothing happens
+WAIT_NOTE_EVERY_S = 10.0  # how often a runner still waiting for its partitions says so
 INJECTED_FAILURE = "injected failure"
 
 
@@ -286,6 +287,7 @@ def run(
     started = clock()
     deadline = None if max_seconds is None else started + max_seconds * 1000.0
     ready = False
+    last_wait_note = started
     last_stats = started
     last_sent = last_consumed = 0
 
@@ -306,9 +308,19 @@ def run(
         batch = consumer.poll(
             timeout_ms=poll_timeout_ms(scheduler.next_due_ms(), now), max_records=max_records
         )
-        if not ready and consumer.assignment():
-            ready = True
-            print(f"runner {model.model_id} ready", file=out, flush=True)
+        if not ready:
+            if consumer.assignment():
+                ready = True
+                print(f"runner {model.model_id} ready", file=out, flush=True)
+            elif clock() - last_wait_note >= WAIT_NOTE_EVERY_S * 1000.0:
+                last_wait_note = clock()
+                waited = (last_wait_note - started) / 1000.0
+                print(
+                    f"runner {model.model_id}: no partitions assigned yet after {waited:.0f} s "
+                    f"(subscribed to {sorted(consumer.subscription() or [])})",
+                    file=err,
+                    flush=True,
+                )
         if batch:
             received = clock()
             requests: list[tuple[str, Any]] = []
@@ -429,6 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         fetch_max_wait_ms=100,
         check_crcs=False,
         max_poll_records=1000,
+        # A topic missing from the first metadata answer would otherwise stay unassigned until the
+        # next refresh (5 min by default); 10 s bounds that wait for a few tiny requests.
+        metadata_max_age_ms=10_000,
     )
     producer = KafkaProducer(bootstrap_servers=servers, client_id=client_id, acks="all", linger_ms=1)
     try:

@@ -51,7 +51,7 @@ def _lines(stream: Any, into: queue.Queue[str]) -> None:
 
 
 def _wait_for_line(
-    lines: queue.Queue[str], proc: subprocess.Popen[str], wanted: str, timeout_s: float
+    lines: queue.Queue[str], proc: subprocess.Popen[str], wanted: str, timeout_s: float, stderr: Path
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -61,9 +61,16 @@ def _wait_for_line(
         except queue.Empty:
             if proc.poll() is not None:
                 raise AssertionError(
-                    f"runner exited with {proc.returncode} before printing {wanted!r}"
+                    f"runner exited with {proc.returncode} before printing {wanted!r}; "
+                    f"its stderr ends:\n{_tail(stderr)}"
                 ) from None
-    raise AssertionError(f"no {wanted!r} from the runner within {timeout_s}s")
+    raise AssertionError(
+        f"no {wanted!r} from the runner within {timeout_s}s; its stderr ends:\n{_tail(stderr)}"
+    )
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(none)"
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -121,7 +128,7 @@ def test_runner_answers_every_request_once(bootstrap: str, models: Path, tmp_pat
     try:
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
-        _wait_for_line(lines, proc, "runner gbt ready", timeout_s=90)
+        _wait_for_line(lines, proc, "runner gbt ready", timeout_s=120, stderr=stderr_path)
 
         ids = [f"it-{suffix}-{i}" for i in range(N_REQUESTS)]
         features = sample_many(np.random.default_rng(5), N_REQUESTS)

@@ -332,6 +332,9 @@ class FakeConsumer:
     def assignment(self) -> set[str]:
         return {"tp"} if self.polls >= self.assigned_after else set()
 
+    def subscription(self) -> set[str]:
+        return {"requests-t"}
+
 
 @dataclass
 class FakeProducer:
@@ -405,6 +408,18 @@ def test_run_scores_requests_skips_malformed_and_reports_ready_once() -> None:
     assert counts["malformed"] == 3 and counts["consumed"] == 6 and counts["sent"] == 3
     assert producer.flushed
     assert "runner tiny final:" in err and "malformed=3" in err
+
+
+def test_run_says_it_is_still_waiting_for_partitions() -> None:
+    """A runner that gets no assignment says so on stderr every 10 s, so a stalled start is visible."""
+    # Idle polls advance the fake clock 50 ms each: 500 polls are 25 s without an assignment.
+    consumer, _, out, err, _ = _run([], Faults(), max_seconds=30, assigned_after=500)
+    notes = [line for line in err.splitlines() if "no partitions assigned yet" in line]
+    assert [n.split(" after ")[1] for n in notes] == [
+        "10 s (subscribed to ['requests-t'])",
+        "20 s (subscribed to ['requests-t'])",
+    ]
+    assert out == "runner tiny ready\n"
 
 
 def test_run_delays_scores_without_blocking_the_loop() -> None:
