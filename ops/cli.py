@@ -15,6 +15,7 @@ COMMANDS = {
     "cluster": ("ops.cluster", "Flink session cluster: up, submit, status, cancel, down"),
     "bench": ("ops.bench", "benchmarks (what `make bench` runs)"),
     "demo": ("ops.demo", "the whole stack with load and a summary (what `make demo` runs)"),
+    "eval": ("evaluation.cli", "model evaluation: quality, drift, gate, replay, report, bandit-sim"),
 }
 
 

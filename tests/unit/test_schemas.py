@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 from ops.loadgen import build_request
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
-NAMES = ("request", "score", "result", "canary", "decision", "dead_letter", "archive_row")
+NAMES = ("request", "score", "result", "canary", "decision", "dead_letter", "archive_row", "label", "alert")
 
 
 def load(name: str) -> dict[str, Any]:
@@ -461,6 +461,58 @@ def test_archive_row_valid_example() -> None:
 )
 def test_archive_row_invalid_examples(instance: Any) -> None:
     bad("archive_row", instance)
+
+
+# --- label (evaluation) ------------------------------------------------------------------------------
+
+LABEL = {"request_id": "r-1", "label": 1, "labelled_at_ms": 1_700_000_000_000}
+
+
+def test_label_valid_examples() -> None:
+    ok("label", LABEL)
+    ok("label", {**LABEL, "label": True})
+    ok("label", {**LABEL, "label": 0.5})  # a value model's truth
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        pytest.param({**LABEL, "label": "1"}, id="label string"),
+        pytest.param({**LABEL, "label": None}, id="label null"),
+        pytest.param({**LABEL, "extra": 1}, id="extra field"),
+        pytest.param({**LABEL, "labelled_at_ms": -1}, id="negative time"),
+        *(pytest.param(without(LABEL, k), id=f"no {k}") for k in LABEL),
+    ],
+)
+def test_label_invalid_examples(instance: Any) -> None:
+    bad("label", instance)
+
+
+# --- alert (evaluation) ------------------------------------------------------------------------------
+
+ALERT = {
+    "kind": "score_drift", "subject": "gbt", "metric": "psi", "value": 0.4, "threshold": 0.25,
+    "direction": "above", "count": 500, "window_start_ms": 0, "window_end_ms": 3_600_000, "at_ms": 1,
+    "message": "gbt scores drifted from the canary's",
+}  # fmt: skip
+
+
+def test_alert_valid_examples() -> None:
+    ok("alert", ALERT)
+    ok("alert", {**ALERT, "kind": "input_drift", "subject": "amount", "metric": "ks",
+                 "window_start_ms": None, "window_end_ms": None})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        pytest.param({**ALERT, "metric": "auc"}, id="unknown metric"),
+        pytest.param({**ALERT, "direction": "up"}, id="unknown direction"),
+        pytest.param(without(ALERT, "message"), id="no message"),
+    ],
+)
+def test_alert_invalid_examples(instance: Any) -> None:
+    bad("alert", instance)
 
 
 # --- the load generator's requests always satisfy the contract -----------------------------------------

@@ -1,0 +1,481 @@
+"""``python -m evaluation <command>``: the evaluation modules over dumped records and files.
+
+Inputs are what the job and the tools already produce: JSON-lines dumps of the ``decisions`` and
+``canary`` topics, a labels file (``schemas/label.schema.json``), the decoy archive (Parquet or the
+job's JSONL), ``training_sample.parquet`` next to the trained models, and policy YAML files. Every
+command prints a table; ``--json PATH`` (``-`` for stdout) also writes the numbers as JSON.
+Bad input stops with ``error: <file>:<line>: <what>`` and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from ops.archive import format_table
+
+
+class CliError(Exception):
+    """Bad input: reported as one line, exit code 2."""
+
+
+# --- reading ---------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """JSON objects, one per line (blank lines skipped); anything else names the file and line."""
+    out = []
+    try:
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError as e:
+                    raise CliError(f"{path}:{lineno}: not valid JSON: {e}") from None
+                if not isinstance(obj, dict) or "request_id" not in obj:
+                    raise CliError(f"{path}:{lineno}: expected a JSON object with a request_id")
+                out.append(obj)
+    except OSError as e:
+        raise CliError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise CliError(f"{path}: not UTF-8 text: {e.reason}") from None
+    return out
+
+
+def read_decisions(path: Path) -> list[dict[str, Any]]:
+    records = read_jsonl(path)
+    for i, d in enumerate(records, start=1):
+        missing = [k for k in ("received_at_ms", "decided_at_ms", "result", "scores") if k not in d]
+        if missing:
+            raise CliError(
+                f"{path}: record {i} ({d['request_id']}): not a decision record, missing {missing[0]}"
+            )
+    return records
+
+
+def read_labels_file(path: Path) -> list[Any]:
+    from evaluation.labels import read_labels
+
+    try:
+        good, bad = read_labels(path)
+    except OSError as e:
+        raise CliError(f"{path}: cannot read: {e.strerror}") from None
+    if bad:
+        first = bad[0]
+        print(
+            f"warning: {path}: {len(bad)} bad label line(s) skipped; first at line {first.source.offset}: "
+            f"{first.reason}: {first.detail}",
+            file=sys.stderr,
+        )
+    return good
+
+
+def read_policy(path: Path) -> Any:
+    from udfs.policy import PolicyError, load_policy
+
+    try:
+        return load_policy(path)
+    except PolicyError as e:
+        raise CliError(str(e)) from None
+
+
+def read_yaml_mapping(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CliError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise CliError(f"{path}: not valid YAML: {e}") from None
+    if data is not None and not isinstance(data, dict):
+        raise CliError(f"{path}: expected a mapping")
+    return data
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A Parquet file, a directory of Parquet files (e.g. the compacted archive) or a JSONL file."""
+    try:
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+            if not files:
+                raise CliError(f"{path}: no Parquet files in this directory")
+            return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        if path.suffix in (".jsonl", ".json"):
+            return pd.read_json(path, lines=True)
+        return pd.read_parquet(path)
+    except CliError:
+        raise
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such file") from None
+    except Exception as e:  # pyarrow/pandas raise many types for a bad file
+        raise CliError(f"{path}: cannot read as a table: {e}") from None
+
+
+# --- writing ---------------------------------------------------------------------------------------------
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    if hasattr(v, "item"):  # numpy scalars
+        return _clean(v.item())
+    return v
+
+
+def frame_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return [_clean(r) for r in df.to_dict("records")]
+
+
+def write_json(target: str | None, data: Any) -> None:
+    if target is None:
+        return
+    text = json.dumps(_clean(data), indent=2, allow_nan=False) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+    else:
+        Path(target).write_text(text, encoding="utf-8")
+
+
+def print_frame(df: pd.DataFrame, title: str | None = None, limit: int = 50) -> None:
+    if title:
+        print(title)
+
+    def cell(v: Any) -> Any:
+        if isinstance(v, float):
+            return "-" if math.isnan(v) else f"{v:.4g}"
+        return v
+
+    rows = [tuple(cell(v) for v in r) for r in df.itertuples(index=False)]
+    print(format_table([str(c) for c in df.columns], rows, limit=limit))
+
+
+# --- commands --------------------------------------------------------------------------------------------
+
+
+def cmd_quality(a: argparse.Namespace) -> int:
+    from evaluation.labels import join_labels
+    from evaluation.quality import quality_by_model, quality_windows
+
+    rows = join_labels(read_decisions(a.decisions), read_labels_file(a.labels))
+    overall = quality_by_model(rows)
+    print_frame(overall, f"quality over {rows['request_id'].nunique()} labelled requests")
+    out: dict[str, Any] = {"overall": frame_records(overall)}
+    if a.window_ms is not None:
+        windows = quality_windows(rows, a.window_ms, a.slide_ms or a.window_ms)
+        print()
+        print_frame(windows, f"per window ({a.window_ms} ms, slide {a.slide_ms or a.window_ms} ms)")
+        out["windows"] = frame_records(windows)
+    write_json(a.json, out)
+    return 0
+
+
+def _drift_config(a: argparse.Namespace) -> Any:
+    from evaluation.drift import DriftConfig
+
+    data = read_yaml_mapping(a.config) or {}
+    try:
+        return DriftConfig.from_dict(data)
+    except ValueError as e:
+        raise CliError(f"{a.config}: {e}") from None
+
+
+def _input_frames(a: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, list[str]] | None:
+    from evaluation.drift import features_from_archive
+
+    if a.reference is None and a.recent is None:
+        return None
+    if a.reference is None or a.recent is None:
+        raise CliError("input drift needs both --reference and --recent")
+    reference = read_table(a.reference)
+    recent = features_from_archive(read_table(a.recent))
+    if a.features:
+        features = [f.strip() for f in a.features.split(",") if f.strip()]
+    else:
+        from runners.data import FEATURES
+
+        features = [f for f in FEATURES if f in reference.columns]
+    missing = [f for f in features if f not in reference.columns]
+    if missing:
+        raise CliError(f"{a.reference}: no column {missing[0]!r}")
+    return reference, recent, features
+
+
+def cmd_drift(a: argparse.Namespace) -> int:
+    from evaluation.drift import (
+        decision_pairs,
+        input_alerts,
+        input_drift,
+        score_alerts,
+        score_drift,
+        score_drift_pairs,
+    )
+
+    cfg = _drift_config(a)
+    now_ms = a.now_ms if a.now_ms is not None else int(time.time() * 1000)
+    if a.canary is None and a.decisions is None and a.reference is None and a.recent is None:
+        raise CliError("nothing to measure: give --canary, --decisions and/or --reference with --recent")
+    out: dict[str, Any] = {}
+    alerts = []
+    if a.canary is not None:
+        sd = score_drift(read_jsonl(a.canary), cfg)
+        print_frame(sd, "official answers vs the canary")
+        out["canary"] = frame_records(sd)
+        alerts += score_alerts(sd, cfg, now_ms)
+    if a.decisions is not None:
+        sd = score_drift_pairs(decision_pairs(read_decisions(a.decisions), a.canary_model), cfg)
+        print_frame(sd, f"every model vs the canary ({a.canary_model}), from the decision log")
+        out["models"] = frame_records(sd)
+        alerts += score_alerts(sd, cfg, now_ms)
+    inputs = _input_frames(a)
+    if inputs is not None:
+        ind = input_drift(*inputs, cfg)
+        print_frame(ind, "input drift (recent vs reference)")
+        out["inputs"] = frame_records(ind)
+        alerts += input_alerts(ind, cfg, now_ms)
+    out["alerts"] = [x.to_dict() for x in alerts]
+    print(f"\n{len(alerts)} alert(s)")
+    for x in alerts:
+        print(f"  ALERT {x.kind}: {x.message}")
+    if a.alerts is not None:
+        a.alerts.write_text("".join(json.dumps(x.to_dict()) + "\n" for x in alerts), encoding="utf-8")
+    write_json(a.json, out)
+    return 3 if alerts and a.fail_on_alert else 0
+
+
+def cmd_gate(a: argparse.Namespace) -> int:
+    from evaluation.gate import GateConfig, gate
+    from evaluation.labels import join_labels
+
+    data = read_yaml_mapping(a.config) or {}
+    for name in ("min_gain", "min_labelled", "auc_floor"):
+        if getattr(a, name) is not None:
+            data[name] = getattr(a, name)
+    try:
+        cfg = GateConfig.from_dict(data)
+    except ValueError as e:
+        raise CliError(f"gate config: {e}") from None
+    policy = read_policy(a.policy)
+    rows = join_labels(read_decisions(a.decisions), read_labels_file(a.labels))
+    alerts = read_jsonl_alerts(a.alerts) if a.alerts is not None else []
+    result = gate(rows, policy, cfg, alerts)
+    table = pd.DataFrame(
+        [(v.model_id, v.role, v.new_role, v.verdict, v.labelled, v.auc) for v in result.verdicts],
+        columns=["model_id", "role", "new_role", "verdict", "labelled", "auc"],
+    )
+    print_frame(table, f"gate: {result.action} (policy version {policy.version} -> {result.policy.version})")
+    for r in result.reasons:
+        print(f"  {r}")
+    if result.policy_yaml is not None and a.out is not None:
+        a.out.write_text(result.policy_yaml, encoding="utf-8")
+        print(f"next policy written to {a.out}")
+    write_json(a.json, result.to_dict())
+    return 0
+
+
+def read_jsonl_alerts(path: Path) -> list[dict[str, Any]]:
+    out = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise CliError(f"{path}: cannot read: {e.strerror}") from None
+    for lineno, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise CliError(f"{path}:{lineno}: not valid JSON: {e}") from None
+            if not isinstance(obj, dict) or "kind" not in obj or "subject" not in obj:
+                raise CliError(f"{path}:{lineno}: expected an alert object (kind, subject, ...)")
+            out.append(obj)
+    return out
+
+
+def cmd_replay(a: argparse.Namespace) -> int:
+    from evaluation.replay import replay
+
+    candidate = read_policy(a.policy)
+    actual = read_policy(a.actual_policy) if a.actual_policy is not None else None
+    labels = read_labels_file(a.labels) if a.labels is not None else []
+    report = replay(read_decisions(a.decisions), candidate, labels=labels, actual_policy=actual)
+    print_frame(report.summary, f"replay of {a.policy} (version {candidate.version}) vs what ran")
+    print()
+    print_frame(report.wins, "wins per model")
+    changed = report.to_dict()["changed"]
+    print(f"\n{changed} of {len(report.requests)} requests would get an answer from a different model")
+    write_json(a.json, report.to_dict())
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from evaluation.drift import input_drift, score_drift
+    from evaluation.labels import join_labels
+    from evaluation.quality import quality_windows
+    from evaluation.report import latency_frame, wins_frame, write_report
+
+    cfg = _drift_config(a)
+    frames: dict[str, Any] = {"psi_alert": cfg.psi_alert, "agreement_min": cfg.agreement_min}
+    window = a.window_ms or cfg.window_ms
+    if a.decisions is not None:
+        decisions = read_decisions(a.decisions)
+        frames["latency"] = latency_frame(decisions)
+        frames["wins"] = wins_frame(decisions)
+        if a.labels is not None:
+            rows = join_labels(decisions, read_labels_file(a.labels))
+            frames["quality"] = quality_windows(rows, window, window)
+    if a.canary is not None:
+        frames["canary"] = score_drift(read_jsonl(a.canary), cfg)
+    inputs = _input_frames(a)
+    if inputs is not None:
+        frames["drift"] = input_drift(*inputs, cfg)
+    frames["generated_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    out = write_report(a.out, **frames)
+    print(f"report written to {out}")
+    return 0
+
+
+def cmd_bandit_sim(a: argparse.Namespace) -> int:
+    from evaluation.bandit_sim import SimConfig, simulate
+
+    try:
+        cfg = SimConfig(
+            steps=a.steps,
+            degrade_at=a.degrade_at if a.degrade_at is not None else a.steps // 2,
+            discount=a.discount,
+            label_delay=a.label_delay,
+            seed=a.seed,
+        )
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    results = simulate(cfg)
+    models = list(cfg.accuracies)
+    rows = [
+        (
+            r.policy,
+            r.regret,
+            r.correct / r.steps,
+            *(r.share_last_quarter[m] for m in models),
+        )
+        for r in results.values()
+    ]
+    print_frame(
+        pd.DataFrame(rows, columns=["policy", "regret", "accuracy", *(f"last25%_{m}" for m in models)]),
+        f"{cfg.steps} requests; {cfg.degrade_model} degrades from {cfg.accuracies[cfg.degrade_model or models[0]]} "
+        f"to {cfg.degraded_accuracy} at {cfg.degrade_at}",
+    )
+    write_json(a.json, {name: r.to_dict() for name, r in results.items()})
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m evaluation",
+        description="Evaluate the rendezvous server from its records: quality from labels, drift, the "
+        "promotion gate, policy replay, an HTML report and a bandit simulation.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--json", metavar="PATH", help="also write the numbers as JSON ('-': stdout)")
+        return sp
+
+    q = add("quality", "accuracy, ROC AUC and log loss per model (and 'official') from labels")
+    q.add_argument("--decisions", type=Path, required=True, help="decision log dump (JSONL)")
+    q.add_argument("--labels", type=Path, required=True, help="labels (JSONL, schemas/label.schema.json)")
+    q.add_argument("--window-ms", type=_positive_int, help="also per sliding window of this length")
+    q.add_argument("--slide-ms", type=_positive_int, help="window slide (default: the window length)")
+    q.set_defaults(run=cmd_quality)
+
+    def drift_inputs(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--canary", type=Path, help="canary topic dump (JSONL)")
+        sp.add_argument(
+            "--reference", type=Path, help="reference features, e.g. var/models/training_sample.parquet"
+        )
+        sp.add_argument(
+            "--recent", type=Path, help="recent requests: decoy archive Parquet file/dir or JSONL"
+        )
+        sp.add_argument("--features", help="comma-separated feature names (default: the generator's)")
+        sp.add_argument("--config", type=Path, help="drift thresholds (YAML mapping, see DriftConfig)")
+
+    d = add("drift", "score drift against the canary, input drift against a reference; alerts")
+    drift_inputs(d)
+    d.add_argument("--decisions", type=Path, help="decision log dump: every model vs the canary")
+    d.add_argument("--canary-model", default="base", help="the canary's model id (default: base)")
+    d.add_argument("--alerts", type=Path, help="write alerts here (JSONL, schemas/alert.schema.json)")
+    d.add_argument("--now-ms", type=int, help="the alerts' at_ms (default: now)")
+    d.add_argument("--fail-on-alert", action="store_true", help="exit with code 3 if any alert fired")
+    d.set_defaults(run=cmd_drift)
+
+    g = add("gate", "promote / keep / demote models and write the next policy file")
+    g.add_argument("--decisions", type=Path, required=True)
+    g.add_argument("--labels", type=Path, required=True)
+    g.add_argument("--policy", type=Path, required=True, help="the policy that is running (YAML)")
+    g.add_argument("--alerts", type=Path, help="drift alerts (JSONL from `drift --alerts`)")
+    g.add_argument("--config", type=Path, help="gate settings (YAML mapping, see GateConfig)")
+    g.add_argument("--min-gain", type=float, help="AUC a challenger must win by")
+    g.add_argument("--min-labelled", type=int, help="labelled answers each side needs")
+    g.add_argument("--auc-floor", type=float, help="demote official models below this AUC")
+    g.add_argument("--out", type=Path, help="write the next policy file here (only when something changes)")
+    g.set_defaults(run=cmd_gate)
+
+    r = add("replay", "re-run a candidate policy over the decision log, side by side with what ran")
+    r.add_argument("--decisions", type=Path, required=True)
+    r.add_argument("--policy", type=Path, required=True, help="the candidate policy (YAML)")
+    r.add_argument("--actual-policy", type=Path, help="the policy that ran (for its deadline)")
+    r.add_argument("--labels", type=Path, help="labels, for quality on labelled requests")
+    r.set_defaults(run=cmd_replay)
+
+    h = add("report", "a self-contained HTML page with charts and tables")
+    drift_inputs(h)
+    h.add_argument("--decisions", type=Path)
+    h.add_argument("--labels", type=Path)
+    h.add_argument("--window-ms", type=_positive_int, help="quality window (default: the drift config's)")
+    h.add_argument("--out", type=Path, required=True, help="the HTML file to write")
+    h.set_defaults(run=cmd_report)
+
+    b = add("bandit-sim", "Thompson sampling vs fixed policies, with a model degrading mid-run")
+    b.add_argument("--steps", type=_positive_int, default=10_000)
+    b.add_argument("--degrade-at", type=int, help="step at which gbt degrades (default: half way)")
+    b.add_argument("--discount", type=float, default=0.999)
+    b.add_argument("--label-delay", type=int, default=0, help="labels arrive this many requests later")
+    b.add_argument("--seed", type=int, default=7)
+    b.set_defaults(run=cmd_bandit_sim)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,234 @@
+"""Labels: the truth about a request, known later, and its join with the decision log.
+
+A label record (``schemas/label.schema.json``) is ``{request_id, label, labelled_at_ms}``; ``label`` is
+0/1 (or false/true) for classifiers or any finite number for value models. Labels are parsed like
+every other wire record (``udfs.wire``): a bad one becomes a ``DeadLetter`` with a reason code, never
+an exception, so a labels topic can feed a stream job later without a new error path.
+
+``join_labels`` turns decision-log records (``schemas/decision.schema.json``) plus labels into one
+row per (request, model) for ``evaluation.quality``: every model that scored the request and the
+pseudo-model ``official`` (what the caller actually got).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from udfs.wire import (
+    DeadLetter,
+    Source,
+    _Bad,
+    _check_unknown,
+    _is_int,
+    _is_number,
+    _parse,
+    _request_id,
+    _require,
+)
+
+TOPIC_LABELS = "labels"
+LABEL_FIELDS = frozenset({"request_id", "label", "labelled_at_ms"})
+OFFICIAL = "official"  # the pseudo-model for the official answer in joined rows
+
+# Columns of the rows join_labels returns (and evaluation.quality reads).
+ROW_COLUMNS = (
+    "request_id",
+    "model_id",
+    "role",
+    "status",
+    "probability",
+    "label",
+    "value",
+    "label_true",
+    "received_at_ms",
+    "decided_at_ms",
+    "arrived_at_ms",
+    "latency_ms",
+    "late",
+    "chosen_model",
+)
+
+
+@dataclass(frozen=True)
+class Label:
+    request_id: str
+    label: bool | int | float
+    labelled_at_ms: int
+
+    @property
+    def truth(self) -> float:
+        """The label as a number (true -> 1.0), the form quality metrics compare with."""
+        return float(self.label)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "label": self.label, "labelled_at_ms": self.labelled_at_ms}
+
+
+def _label_from_obj(obj: dict[str, Any]) -> Label:
+    rid = _request_id(obj)
+    _check_unknown(obj, LABEL_FIELDS)
+    value = _require(obj, "label")
+    if not isinstance(value, bool) and not _is_number(value):
+        raise _Bad("bad_field", "label must be 0/1, true/false or a finite number")
+    at = _require(obj, "labelled_at_ms")
+    if not _is_int(at) or at < 0:
+        raise _Bad("bad_field", "labelled_at_ms must be a non-negative integer (epoch milliseconds)")
+    return Label(rid, value, at)
+
+
+def parse_label(data: bytes | str | Mapping[str, Any], source: Source | None = None) -> Label | DeadLetter:
+    """A label record, or a dead letter saying why it is not one (same reason codes as the job's)."""
+    src = source or Source(TOPIC_LABELS)
+    if isinstance(data, Mapping):
+        data = json.dumps(dict(data), allow_nan=True)  # NaN survives the dump, so the parser rejects it
+    return _parse(data, src, _label_from_obj)
+
+
+def read_labels(path: str | Path) -> tuple[list[Label], list[DeadLetter]]:
+    """Labels from a JSON-lines file (blank lines skipped); bad lines come back as dead letters."""
+    good: list[Label] = []
+    bad: list[DeadLetter] = []
+    with Path(path).open("rb") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            parsed = parse_label(line.rstrip(b"\r\n"), Source(str(path), None, lineno))
+            if isinstance(parsed, Label):
+                good.append(parsed)
+            else:
+                bad.append(parsed)
+    return good, bad
+
+
+def latest_labels(labels: Iterable[Label]) -> dict[str, Label]:
+    """One label per request: the latest labelled_at_ms wins (a correction supersedes), ties the later one."""
+    out: dict[str, Label] = {}
+    for lab in labels:
+        old = out.get(lab.request_id)
+        if old is None or lab.labelled_at_ms >= old.labelled_at_ms:
+            out[lab.request_id] = lab
+    return out
+
+
+def _num(v: Any) -> float:
+    """A label/probability/value as a float; NaN when absent or not numeric (a string class name)."""
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, int | float) and math.isfinite(v):
+        return float(v)
+    return math.nan
+
+
+def prediction(output: Any) -> tuple[float, float, float]:
+    """(probability, label, value) of an output object; NaN for each that is missing."""
+    if not isinstance(output, Mapping):
+        return math.nan, math.nan, math.nan
+    return _num(output.get("probability")), _num(output.get("label")), _num(output.get("value"))
+
+
+def join_labels(decisions: Iterable[Mapping[str, Any]], labels: Iterable[Label]) -> pd.DataFrame:
+    """Rows (request, model) for every labelled, decided request: each model's first score and ``official``.
+
+    Orphan mailboxes (no request, no result) and requests without a label are left out. Error scores
+    and a ``no_answer`` result are kept, with NaN predictions: quality counts them as missing answers.
+    Late scores are kept and flagged (``late``): the model did answer, after the official decision.
+    """
+    truth = latest_labels(labels)
+    rows: list[dict[str, Any]] = []
+    for d in decisions:
+        res = d.get("result")
+        lab = truth.get(str(d.get("request_id")))
+        if res is None or lab is None:
+            continue
+        received = d["received_at_ms"]
+        decided = d["decided_at_ms"]
+        p, y, v = prediction(res.get("output") if res.get("reason") != "no_answer" else None)
+        rows.append(
+            {
+                "request_id": d["request_id"],
+                "model_id": OFFICIAL,
+                "role": OFFICIAL,
+                "status": "no_answer" if res.get("reason") == "no_answer" else "ok",
+                "probability": p,
+                "label": y,
+                "value": v,
+                "label_true": lab.truth,
+                "received_at_ms": received,
+                "decided_at_ms": decided,
+                "arrived_at_ms": decided,
+                "latency_ms": float(decided - received),
+                "late": False,
+                "chosen_model": res.get("model_id"),
+            }
+        )
+        for s in d.get("scores", ()):
+            if s.get("duplicate"):
+                continue
+            p, y, v = prediction(s.get("output") if s.get("status") == "ok" else None)
+            rows.append(
+                {
+                    "request_id": d["request_id"],
+                    "model_id": s["model_id"],
+                    "role": s.get("role", "unknown"),
+                    "status": s.get("status"),
+                    "probability": p,
+                    "label": y,
+                    "value": v,
+                    "label_true": lab.truth,
+                    "received_at_ms": received,
+                    "decided_at_ms": decided,
+                    "arrived_at_ms": s["arrived_at_ms"],
+                    "latency_ms": float(s["arrived_at_ms"] - received),
+                    "late": bool(s.get("late", False)),
+                    "chosen_model": res.get("model_id"),
+                }
+            )
+    return pd.DataFrame(rows, columns=list(ROW_COLUMNS))
+
+
+# --- labels for generated traffic ------------------------------------------------------------------------
+
+
+def labelled_requests(
+    run_id: str, n: int, seed: int, labelled_at_ms: int
+) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(request ids, features, label records) for n generated requests: the generator knows the truth.
+
+    Ids follow the load generator's ``<run_id>-<seq>`` so a demo can send these features and publish
+    these labels for the same ids; features are plain Python numbers (JSON-serialisable).
+    """
+    from runners.data import FEATURES, generate
+
+    frame, truth = generate(n, seed)
+    ids = [f"{run_id}-{i}" for i in range(n)]
+    cols = {f: frame[f].tolist() for f in FEATURES}
+    features = [{f: cols[f][i] for f in FEATURES} for i in range(n)]
+    labels = [
+        {"request_id": rid, "label": int(y), "labelled_at_ms": labelled_at_ms}
+        for rid, y in zip(ids, truth.tolist(), strict=True)
+    ]
+    return ids, features, labels
+
+
+def truth_labels(features: Sequence[Mapping[str, Any]], rng: np.random.Generator) -> list[int]:
+    """0/1 labels drawn from the generator's true fraud probability for features already sent.
+
+    For requests whose features came from ``runners.data.sample_many`` (the load generator): the label
+    is a fresh draw from the same ground truth that ``generate`` uses, so the models' quality on these
+    labels is what it was on the holdout.
+    """
+    from runners.data import FEATURES, _logit
+
+    if not features:
+        return []
+    cols = {f: np.asarray([float(x[f]) for x in features]) for f in FEATURES}
+    p = 1.0 / (1.0 + np.exp(-_logit(cols)))
+    return [int(y) for y in (rng.random(len(p)) < p)]
