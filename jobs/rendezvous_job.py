@@ -271,6 +271,9 @@ def parse_args(argv: list[str] | None) -> JobConfig:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_args(argv)
+    from ops import kafka_admin
+
+    kafka_admin.require_broker(cfg.bootstrap, "rendezvous job")  # one clear line, not a Java stack trace
     env = make_env(cfg)
     build_job(env, cfg)
     print(

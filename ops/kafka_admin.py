@@ -144,3 +144,20 @@ def warm_up_group_coordinator(bootstrap: str, timeout_s: float = 60.0) -> None:
             consumer.poll(timeout_ms=200)
     finally:
         consumer.close()
+
+
+STARTUP_PROBE_TIMEOUT_S = 15.0
+
+
+def require_broker(bootstrap: str, who: str, timeout_s: float = STARTUP_PROBE_TIMEOUT_S) -> None:
+    """Start-up check: exit with one clear line (no stack trace) if no broker answers at ``bootstrap``.
+
+    Called by the job, the runners and the load generator before they build anything, so an
+    unreachable or mistyped address fails in ``timeout_s`` instead of retrying forever inside Kafka
+    or Flink clients.
+    """
+    try:
+        cluster_brokers(bootstrap, timeout_s)
+    except (TimeoutError, OSError, kerrors.KafkaError, ValueError) as exc:
+        message = str(exc) if bootstrap in str(exc) else f"cannot reach Kafka at {bootstrap}: {exc}"
+        raise SystemExit(f"error: {who}: {' '.join(message.split())}") from None

@@ -755,6 +755,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--check", action="store_true", help="exit 1 on unanswered, duplicated or malformed results"
     )
     a = p.parse_args(argv)
+    from ops import kafka_admin
+
+    kafka_admin.require_broker(a.bootstrap, "load generator")  # fail fast with one line, no traceback
 
     def show(sent: int, answered: int, elapsed_s: float) -> None:
         sys.stderr.write("\r" + progress_line(sent, answered, a.count, elapsed_s))

@@ -417,6 +417,9 @@ def _split_servers(bootstrap: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the flags, load the model, connect, run until a signal or --max-seconds."""
     args, faults = _parse_args(argv)
+    from ops import kafka_admin
+
+    kafka_admin.require_broker(args.bootstrap, "runner")  # fail fast with one line if Kafka is unreachable
     # Handlers first: a stop during the slow start-up (imports, model load) then ends run() at once.
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

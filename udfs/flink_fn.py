@@ -53,7 +53,10 @@ def _now_ms() -> int:
 
 
 class _BatchedCounters:
-    """Metric counters incremented in Python and pushed to Flink at most once a second."""
+    """Metric counters incremented in Python and pushed to Flink at most once a second.
+
+    ``add`` takes a signed delta: a counter that goes down (``mailboxes_live``) is flushed with ``dec``.
+    """
 
     FLUSH_EVERY_MS = 1000
 
@@ -62,16 +65,18 @@ class _BatchedCounters:
         self._pending = dict.fromkeys(metric_names, 0)
         self._next_flush_ms = 0
 
-    def add(self, name: str, now_ms: int) -> None:
-        self._pending[name] += 1
+    def add(self, name: str, now_ms: int, delta: int = 1) -> None:
+        self._pending[name] += delta
         if now_ms >= self._next_flush_ms:
             self.flush(now_ms)
 
     def flush(self, now_ms: int) -> None:
         for name, n in self._pending.items():
-            if n:
+            if n > 0:
                 self._counters[name].inc(n)
-                self._pending[name] = 0
+            elif n < 0:
+                self._counters[name].dec(-n)
+            self._pending[name] = 0
         self._next_flush_ms = now_ms + self.FLUSH_EVERY_MS
 
 
@@ -84,7 +89,10 @@ class ParseFunction(ProcessFunction):
         self.kind = kind
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.counters = _BatchedCounters(runtime_context.get_metrics_group(), (names.METRIC_DEAD_LETTERS,))
+        per_reason = tuple(names.dead_letter_metric(r) for r in names.PARSE_REASONS)
+        self.counters = _BatchedCounters(
+            runtime_context.get_metrics_group(), (names.METRIC_DEAD_LETTERS, *per_reason)
+        )
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         data, topic, partition, offset = value[0], value[1], value[2], value[3]
@@ -93,6 +101,7 @@ class ParseFunction(ProcessFunction):
         if isinstance(parsed, DeadLetter):
             now = _now_ms()
             self.counters.add(names.METRIC_DEAD_LETTERS, now)
+            self.counters.add(names.dead_letter_metric(parsed.reason), now)
             yield DEAD_LETTERS, Row(parsed.request_id, _json(parsed.to_dict(now)))
             return
         text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
@@ -116,8 +125,15 @@ class MailboxFunction(KeyedProcessFunction):
                 names.METRIC_NO_ANSWER,
                 names.METRIC_LATE_SCORES,
                 names.METRIC_DUPLICATES,
+                names.METRIC_DUPLICATE_REQUESTS,
+                names.METRIC_DUPLICATE_SCORES,
+                names.METRIC_UNKNOWN_MODEL_SCORES,
                 names.METRIC_ORPHANS,
                 names.METRIC_DEAD_LETTERS,
+                *(names.dead_letter_metric(r) for r in names.MAILBOX_REASONS),
+                names.METRIC_MAILBOXES_OPENED,
+                names.METRIC_MAILBOXES_CLEARED,
+                names.METRIC_MAILBOXES_LIVE,
             ),
         )
 
@@ -181,6 +197,10 @@ class MailboxFunction(KeyedProcessFunction):
                     timers.register_processing_time_timer(mb.wake_at_ms)
         for name in step.counts:
             self.counters.add(name, now)
+            if name == names.METRIC_MAILBOXES_OPENED:
+                self.counters.add(names.METRIC_MAILBOXES_LIVE, now)
+            elif name == names.METRIC_MAILBOXES_CLEARED:
+                self.counters.add(names.METRIC_MAILBOXES_LIVE, now, -1)
         for out in step.outputs:
             if out.kind == mbx.RESULT:
                 yield Row(out.record["request_id"], _json(out.record), out.topic)
@@ -189,4 +209,5 @@ class MailboxFunction(KeyedProcessFunction):
             else:
                 if out.kind == mbx.DEAD_LETTER:
                     self.counters.add(names.METRIC_DEAD_LETTERS, now)
+                    self.counters.add(names.dead_letter_metric(out.record["reason"]), now)
                 yield _SIDE_TAGS[out.kind], Row(out.record.get("request_id"), _json(out.record))

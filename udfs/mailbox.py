@@ -8,6 +8,12 @@ pickled object, so module renames cannot break a restore. Its life:
     ``dedupe_retention_ms`` so a replayed or duplicate request never gets a second answer) -> gone.
 
 Scores that arrive before their request wait in the mailbox up to ``orphan_timeout_ms``.
+
+State stays bounded: every mailbox always has a timer that ends in clearing it (the decision, the
+close, the tombstone's expiry, the orphan timeout), and a mailbox keeps at most the first score of
+each policy model plus ``MAX_EXTRA_SCORES`` others (duplicates, unknown models); more are dead
+letters (``too_many_scores``). Each step counts ``mailboxes_opened`` / ``mailboxes_cleared`` so the
+adapter can report the live mailboxes (keyed state entries) as a metric.
 Each transition returns the records to emit and sets ``wake_at_ms``, the next time the mailbox
 needs a timer; the Flink adapter only stores state, registers that timer and routes the records.
 """
@@ -23,6 +29,10 @@ from udfs.policy import Decided, Policy, ScoreView, decide
 from udfs.wire import DeadLetter, Request, Score, Source
 
 STATE_VERSION = 1
+# Scores a mailbox keeps beyond the first one of each policy model: duplicates and unknown models.
+MAX_EXTRA_SCORES = 16
+RAW_PREFIX_CHARS = 4096
+UNKNOWN_ROLE = "unknown"  # Policy.role_of for a model id the policy does not list
 
 # Output kinds; the adapter maps each to a Kafka topic, side output or file sink.
 RESULT = "result"
@@ -117,14 +127,16 @@ def on_request(
     """A request arrives: archive it (once), then decide if the scores already there allow it."""
     if mb is not None and (mb.has_request or mb.closed):
         dead = DeadLetter(
-            "duplicate_request",
+            names.REASON_DUPLICATE_REQUEST,
             "a request with this id was already received; the first one is answered",
             source,
-            raw[:4096],
-            raw_truncated=len(raw) > 4096,
+            raw[:RAW_PREFIX_CHARS],
+            raw_truncated=len(raw) > RAW_PREFIX_CHARS,
             request_id=req.request_id,
         )
-        return Step(mb, [Out(DEAD_LETTER, dead.to_dict(now_ms))], [names.METRIC_DUPLICATES])
+        counts = [names.METRIC_DUPLICATES, names.METRIC_DUPLICATE_REQUESTS]
+        return Step(mb, [Out(DEAD_LETTER, dead.to_dict(now_ms))], counts)
+    opened = mb is None
     if mb is None:
         mb = Mailbox(req.request_id, now_ms)
     mb.policy_version = policy.version
@@ -133,6 +145,8 @@ def on_request(
     mb.deadline_ms = req.deadline_ms
     mb.received_at_ms = now_ms
     step = Step(mb, [Out(ARCHIVE, _archive_row(req, raw, source, now_ms))], [names.METRIC_REQUESTS])
+    if opened:
+        step.counts.append(names.METRIC_MAILBOXES_OPENED)
     _evaluate(step, mb, policy, now_ms, by_timer=False)
     return step
 
@@ -140,27 +154,40 @@ def on_request(
 def on_score(mb: Mailbox | None, score: Score, source: Source, policy: Policy, now_ms: int) -> Step:
     """A score arrives: record it (flagged late or duplicate if so) and decide if it settles things."""
     if mb is not None and mb.closed:
-        dead = DeadLetter(
-            "score_after_close",
-            f"score from {score.model_id} arrived after the mailbox closed",
-            source,
-            json.dumps(score.to_dict())[:4096],
-            request_id=score.request_id,
-        )
-        return Step(mb, [Out(DEAD_LETTER, dead.to_dict(now_ms))], [names.METRIC_LATE_SCORES])
+        detail = f"score from {score.model_id} arrived after the mailbox closed"
+        metrics = [names.METRIC_LATE_SCORES]
+        return _refuse_score(mb, score, source, names.REASON_SCORE_AFTER_CLOSE, detail, metrics, now_ms)
+    role = policy.role_of(score.model_id)
+    duplicate = mb is not None and any(s["model_id"] == score.model_id for s in mb.scores)
+    if mb is not None and (duplicate or role == UNKNOWN_ROLE):
+        extra = sum(1 for s in mb.scores if s["duplicate"] or s["role"] == UNKNOWN_ROLE)
+        if extra >= MAX_EXTRA_SCORES:
+            detail = (
+                f"the mailbox already holds {extra} duplicate or unknown-model scores "
+                f"(limit {MAX_EXTRA_SCORES}); this one from {score.model_id} is not kept"
+            )
+            metrics = (
+                [names.METRIC_DUPLICATES, names.METRIC_DUPLICATE_SCORES]
+                if duplicate
+                else [names.METRIC_UNKNOWN_MODEL_SCORES]
+            )
+            return _refuse_score(mb, score, source, names.REASON_TOO_MANY_SCORES, detail, metrics, now_ms)
+    step = Step(mb, counts=[names.METRIC_SCORES])
     if mb is None:
-        mb = Mailbox(score.request_id, now_ms)
+        mb = step.mailbox = Mailbox(score.request_id, now_ms)
         mb.wake_at_ms = now_ms + policy.orphan_timeout_ms
+        step.counts.append(names.METRIC_MAILBOXES_OPENED)
     entry = score.to_dict()
     entry["arrived_at_ms"] = now_ms
-    entry["role"] = policy.role_of(score.model_id)
-    entry["duplicate"] = any(s["model_id"] == score.model_id for s in mb.scores)
+    entry["role"] = role
+    entry["duplicate"] = duplicate
     entry["late"] = mb.result is not None
     entry["src"] = [source.topic, source.partition, source.offset]
     mb.scores.append(entry)
-    step = Step(mb, counts=[names.METRIC_SCORES])
-    if entry["duplicate"]:
-        step.counts.append(names.METRIC_DUPLICATES)
+    if duplicate:
+        step.counts += [names.METRIC_DUPLICATES, names.METRIC_DUPLICATE_SCORES]
+    if role == UNKNOWN_ROLE:
+        step.counts.append(names.METRIC_UNKNOWN_MODEL_SCORES)
     if entry["late"]:
         step.counts.append(names.METRIC_LATE_SCORES)
     if mb.has_request and mb.result is None and not entry["duplicate"]:
@@ -168,8 +195,31 @@ def on_score(mb: Mailbox | None, score: Score, source: Source, policy: Policy, n
     return step
 
 
+def _refuse_score(
+    mb: Mailbox, score: Score, source: Source, reason: str, detail: str, metrics: list[str], now_ms: int
+) -> Step:
+    """A score the mailbox does not keep: a dead letter; the mailbox is unchanged."""
+    text = json.dumps(score.to_dict())
+    dead = DeadLetter(
+        reason,
+        detail,
+        source,
+        text[:RAW_PREFIX_CHARS],
+        raw_truncated=len(text) > RAW_PREFIX_CHARS,
+        request_id=score.request_id,
+    )
+    return Step(mb, [Out(DEAD_LETTER, dead.to_dict(now_ms))], metrics)
+
+
 def on_timer(mb: Mailbox, policy: Policy, now_ms: int) -> Step:
     """Time passed: a wait or the deadline ran out, the mailbox closes, or state expires."""
+    step = _on_timer(mb, policy, now_ms)
+    if step.mailbox is None:
+        step.counts.append(names.METRIC_MAILBOXES_CLEARED)
+    return step
+
+
+def _on_timer(mb: Mailbox, policy: Policy, now_ms: int) -> Step:
     step = Step(mb)
     if mb.closed:
         if mb.wake_at_ms is not None and now_ms >= mb.wake_at_ms:
@@ -312,10 +362,10 @@ def _orphan_letters(mb: Mailbox, now_ms: int) -> list[Out]:
     for s in mb.scores:
         topic, partition, offset = s["src"]
         dead = DeadLetter(
-            "orphan_score",
+            names.REASON_ORPHAN_SCORE,
             f"no request with this id arrived within the orphan timeout (score from {s['model_id']})",
             Source(topic, partition, offset),
-            json.dumps(_public_score(s))[:4096],
+            json.dumps(_public_score(s))[:RAW_PREFIX_CHARS],
             request_id=mb.request_id,
         )
         outs.append(Out(DEAD_LETTER, dead.to_dict(now_ms)))

@@ -57,3 +57,55 @@ METRIC_LATE_SCORES = "late_scores"
 METRIC_DUPLICATES = "duplicates"
 METRIC_ORPHANS = "orphan_scores"
 METRIC_DEAD_LETTERS = "dead_letters"
+METRIC_DUPLICATE_REQUESTS = "duplicate_requests"  # also counted in METRIC_DUPLICATES
+METRIC_DUPLICATE_SCORES = "duplicate_scores"  # also counted in METRIC_DUPLICATES
+METRIC_UNKNOWN_MODEL_SCORES = "unknown_model_scores"  # scores from a model id the policy does not list
+# State size: mailboxes created and cleared by this subtask, and the difference (live keyed state).
+METRIC_MAILBOXES_OPENED = "mailboxes_opened"
+METRIC_MAILBOXES_CLEARED = "mailboxes_cleared"
+METRIC_MAILBOXES_LIVE = "mailboxes_live"
+
+# --- Dead-letter reason codes (schemas/dead_letter.schema.json lists the same) ----------------------
+# Parsing (udfs/wire.py):
+REASON_NULL_VALUE = "null_value"
+REASON_NOT_UTF8 = "not_utf8"
+REASON_NOT_JSON = "not_json"
+REASON_NOT_OBJECT = "not_object"
+REASON_TOO_LARGE = "too_large"
+REASON_MISSING_FIELD = "missing_field"
+REASON_BAD_FIELD = "bad_field"
+REASON_UNKNOWN_FIELD = "unknown_field"
+REASON_BAD_REQUEST_ID = "bad_request_id"
+REASON_BAD_RETURN_ADDRESS = "bad_return_address"
+REASON_BAD_OUTPUT = "bad_output"
+# The mailbox (udfs/mailbox.py):
+REASON_DUPLICATE_REQUEST = "duplicate_request"
+REASON_ORPHAN_SCORE = "orphan_score"
+REASON_SCORE_AFTER_CLOSE = "score_after_close"
+REASON_TOO_MANY_SCORES = "too_many_scores"
+
+PARSE_REASONS = (
+    REASON_NULL_VALUE,
+    REASON_NOT_UTF8,
+    REASON_NOT_JSON,
+    REASON_NOT_OBJECT,
+    REASON_TOO_LARGE,
+    REASON_MISSING_FIELD,
+    REASON_BAD_FIELD,
+    REASON_UNKNOWN_FIELD,
+    REASON_BAD_REQUEST_ID,
+    REASON_BAD_RETURN_ADDRESS,
+    REASON_BAD_OUTPUT,
+)
+MAILBOX_REASONS = (
+    REASON_DUPLICATE_REQUEST,
+    REASON_ORPHAN_SCORE,
+    REASON_SCORE_AFTER_CLOSE,
+    REASON_TOO_MANY_SCORES,
+)
+DEAD_LETTER_REASONS = PARSE_REASONS + MAILBOX_REASONS
+
+
+def dead_letter_metric(reason: str) -> str:
+    """The per-reason dead-letter counter, e.g. ``dead_letters_not_json`` (next to the total)."""
+    return f"{METRIC_DEAD_LETTERS}_{reason}"

@@ -132,7 +132,9 @@ def _is_number(v: Any) -> bool:
         return False
 
 
-def _decode(data: bytes | str, source: Source) -> tuple[str | None, DeadLetter | None]:
+def _decode(data: bytes | str | None, source: Source) -> tuple[str | None, DeadLetter | None]:
+    if data is None:  # a Kafka record without a value (a tombstone): the raw format gives null
+        return None, DeadLetter("null_value", "record has no value (null)", source, "")
     if isinstance(data, str):
         text = data
         size = len(text.encode("utf-8", "surrogatepass"))
@@ -210,12 +212,12 @@ def _safe_request_id(obj: Any) -> str | None:
     return None
 
 
-def parse_request(data: bytes | str, source: Source) -> Request | DeadLetter:
+def parse_request(data: bytes | str | None, source: Source) -> Request | DeadLetter:
     """A request record, or the reason it is not one."""
     return _parse(data, source, _request_from_obj)
 
 
-def _parse(data: bytes | str, source: Source, build: Callable[[dict[str, Any]], T]) -> T | DeadLetter:
+def _parse(data: bytes | str | None, source: Source, build: Callable[[dict[str, Any]], T]) -> T | DeadLetter:
     """Decode, load a JSON object and build a record from it; any failure becomes a dead letter."""
     text, dead = _decode(data, source)
     if dead is not None:
@@ -253,7 +255,7 @@ def _request_from_obj(obj: dict[str, Any]) -> Request:
     return Request(rid, ret, sent, features, deadline, routing)
 
 
-def parse_score(data: bytes | str, source: Source) -> Score | DeadLetter:
+def parse_score(data: bytes | str | None, source: Source) -> Score | DeadLetter:
     """A score record, or the reason it is not one."""
     return _parse(data, source, score_from_obj)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from udfs import flink_fn
+from udfs import flink_fn, names
 from udfs.policy import parse_policy
 
 POLICY = parse_policy(
@@ -141,3 +141,102 @@ def test_an_early_answer_replaces_the_wait_timer(harness: Any) -> None:
     out = list(fn.process_element(_row(flink_fn.KIND_SCORE, score), FakeCtx(timers)))
     assert json.loads(out[0][1])["model_id"] == "gbt"
     assert timers.pending == {t0 + 150}  # the 40 ms wait timer is gone; close is due
+
+
+# --- metrics: per-reason dead letters and live mailboxes ------------------------------------------------
+
+
+class RecordingCounter:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def inc(self, n: int = 1) -> None:
+        self.count += n
+
+    def dec(self, n: int = 1) -> None:
+        self.count -= n
+
+
+class RecordingGroup:
+    def __init__(self) -> None:
+        self.counters: dict[str, RecordingCounter] = {}
+
+    def counter(self, name: str) -> RecordingCounter:
+        assert name not in self.counters, f"counter {name} registered twice"
+        return self.counters.setdefault(name, RecordingCounter())
+
+    def counts(self) -> dict[str, int]:
+        return {k: c.count for k, c in self.counters.items() if c.count}
+
+
+class RecordingRuntime(FakeRuntime):
+    def __init__(self, state: FakeState) -> None:
+        super().__init__(state)
+        self.group = RecordingGroup()
+
+    def get_metrics_group(self) -> Any:
+        return self.group
+
+
+@pytest.fixture()
+def metered(monkeypatch: pytest.MonkeyPatch) -> Any:
+    clock = {"now": 1_000_000}
+    monkeypatch.setattr(flink_fn, "_now_ms", lambda: clock["now"])
+    timers, runtime = FakeTimers(), RecordingRuntime(FakeState())
+    fn = flink_fn.MailboxFunction(POLICY)
+    fn.open(runtime)  # type: ignore[arg-type]
+    return fn, runtime.group, timers, clock
+
+
+def test_parse_function_counts_dead_letters_per_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = {"now": 5_000}
+    monkeypatch.setattr(flink_fn, "_now_ms", lambda: clock["now"])
+    group = RecordingGroup()
+    fn = flink_fn.ParseFunction(flink_fn.KIND_REQUEST)
+    fn.open(type("R", (), {"get_metrics_group": lambda _self: group})())  # type: ignore[arg-type]
+    for value in (b"not json", b"[1]", None, b"{nope", json.dumps(REQUEST).encode()):
+        out = list(fn.process_element((value, "requests", 0, 3), None))  # type: ignore[arg-type]
+        assert len(out) == 1
+    # Batched: the very first increment flushed at once, the rest wait until the next flush is due.
+    assert group.counts() == {names.METRIC_DEAD_LETTERS: 1}
+    clock["now"] += flink_fn._BatchedCounters.FLUSH_EVERY_MS
+    list(fn.process_element((b"\xff", "requests", 0, 4), None))  # type: ignore[arg-type]
+    assert group.counts()[names.METRIC_DEAD_LETTERS] == 5  # flushed by the first add past the due time
+    fn.counters.flush(clock["now"])  # as the next due flush would
+    assert group.counts() == {
+        names.METRIC_DEAD_LETTERS: 5,
+        names.dead_letter_metric("not_json"): 2,
+        names.dead_letter_metric("not_object"): 1,
+        names.dead_letter_metric("null_value"): 1,
+        names.dead_letter_metric("not_utf8"): 1,
+    }
+    # Every parse reason has a counter registered up front (Flink wants them at open()).
+    assert {names.dead_letter_metric(r) for r in names.PARSE_REASONS} <= set(group.counters)
+
+
+def test_mailbox_counts_reasons_duplicates_and_live_mailboxes(metered: Any) -> None:
+    fn, group, timers, clock = metered
+    t0 = clock["now"]
+    score = {
+        "request_id": "r1", "model_id": "gbt", "model_version": "1", "status": "ok",
+        "output": {"label": 1}, "scored_at_ms": 1, "latency_ms": 1.0,
+    }  # fmt: skip
+    list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST), FakeCtx(timers)))
+    list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST), FakeCtx(timers)))  # duplicate
+    list(fn.process_element(_row(flink_fn.KIND_SCORE, score), FakeCtx(timers)))
+    list(fn.process_element(_row(flink_fn.KIND_SCORE, score), FakeCtx(timers)))  # duplicate score
+    list(fn.process_element(_row(flink_fn.KIND_SCORE, score | {"model_id": "ghost"}), FakeCtx(timers)))
+    fn.counters.flush(clock["now"])
+    counts = group.counts()
+    assert counts[names.METRIC_MAILBOXES_LIVE] == counts[names.METRIC_MAILBOXES_OPENED] == 1
+    assert counts[names.METRIC_DUPLICATE_REQUESTS] == 1 and counts[names.METRIC_DUPLICATE_SCORES] == 1
+    assert counts[names.METRIC_DUPLICATES] == 2 and counts[names.METRIC_UNKNOWN_MODEL_SCORES] == 1
+    assert counts[names.dead_letter_metric("duplicate_request")] == 1
+
+    # Everything expires: the live count goes back down (a counter decremented by the batch flush).
+    _fire_due(fn, timers, clock, t0 + 10**6)
+    fn.counters.flush(clock["now"])
+    counts = group.counts()
+    assert names.METRIC_MAILBOXES_LIVE not in counts  # back to 0
+    assert counts[names.METRIC_MAILBOXES_OPENED] == counts[names.METRIC_MAILBOXES_CLEARED] == 1
+    assert fn.state.value() is None

@@ -8,6 +8,7 @@ arriving at the same millisecond as a timer are processed first.
 
 from __future__ import annotations
 
+import heapq
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from udfs.mailbox import (
     CANARY,
     DEAD_LETTER,
     DECISION,
+    MAX_EXTRA_SCORES,
     RESULT,
     STATE_VERSION,
     Mailbox,
@@ -132,6 +134,11 @@ class Flink:
                 self.timers.add(mb.wake_at_ms)
         self.outs.extend((t, o) for o in step.outputs)
         self.counts.extend(step.counts)
+        # The live-mailbox metric (opened - cleared) is exactly the keyed state this key holds.
+        live = self.counts.count(names.METRIC_MAILBOXES_OPENED) - self.counts.count(
+            names.METRIC_MAILBOXES_CLEARED
+        )
+        assert live == (self.state is not None), (live, self.state)
 
     def advance(self, t: int) -> None:
         """Fire every timer before t (records at t come before timers at t)."""
@@ -264,6 +271,8 @@ def test_happy_path_records() -> None:
             names.METRIC_RESULTS,
             names.METRIC_SCORES,
             names.METRIC_LATE_SCORES,
+            names.METRIC_MAILBOXES_OPENED,
+            names.METRIC_MAILBOXES_CLEARED,
         ]
     )
 
@@ -847,3 +856,176 @@ def test_scores_without_a_request_are_orphans(case: tuple[Policy, list[Ev]]) -> 
         assert d["request_id"] == RID and d["source_topic"] == "scores"
         assert json.loads(d["raw"])["model_id"] == e.score.model_id
         assert_valid(DEAD_LETTER, d)
+
+
+# --- bad input: counts and bounds ------------------------------------------------------------------------
+
+
+def test_unknown_model_scores_are_kept_flagged_and_counted() -> None:
+    f = Flink(DEFAULT)
+    f.request(0, *make_request(0))
+    f.score(1, make_score("ghost"))  # not in the policy: recorded for evaluation, never official
+    f.score(2, make_score("gbt"))
+    f.drain(until=1200)
+    assert f.of(RESULT)[0][1]["model_id"] == "gbt"
+    roles = {s["model_id"]: s["role"] for s in f.of(DECISION)[0][1]["scores"]}
+    assert roles == {"ghost": "unknown", "gbt": "incumbent"}
+    assert f.counts.count(names.METRIC_UNKNOWN_MODEL_SCORES) == 1
+    assert f.of(DEAD_LETTER) == []
+
+
+def test_duplicate_metrics_tell_requests_from_scores() -> None:
+    f = Flink(DEFAULT)
+    f.request(0, *make_request(0))
+    f.request(1, *make_request(1, offset=1))
+    f.score(2, make_score("logreg"))
+    f.score(3, make_score("logreg"))
+    f.score(4, make_score("logreg"))
+    assert f.counts.count(names.METRIC_DUPLICATE_REQUESTS) == 1
+    assert f.counts.count(names.METRIC_DUPLICATE_SCORES) == 2
+    assert f.counts.count(names.METRIC_DUPLICATES) == 3
+
+
+def test_a_flood_of_extra_scores_is_capped_but_policy_models_still_count() -> None:
+    f = Flink(DEFAULT)
+    f.request(0, *make_request(0))
+    for k in range(MAX_EXTRA_SCORES + 5):  # a stuck runner resending, and unknown models
+        f.score(1, make_score("logreg" if k % 2 else f"ghost{k}"), Source("scores", 0, k))
+    mb = f.load()
+    assert mb is not None
+    extra = [s for s in mb.scores if s["duplicate"] or s["role"] == "unknown"]
+    assert len(extra) == MAX_EXTRA_SCORES and len(mb.scores) == MAX_EXTRA_SCORES + 1  # + logreg's first
+    letters = f.of(DEAD_LETTER)
+    # Offsets 0..16 are kept (logreg's first at 1 is not an extra), the rest refused, each pointing back.
+    assert [d["offset"] for _, d in letters] == list(range(MAX_EXTRA_SCORES + 1, MAX_EXTRA_SCORES + 5))
+    assert {d["reason"] for _, d in letters} == {"too_many_scores"}
+    for _, d in letters:
+        assert_valid(DEAD_LETTER, d)
+        assert d["request_id"] == RID and json.loads(d["raw"])["request_id"] == RID
+    # The first score of a policy model is never refused, however full the mailbox.
+    f.score(2, make_score("gbt"))
+    assert f.of(RESULT)[0][1]["model_id"] == "gbt"
+    f.drain()
+    assert f.state is None
+
+
+def test_the_cap_applies_to_orphans_too() -> None:
+    f = Flink(policy_with(orphan_timeout_ms=50))
+    for k in range(MAX_EXTRA_SCORES + 3):
+        f.score(1, make_score("gbt"), Source("scores", 0, k))
+    f.drain()
+    reasons = [d["reason"] for _, d in f.of(DEAD_LETTER)]
+    assert reasons.count("too_many_scores") == 2  # gbt's first + 16 duplicates kept
+    assert reasons.count("orphan_score") == MAX_EXTRA_SCORES + 1
+    assert f.state is None
+
+
+def test_version_1_state_written_before_the_metrics_still_loads() -> None:
+    # What the job stored before this change: the state format did not change (still v1).
+    text = (
+        '{"v":1,"id":"req-1","first":5,"pv":1,"ra":"results","sent":3,"dl":null,"recv":5,'
+        '"scores":[],"result":null,"closed":false,"wake":45}'
+    )
+    mb = Mailbox.from_json(text)
+    assert mb.to_json() == text
+
+
+@st.composite
+def floods(draw: st.DrawFn) -> tuple[bool, list[tuple[int, str]]]:
+    with_request = draw(st.booleans())
+    models = st.sampled_from(["gbt", "logreg", "tree", "base", "mlp", "ghost", "ghost2"])
+    return with_request, draw(st.lists(st.tuples(st.integers(0, 1500), models), max_size=60))
+
+
+@PROPS
+@given(floods())
+def test_any_flood_of_scores_keeps_the_mailbox_bounded_and_every_score_accounted(
+    case: tuple[bool, list[tuple[int, str]]],
+) -> None:
+    with_request, scores = case
+    f = Flink(policy_with(orphan_timeout_ms=2000))
+    if with_request:
+        f.request(0, *make_request(0))
+    biggest = 0
+    for k, (t, mid) in enumerate(sorted(scores)):
+        f.score(t, make_score(mid), Source("scores", 0, k))
+        mb = f.load()
+        if mb is not None:
+            biggest = max(biggest, len(mb.scores))
+            assert len(mb.scores) <= len(DEFAULT.models) + MAX_EXTRA_SCORES
+    f.drain()
+    decisions = [d for _, d in f.of(DECISION)]
+    in_log = [s["model_id"] for d in decisions for s in d["scores"]]
+    letters = [d for _, d in f.of(DEAD_LETTER)]
+    # Every score is in exactly one place: the decision log, or a dead letter pointing at its offset.
+    assert len(in_log) + len(letters) == len(scores)
+    assert len({d["offset"] for d in letters}) == len(letters)
+    assert {d["reason"] for d in letters} <= {"too_many_scores", "orphan_score", "score_after_close"}
+    if not with_request:
+        assert decisions == [] and all(d["reason"] != "score_after_close" for d in letters)
+    assert f.state is None  # and nothing is left once the timers ran
+
+
+def test_sustained_load_keeps_state_bounded() -> None:
+    """1000 requests/s for 8 simulated seconds with orphans, duplicates and late scores, all keys in one
+    keyed state: the live-mailbox count levels off at rate x lifetime and returns to zero."""
+    policy = policy_with(deadline_ms=100, late_window_ms=100, dedupe_retention_ms=1000, orphan_timeout_ms=300)
+    states: dict[str, str] = {}
+    timers: list[tuple[int, str]] = []  # a heap of (time, key), as Flink's timer service
+    live = 0  # the adapter's mailboxes_live: opened - cleared
+    samples: list[tuple[int, int, int]] = []  # (time, live mailboxes, state bytes)
+
+    def apply(t: int, key: str, step: Step) -> None:
+        nonlocal live
+        live += step.counts.count(names.METRIC_MAILBOXES_OPENED)
+        live -= step.counts.count(names.METRIC_MAILBOXES_CLEARED)
+        if step.mailbox is None:
+            states.pop(key, None)
+        else:
+            wake = step.mailbox.wake_at_ms
+            if wake is not None and (key not in states or Mailbox.from_json(states[key]).wake_at_ms != wake):
+                heapq.heappush(timers, (wake, key))  # as the adapter: a timer only when the wake changes
+            states[key] = step.mailbox.to_json()
+        assert live == len(states)
+
+    def advance(t: int) -> None:
+        while timers and timers[0][0] < t:
+            tm, key = heapq.heappop(timers)
+            if key in states:
+                apply(tm, key, on_timer(Mailbox.from_json(states[key]), policy, tm))
+
+    seconds, rate = 8, 1000
+    for t in range(seconds * 1000):  # one request per ms
+        advance(t)
+        rid = f"r{t}"
+        req, raw, src = make_request(t, rid=rid, offset=t)
+        key = rid
+        apply(t, key, on_request(Mailbox.from_json(states[key]) if key in states else None, req, raw, src,
+                                 policy, t))  # fmt: skip
+        events: list[tuple[str, Score]] = []
+        if t % 2 == 0:
+            events.append((rid, make_score("gbt", rid=rid, t=t)))
+        if t % 10 == 0:
+            events.append((rid, make_score("gbt", rid=rid, t=t)))  # duplicate
+        if t % 20 == 0:
+            events.append((f"orphan{t}", make_score("logreg", rid=f"orphan{t}", t=t)))
+        if t % 25 == 0 and t >= 50:
+            events.append((f"r{t - 50}", make_score("mlp", rid=f"r{t - 50}", t=t)))  # late
+        if t % 50 == 0 and t >= 1000:
+            events.append((f"r{t - 1000}", make_score("tree", rid=f"r{t - 1000}", t=t)))  # after close
+        for k, s in events:
+            prev = Mailbox.from_json(states[k]) if k in states else None
+            apply(t, k, on_score(prev, s, Source("scores", 0, t), policy, t))
+        if t % 100 == 0:
+            samples.append((t, live, sum(len(v) for v in states.values())))
+    advance(10**9)
+    assert states == {} and live == 0  # everything expires
+
+    # Lifetime of a request's state: deadline + late window + tombstone retention; orphans: the timeout.
+    bound = rate * (100 + 100 + 1000) // 1000 + (rate // 20) * 300 // 1000 + 10
+    steady = [n for t, n, _ in samples if t >= 2000]
+    assert max(n for _, n, _ in samples) <= bound
+    assert max(steady) - min(steady) <= 20  # flat: the state does not creep up under sustained load
+    size = [b for t, _, b in samples if t >= 2000]
+    assert max(size) <= 1.1 * min(size)
+    print(f"steady state: {min(steady)}-{max(steady)} live mailboxes, {min(size)}-{max(size)} bytes of JSON")

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from udfs import names
 from udfs.wire import (
     MAX_ERROR_CHARS,
     MAX_RECORD_BYTES,
@@ -30,18 +31,7 @@ from udfs.wire import (
 )
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
-REASONS = {
-    "not_utf8",
-    "not_json",
-    "not_object",
-    "too_large",
-    "missing_field",
-    "bad_field",
-    "unknown_field",
-    "bad_request_id",
-    "bad_return_address",
-    "bad_output",
-}
+REASONS = set(names.PARSE_REASONS)
 SRC_REQ = Source("requests", 3, 1234)
 SRC_SCORE = Source("scores", 0, 7)
 AT = 1_700_000_000_000
@@ -354,8 +344,22 @@ def test_bad_score_dead_letter(data: bytes, reason: str, rid: str | None) -> Non
 
 
 def test_every_reason_code_is_reachable() -> None:
-    reached = {c[2] for c in REQ_CASES} | {c[2] for c in SCORE_CASES}
+    reached = {c[2] for c in REQ_CASES} | {c[2] for c in SCORE_CASES} | {"null_value"}  # see below
     assert reached == REASONS
+
+
+@pytest.mark.parametrize("parse", [parse_request, parse_score])
+def test_a_record_without_a_value_is_a_dead_letter(parse: Any) -> None:
+    # A Kafka tombstone (null value) reaches the parser as None through Flink's raw format.
+    d = dead(parse(None, SRC_REQ), "null_value")
+    out = d.to_dict(AT)
+    assert (out["raw"], out["raw_truncated"], out["request_id"], out["offset"]) == ("", False, None, 1234)
+    assert_valid("dead_letter", out)
+
+
+def test_the_schema_lists_exactly_the_reason_codes_in_names() -> None:
+    schema = json.loads((SCHEMAS / "dead_letter.schema.json").read_text())
+    assert schema["properties"]["reason"]["enum"] == list(names.DEAD_LETTER_REASONS)
 
 
 def test_source_without_partition_and_offset() -> None:
