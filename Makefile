@@ -8,14 +8,15 @@ PY     := $(VENV)/bin/python
 JARS   := build/jars
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-unit lint bench clean distclean sql
+.PHONY: help setup demo test test-unit lint bench bench-tuning clean distclean sql
 
 help:
 	@echo "make setup   - virtualenv + pinned Python deps + Kafka broker and Flink connector jars (idempotent)"
 	@echo "make demo    - broker, models, runners, rendezvous job, load; prints a summary; stops everything"
 	@echo "make test    - the whole test suite (unit, mini cluster, end-to-end on a real broker)"
 	@echo "make lint    - ruff + mypy"
-	@echo "make bench   - Kafka floor, job capacity, whole stack at several rates -> var/bench/ (JSON, Markdown, PNG)"
+	@echo "make bench   - Kafka floor, job alone, whole stack on a rate ladder (first_in_order vs wait-for-all) -> var/bench/"
+	@echo "make bench-tuning - the job alone under each candidate Flink setting -> var/bench/tuning.md (~15 min)"
 	@echo "make sql Q='SELECT ...' - SQL over the decoy archive of the last demo"
 	@echo "make cluster-up | cluster-submit BOOTSTRAP=host:port | cluster-status | cluster-cancel JOB=id | cluster-down"
 
@@ -56,6 +57,9 @@ lint: setup
 
 bench: setup
 	$(PY) -m ops.bench $(BENCH_ARGS)
+
+bench-tuning: setup
+	$(PY) -m ops.bench --tuning $(BENCH_ARGS)
 
 sql: setup
 	$(PY) -m ops.archive --archive-dir var/demo/archive "$(Q)"

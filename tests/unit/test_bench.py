@@ -1,0 +1,90 @@
+"""The benchmark's bookkeeping: saturation, sustained rate, targets, the Markdown table, state size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ops import bench
+
+
+def _step(
+    rate: float, p99: float | None, answered: int = 100, achieved: float | None = None
+) -> dict[str, Any]:
+    return {
+        "rate": rate,
+        "achieved_rate": rate if achieved is None else achieved,
+        "sent": 100,
+        "answered": answered,
+        "latency_ms": {"p50": None if p99 is None else p99 / 2, "p99": p99, "p99.9": p99},
+        "deadline_misses": 0,
+        "by_reason": {"preferred": answered},
+        "cpu_percent": {"job": 50, "broker": 20, "loadgen": 10, "runner-gbt": 5, "runner-tree": 5},
+        "state_bytes": 2048,
+    }
+
+
+def test_saturated_when_answers_are_missing_the_rate_is_not_reached_or_p99_explodes() -> None:
+    assert not bench.saturated(_step(100, 50))
+    assert bench.saturated(_step(100, 50, answered=98))
+    assert bench.saturated(_step(100, 50, achieved=80))
+    assert bench.saturated(_step(100, 20 * bench.BUDGET_MS + 1))
+    assert bench.saturated(_step(100, None))
+
+
+def test_sustained_rate_is_the_highest_rate_within_budget() -> None:
+    steps = [_step(100, 30), _step(250, 90), _step(500, 150), _step(1000, 60, answered=50)]
+    assert bench.sustained_rate(steps) == 250
+    assert bench.sustained_rate([_step(100, 101)]) is None
+
+
+def test_targets_report_each_goal_against_the_measured_steps() -> None:
+    steps = [_step(833, 80), _step(1000, 30), _step(2500, 400)]
+    floor = [{"rate": 1000.0, "linger_ms": 1, "latency_ms": {"p99": 20.0}}]
+    result = {"stack": {"first_in_order": {"steps": steps}}, "kafka_floor": floor}
+    by_name = {t["target"].split(":")[0]: t for t in bench.targets(result)}
+    assert by_name["floor"]["met"] and by_name["floor"]["measured"] == "p99 80 ms at 833/s"
+    assert not by_name["goal"]["met"] and by_name["goal"]["measured"] == "1000 requests/s"
+    p99_1000 = next(t for t in bench.targets(result) if "1,000 requests/s" in t["target"])
+    assert not p99_1000["met"] and p99_1000["measured"] == "p99 30 ms"
+    ratio = bench.targets(result)[-1]
+    assert ratio["measured"] == "1.5x at 1000/s" and ratio["met"]
+
+
+def test_targets_say_when_a_rate_was_never_reached() -> None:
+    result = {"stack": {"first_in_order": {"steps": [_step(100, 30)]}}}
+    t = bench.targets(result)
+    assert t[0]["measured"] == "833/s not reached" and not t[0]["met"]
+    assert t[-1]["measured"] == "no common rate" and not t[-1]["met"]
+
+
+def test_markdown_has_a_row_per_step_and_the_targets() -> None:
+    result = {
+        "date": "2026-11-22 23:00",
+        "machine": {"cpus": 2, "platform": "linux", "python": "3.11"},
+        "stack": {
+            "first_in_order": {"policy": "policies/default.yaml", "steps": [_step(100, 30), _step(250, 60)]}
+        },
+    }
+    result["targets"] = bench.targets(result)
+    md = bench.markdown(result)
+    assert "| 100 | 100 | 100/100 | 15 | 30 | 30 | 0 | 0 | 2 | 50 / 20 / 10 / 10 |" in md
+    assert "| 250 |" in md
+    assert "Sustained with p99 <= 100 ms: 250 requests/s." in md
+    assert "| floor: 833 requests/s with p99 < 100 ms | 833/s not reached | no |" in md
+
+
+def test_checkpoint_bytes_sums_the_newest_completed_checkpoint(tmp_path: Path) -> None:
+    assert bench.checkpoint_bytes(tmp_path) is None
+    old = tmp_path / "checkpoints" / "job" / "chk-1"
+    new = tmp_path / "checkpoints" / "job" / "chk-2"
+    for d, size in ((old, 10), (new, 300)):
+        d.mkdir(parents=True)
+        (d / "_metadata").write_bytes(b"m" * 5)
+        (d / "state").write_bytes(b"s" * size)
+    import os
+
+    os.utime(old / "_metadata", (1, 1))
+    assert bench.checkpoint_bytes(tmp_path) == 305
+    (tmp_path / "checkpoints" / "job" / "chk-3").mkdir()  # in progress: no _metadata yet
+    assert bench.checkpoint_bytes(tmp_path) == 305
