@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 JARS   := build/jars
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-unit lint bench bench-tuning clean distclean sql
+.PHONY: help setup demo test test-unit lint bench bench-tuning scenario-degrade clean distclean sql
 
 help:
 	@echo "make setup   - virtualenv + pinned Python deps + Kafka broker and Flink connector jars (idempotent)"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint    - ruff + mypy"
 	@echo "make bench   - Kafka floor, job alone, whole stack on a rate ladder (first_in_order vs wait-for-all) -> var/bench/"
 	@echo "make bench-tuning - the job alone under each candidate Flink setting -> var/bench/tuning.md (~15 min)"
+	@echo "make scenario-degrade - a model degrades mid-run: metrics, quality, drift/canary alerts, gate demotes it (var/degrade/)"
 	@echo "make sql Q='SELECT ...' - SQL over the decoy archive of the last demo"
 	@echo "make cluster-up | cluster-submit BOOTSTRAP=host:port | cluster-status | cluster-cancel JOB=id | cluster-down"
 
@@ -60,6 +61,9 @@ bench: setup
 
 bench-tuning: setup
 	$(PY) -m ops.bench --tuning $(BENCH_ARGS)
+
+scenario-degrade: setup
+	$(PY) -m ops.degrade_scenario $(SCENARIO_ARGS)
 
 sql: setup
 	$(PY) -m ops.archive --archive-dir var/demo/archive "$(Q)"

@@ -382,6 +382,35 @@ def cmd_bandit_sim(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_collect(a: argparse.Namespace) -> int:
+    from ops.stack import read_topic
+    from udfs import names
+
+    topics = {
+        "decisions": a.decisions_topic or names.TOPIC_DECISIONS,
+        "canary": a.canary_topic or names.TOPIC_CANARY,
+        "labels": a.labels_topic or names.TOPIC_LABELS,
+    }
+    a.out.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {}
+    for kind, topic in topics.items():
+        try:
+            records = read_topic(a.bootstrap, topic, timeout_s=a.timeout_s)
+        except Exception as e:  # kafka-python raises many types for an unreachable broker
+            raise CliError(f"{a.bootstrap}: cannot read topic {topic!r}: {e}") from None
+        unreadable = sum(1 for r in records if not isinstance(r, dict) or "request_id" not in r)
+        kept = [
+            r for r in records if isinstance(r, dict) and str(r.get("request_id", "")).startswith(a.prefix)
+        ]
+        path = a.out / f"{kind}.jsonl"
+        path.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept), encoding="utf-8")
+        print(f"{kind:9s} {len(kept):7d} records from {topic!r} -> {path}" + (
+            f"  ({unreadable} unreadable skipped)" if unreadable else ""))  # fmt: skip
+        out[kind] = {"topic": topic, "path": str(path), "records": len(kept), "unreadable": unreadable}
+    write_json(a.json, out)
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------------------
 
 
@@ -461,6 +490,16 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--window-ms", type=_positive_int, help="quality window (default: the drift config's)")
     h.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     h.set_defaults(run=cmd_report)
+
+    c = add("collect", "dump the decisions, canary and labels topics to JSONL files for the other commands")
+    c.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
+    c.add_argument("--out", type=Path, required=True, help="directory for decisions/canary/labels.jsonl")
+    c.add_argument("--decisions-topic", help="default: decisions")
+    c.add_argument("--canary-topic", help="default: canary")
+    c.add_argument("--labels-topic", help="default: labels")
+    c.add_argument("--prefix", default="", help="keep only request ids starting with this (e.g. a run id)")
+    c.add_argument("--timeout-s", type=float, default=60.0, help="give up reading a topic after this long")
+    c.set_defaults(run=cmd_collect)
 
     b = add("bandit-sim", "Thompson sampling vs fixed policies, with a model degrading mid-run")
     b.add_argument("--steps", type=_positive_int, default=10_000)

@@ -17,6 +17,8 @@ Kafka ends for collections.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +101,41 @@ def flink_configuration(cfg: JobConfig) -> dict[str, str]:
     )
     conf.update(cfg.flink_overrides)
     return conf
+
+
+PROMETHEUS_PORT_KEY = "metrics.reporter.prom.port"
+
+
+def prometheus_reporter(ports: str) -> dict[str, str]:
+    """Flink settings for its Prometheus reporter on a port or range ("9249", "9250-9260").
+
+    It serves every metric of the job (the mailbox's per-model counters included) at
+    ``http://<host>:<port>/metrics``, on every interface: the reporter has no host option.
+    """
+    if not re.fullmatch(r"\d{1,5}(-\d{1,5})?", ports):
+        raise ValueError(f"--metrics-port: expected PORT or PORT-PORT, got {ports!r}")
+    return {
+        "metrics.reporter.prom.factory.class": "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
+        PROMETHEUS_PORT_KEY: ports,
+    }
+
+
+def put_prometheus_reporter_on_classpath() -> None:
+    """The mini cluster finds reporter factories on the JVM's system class path only.
+
+    Its metric registry ignores the plugins directory (the log says "Available factories: []") and
+    ``pipeline.jars`` is the job's user class loader. The apache-flink wheel ships the reporter jar in
+    ``pyflink/plugins/metrics-prometheus/``; PyFlink's gateway launcher appends ``HADOOP_CLASSPATH`` to
+    the ``-cp`` of the JVM it starts, so the jar goes there, before the gateway starts.
+    """
+    import pyflink
+
+    plugin_dir = Path(pyflink.__file__).parent / "plugins" / "metrics-prometheus"
+    jars = sorted(plugin_dir.glob("flink-metrics-prometheus-*.jar"))
+    if not jars:
+        raise SystemExit(f"error: no flink-metrics-prometheus jar in {plugin_dir} (needed by --metrics-port)")
+    current = os.environ.get("HADOOP_CLASSPATH", "")
+    os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(p for p in (current, str(jars[-1])) if p)
 
 
 def build_pipeline(requests: Any, scores: Any, policy: Policy) -> Outputs:
@@ -235,6 +272,12 @@ def parse_args(argv: list[str] | None) -> JobConfig:
     ap.add_argument("--decisions-topic", default=names.TOPIC_DECISIONS)
     ap.add_argument("--dead-letters-topic", default=names.TOPIC_DEAD_LETTERS)
     ap.add_argument(
+        "--metrics-port",
+        metavar="PORT[-PORT]",
+        help="serve the job's metrics for Prometheus on this port (or the first free one of a range); "
+        "off by default",
+    )
+    ap.add_argument(
         "-D",
         dest="overrides",
         action="append",
@@ -248,6 +291,11 @@ def parse_args(argv: list[str] | None) -> JobConfig:
     except PolicyError as e:
         ap.exit(2, f"error: invalid policy: {e}\n")
     overrides = {}
+    if a.metrics_port is not None:
+        try:
+            overrides.update(prometheus_reporter(a.metrics_port))
+        except ValueError as e:
+            ap.error(str(e))
     for item in a.overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -274,6 +322,13 @@ def main(argv: list[str] | None = None) -> None:
     from ops import kafka_admin
 
     kafka_admin.require_broker(cfg.bootstrap, "rendezvous job")  # one clear line, not a Java stack trace
+    if PROMETHEUS_PORT_KEY in cfg.flink_overrides:
+        put_prometheus_reporter_on_classpath()
+    # PyFlink's launcher logs to one file inside site-packages by default: concurrent local jobs
+    # would overwrite each other's log. Each job logs under its own state dir instead.
+    log_dir = (cfg.state_dir / "log").resolve()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("FLINK_LOG_DIR", str(log_dir))
     env = make_env(cfg)
     build_job(env, cfg)
     print(

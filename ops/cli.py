@@ -9,6 +9,7 @@ COMMANDS = {
     "broker": ("ops.broker", "start/stop/status a single-node KRaft Kafka broker"),
     "train": ("runners.train", "train the demo models on synthetic data"),
     "runner": ("runners.runner", "run one model runner (Kafka in, scores out)"),
+    "labeller": ("runners.labeller", "publish each request's true label later (demo data; labels topic)"),
     "job": ("jobs.rendezvous_job", "run the rendezvous job on the embedded Flink mini cluster"),
     "load": ("ops.loadgen", "open-loop load generator and result collector"),
     "sql": ("ops.archive", "SQL (DuckDB or Flink) over the decoy archive"),

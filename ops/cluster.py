@@ -4,6 +4,7 @@
     python -m ops.cluster submit --dir var/cluster --policy policies/default.yaml --bootstrap 127.0.0.1:9092
     python -m ops.cluster status --dir var/cluster
     python -m ops.cluster cancel --dir var/cluster JOBID
+    python -m ops.cluster upgrade --dir var/cluster --policy policies/v2.yaml   # savepoint-safe (ops/upgrade.py)
     python -m ops.cluster down --dir var/cluster                    # stop-cluster.sh + verify PIDs gone
 
 FLINK_HOME is the installed ``pyflink`` package (it ships ``bin/`` and ``conf/``). Nothing in
@@ -14,7 +15,10 @@ to ``<dir>/pid`` (``env.pid.dir``); ``down`` checks that those processes are gon
 
 Thread mode on a session cluster: a TaskManager's embedded interpreter keeps ``sys.modules`` and
 a second thread-mode job in the same TaskManager can fail (pemja, FLINK-37727), so run one job per
-cluster and restart the cluster (``down`` + ``up``) for every new job or upgrade.
+cluster and restart the cluster (``down`` + ``up``) for every new job; ``upgrade`` restarts the
+TaskManagers between the savepoint and the resubmission. Every ``submit`` writes a job manifest
+(``<dir>/state/job-manifest.json``: policy version, execution mode, state format, uids) that
+``upgrade`` checks the new job against.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +63,19 @@ PORT_KEYS = {
 CLIENT_KEYS = ("rest.address", "rest.port", "jobmanager.rpc.address", "jobmanager.rpc.port")
 DAEMONS = ("standalonesession", "taskexecutor")
 JOBID_RE = re.compile(r"JobID\s+([0-9a-f]{32})")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A checked submission: what ``flink run`` gets and what the job manifest records."""
+
+    policy_path: Path
+    policy: Any  # udfs.policy.Policy
+    bootstrap: str
+    job_args: list[str]
+    flink_conf: Path
+    compat: dict[str, Any]
+    client_overrides: list[str]
 
 
 class ClusterError(RuntimeError):
@@ -208,15 +226,19 @@ class Cluster:
         return [p for ps in self.pids().values() for p in ps if self.ours(p)]
 
     def script(self, name: str, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+        daemons = name.endswith("-cluster.sh") or name in ("taskmanager.sh", "jobmanager.sh")
         return subprocess.run(
             [str(flink_home() / "bin" / name), *args],
-            env=self.env(daemons=name.endswith("-cluster.sh")),
+            env=self.env(daemons=daemons),
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
             timeout=timeout_s,
             check=False,
             stdin=subprocess.DEVNULL,
+            # The daemons outlive this call: keep them out of our process group, so a Ctrl-C meant
+            # for the CLI (or pytest) does not reach the JobManager or TaskManager.
+            start_new_session=True,
         )
 
     def log_tail(self, lines: int = 40) -> str:
@@ -224,10 +246,24 @@ class Cluster:
         return "\n".join(f"--- {p.name}\n{procs.tail(p, lines)}" for p in logs[-2:])
 
     # --- REST ----------------------------------------------------------------------------------
-    def rest(self, path: str, timeout_s: float = 5.0) -> Any:
+    def rest(
+        self, path: str, timeout_s: float = 5.0, body: dict[str, Any] | None = None, method: str | None = None
+    ) -> Any:
+        """GET ``path`` (or POST ``body`` as JSON, or ``method``) on the REST API; the decoded JSON answer."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(
+            self.rest_url() + path,
+            data=data,
+            method=method or ("GET" if body is None else "POST"),
+            headers={"Content-Type": "application/json"},
+        )
         try:
-            with urllib.request.urlopen(self.rest_url() + path, timeout=timeout_s) as resp:
-                return json.loads(resp.read())
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                raw = resp.read()
+                return json.loads(raw) if raw.strip() else {}
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")[:2000]
+            raise ClusterError(f"Flink REST {req.get_method()} {path}: HTTP {e.code}: {detail}") from e
         except (urllib.error.URLError, OSError) as e:
             raise ClusterError(
                 f"Flink REST API at {self.rest_url()} is not answering ({e}); is the cluster up?"
@@ -300,29 +336,164 @@ class Cluster:
         job_args: list[str],
         flink_conf: Path = PROJECT_FLINK_CONF,
         timeout_s: float = 300.0,
+        savepoint: str | None = None,
+        previous_job_id: str | None = None,
     ) -> str:
-        if self.overview() is None:
-            raise ClusterError(
-                f"no Flink cluster answering at {self.rest_url()}; run `python -m ops.cluster up`"
-            )
-        conf = self.config()
-        overrides = [f"-D{k}={conf[k]}" for k in CLIENT_KEYS if k in conf]
-        if not any(a.startswith("--state-dir") for a in job_args):
-            job_args = [*job_args, "--state-dir", str(self.state_dir)]
-        if not any(a.startswith("--archive-dir") for a in job_args):
-            job_args = [*job_args, "--archive-dir", str(self.base / "archive")]
-        args = [
-            "run", "-d", "-py", str(JOB_SCRIPT), "-pyfs", str(UDFS_DIR),
-            "--policy", str(policy.resolve()), "--bootstrap", bootstrap,
-            "--flink-conf", str(flink_conf.resolve()), *overrides, *job_args,
-        ]  # fmt: skip
-        res = self.script("flink", *args, timeout_s=timeout_s)
+        """``flink run -d [-s savepoint] -py jobs/rendezvous_job.py ...``; the JobID. Writes the job
+        manifest (ops/upgrade.py) to the state dir; from a savepoint, first checks the manifest the
+        savepoint was taken with (a changed execution mode, state format or uid is refused)."""
+        sub = self.prepare_submission(policy, bootstrap, job_args, flink_conf, savepoint)
+        restore = ["-s", savepoint] if savepoint else []
+        res = self.script("flink", *self.run_args(sub, restore, JOB_SCRIPT), timeout_s=timeout_s)
         out = res.stdout + res.stderr
         (self.log_dir / "submit.log").write_text(out)
         match = JOBID_RE.search(out)
         if res.returncode != 0 or not match:
             raise ClusterError(f"bin/flink run failed (exit {res.returncode}):\n{out[-4000:]}")
-        return match.group(1)
+        return self.record_submission(sub, match.group(1), savepoint, previous_job_id)
+
+    def prepare_submission(
+        self,
+        policy: Path,
+        bootstrap: str,
+        job_args: list[str],
+        flink_conf: Path = PROJECT_FLINK_CONF,
+        savepoint: str | None = None,
+    ) -> Submission:
+        """Everything a submission needs, checked: the policy, the final job args, the compat facts."""
+        from ops import upgrade
+
+        if self.overview() is None:
+            raise ClusterError(
+                f"no Flink cluster answering at {self.rest_url()}; run `python -m ops.cluster up`"
+            )
+        try:
+            policy_obj = upgrade.load_policy(policy)
+        except upgrade.PolicyError as e:
+            raise ClusterError(f"invalid policy: {e}") from None
+        conf = self.config()
+        if not any(a.startswith("--state-dir") for a in job_args):
+            job_args = [*job_args, "--state-dir", str(self.state_dir)]
+        if not any(a.startswith("--archive-dir") for a in job_args):
+            job_args = [*job_args, "--archive-dir", str(self.base / "archive")]
+        try:
+            compat = upgrade.compat_of(
+                upgrade.effective_conf(conf, upgrade.load_conf_file(flink_conf), job_args)
+            )
+            if savepoint is not None:
+                taken_with = upgrade.read_manifest(upgrade.savepoint_manifest_path(savepoint))
+                problems = upgrade.compat_problems(taken_with["compat"], compat) if taken_with else []
+                if problems:
+                    raise ClusterError(f"refusing to restore {savepoint}:\n  " + "\n  ".join(problems))
+        except upgrade.UpgradeRefused as e:
+            raise ClusterError(str(e)) from None
+        client = [f"-D{k}={conf[k]}" for k in CLIENT_KEYS if k in conf]
+        return Submission(policy, policy_obj, bootstrap, list(job_args), flink_conf, compat, client)
+
+    def run_args(self, sub: Submission, flink_opts: list[str], script: Path, *script_args: str) -> list[str]:
+        """``bin/flink`` arguments: run -d <flink_opts> -py <script> -pyfs udfs <script_args> <job args>."""
+        return [
+            "run", "-d", *flink_opts, "-py", str(script), "-pyfs", str(UDFS_DIR), *script_args,
+            "--policy", str(sub.policy_path.resolve()), "--bootstrap", sub.bootstrap,
+            "--flink-conf", str(sub.flink_conf.resolve()), *sub.client_overrides, *sub.job_args,
+        ]  # fmt: skip
+
+    def record_submission(
+        self, sub: Submission, job_id: str, savepoint: str | None, previous_job_id: str | None
+    ) -> str:
+        """Write the job manifest of a submitted job (what ``upgrade`` checks against); the JobID."""
+        from ops import upgrade
+
+        manifest = upgrade.build_manifest(
+            job_id=job_id,
+            policy_path=sub.policy_path,
+            policy=sub.policy,
+            bootstrap=sub.bootstrap,
+            job_args=sub.job_args,
+            flink_conf=sub.flink_conf,
+            compat=sub.compat,
+            restored_from=savepoint,
+            previous_job_id=previous_job_id,
+        )
+        upgrade.write_manifest(upgrade.manifest_path(self.state_dir), manifest)
+        return job_id
+
+    # --- TaskManagers --------------------------------------------------------------------------
+    def taskmanager_pids(self) -> list[int]:
+        return [p for p in self.pids().get("taskexecutor", []) if self.ours(p)]
+
+    def taskmanager_ids(self) -> set[str]:
+        """The TaskManagers registered with the JobManager (REST ids)."""
+        return {str(tm["id"]) for tm in self.rest("/taskmanagers").get("taskmanagers", [])}
+
+    def stop_taskmanagers(
+        self,
+        timeout_s: float = DOWN_TIMEOUT_S,
+        pids: list[int] | None = None,
+        rest_ids: set[str] | None = None,
+    ) -> list[int]:
+        """Stop this cluster's TaskManagers (or just ``pids``) by PID (SIGTERM, SIGKILL after a grace
+        period), drop them from the pid file, and wait until the JobManager no longer lists them
+        (``rest_ids``, default: all it listed before); the PIDs stopped."""
+        before = self.taskmanager_ids() if rest_ids is None else set(rest_ids)
+        stopped = [p for p in (self.taskmanager_pids() if pids is None else pids) if self.ours(p)]
+        for pid in stopped:
+            procs.stop_pid(pid, grace_s=15.0)
+        for f in self.pid_dir.glob("flink-*-taskexecutor.pid"):
+            keep = [x for x in f.read_text().split() if x.isdigit() and int(x) not in stopped]
+            if keep:
+                f.write_text("".join(f"{x}\n" for x in keep))
+            else:
+                f.unlink()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = self.taskmanager_ids() & before
+            if not left:
+                return stopped
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the JobManager still lists stopped TaskManager(s) {sorted(left)}")
+            time.sleep(0.1)
+
+    def start_taskmanagers(self, count: int = 1, spare: bool = False) -> list[int]:
+        """``taskmanager.sh start`` ``count`` times; the new PIDs (they register in the background).
+
+        ``spare``: to run next to the current ones, so fixed TaskManager ports (taken by those) are
+        replaced by any free port (0) for the new ones.
+        """
+        args: list[str] = []
+        if spare:
+            conf = self.config()
+            for key in ("taskmanager.rpc.port", "taskmanager.data.port"):
+                if str(conf.get(key, "0")).isdigit() and int(conf.get(key, 0)):
+                    args += ["-D", f"{key}=0"]
+        before = set(self.taskmanager_pids())
+        for _ in range(count):
+            res = self.script("taskmanager.sh", "start", *args)
+            if res.returncode != 0:
+                raise ClusterError(
+                    f"taskmanager.sh start failed ({res.returncode}):\n{res.stdout}{res.stderr}"
+                )
+        return sorted(set(self.taskmanager_pids()) - before)
+
+    def wait_taskmanagers(self, ids: int | set[str], timeout_s: float = UP_TIMEOUT_S) -> set[str]:
+        """Until ``ids`` TaskManagers are registered (or, given a set, some beyond those); their ids."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            now = self.taskmanager_ids()
+            if (len(now) >= ids) if isinstance(ids, int) else bool(now - ids):
+                return now
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"no new TaskManager registered within {timeout_s:.0f} s; logs:\n{self.log_tail()}"
+                )
+            time.sleep(0.2)
+
+    def cancel_running(self) -> list[str]:
+        """Cancel every job that is not finished yet (REST); their ids."""
+        ids = [j["jid"] for j in self.jobs() if j.get("state") not in ("FINISHED", "CANCELED", "FAILED")]
+        for jid in ids:
+            self.rest(f"/jobs/{jid}?mode=cancel", timeout_s=10.0, method="PATCH")
+        return ids
 
     def jobs(self) -> list[dict[str, Any]]:
         return list(self.rest("/jobs/overview").get("jobs", []))
@@ -344,7 +515,14 @@ def main(argv: list[str] | None = None) -> int:
     p_submit = sub.add_parser("submit", help="submit the rendezvous job (detached); prints the JobID")
     p_status = sub.add_parser("status", help="jobs on the cluster (REST /jobs/overview)")
     p_cancel = sub.add_parser("cancel", help="cancel a job")
-    for p in (p_up, p_down, p_submit, p_status, p_cancel):
+    p_upgrade = sub.add_parser(
+        "upgrade",
+        help="new policy: validate, stop with a savepoint, fresh TaskManagers, resubmit from the savepoint",
+        description="Savepoint-safe policy upgrade (ops/upgrade.py). Extra -D key=value items are Flink "
+        "overrides for the new job; a change the savepoint cannot carry (execution mode, state "
+        "format, uids) is refused with exit code 2 and the running job is left untouched.",
+    )
+    for p in (p_up, p_down, p_submit, p_status, p_cancel, p_upgrade):
         p.add_argument(
             "--dir", type=Path, default=DEFAULT_DIR, help="cluster directory (default var/cluster)"
         )
@@ -357,10 +535,15 @@ def main(argv: list[str] | None = None) -> int:
     p_submit.add_argument("--policy", type=Path, required=True)
     p_submit.add_argument("--bootstrap", required=True)
     p_submit.add_argument("--flink-conf", type=Path, default=PROJECT_FLINK_CONF)
+    p_submit.add_argument("--savepoint", help="restore from this savepoint (flink run -s)")
+    p_upgrade.add_argument("--policy", type=Path, required=True, help="the new policy file")
+    p_upgrade.add_argument("--flink-conf", type=Path, help="default: the one the running job was given")
+    p_upgrade.add_argument("--check", action="store_true", help="only validate; change nothing")
+    p_upgrade.add_argument("--json", action="store_true", help="print the report as JSON")
     p_status.add_argument("--json", action="store_true")
     p_cancel.add_argument("job_id")
     a, extra = ap.parse_known_args(argv)
-    if extra and a.cmd != "submit":
+    if extra and a.cmd not in ("submit", "upgrade"):
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     cluster = Cluster(a.dir)
     try:
@@ -378,7 +561,9 @@ def main(argv: list[str] | None = None) -> int:
             stopped = cluster.down()
             print(f"cluster down; stopped PIDs {stopped}" if stopped else "no cluster process was running")
         elif a.cmd == "submit":
-            print(cluster.submit(a.policy, a.bootstrap, extra, a.flink_conf), flush=True)
+            print(
+                cluster.submit(a.policy, a.bootstrap, extra, a.flink_conf, savepoint=a.savepoint), flush=True
+            )
         elif a.cmd == "status":
             jobs = cluster.jobs()
             if a.json:
@@ -388,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
         elif a.cmd == "cancel":
             cluster.cancel(a.job_id)
             print(f"cancelled {a.job_id}")
+        elif a.cmd == "upgrade":
+            from ops import upgrade
+
+            return upgrade.main_upgrade(cluster, a.policy, a.flink_conf, extra, a.check, a.json)
     except (ClusterError, RuntimeError, TimeoutError, subprocess.TimeoutExpired) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

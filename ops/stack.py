@@ -132,7 +132,7 @@ def wait_until_answering(
 
     Returns (seconds waited, probes sent). Probes are ordinary requests with ids ``probe-…``.
     """
-    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     from ops import kafka_admin
 
@@ -142,7 +142,9 @@ def wait_until_answering(
         bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=500
     )
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
-    consumer.subscribe([return_address])
+    # Assigned, not subscribed: the topic is new and has one partition, and an assignment involves no
+    # metadata-driven subscription that kafka-python could be slow to resolve.
+    consumer.assign([TopicPartition(return_address, 0)])
     start = time.monotonic()
     sent = 0
     next_probe = start

@@ -6,8 +6,9 @@ half (run, main) moves bytes between Kafka and the Scheduler.
 
 Fault injection, for exercising the rendezvous job: --latency-ms/--jitter-ms delay scores without
 blocking the loop (pending scores wait in a time-ordered heap), --fail-rate sends error scores,
---drop-rate sends nothing, --hang-after N stops answering after N requests. Which requests fail or drop
-is a hash of (seed, request_id), so a rerun with the same seed injects the same faults.
+--drop-rate sends nothing, --hang-after N stops answering after N requests, --degrade-after N keeps
+answering after N requests but with noise (a model gone bad, for the evaluation scenario). Which requests
+fail or drop, and the noise, are a hash of (seed, request_id), so a rerun injects the same faults.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ MAX_ERROR_CHARS = 1024  # score.error limit in schemas/README.md
 IDLE_POLL_MS = 50  # poll timeout when nothing is pending: bounds how long a stop signal waits
 STATS_EVERY_S = 5.0  # at most this often while requests flow
 STATS_IDLE_EVERY_S = 60.0  # a heartbeat when nothing happens
-WAIT_NOTE_EVERY_S = 10.0  # how often a runner still waiting for its partitions says so
+WAIT_NOTE_EVERY_S = 10.0
+REJOIN_AFTER_S = 30.0  # a consumer still without partitions then is replaced (see run())  # how often a runner still waiting for its partitions says so
 INJECTED_FAILURE = "injected failure"
 
 
@@ -87,6 +89,7 @@ class Faults:
     fail_rate: float = 0.0
     drop_rate: float = 0.0
     hang_after: int | None = None  # answer only the first N requests, then nothing
+    degrade_after: int | None = None  # after N requests, answer with noise instead of the model's output
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -98,6 +101,8 @@ class Faults:
             raise ValueError("fail_rate + drop_rate must be <= 1")
         if self.hang_after is not None and self.hang_after < 0:
             raise ValueError("hang_after must be >= 0")
+        if self.degrade_after is not None and self.degrade_after < 0:
+            raise ValueError("degrade_after must be >= 0")
 
 
 def _unit(seed: int, salt: str, request_id: str) -> float:
@@ -119,6 +124,15 @@ def decide(request_id: str, faults: Faults) -> tuple[Fate, float]:
     if faults.jitter_ms:
         delay += faults.jitter_ms * _unit(faults.seed, "jitter", request_id)
     return fate, delay
+
+
+def degraded(output: Mapping[str, Any], request_id: str, seed: int) -> Mapping[str, Any]:
+    """A model gone bad: its probability replaced by noise, uniform in [0, 1) and fixed by (seed,
+    request_id), its label following; outputs without a probability (and errors) pass unchanged."""
+    if "probability" not in output:
+        return output
+    p = round(_unit(seed, "degrade", request_id), 6)
+    return {**output, "label": int(p >= 0.5), "probability": p}
 
 
 @dataclass(frozen=True)
@@ -159,7 +173,7 @@ class Scheduler:
 
         `clock` is read once after scoring, so model time counts towards the due time and latency.
         """
-        planned: list[tuple[str, Fate, float]] = []
+        planned: list[tuple[str, Fate, float, bool]] = []
         to_score: list[Any] = []
         for request_id, features in requests:
             self.counts["admitted"] += 1
@@ -171,7 +185,9 @@ class Scheduler:
             self.counts[fate.value] += 1
             if fate is Fate.DROP:
                 continue
-            planned.append((request_id, fate, delay))
+            degrade_after = self.faults.degrade_after
+            bad = degrade_after is not None and self.counts["admitted"] > degrade_after
+            planned.append((request_id, fate, delay, bad))
             if fate is Fate.OK:
                 to_score.append(features)
         if not planned:
@@ -179,7 +195,7 @@ class Scheduler:
         results = self._score(score, to_score)
         done_ms = clock()
         scored = iter(results)
-        for request_id, fate, delay in planned:
+        for request_id, fate, delay, bad in planned:
             output: Mapping[str, Any] | None = None
             error: str | None = None
             if fate is Fate.FAIL:
@@ -191,6 +207,9 @@ class Scheduler:
                     self.counts["bad_features"] += 1
                 elif isinstance(result, BaseException):
                     error = str(result)
+                elif bad:
+                    output = degraded(result, request_id, self.faults.seed)
+                    self.counts["degraded"] += 1
                 else:
                     output = result
             self._seq += 1
@@ -276,8 +295,14 @@ def run(
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
     max_records: int = 1000,
+    reconnect: Callable[[], Any] | None = None,
+    rejoin_after_s: float = REJOIN_AFTER_S,
 ) -> Counter[str]:
     """The loop: poll, admit, release due scores, until `stop` is set or max_seconds pass.
+
+    With `reconnect` (a function returning a new, subscribed consumer), a consumer that has no
+    partitions `rejoin_after_s` after it was made is closed and replaced: kafka-python 3.0.12 was
+    seen to stop finding its group coordinator for good, and a new client joins at once.
 
     `consumer` and `producer` are kafka-python objects (or fakes with poll/assignment and send/flush).
     Returns the counters. Does not close the clients: the caller made them, the caller closes them.
@@ -287,6 +312,8 @@ def run(
     started = clock()
     deadline = None if max_seconds is None else started + max_seconds * 1000.0
     ready = False
+    joined_at = started
+    replaced: list[Any] = []
     last_wait_note = started
     last_stats = started
     last_sent = last_consumed = 0
@@ -312,6 +339,18 @@ def run(
             if consumer.assignment():
                 ready = True
                 print(f"runner {model.model_id} ready", file=out, flush=True)
+            elif reconnect is not None and clock() - joined_at >= rejoin_after_s * 1000.0:
+                print(
+                    f"runner {model.model_id}: no partitions after {rejoin_after_s:.0f} s; "
+                    "replacing the consumer with a new one",
+                    file=err,
+                    flush=True,
+                )
+                consumer.close()
+                consumer = reconnect()
+                replaced.append(consumer)
+                joined_at = clock()
+                counts["consumer_replaced"] += 1
             elif clock() - last_wait_note >= WAIT_NOTE_EVERY_S * 1000.0:
                 last_wait_note = clock()
                 waited = (last_wait_note - started) / 1000.0
@@ -344,6 +383,8 @@ def run(
     send_due(clock())
     counts["discarded_at_stop"] += scheduler.discard()
     producer.flush(timeout=10)
+    for c in replaced:  # the caller closes the consumer it passed in; these ones are ours
+        c.close()
     print(_stats_line(model.model_id, counts, 0, None, final=True), file=err, flush=True)
     return counts
 
@@ -358,8 +399,10 @@ _STATS_KEYS = (
     "fail",
     "drop",
     "hang",
+    "degraded",
     "model_errors",
     "send_errors",
+    "consumer_replaced",
 )
 
 
@@ -393,7 +436,10 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Faults]
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests given an error score")
     p.add_argument("--drop-rate", type=float, default=0.0, help="share of requests given no score")
     p.add_argument("--hang-after", type=int, default=None, help="answer only the first N requests")
-    p.add_argument("--seed", type=int, default=0, help="seed for which requests fail/drop and jitter")
+    p.add_argument(
+        "--degrade-after", type=int, default=None, help="after N requests, answer with noise (a bad model)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for which requests fail/drop, jitter and noise")
     p.add_argument("--max-seconds", type=float, default=None, help="exit this long after connecting")
     args = p.parse_args(argv)
     try:
@@ -403,6 +449,7 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Faults]
             fail_rate=args.fail_rate,
             drop_rate=args.drop_rate,
             hang_after=args.hang_after,
+            degrade_after=args.degrade_after,
             seed=args.seed,
         )
     except ValueError as exc:
@@ -435,22 +482,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     servers = _split_servers(args.bootstrap)
     client_id = f"runner-{model.model_id}"
-    consumer = KafkaConsumer(
-        bootstrap_servers=servers,
-        group_id=args.group or runner_group(model.model_id),
-        client_id=client_id,
-        auto_offset_reset="earliest",
-        enable_auto_commit=True,
-        fetch_max_wait_ms=100,
-        check_crcs=False,
-        max_poll_records=1000,
-        # A topic missing from the first metadata answer would otherwise stay unassigned until the
-        # next refresh (5 min by default); 10 s bounds that wait for a few tiny requests.
-        metadata_max_age_ms=10_000,
-    )
+
+    def new_consumer() -> KafkaConsumer:
+        consumer = KafkaConsumer(
+            bootstrap_servers=servers,
+            group_id=args.group or runner_group(model.model_id),
+            client_id=client_id,
+            auto_offset_reset="earliest",
+            enable_auto_commit=True,
+            fetch_max_wait_ms=100,
+            check_crcs=False,
+            max_poll_records=1000,
+            # A topic missing from the first metadata answer would otherwise stay unassigned until
+            # the next refresh (5 min by default); 10 s bounds that wait for a few tiny requests.
+            metadata_max_age_ms=10_000,
+        )
+        consumer.subscribe([args.requests_topic])
+        return consumer
+
+    consumer = new_consumer()
     producer = KafkaProducer(bootstrap_servers=servers, client_id=client_id, acks="all", linger_ms=1)
     try:
-        consumer.subscribe([args.requests_topic])
         run(
             model,
             consumer,
@@ -459,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             faults=faults,
             stop=stop,
             max_seconds=args.max_seconds,
+            reconnect=new_consumer,
         )
     finally:
         producer.close(timeout=10)

@@ -18,7 +18,7 @@ from pyflink.datastream.functions import KeyedProcessFunction, ProcessFunction, 
 from pyflink.datastream.state import ValueStateDescriptor
 
 from udfs import mailbox as mbx
-from udfs import names
+from udfs import model_metrics, names
 from udfs.policy import Policy
 from udfs.wire import DeadLetter, Request, Score, Source, parse_request, parse_score
 
@@ -56,13 +56,14 @@ class _BatchedCounters:
     """Metric counters incremented in Python and pushed to Flink at most once a second.
 
     ``add`` takes a signed delta: a counter that goes down (``mailboxes_live``) is flushed with ``dec``.
+    All counters of one operator share one instance, so any event flushes them all.
     """
 
     FLUSH_EVERY_MS = 1000
 
     def __init__(self, group: Any, metric_names: tuple[str, ...]) -> None:
         self._counters = {name: group.counter(name) for name in metric_names}
-        self._pending = dict.fromkeys(metric_names, 0)
+        self._pending = dict.fromkeys(self._counters, 0)
         self._next_flush_ms = 0
 
     def add(self, name: str, now_ms: int, delta: int = 1) -> None:
@@ -113,6 +114,7 @@ class MailboxFunction(KeyedProcessFunction):
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
+        self._model_ids = tuple(m.id for m in policy.models)
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.state = runtime_context.get_state(ValueStateDescriptor(names.STATE_MAILBOX, Types.STRING()))
@@ -134,6 +136,8 @@ class MailboxFunction(KeyedProcessFunction):
                 names.METRIC_MAILBOXES_OPENED,
                 names.METRIC_MAILBOXES_CLEARED,
                 names.METRIC_MAILBOXES_LIVE,
+                # One set of per-model counters for each model the policy lists (udfs/model_metrics.py).
+                *(names.model_metric(mid, n) for mid in self._model_ids for n in names.MODEL_METRICS),
             ),
         )
 
@@ -210,4 +214,8 @@ class MailboxFunction(KeyedProcessFunction):
                 if out.kind == mbx.DEAD_LETTER:
                     self.counters.add(names.METRIC_DEAD_LETTERS, now)
                     self.counters.add(names.dead_letter_metric(out.record["reason"]), now)
+                elif out.kind == mbx.DECISION:
+                    for mid, counts in model_metrics.model_counts(out.record, self._model_ids).items():
+                        for metric, n in counts.items():
+                            self.counters.add(names.model_metric(mid, metric), now, n)
                 yield _SIDE_TAGS[out.kind], Row(out.record.get("request_id"), _json(out.record))

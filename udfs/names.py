@@ -12,6 +12,9 @@ TOPIC_RESULTS_DEFAULT = "results"  # the usual return address; requests may name
 TOPIC_CANARY = "canary"
 TOPIC_DECISIONS = "decisions"
 TOPIC_DEAD_LETTERS = "dead-letters"
+# Labels (the truth about a request, known later): written by runners/labeller.py, read by evaluation.
+# Not in ALL_TOPICS: the job neither reads nor writes it; the labeller creates it.
+TOPIC_LABELS = "labels"
 
 ALL_TOPICS = (
     TOPIC_REQUESTS,
@@ -64,6 +67,42 @@ METRIC_UNKNOWN_MODEL_SCORES = "unknown_model_scores"  # scores from a model id t
 METRIC_MAILBOXES_OPENED = "mailboxes_opened"
 METRIC_MAILBOXES_CLEARED = "mailboxes_cleared"
 METRIC_MAILBOXES_LIVE = "mailboxes_live"
+
+# Per-model counters (udfs/model_metrics.py derives them from each decision record at close), one set
+# per model the policy lists, named ``model_<model id>_<metric>`` by ``model_metric``:
+MODEL_METRIC_SCORES = "scores"  # scores received (ok or error; duplicates not counted)
+MODEL_METRIC_WINS = "wins"  # official answers given by this model
+MODEL_METRIC_LATE = "late"  # scores that arrived after the official decision (still recorded)
+MODEL_METRIC_TIMEOUTS = "timeouts"  # mailboxes closed with no score at all from this model
+MODEL_METRIC_ERRORS = "errors"  # error scores (status != ok)
+MODEL_METRIC_LATENCY_SUM = "latency_ms_sum"  # sum of (score arrival - request arrival), ms
+# Latency histogram as cumulative counters, Prometheus style: ``latency_ms_le_<bound>`` counts the
+# scores that arrived within <bound> ms of their request (``le_inf`` = all scores). PyFlink's thread
+# mode has no histogram metric (its "distribution" is a last-value gauge), hence counters.
+MODEL_LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+
+
+def latency_bucket_metric(bound_ms: int | None) -> str:
+    """``latency_ms_le_100``; None is the +Inf bucket, ``latency_ms_le_inf``."""
+    return f"latency_ms_le_{'inf' if bound_ms is None else bound_ms}"
+
+
+MODEL_METRICS = (
+    MODEL_METRIC_SCORES,
+    MODEL_METRIC_WINS,
+    MODEL_METRIC_LATE,
+    MODEL_METRIC_TIMEOUTS,
+    MODEL_METRIC_ERRORS,
+    MODEL_METRIC_LATENCY_SUM,
+    *(latency_bucket_metric(b) for b in MODEL_LATENCY_BUCKETS_MS),
+    latency_bucket_metric(None),
+)
+
+
+def model_metric(model_id: str, metric: str) -> str:
+    """The per-model counter's name in the mailbox operator's metric group, e.g. ``model_gbt_wins``."""
+    return f"model_{model_id}_{metric}"
+
 
 # --- Dead-letter reason codes (schemas/dead_letter.schema.json lists the same) ----------------------
 # Parsing (udfs/wire.py):

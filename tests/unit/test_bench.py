@@ -88,3 +88,23 @@ def test_checkpoint_bytes_sums_the_newest_completed_checkpoint(tmp_path: Path) -
     assert bench.checkpoint_bytes(tmp_path) == 305
     (tmp_path / "checkpoints" / "job" / "chk-3").mkdir()  # in progress: no _metadata yet
     assert bench.checkpoint_bytes(tmp_path) == 305
+
+
+def test_cpu_meter_does_not_count_this_process_children_as_its_own() -> None:
+    """The broker, runners and job are children of the bench process: 'loadgen' must be this one only."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<5: pass"])
+    try:
+        time.sleep(0.3)
+        meter = bench.CpuMeter({"me": os.getpid(), "child": busy.pid})
+        time.sleep(1.0)  # the child spins, this process sleeps
+        cpu = meter.percent()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert cpu["me"] < 30, cpu
+    assert cpu["child"] > 50, cpu

@@ -22,6 +22,7 @@ from runners.runner import (
     MalformedRequest,
     Scheduler,
     decide,
+    degraded,
     parse_request,
     poll_timeout_ms,
     run,
@@ -104,6 +105,7 @@ def test_parse_request_rejects_non_requests(raw: bytes | None) -> None:
         {"drop_rate": -0.1},
         {"fail_rate": 0.6, "drop_rate": 0.5},
         {"hang_after": -1},
+        {"degrade_after": -1},
     ],
 )
 def test_faults_reject_impossible_settings(kwargs: dict[str, Any]) -> None:
@@ -241,6 +243,41 @@ def test_hang_after_answers_only_the_first_n_requests_across_batches() -> None:
     assert s.counts["hang"] == 4
 
 
+def test_degrade_after_answers_with_seeded_noise_after_n_requests() -> None:
+    clock = FakeClock()
+    s = Scheduler("m", "v", Faults(degrade_after=3, seed=7))
+    rows = [(f"r-{i}", {"x": 0.9}) for i in range(400)]
+    s.admit(rows[:2], clock(), _ok_scorer, clock)
+    s.admit(rows[2:], clock(), _ok_scorer, clock)  # the count runs across batches
+    out = [r for _, r in s.release(clock())]
+    assert all(VALIDATOR.is_valid(r) for r in out)
+    assert [r["output"] for r in out[:3]] == [{"label": 1, "probability": 0.9}] * 3
+    noisy = [r["output"]["probability"] for r in out[3:]]
+    assert s.counts["degraded"] == len(noisy) == 397
+    assert 0.4 < sum(p >= 0.5 for p in noisy) / len(noisy) < 0.6  # noise: about half say 1
+    assert all(r["output"]["label"] == int(r["output"]["probability"] >= 0.5) for r in out[3:])
+    # The same seed gives the same noise for the same request; another seed, different noise.
+    again = Scheduler("m", "v", Faults(degrade_after=3, seed=7))
+    again.admit(rows, clock(), _ok_scorer, clock)
+    assert [r["output"] for _, r in again.release(clock())] == [r["output"] for r in out]
+    other = Scheduler("m", "v", Faults(degrade_after=3, seed=8))
+    other.admit(rows, clock(), _ok_scorer, clock)
+    assert [r["output"] for _, r in other.release(clock())][3:] != [r["output"] for r in out[3:]]
+
+
+def test_degrade_leaves_errors_and_outputs_without_probability_alone() -> None:
+    clock = FakeClock()
+    s = Scheduler("m", "v", Faults(degrade_after=0, fail_rate=0.5, seed=1))
+    rows = [(f"r-{i}", {"x": 0.2}) for i in range(50)] + [("bad", {"y": 1})]
+    s.admit(rows, clock(), _ok_scorer, clock)
+    out = dict(s.release(clock()))
+    assert out["bad"]["status"] == "error"
+    errors = [r for r in out.values() if r["status"] == "error" and r["request_id"] != "bad"]
+    assert errors and all(r["error"] == INJECTED_FAILURE for r in errors)
+    assert s.counts["degraded"] == len(out) - len(errors) - 1
+    assert degraded({"label": "cat"}, "r", 1) == {"label": "cat"}
+
+
 def test_a_crashing_model_costs_error_scores_not_the_runner() -> None:
     clock = FakeClock()
     s = Scheduler("m", "v", Faults())
@@ -319,6 +356,7 @@ class FakeConsumer:
     assigned_after: int = 1
     batch_ms: float = 0.0  # fake time a poll that returns records takes
     polls: int = 0
+    closed: bool = False
 
     def poll(self, timeout_ms: int, max_records: int) -> dict[str, list[FakeRecord]]:
         self.polls += 1
@@ -334,6 +372,9 @@ class FakeConsumer:
 
     def subscription(self) -> set[str]:
         return {"requests-t"}
+
+    def close(self) -> None:
+        self.closed = True
 
 
 @dataclass
@@ -420,6 +461,24 @@ def test_run_says_it_is_still_waiting_for_partitions() -> None:
         "20 s (subscribed to ['requests-t'])",
     ]
     assert out == "runner tiny ready\n"
+
+
+def test_run_replaces_a_consumer_that_never_gets_partitions() -> None:
+    """kafka-python can lose its group coordinator for good: after 30 s a new consumer takes over."""
+    clock = FakeClock()
+    stop = threading.Event()
+    stuck = FakeConsumer(clock, [], stop, assigned_after=10**9)
+    fresh = FakeConsumer(clock, [[_request("r1")]], stop, assigned_after=1)
+    producer = FakeProducer(clock)
+    out, err = io.StringIO(), io.StringIO()
+    model = ScoringModel("tiny", "tiny-v1", ("x",), TinyEstimator())
+    counts = run(model, stuck, producer, scores_topic="s", faults=Faults(), stop=stop, max_seconds=40,
+                 clock=clock, out=out, err=err, reconnect=lambda: fresh)  # fmt: skip
+    assert stuck.closed and fresh.closed  # the replacement is closed by run(), the original too
+    assert counts["consumer_replaced"] == 1
+    assert "no partitions after 30 s; replacing the consumer" in err.getvalue()
+    assert out.getvalue() == "runner tiny ready\n"
+    assert [k for _, k, _, _ in producer.sent] == [b"r1"]
 
 
 def test_run_delays_scores_without_blocking_the_loop() -> None:

@@ -1,0 +1,334 @@
+"""Savepoint-safe policy upgrade (ops/upgrade.py) on a session cluster, under continuous traffic.
+
+One cluster for this module, in a tmp dir on free ports, and the job with policy v1 (gbt preferred).
+The test writes the traffic itself: 20 requests/s, each followed by a gbt score after 1.0 s and a
+logreg score after 1.5 s, so v1 decides with gbt, v2 (logreg preferred) with logreg, and at any
+moment ~20 mailboxes are open (request in, no preferred score yet). Deadlines are long (300 s), so
+every result is decided by a score and says which policy decided it.
+
+1. Refusals change nothing: a bad policy file, a version that does not increase, and a Python
+   execution-mode change all exit 2 with a message, and the same job keeps running.
+2. The upgrade mid-stream: every request answered exactly once, none lost; results decided before
+   the stop carry policy_version 1 and gbt, those decided after the restore 2 and logreg; mailboxes
+   open at the stop are answered after the restore. Prints requests in flight at the stop, time
+   without answers and results lost. Slow (~3 min on 2 cores).
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kafka import KafkaConsumer, KafkaProducer
+
+from ops import cluster as cluster_mod
+from ops import kafka_admin, procs, upgrade
+from tests.e2e.conftest import request_record, score_record
+
+pytestmark = pytest.mark.e2e
+
+RATE_PER_S = 20.0
+GBT_DELAY_S = 1.0
+LOGREG_DELAY_S = 1.5
+
+
+def policy(version: int, preferred: str, other: str) -> dict[str, Any]:
+    return {
+        "version": version,
+        "deadline_ms": 300_000,
+        "decide": "first_in_order",
+        "models": [
+            {"id": preferred, "role": "incumbent"},  # no wait_ms: waits up to the deadline
+            {"id": other, "role": "challenger"},
+            {"id": "tree", "role": "backstop"},
+        ],
+        "on_no_answer": {"output": None},
+        "orphan_timeout_ms": 300_000,
+    }
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Traffic(threading.Thread):
+    """Requests at a steady rate, each with a gbt score and (later) a logreg score."""
+
+    def __init__(self, bootstrap: str, topics: dict[str, str], tag: str) -> None:
+        super().__init__(daemon=True)
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+        self.topics = topics
+        self.tag = tag
+        self.sent_ms: dict[str, int] = {}
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:  # surfaced by the test
+            self.error = e
+
+    def _run(self) -> None:
+        due: list[tuple[float, str, str]] = []
+        next_req = time.monotonic()
+        i = 0
+        while not self.stopping.is_set() or due:
+            now = time.monotonic()
+            if not self.stopping.is_set() and now >= next_req:
+                rid = f"up-{self.tag}-{i}"
+                i += 1
+                req = request_record(rid, self.topics["results"])
+                self.producer.send(self.topics["requests"], key=rid.encode(), value=json.dumps(req).encode())
+                self.sent_ms[rid] = _now_ms()
+                heapq.heappush(due, (now + GBT_DELAY_S, rid, "gbt"))
+                heapq.heappush(due, (now + LOGREG_DELAY_S, rid, "logreg"))
+                next_req += 1.0 / RATE_PER_S
+            while due and due[0][0] <= now:
+                _, rid, model = heapq.heappop(due)
+                score = json.dumps(score_record(rid, model, 0.8 if model == "gbt" else 0.3)).encode()
+                self.producer.send(self.topics["scores"], key=rid.encode(), value=score)
+            wakes = [due[0][0]] if due else []
+            if not self.stopping.is_set():
+                wakes.append(next_req)
+            wake = min(wakes) if wakes else now
+            time.sleep(min(0.05, max(0.0, wake - time.monotonic())))
+        self.producer.flush()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(30.0)
+        self.producer.close()
+        if self.error is not None:
+            raise self.error
+
+
+class Results(threading.Thread):
+    """Reads the results topic continuously: (wall ms when consumed, record)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.consumer = KafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+            enable_auto_commit=False, group_id=None, isolation_level="read_committed",
+        )  # fmt: skip
+        self.seen: list[tuple[int, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            batches = self.consumer.poll(timeout_ms=100)
+            now = _now_ms()
+            with self.lock:
+                for batch in batches.values():
+                    self.seen.extend((now, json.loads(m.value)) for m in batch)
+
+    def snapshot(self) -> list[tuple[int, dict[str, Any]]]:
+        with self.lock:
+            return list(self.seen)
+
+    def wait_for(self, predicate: Any, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate(self.snapshot()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(10.0)
+        self.consumer.close()
+
+
+@dataclass
+class Env:
+    bootstrap: str
+    tag: str
+    topics: dict[str, str]
+    cluster: cluster_mod.Cluster
+    base: Path
+    job_id: str
+    recorded_pids: set[int] = field(default_factory=set)
+
+    def record_pids(self) -> None:
+        self.recorded_pids.update(p for ps in self.cluster.pids().values() for p in ps)
+
+    def cli_upgrade(self, policy_file: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ops.cluster", "upgrade", "--dir", str(self.base),
+             "--policy", str(policy_file), *extra],
+            capture_output=True, text=True, timeout=120, check=False, cwd=procs.repo_root(),
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def env(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tag = uuid.uuid4().hex[:8]
+    base = tmp_path_factory.mktemp(f"upgrade-{tag}")
+    topics = {
+        k: f"{k}-{tag}" for k in ("requests", "scores", "results", "canary", "decisions", "dead-letters")
+    }
+    kafka_admin.create_topics(kafka_bootstrap, list(topics.values()))
+    v1 = base / "policy-v1.yaml"
+    v1.write_text(yaml.safe_dump(policy(1, "gbt", "logreg")))
+    ports = {opt: procs.free_port() for opt in cluster_mod.PORT_KEYS}
+    cl = cluster_mod.Cluster(base / "cluster")
+    e = Env(kafka_bootstrap, tag, topics, cl, cl.base, job_id="")
+    try:
+        try:
+            cl.up(ports)
+        finally:
+            e.record_pids()
+        e.job_id = cl.submit(
+            v1, kafka_bootstrap,
+            ["--requests-topic", topics["requests"], "--scores-topic", topics["scores"],
+             "--canary-topic", topics["canary"], "--decisions-topic", topics["decisions"],
+             "--dead-letters-topic", topics["dead-letters"], "--group-id", f"rendezvous-{tag}"],
+        )  # fmt: skip
+        upgrade.wait_running(cl, e.job_id, 180.0)
+        yield e
+    except Exception:
+        print(cl.log_tail(60))
+        raise
+    finally:
+        e.record_pids()
+        if any(cl.ours(p) for p in e.recorded_pids):
+            try:
+                cl.down()
+            except Exception as exc:  # fall through to stopping our own PIDs
+                print(f"cluster down failed: {exc}")
+        for pid in e.recorded_pids:  # only JVMs this module started (their cmdline names our conf dir)
+            if cl.ours(pid):
+                procs.stop_pid(pid, grace_s=10.0)
+        assert not [p for p in e.recorded_pids if procs.pid_alive(p)]
+
+
+def test_refused_upgrades_leave_the_job_running(env: Env) -> None:
+    bad = env.base / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**policy(2, "logreg", "gbt"), "deadline_ms": "soon"}))
+    res = env.cli_upgrade(bad)
+    assert res.returncode == upgrade.EXIT_REFUSED, res.stdout + res.stderr
+    assert "deadline_ms" in res.stderr and "not touched" in res.stderr, res.stderr
+
+    same = env.base / "same-version.yaml"
+    same.write_text(yaml.safe_dump(policy(1, "logreg", "gbt")))
+    res = env.cli_upgrade(same)
+    assert res.returncode == upgrade.EXIT_REFUSED, res.stdout + res.stderr
+    assert "version: must increase" in res.stderr, res.stderr
+
+    v2 = env.base / "policy-v2.yaml"
+    v2.write_text(yaml.safe_dump(policy(2, "logreg", "gbt")))
+    res = env.cli_upgrade(v2, "-Dpython.execution-mode=process")
+    assert res.returncode == upgrade.EXIT_REFUSED, res.stdout + res.stderr
+    assert "python.execution-mode would change ('thread' -> 'process')" in res.stderr, res.stderr
+
+    res = env.cli_upgrade(v2, "--check")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+    jobs = env.cluster.jobs()
+    assert [(j["jid"], j["state"]) for j in jobs] == [(env.job_id, "RUNNING")]
+    manifest = upgrade.read_manifest(upgrade.manifest_path(env.cluster.state_dir))
+    assert manifest is not None and manifest["job_id"] == env.job_id
+    assert manifest["policy"]["version"] == 1
+    assert not list((env.cluster.state_dir / "savepoints").glob("savepoint-*"))
+
+
+def test_upgrade_under_load_answers_every_request_once(env: Env) -> None:
+    v2 = env.base / "policy-v2.yaml"
+    v2.write_text(yaml.safe_dump(policy(2, "logreg", "gbt")))
+    traffic = Traffic(env.bootstrap, env.topics, env.tag)
+    results = Results(env.bootstrap, env.topics["results"])
+    results.start()
+    traffic.start()
+    try:
+        results.wait_for(lambda seen: len(seen) >= 100, 180.0, "100 answers from policy v1")
+        report = upgrade.upgrade(env.cluster, v2)
+        env.record_pids()
+        for line in report.lines():
+            print(line)
+        results.wait_for(
+            lambda seen: any(r["policy_version"] == 2 for _, r in seen), 120.0, "an answer from policy v2"
+        )
+        time.sleep(8.0)  # steady traffic under v2
+    finally:
+        traffic.stop()
+    try:
+        sent = dict(traffic.sent_ms)
+        results.wait_for(
+            lambda seen: {r["request_id"] for _, r in seen} >= set(sent), 120.0, "an answer to every request"
+        )
+        time.sleep(3.0)  # anything duplicated would show up now
+        seen = results.snapshot()
+    finally:
+        results.stop()
+
+    # The new job restored the savepoint (not a fresh start from committed offsets).
+    checkpoints = env.cluster.rest(f"/jobs/{report.new_job_id}/checkpoints")
+    restored = ((checkpoints.get("latest") or {}).get("restored") or {}).get("external_path", "")
+    assert upgrade.savepoint_local_path(restored) == upgrade.savepoint_local_path(report.savepoint)
+    states = {j["jid"]: j["state"] for j in env.cluster.jobs()}
+    assert states == {env.job_id: "FINISHED", report.new_job_id: "RUNNING"}, states
+
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    first_recv: dict[str, int] = {}
+    for recv_ms, r in seen:
+        by_id.setdefault(r["request_id"], []).append(r)
+        first_recv.setdefault(r["request_id"], recv_ms)
+    lost = sorted(set(sent) - set(by_id))
+    duplicated = {rid: rs for rid, rs in by_id.items() if len(rs) > 1}
+    unexpected = sorted(set(by_id) - set(sent))
+
+    stop_ms, sp_ms, running_ms = report.stop_requested_ms, report.savepoint_done_ms, report.running_ms
+    v1 = [r for _, r in seen if r["policy_version"] == 1]
+    v2r = [r for _, r in seen if r["policy_version"] == 2]
+    in_flight = [rid for rid, t in sent.items() if t < stop_ms and first_recv.get(rid, 1 << 62) >= stop_ms]
+    restored_open = [r for r in v2r if r["received_at_ms"] < stop_ms]
+    sent_while_down = [rid for rid, t in sent.items() if stop_ms <= t <= running_ms]
+    recv_times = sorted(t for t, _ in seen)
+    gaps = [b - a for a, b in zip(recv_times, recv_times[1:], strict=False)]
+    decide_gap = min(r["decided_at_ms"] for r in v2r) - max(r["decided_at_ms"] for r in v1)
+    numbers = {
+        "requests_sent": len(sent),
+        "results": len(seen),
+        "answered_by_v1": len(v1),
+        "answered_by_v2": len(v2r),
+        "in_flight_at_stop": len(in_flight),
+        "open_mailboxes_restored_and_answered": len(restored_open),
+        "sent_while_no_job_ran": len(sent_while_down),
+        "longest_time_without_answers_s": round(max(gaps) / 1000, 2),
+        "last_v1_decision_to_first_v2_decision_s": round(decide_gap / 1000, 2),
+        "results_lost": len(lost),
+        "duplicated": len(duplicated),
+        **{k: round(v, 2) for k, v in report.to_dict().items() if k.endswith("_s")},
+    }
+    print("upgrade under load:", json.dumps(numbers))
+
+    assert not lost, f"{len(lost)} requests never answered, e.g. {lost[:5]}"
+    assert not duplicated, f"{len(duplicated)} requests answered twice, e.g. {list(duplicated.items())[:2]}"
+    assert not unexpected, unexpected[:5]
+    assert v1 and v2r
+    # Decided before the stop: v1 and gbt. Decided after the restore: v2 and logreg. Nothing in between.
+    assert all(r["model_id"] == "gbt" and r["reason"] == "preferred" for r in v1), Counter(
+        (r["model_id"], r["reason"]) for r in v1
+    )
+    assert all(r["model_id"] == "logreg" and r["reason"] == "preferred" for r in v2r), Counter(
+        (r["model_id"], r["reason"]) for r in v2r
+    )
+    assert max(r["decided_at_ms"] for r in v1) <= sp_ms
+    assert min(r["decided_at_ms"] for r in v2r) >= sp_ms
+    # Mailboxes open at the stop (request received by the old job, undecided) came back and were answered.
+    assert restored_open, "no mailbox was open at the stop"
+    assert in_flight

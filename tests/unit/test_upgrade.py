@@ -1,0 +1,236 @@
+"""The pure decisions of ops/upgrade.py: what a savepoint can carry into the new job, and what is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ops import upgrade
+from udfs import mailbox, names
+from udfs.policy import parse_policy
+
+POLICY = {
+    "version": 3,
+    "deadline_ms": 100,
+    "decide": "first_in_order",
+    "models": [{"id": "gbt", "role": "incumbent", "wait_ms": 40}, {"id": "tree", "role": "backstop"}],
+}
+THREAD = {"python.execution-mode": "thread", "table.exec.uid.generation": "ALWAYS"}
+
+
+def compat(**conf: str) -> dict[str, Any]:
+    return upgrade.compat_of({**THREAD, **conf}, flink="2.2.1")
+
+
+def manifest(version: int = 3, **conf: str) -> dict[str, Any]:
+    return {
+        "manifest_format": 1,
+        "job_id": "j" * 32,
+        "policy": {"version": version},
+        "compat": compat(**conf),
+    }
+
+
+def policy(**changes: Any) -> Any:
+    return parse_policy({**POLICY, **changes})
+
+
+def test_compat_records_mode_state_format_uids_and_state_names() -> None:
+    c = compat()
+    assert c["python.execution-mode"] == "thread"
+    assert c["mailbox_state_version"] == mailbox.STATE_VERSION
+    assert c["operator_uids"]["UID_MAILBOX"] == names.UID_MAILBOX
+    assert set(c["operator_uids"]) >= {"UID_PARSE_REQUESTS", "UID_PARSE_SCORES", "UID_SINK_ARCHIVE"}
+    assert c["state_names"] == {"STATE_MAILBOX": names.STATE_MAILBOX}
+    assert c["table.exec.uid.generation"] == "ALWAYS"
+    json.dumps(c)  # goes into a JSON manifest as is
+
+
+def test_policy_content_change_with_higher_version_is_allowed() -> None:
+    new = policy(
+        version=4,
+        deadline_ms=250,
+        decide="majority_vote",
+        models=[{"id": "logreg", "role": "incumbent"}, {"id": "gbt", "role": "challenger"}],
+    )
+    assert upgrade.check_upgrade(manifest(), new, compat()) == []
+
+
+@pytest.mark.parametrize("version", [3, 2])
+def test_version_must_increase(version: int) -> None:
+    problems = upgrade.check_upgrade(manifest(3), policy(version=version), compat())
+    assert len(problems) == 1 and problems[0].startswith("version: must increase")
+    assert f"v3 and the new file says v{version}" in problems[0]
+
+
+def test_execution_mode_change_is_refused_in_both_directions() -> None:
+    to_process = upgrade.compat_problems(compat(), compat(**{"python.execution-mode": "process"}))
+    assert (
+        len(to_process) == 1 and "python.execution-mode would change ('thread' -> 'process')" in to_process[0]
+    )
+    assert "EMPTY" in to_process[0]
+    assert upgrade.compat_problems(compat(**{"python.execution-mode": "process"}), compat())
+    # Unset means Flink's default, process mode: also a change from thread.
+    assert upgrade.compat_problems(compat(), upgrade.compat_of({}, flink="2.2.1"))
+    # Spelling is not a change.
+    assert upgrade.compat_problems(compat(), compat(**{"python.execution-mode": " THREAD"})) == []
+
+
+def test_state_format_uid_and_state_name_changes_are_refused() -> None:
+    new = compat()
+    new["mailbox_state_version"] = 2
+    new["operator_uids"] = {**new["operator_uids"], "UID_MAILBOX": "mailbox-v2"}
+    new["state_names"] = {"STATE_MAILBOX": "mailbox2"}
+    problems = upgrade.compat_problems(compat(), new)
+    assert [p.split(" ")[0] for p in problems] == ["mailbox_state_version", "operator_uids", "state_names"]
+    assert "UID_MAILBOX: 'rendezvous-mailbox' -> 'mailbox-v2'" in problems[1]
+
+
+def test_uid_generation_max_parallelism_and_flink_version_changes_are_refused() -> None:
+    assert upgrade.compat_problems(compat(), compat(**{"table.exec.uid.generation": "PLAN_ONLY"}))
+    assert upgrade.compat_problems(compat(), compat(**{"pipeline.max-parallelism": "256"}))
+    newer = upgrade.compat_of(THREAD, flink="2.3.0")
+    assert upgrade.compat_problems(compat(), newer)[0].startswith("flink_version would change")
+
+
+def test_a_manifest_without_a_fact_is_refused_not_assumed() -> None:
+    old = compat()
+    del old["python.execution-mode"]
+    problems = upgrade.compat_problems(old, compat())
+    assert problems == [
+        "python.execution-mode: not recorded for the running job; cannot tell whether it would change"
+    ]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    problems = upgrade.check_upgrade(
+        manifest(3), policy(version=3), compat(**{"python.execution-mode": "process"})
+    )
+    assert len(problems) == 2
+
+
+def test_overrides_and_effective_conf_follow_the_jobs_order() -> None:
+    args = ["--group-id", "g", "-D", "a=1", "-Da=2", "-Db=x=y", "-D"]
+    assert upgrade.parse_overrides(args) == {"a": "2", "b": "x=y"}
+    conf = upgrade.effective_conf(
+        {"python": {"execution-mode": "process"}, "c": True},
+        {"python.execution-mode": "thread"},
+        ["-Dpython.execution-mode=process"],
+    )
+    assert conf["python.execution-mode"] == "process" and conf["c"] == "true"
+    assert (
+        upgrade.effective_conf(
+            {"python.execution-mode": "process"}, {"python": {"execution-mode": "thread"}}, []
+        )["python.execution-mode"]
+        == "thread"
+    )
+
+
+def test_project_flink_conf_is_thread_mode_with_planner_uids() -> None:
+    conf = upgrade.effective_conf({}, yaml.safe_load(Path("flink-conf/config.yaml").read_text()), [])
+    c = upgrade.compat_of(conf)
+    assert c["python.execution-mode"] == "thread"
+    assert c["table.exec.uid.generation"] == "ALWAYS"
+
+
+def test_manifest_round_trip_and_savepoint_paths(tmp_path: Path) -> None:
+    pfile = tmp_path / "p.yaml"
+    pfile.write_text(yaml.safe_dump(POLICY))
+    m = upgrade.build_manifest(
+        job_id="a" * 32, policy_path=pfile, policy=policy(), bootstrap="127.0.0.1:9092",
+        job_args=["--group-id", "g"], flink_conf=Path("flink-conf/config.yaml"), compat=compat(),
+    )  # fmt: skip
+    path = upgrade.manifest_path(tmp_path)
+    upgrade.write_manifest(path, m)
+    assert upgrade.read_manifest(path) == m
+    assert m["policy"]["version"] == 3 and len(m["policy"]["sha256"]) == 64
+    assert upgrade.read_manifest(tmp_path / "missing.json") is None
+    (tmp_path / "bad.json").write_text('{"manifest_format": 99}')
+    with pytest.raises(upgrade.UpgradeRefused):
+        upgrade.read_manifest(tmp_path / "bad.json")
+    for loc in ("file:/x/sp/savepoint-ab-12", "file:///x/sp/savepoint-ab-12", "/x/sp/savepoint-ab-12"):
+        assert upgrade.savepoint_local_path(loc) == Path("/x/sp/savepoint-ab-12")
+        assert upgrade.savepoint_manifest_path(loc) == Path("/x/sp/savepoint-ab-12.rendezvous.json")
+
+
+class FakeCluster:
+    """Enough of ops.cluster.Cluster for the refusal paths: they must not call anything that changes the job."""
+
+    def __init__(self, state_dir: Path, state: str = "RUNNING") -> None:
+        self.state_dir = state_dir
+        self.state = state
+        self.calls: list[str] = []
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [{"jid": "j" * 32, "state": self.state}]
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    def __getattr__(self, name: str) -> Any:  # anything else would touch the cluster
+        raise AssertionError(f"refusal path called Cluster.{name}")
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> tuple[FakeCluster, Path]:
+    conf = tmp_path / "config.yaml"
+    conf.write_text(yaml.safe_dump(THREAD))
+    m = manifest()
+    m["flink_conf"] = str(conf)
+    m["job_args"] = ["--group-id", "g"]
+    upgrade.write_manifest(upgrade.manifest_path(tmp_path), m)
+    return FakeCluster(tmp_path), conf
+
+
+def _policy_file(tmp_path: Path, **changes: Any) -> Path:
+    p = tmp_path / "new.yaml"
+    p.write_text(yaml.safe_dump({**POLICY, **changes}))
+    return p
+
+
+def test_bad_policy_is_refused_naming_the_field(running: tuple[FakeCluster, Path], tmp_path: Path) -> None:
+    cl, _ = running
+    with pytest.raises(upgrade.UpgradeRefused, match=r"deadline_ms: must be an integer"):
+        upgrade.prepare(cl, _policy_file(tmp_path, version=4, deadline_ms="soon"))
+
+
+def test_prepare_accepts_a_good_upgrade(running: tuple[FakeCluster, Path], tmp_path: Path) -> None:
+    cl, conf = running
+    m, pol, job_args, conf_path = upgrade.prepare(
+        cl, _policy_file(tmp_path, version=4), overrides=["-D", "x=1"]
+    )
+    assert pol.version == 4 and conf_path == conf
+    assert job_args == ["--group-id", "g", "-D", "x=1"]
+
+
+def test_prepare_refuses_mode_change_other_overrides_and_stopped_jobs(
+    running: tuple[FakeCluster, Path], tmp_path: Path
+) -> None:
+    cl, _ = running
+    good = _policy_file(tmp_path, version=4)
+    with pytest.raises(upgrade.UpgradeRefused, match="python.execution-mode would change"):
+        upgrade.prepare(cl, good, overrides=["-Dpython.execution-mode=process"])
+    with pytest.raises(upgrade.UpgradeRefused, match="only -D key=value"):
+        upgrade.prepare(cl, good, overrides=["--group-id", "other"])
+    cl.state = "RESTARTING"
+    with pytest.raises(upgrade.UpgradeRefused, match="is RESTARTING, not RUNNING"):
+        upgrade.prepare(cl, good)
+
+
+def test_no_manifest_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(upgrade.UpgradeRefused, match="no job manifest"):
+        upgrade.prepare(FakeCluster(tmp_path), _policy_file(tmp_path, version=4))
+
+
+def test_cli_exit_code_2_on_refusal(running: tuple[FakeCluster, Path], tmp_path: Path, capsys: Any) -> None:
+    cl, _ = running
+    rc = upgrade.main_upgrade(cl, _policy_file(tmp_path, version=3), None, [], False, False)
+    assert rc == upgrade.EXIT_REFUSED
+    err = capsys.readouterr().err
+    assert "version: must increase" in err and "the running job was not touched" in err
+    rc = upgrade.main_upgrade(cl, _policy_file(tmp_path, version=4), None, [], True, False)
+    assert rc == 0 and "can be upgraded from policy v3 to v4" in capsys.readouterr().out
