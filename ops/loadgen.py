@@ -323,6 +323,7 @@ class LoadReport:
     bad_sent: dict[str, int] = field(default_factory=dict)  # per topic
     bad_sent_by_kind: dict[str, int] = field(default_factory=dict)  # "topic:kind"
     elapsed_s: float = 0.0
+    over_budget: int | None = None  # answered later than budget_ms (None: no budget given)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the latency summary flattened to plain numbers)."""
@@ -343,8 +344,13 @@ def compute_report(
     bad: Sequence[BadRecord] = (),
     elapsed_s: float = 0.0,
     is_valid_result: Callable[[dict[str, Any]], bool] | None = None,
+    budget_ms: float | None = None,
 ) -> LoadReport:
-    """The report from what was sent and what came back; pure so every number is unit-testable."""
+    """The report from what was sent and what came back; pure so every number is unit-testable.
+
+    ``budget_ms`` counts answers later than it without putting a deadline into the requests (a policy
+    that waits for every model must not be cut short by a per-request deadline).
+    """
     by_id = {s.request_id: s for s in sent}
     results: dict[str, list[ReceivedResult]] = defaultdict(list)
     total = foreign = malformed = invalid = 0
@@ -420,6 +426,7 @@ def compute_report(
         bad_sent=dict(bad_by_topic),
         bad_sent_by_kind=dict(sorted(bad_by_kind.items())),
         elapsed_s=elapsed_s,
+        over_budget=None if budget_ms is None else sum(lat > budget_ms for lat in latencies),
     )
 
 
@@ -596,6 +603,7 @@ def run_load(
     seed: int | None = None,
     linger_ms: int = 1,
     validate_results: bool = True,
+    budget_ms: float | None = None,
 ) -> LoadReport:
     """Send `count` requests at `rate`/s, open loop, and collect their results.
 
@@ -720,6 +728,7 @@ def run_load(
         bad=bad,
         elapsed_s=(end_ms - start_ms) / 1000.0,
         is_valid_result=_result_validator() if validate_results else None,
+        budget_ms=budget_ms,
     )
 
 

@@ -357,6 +357,15 @@ def test_report_deadline_misses() -> None:
     assert "deadline misses: 1 of 3 answered" in format_report(r)
 
 
+def test_report_counts_answers_over_a_budget_without_request_deadlines() -> None:
+    sent = [SentRequest(k, 0.0) for k in "abcd"]  # no per-request deadline was sent
+    got = [rec(99.0, result("a")), rec(100.0, result("b")), rec(100.5, result("c"))]
+    r = report(sent, got, budget_ms=100)
+    assert r.over_budget == 1  # only c; d is unanswered, not over budget
+    assert (r.deadline_checked, r.deadline_misses) == (0, 0)
+    assert report(sent, got).over_budget is None
+
+
 def test_report_percentiles_from_many_results() -> None:
     sent = [SentRequest(f"r-{i}", 0.0) for i in range(1000)]
     got = [rec(float(i + 1), result(f"r-{i}")) for i in range(1000)]  # latencies 1..1000 ms
