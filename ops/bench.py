@@ -73,7 +73,8 @@ TUNING_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("buffer timeout 100 ms (Flink default)", ("execution.buffer-timeout.interval=100ms",)),
     ("RocksDB state backend", ("state.backend.type=rocksdb",)),
     ("checkpoint every 10 s", ("execution.checkpointing.interval=10s",)),
-    ("parallelism 2", ("parallelism.default=2",)),
+    # Two slots, or the second subtask is never scheduled (flink-conf gives the TaskManager one).
+    ("parallelism 2", ("parallelism.default=2", "taskmanager.numberOfTaskSlots=2")),
     ("object reuse between chained operators", ("pipeline.object-reuse=true",)),
 )
 
@@ -694,6 +695,12 @@ def main(argv: list[str] | None = None) -> int:
         "--tuning", action="store_true", help="run the tuning sweep instead (about 2 min per setting)"
     )
     ap.add_argument("--probe-rate", type=float, default=300.0, help="job-alone latency probe rate (--tuning)")
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="--tuning: only the settings whose name contains one of these (comma-separated)",
+    )
+    ap.add_argument("--no-crossing", action="store_true", help="--tuning: skip the Java/Python crossing runs")
     a = ap.parse_args(argv)
 
     def floats(text: str) -> list[float]:
@@ -714,7 +721,10 @@ def main(argv: list[str] | None = None) -> int:
     out_json = OUT_DIR / ("tuning.json" if a.tuning else "results.json")
     if a.tuning:
         result["tuning"] = {}
+        wanted = [w.strip() for w in a.variants.split(",") if w.strip()]
         for name, overrides in TUNING_VARIANTS:
+            if wanted and not any(w in name for w in wanted):
+                continue
             say(f"tuning: {name} ...")
             r = job_alone(
                 f"tune{len(result['tuning'])}", overrides, a.probe_rate, a.seconds, a.backlog, a.warmup
@@ -724,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         from ops import bench_crossing
 
         result["crossing"] = {}
-        for variant in bench_crossing.VARIANTS:
+        for variant in () if a.no_crossing else bench_crossing.VARIANTS:
             say(f"tuning: Java/Python crossing, {variant} ...")
             result["crossing"][variant] = bench_crossing.measure(variant)
         OUT_DIR.mkdir(parents=True, exist_ok=True)
