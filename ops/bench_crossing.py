@@ -32,8 +32,9 @@ def _run(n: int, variant: str) -> float:
     """Seconds env.execute() took for n records through the pipeline in this variant."""
     import sysconfig
 
-    from pyflink.common import Configuration, Row, Types
+    from pyflink.common import Configuration, Row, Types, WatermarkStrategy
     from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.datastream.connectors.number_seq import NumberSequenceSource
 
     conf = Configuration()
     conf.set_string("python.execution-mode", "thread")
@@ -55,7 +56,8 @@ def _run(n: int, variant: str) -> float:
         obj = json.loads(text)
         return Row("score", obj["request_id"], text)
 
-    payloads = env.from_sequence(1, n).map(make, output_type=payload_type)
+    numbers = env.from_source(NumberSequenceSource(1, n), WatermarkStrategy.no_watermarks(), "numbers")
+    payloads = numbers.map(make, output_type=payload_type)
     rows = payloads.map(parse, output_type=row_type) if typed else payloads.map(parse)
     keyed = rows.key_by(lambda r: r[1], key_type=Types.STRING())
     out = keyed.map(lambda r: len(r[2]), output_type=Types.INT()) if typed else keyed.map(lambda r: len(r[2]))
