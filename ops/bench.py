@@ -56,7 +56,7 @@ RUNNERS = (
     stack.RunnerSpec("tree", latency_ms=40, jitter_ms=40, seed=3),
     stack.RunnerSpec("base", seed=4),
 )
-DEFAULT_RATES = "100,250,500,833,1000,1500,2000,2500,3000,4000"
+DEFAULT_RATES = "25,50,100,250,500,833,1000,1500,2000,2500,3000,4000"
 # Settings compared by --tuning: (name, -D overrides). The first is the shipped flink-conf/.
 TUNING_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shipped: thread mode, buffer 5 ms, hashmap, checkpoint 2 s, parallelism 1", ()),
@@ -690,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         default="floor,job,first_in_order,wait_for_all",
         help="parts to run, comma-separated, of: floor, job, first_in_order, wait_for_all",
     )
-    ap.add_argument("--wait-for-all-rates", default="100,250,500", help="ladder for the wait-for-all run")
+    ap.add_argument("--wait-for-all-rates", default="25,50,100,250", help="ladder for the wait-for-all run")
     ap.add_argument(
         "--tuning", action="store_true", help="run the tuning sweep instead (about 2 min per setting)"
     )
