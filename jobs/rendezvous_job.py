@@ -317,7 +317,12 @@ def parse_args(argv: list[str] | None) -> JobConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def prepare(argv: list[str] | None) -> tuple[Any, JobConfig]:
+    """Parse, check the broker, set up the environment and build the topology, without running it.
+
+    Shared by ``main`` and the savepoint upgrade's staged client (``ops/upgrade.py``), which builds
+    the new job while the old one still serves and submits it later.
+    """
     cfg = parse_args(argv)
     from ops import kafka_admin
 
@@ -331,6 +336,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("FLINK_LOG_DIR", str(log_dir))
     env = make_env(cfg)
     build_job(env, cfg)
+    return env, cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    env, cfg = prepare(argv)
     print(
         f"rendezvous job: policy v{cfg.policy.version} ({cfg.policy.decide}), Kafka {cfg.bootstrap}",
         flush=True,

@@ -699,12 +699,8 @@ def _staged_main(argv: list[str]) -> None:
     from pyflink.common import Configuration
 
     from jobs import rendezvous_job as rj
-    from ops import kafka_admin
 
-    cfg = rj.parse_args(argv[2:])
-    kafka_admin.require_broker(cfg.bootstrap, "rendezvous job")
-    env = rj.make_env(cfg)
-    rj.build_job(env, cfg)
+    env, cfg = rj.prepare(argv[2:])
     _write_atomic(handoff.with_name(handoff.name + ".ready"), "ready\n")
     deadline = time.monotonic() + HANDOFF_TIMEOUT_S
     while not handoff.exists():

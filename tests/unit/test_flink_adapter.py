@@ -178,14 +178,18 @@ class RecordingRuntime(FakeRuntime):
         return self.group
 
 
-@pytest.fixture()
-def metered(monkeypatch: pytest.MonkeyPatch) -> Any:
+def _metered(monkeypatch: pytest.MonkeyPatch, policy: Any = POLICY) -> Any:
     clock = {"now": 1_000_000}
     monkeypatch.setattr(flink_fn, "_now_ms", lambda: clock["now"])
     timers, runtime = FakeTimers(), RecordingRuntime(FakeState())
-    fn = flink_fn.MailboxFunction(POLICY)
+    fn = flink_fn.MailboxFunction(policy)
     fn.open(runtime)  # type: ignore[arg-type]
     return fn, runtime.group, timers, clock
+
+
+@pytest.fixture()
+def metered(monkeypatch: pytest.MonkeyPatch) -> Any:
+    return _metered(monkeypatch)
 
 
 def test_parse_function_counts_dead_letters_per_reason(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -240,3 +244,49 @@ def test_mailbox_counts_reasons_duplicates_and_live_mailboxes(metered: Any) -> N
     assert names.METRIC_MAILBOXES_LIVE not in counts  # back to 0
     assert counts[names.METRIC_MAILBOXES_OPENED] == counts[names.METRIC_MAILBOXES_CLEARED] == 1
     assert fn.state.value() is None
+
+
+# --- per-model counters (udfs/model_metrics.py): the adapter only adds them up at close ----------------
+
+FOUR_MODELS = parse_policy(
+    {
+        "version": 1,
+        "deadline_ms": 100,
+        "models": [
+            {"id": "gbt", "role": "incumbent", "wait_ms": 40},
+            {"id": "logreg", "role": "challenger", "wait_ms": 70},
+            {"id": "tree", "role": "backstop"},
+            {"id": "base", "role": "canary"},
+        ],
+        "late_window_ms": 1000,
+        "dedupe_retention_ms": 0,
+    }
+)
+
+
+def test_the_adapter_registers_per_model_counters_and_adds_them_at_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fn, group, timers, clock = _metered(monkeypatch, FOUR_MODELS)
+    ids = [m.id for m in FOUR_MODELS.models]
+    assert {names.model_metric(m, n) for m in ids for n in names.MODEL_METRICS} <= set(group.counters)
+
+    list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST), FakeCtx(timers)))
+    clock["now"] += 12
+    score = {"request_id": "r1", "model_id": "gbt", "model_version": "1", "status": "ok",
+             "output": {"label": 1, "probability": 0.9}, "scored_at_ms": 1, "latency_ms": 1.0}  # fmt: skip
+    list(fn.process_element(_row(flink_fn.KIND_SCORE, score), FakeCtx(timers)))
+    _fire_due(fn, timers, clock, clock["now"] + 10**7)  # to the close (and past it)
+    fn.counters.flush(clock["now"])
+    got = {k: c.count for k, c in group.counters.items() if k.startswith("model_") and c.count}
+    le = names.latency_bucket_metric
+    assert got == {
+        "model_gbt_scores": 1,
+        "model_gbt_wins": 1,
+        "model_gbt_latency_ms_sum": 12,
+        **{f"model_gbt_{le(b)}": 1 for b in (25, 50, 100, 250, 500, 1000, 2500, 5000)},
+        "model_gbt_latency_ms_le_inf": 1,
+        "model_logreg_timeouts": 1,
+        "model_tree_timeouts": 1,
+        "model_base_timeouts": 1,
+    }
