@@ -21,12 +21,11 @@ import json
 import signal
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from runners.runner import MalformedRequest, parse_request
+from runners.runner import MalformedRequest, now_ms, parse_request
 from udfs.names import TOPIC_LABELS, TOPIC_REQUESTS
 
 GROUP_LABELLER = "labeller"
@@ -91,10 +90,6 @@ class LabelScheduler:
             self.counts["labelled"] += 1
             self.counts[f"label_{label}"] += 1
         return out
-
-
-def now_ms() -> float:
-    return time.time() * 1000.0
 
 
 def run(
