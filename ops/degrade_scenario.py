@@ -28,7 +28,6 @@ import urllib.request
 import uuid
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,19 +70,6 @@ DRIFT_CONFIG = {"window_ms": 10_000, "slide_ms": 10_000, "min_count": 100, "psi_
 GATE_CONFIG = {"min_labelled": 200}
 PROM_PREFIX = "flink_taskmanager_job_task_operator_"
 MAILBOX_OPERATOR = 'operator_name="rendezvous_mailbox"'
-
-
-@dataclass(frozen=True)
-class DegradingRunner(stack.RunnerSpec):
-    """A runner spec with the ``--degrade-after`` fault (ops.stack.RunnerSpec has no field for it)."""
-
-    degrade_after: int | None = None
-
-    def argv(self, models_dir: Path, bootstrap: str, requests_topic: str, scores_topic: str) -> list[str]:
-        args = super().argv(models_dir, bootstrap, requests_topic, scores_topic)
-        if self.degrade_after is not None:
-            args += ["--degrade-after", str(self.degrade_after)]
-        return args
 
 
 def say(msg: str) -> None:
@@ -238,7 +224,7 @@ def run(
         # The runners read the probes too: gbt goes bad after the probes and the healthy phase.
         degrade_after = probes + count
         specs = [
-            DegradingRunner(DEGRADING, latency_ms=2, seed=1, degrade_after=degrade_after),
+            stack.RunnerSpec(DEGRADING, latency_ms=2, seed=1, degrade_after=degrade_after),
             stack.RunnerSpec("logreg", latency_ms=2, seed=2),
             stack.RunnerSpec("tree", latency_ms=1, seed=3),
             stack.RunnerSpec(CANARY, latency_ms=1, seed=4),

@@ -33,8 +33,10 @@ class RunnerSpec:
     fail_rate: float = 0.0
     drop_rate: float = 0.0
     seed: int = 0
+    degrade_after: int | None = None  # after this many requests the model answers with noise
 
     def argv(self, models_dir: Path, bootstrap: str, requests_topic: str, scores_topic: str) -> list[str]:
+        degrade = [] if self.degrade_after is None else ["--degrade-after", str(self.degrade_after)]
         return [
             sys.executable, "-m", "runners.runner",
             "--model-dir", str(models_dir / self.model_id),
@@ -46,6 +48,7 @@ class RunnerSpec:
             "--fail-rate", str(self.fail_rate),
             "--drop-rate", str(self.drop_rate),
             "--seed", str(self.seed),
+            *degrade,
         ]  # fmt: skip
 
 

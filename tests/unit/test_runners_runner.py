@@ -554,3 +554,20 @@ def test_cli_rejects_impossible_fault_settings(capsys: pytest.CaptureFixture[str
         main(["--model-dir", "x", "--bootstrap", "b:1", "--fail-rate", "0.7", "--drop-rate", "0.7"])
     assert exc.value.code == 2
     assert "fail_rate + drop_rate" in capsys.readouterr().err
+
+
+def test_every_runner_spec_flag_is_one_the_runner_accepts() -> None:
+    """ops.stack.RunnerSpec builds the runner's command line: the runner must parse it to the same faults."""
+    from pathlib import Path
+
+    from ops.stack import RunnerSpec
+    from runners.runner import _parse_args
+
+    spec = RunnerSpec("gbt", latency_ms=2, jitter_ms=1, fail_rate=0.1, drop_rate=0.2, seed=5, degrade_after=7)
+    argv = spec.argv(Path("/models"), "127.0.0.1:1", "req", "sc")
+    assert argv[1:3] == ["-m", "runners.runner"]
+    args, faults = _parse_args(argv[3:])
+    assert (args.model_dir, args.requests_topic, args.scores_topic) == (Path("/models/gbt"), "req", "sc")
+    assert faults == Faults(latency_ms=2, jitter_ms=1, fail_rate=0.1, drop_rate=0.2, seed=5, degrade_after=7)
+    _, plain = _parse_args(RunnerSpec("tree").argv(Path("/m"), "b", "r", "s")[3:])
+    assert plain.degrade_after is None
