@@ -1,17 +1,20 @@
 """The rendezvous job: builds the topology from a config and runs it. Nothing runs at import.
 
     requests ─ parse ─┐
-                      ├─ union ─ key_by(request_id) ─ mailbox ─┬─ results  -> each request's return address
-    scores ── parse ─┘                                         ├─ canary   -> canary topic
-                                                               ├─ decisions-> decisions topic
-      (parse errors and mailbox rejects) ──────────────────────┼─ dead letters -> dead-letters topic
-                                                               └─ decoy archive -> JSONL files (on checkpoint)
+                      ├─ union ─ key_by(request_id) ─┐
+    scores ── parse ─┘                               ├─ mailbox ─ route ─┬─ results  -> each request's return address
+    policies ─ broadcast (policy documents) ─────────┘                   ├─ canary   -> canary topic
+                                                                         ├─ decisions-> decisions topic
+      (parse errors, mailbox rejects, refused policies) ─────────────────┼─ dead letters -> dead-letters topic
+                                                                         └─ decoy archive -> JSONL files (on checkpoint)
 
 Kafka I/O uses the Flink Kafka connector through Table DDL: the source exposes partition and
 offset (dead letters point back at the record) and the sink takes a per-record topic (the
 return address) and key. Processing is DataStream Python with explicit uids.
-``build_pipeline`` takes the two raw streams and returns the outputs, so tests can swap the
-Kafka ends for collections.
+``build_pipeline`` takes the raw streams and returns the outputs, so tests can swap the Kafka ends
+for collections. The policies topic is read from the earliest offset on a fresh start (so a job started
+without a savepoint still ends up on the newest valid published policy) and from its checkpointed
+offset on a restore, consistent with the broadcast state restored next to it.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class JobConfig:
     canary_topic: str = names.TOPIC_CANARY
     decisions_topic: str = names.TOPIC_DECISIONS
     dead_letters_topic: str = names.TOPIC_DEAD_LETTERS
+    policies_topic: str = names.TOPIC_POLICIES
     group_id: str = names.GROUP_RENDEZVOUS
     flink_conf: Path = DEFAULT_FLINK_CONF
     flink_overrides: dict[str, str] = field(default_factory=dict)
@@ -138,8 +142,12 @@ def put_prometheus_reporter_on_classpath() -> None:
     os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(p for p in (current, str(jars[-1])) if p)
 
 
-def build_pipeline(requests: Any, scores: Any, policy: Policy) -> Outputs:
-    """Parse, union, key by request id, run the mailbox. Inputs: Row(value bytes, topic, partition, offset)."""
+def build_pipeline(requests: Any, scores: Any, policy: Policy, policies: Any = None) -> Outputs:
+    """Parse, union, key by request id, run the mailbox with the policies broadcast, route its output.
+
+    Inputs: Row(value bytes, topic, partition, offset); ``policies`` carries policy documents (None: an
+    empty stream, so only the startup ``policy`` applies).
+    """
     from pyflink.common import Types
 
     from udfs import flink_fn
@@ -154,27 +162,38 @@ def build_pipeline(requests: Any, scores: Any, policy: Policy) -> Outputs:
         .uid(names.UID_PARSE_SCORES)
         .name("parse scores")
     )
+    if policies is None:
+        # No policies source (tests from collections): an empty stream in its place.
+        policies = requests.filter(lambda _row: False).name("no policies")
     mailbox = (
         parsed_requests.union(parsed_scores)
         .key_by(lambda row: row[1], key_type=Types.STRING())
-        .process(flink_fn.MailboxFunction(policy), output_type=flink_fn.ROUTED_RECORD_TYPE)
+        .connect(policies.broadcast(flink_fn.POLICIES_STATE))
+        .process(flink_fn.MailboxFunction(policy), output_type=flink_fn.MAILBOX_OUT_TYPE)
         .uid(names.UID_MAILBOX)
         .name("rendezvous mailbox")
     )
+    routed = (
+        mailbox.process(flink_fn.RouteFunction(), output_type=flink_fn.ROUTED_RECORD_TYPE)
+        .uid(names.UID_ROUTE_MAILBOX)
+        .name("route mailbox outputs")
+    )
     dead_letters = parsed_requests.get_side_output(flink_fn.DEAD_LETTERS).union(
         parsed_scores.get_side_output(flink_fn.DEAD_LETTERS),
-        mailbox.get_side_output(flink_fn.DEAD_LETTERS),
+        routed.get_side_output(flink_fn.DEAD_LETTERS),
     )
     return Outputs(
-        results=mailbox,
-        canary=mailbox.get_side_output(flink_fn.CANARY),
-        decisions=mailbox.get_side_output(flink_fn.DECISIONS),
+        results=routed,
+        canary=routed.get_side_output(flink_fn.CANARY),
+        decisions=routed.get_side_output(flink_fn.DECISIONS),
         dead_letters=dead_letters,
-        archive=mailbox.get_side_output(flink_fn.ARCHIVE),
+        archive=routed.get_side_output(flink_fn.ARCHIVE),
     )
 
 
-def _kafka_source_ddl(table: str, topic: str, cfg: JobConfig) -> str:
+def _kafka_source_ddl(table: str, topic: str, cfg: JobConfig, startup: str = "group-offsets") -> str:
+    """A raw-bytes Kafka source. ``startup`` applies only without restored state: a restore always
+    continues from the offsets in the checkpoint or savepoint."""
     return f"""
         CREATE TEMPORARY TABLE `{table}` (
           `value` BYTES,
@@ -187,7 +206,7 @@ def _kafka_source_ddl(table: str, topic: str, cfg: JobConfig) -> str:
           'properties.bootstrap.servers' = '{cfg.bootstrap}',
           'properties.group.id' = '{cfg.group_id}',
           'properties.isolation.level' = 'read_committed',
-          'scan.startup.mode' = 'group-offsets',
+          'scan.startup.mode' = '{startup}',
           'properties.auto.offset.reset' = 'earliest',
           'format' = 'raw'
         )"""
@@ -220,11 +239,15 @@ def build_job(env: Any, cfg: JobConfig) -> None:
     t_env = StreamTableEnvironment.create(env)
     t_env.execute_sql(_kafka_source_ddl("requests_in", cfg.requests_topic, cfg))
     t_env.execute_sql(_kafka_source_ddl("scores_in", cfg.scores_topic, cfg))
+    # Policies from the earliest offset on a fresh start: the newest valid published version wins
+    # (documents at or below the version in force are refused as stale, again, as dead letters).
+    t_env.execute_sql(_kafka_source_ddl("policies_in", cfg.policies_topic, cfg, "earliest-offset"))
     select = "SELECT `value`, `topic`, `partition`, `offset` FROM "
     requests = t_env.to_data_stream(t_env.sql_query(select + "requests_in"))
     scores = t_env.to_data_stream(t_env.sql_query(select + "scores_in"))
+    policies = t_env.to_data_stream(t_env.sql_query(select + "policies_in"))
 
-    out = build_pipeline(requests, scores, cfg.policy)
+    out = build_pipeline(requests, scores, cfg.policy, policies)
 
     archive_sink = (
         FileSink.for_row_format(str(cfg.archive_dir.resolve()), Encoder.simple_string_encoder())
@@ -272,6 +295,11 @@ def parse_args(argv: list[str] | None) -> JobConfig:
     ap.add_argument("--decisions-topic", default=names.TOPIC_DECISIONS)
     ap.add_argument("--dead-letters-topic", default=names.TOPIC_DEAD_LETTERS)
     ap.add_argument(
+        "--policies-topic",
+        default=names.TOPIC_POLICIES,
+        help="live policy documents (`rendezvous policy publish`); created if missing",
+    )
+    ap.add_argument(
         "--metrics-port",
         metavar="PORT[-PORT]",
         help="serve the job's metrics for Prometheus on this port (or the first free one of a range); "
@@ -311,6 +339,7 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         canary_topic=a.canary_topic,
         decisions_topic=a.decisions_topic,
         dead_letters_topic=a.dead_letters_topic,
+        policies_topic=a.policies_topic,
         group_id=a.group_id,
         flink_conf=a.flink_conf,
         flink_overrides=overrides,
@@ -327,6 +356,10 @@ def prepare(argv: list[str] | None) -> tuple[Any, JobConfig]:
     from ops import kafka_admin
 
     kafka_admin.require_broker(cfg.bootstrap, "rendezvous job")  # one clear line, not a Java stack trace
+    # The Kafka source fails on a topic that does not exist; nobody may have published a policy yet.
+    from ops.policy_cli import ensure_policies_topic
+
+    ensure_policies_topic(cfg.bootstrap, cfg.policies_topic)
     if PROMETHEUS_PORT_KEY in cfg.flink_overrides:
         put_prometheus_reporter_on_classpath()
     # PyFlink's launcher logs to one file inside site-packages by default: concurrent local jobs

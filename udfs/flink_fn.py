@@ -14,12 +14,14 @@ from typing import Any
 
 from pyflink.common import Row, Types
 from pyflink.datastream import OutputTag
-from pyflink.datastream.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext
-from pyflink.datastream.state import ValueStateDescriptor
+from pyflink.datastream.functions import KeyedBroadcastProcessFunction, ProcessFunction, RuntimeContext
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from udfs import mailbox as mbx
 from udfs import model_metrics, names
 from udfs.policy import Policy
+from udfs.policy_registry import Accepted, PolicyRegistry, state_key, state_value
+from udfs.policy_registry import dead_letter as policy_dead_letter
 from udfs.wire import DeadLetter, Request, Score, Source, parse_request, parse_score
 
 KIND_REQUEST = "request"
@@ -33,6 +35,13 @@ PARSED_TYPE = Types.ROW_NAMED(
 # A Kafka record to write: key, value, and (for results) the topic.
 KEYED_RECORD_TYPE = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
 ROUTED_RECORD_TYPE = Types.ROW_NAMED(["k", "v", "topic"], [Types.STRING(), Types.STRING(), Types.STRING()])
+# Everything the mailbox emits, on its one output: the output kind (udfs.mailbox RESULT, ARCHIVE, ...),
+# key, value, and (for results) the topic. RouteFunction turns it into ROUTED_RECORD_TYPE + side outputs.
+MAILBOX_OUT_TYPE = Types.ROW_NAMED(
+    ["tag", "k", "v", "topic"], [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING()]
+)
+# The accepted live policies, in the mailbox operator's broadcast state: version -> versioned JSON.
+POLICIES_STATE = MapStateDescriptor(names.STATE_POLICIES, Types.STRING(), Types.STRING())
 
 DEAD_LETTERS = OutputTag(names.TAG_DEAD_LETTERS, KEYED_RECORD_TYPE)
 CANARY = OutputTag(names.TAG_CANARY, KEYED_RECORD_TYPE)
@@ -62,9 +71,23 @@ class _BatchedCounters:
     FLUSH_EVERY_MS = 1000
 
     def __init__(self, group: Any, metric_names: tuple[str, ...]) -> None:
+        self._group = group
         self._counters = {name: group.counter(name) for name in metric_names}
         self._pending = dict.fromkeys(self._counters, 0)
+        self._totals = dict.fromkeys(self._counters, 0)
         self._next_flush_ms = 0
+
+    def register(self, metric_names: tuple[str, ...]) -> None:
+        """More counters after open (e.g. for a model a live policy deploys); known names are skipped."""
+        for name in metric_names:
+            if name not in self._counters:
+                self._counters[name] = self._group.counter(name)
+                self._pending[name] = 0
+                self._totals[name] = 0
+
+    def total(self, name: str) -> int:
+        """Everything added to ``name`` so far, flushed or not."""
+        return self._totals[name] + self._pending[name]
 
     def add(self, name: str, now_ms: int, delta: int = 1) -> None:
         self._pending[name] += delta
@@ -73,6 +96,7 @@ class _BatchedCounters:
 
     def flush(self, now_ms: int) -> None:
         for name, n in self._pending.items():
+            self._totals[name] += n
             if n > 0:
                 self._counters[name].inc(n)
             elif n < 0:
@@ -109,15 +133,34 @@ class ParseFunction(ProcessFunction):
         yield Row(self.kind, parsed.request_id, text, topic, partition, offset)
 
 
-class MailboxFunction(KeyedProcessFunction):
-    """One mailbox per request id in a ValueState of versioned JSON, driven by processing time."""
+class MailboxFunction(KeyedBroadcastProcessFunction):
+    """One mailbox per request id in a ValueState of versioned JSON, driven by processing time; the
+    policy in force comes from the startup file or, live, from the broadcast policies stream.
+
+    Everything it emits goes to its one main output as ``MAILBOX_OUT_TYPE`` rows tagged with the
+    output kind, and ``RouteFunction`` splits them: PyFlink 2.2's thread mode does not route side
+    outputs yielded from ``on_timer`` of a keyed *broadcast* function (its ``on_timer`` skips the
+    side-output filter that the keyed process function's has; ``fn_execution/datastream/embedded/
+    operations.py``), and deadlines, closes and orphans are all decided in ``on_timer``.
+
+    Atomic per request: a mailbox is decided under the policy version it recorded when its request
+    arrived (``udfs.policy_registry``). Accepted policies live in broadcast state (operator state,
+    checkpointed with the mailboxes) and, as parsed objects, in ``self.registry``, rebuilt from that
+    state on the first callback after a (re)start.
+    """
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self._model_ids = tuple(m.id for m in policy.models)
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.state = runtime_context.get_state(ValueStateDescriptor(names.STATE_MAILBOX, Types.STRING()))
+        self.registry = PolicyRegistry(self.policy)
+        self._restored = False
+        # Every parallel instance sees every policy document; one of them reports refusals.
+        index = getattr(runtime_context, "get_index_of_this_subtask", None)
+        self._reports_policies = index is None or index() == 0
+        self._model_ids: dict[int, tuple[str, ...]] = {}
+        self._metered_models: set[str] = set()
         self.counters = _BatchedCounters(
             runtime_context.get_metrics_group(),
             (
@@ -132,20 +175,76 @@ class MailboxFunction(KeyedProcessFunction):
                 names.METRIC_UNKNOWN_MODEL_SCORES,
                 names.METRIC_ORPHANS,
                 names.METRIC_DEAD_LETTERS,
-                *(names.dead_letter_metric(r) for r in names.MAILBOX_REASONS),
+                *(names.dead_letter_metric(r) for r in names.MAILBOX_REASONS + names.POLICY_REASONS),
                 names.METRIC_MAILBOXES_OPENED,
                 names.METRIC_MAILBOXES_CLEARED,
                 names.METRIC_MAILBOXES_LIVE,
-                # One set of per-model counters for each model the policy lists (udfs/model_metrics.py).
-                *(names.model_metric(mid, n) for mid in self._model_ids for n in names.MODEL_METRICS),
+                names.METRIC_POLICIES_ACCEPTED,
+                names.METRIC_POLICIES_REFUSED,
+                names.METRIC_POLICY_VERSION,
             ),
         )
+        self._on_policies_changed(_now_ms())
+
+    # --- policies ---------------------------------------------------------------------------------
+
+    def _on_policies_changed(self, now: int) -> None:
+        """Per-model counters for every model of every known policy (udfs/model_metrics.py); the
+        ``policy_version`` counter is kept equal to the version in force (a counter, not a gauge: no
+        Python callback on the metric reporter's thread)."""
+        new = []
+        for p in self.registry.policies:
+            ids = self._model_ids.setdefault(p.version, tuple(m.id for m in p.models))
+            new += [mid for mid in ids if mid not in self._metered_models]
+        for mid in dict.fromkeys(new):
+            self._metered_models.add(mid)
+            self.counters.register(tuple(names.model_metric(mid, n) for n in names.MODEL_METRICS))
+        shown = self.counters.total(names.METRIC_POLICY_VERSION)
+        self.counters.add(names.METRIC_POLICY_VERSION, now, self.registry.current.version - shown)
+
+    def _restore(self, ctx: Any) -> None:
+        """Once per (re)start: the accepted policies from broadcast state into the registry."""
+        if self._restored:
+            return
+        self._restored = True
+        get = getattr(ctx, "get_broadcast_state", None)  # contexts without one: no live policies
+        if get is None:
+            return
+        entries = list(get(POLICIES_STATE).items())
+        if entries:
+            self.registry = PolicyRegistry.from_state(self.policy, entries)
+            self._on_policies_changed(_now_ms())
+
+    def process_broadcast_element(self, value: Row, ctx: Any) -> Iterator[Any]:
+        """A policy document from the policies topic: accepted into broadcast state, or a dead letter."""
+        self._restore(ctx)
+        data, topic, partition, offset = value[0], value[1], value[2], value[3]
+        now = _now_ms()
+        verdict = self.registry.offer(data)
+        if isinstance(verdict, Accepted):
+            state = ctx.get_broadcast_state(POLICIES_STATE)
+            state.put(state_key(verdict.policy.version), state_value(verdict.policy))
+            for v in verdict.evicted:
+                state.remove(state_key(v))
+            self.counters.add(names.METRIC_POLICIES_ACCEPTED, now)
+            self._on_policies_changed(now)
+            return
+        self.counters.add(names.METRIC_POLICIES_REFUSED, now)
+        if not self._reports_policies:
+            return
+        self.counters.add(names.METRIC_DEAD_LETTERS, now)
+        self.counters.add(names.dead_letter_metric(verdict.reason), now)
+        record = policy_dead_letter(verdict, data, Source(topic, partition, offset), now)
+        yield Row(mbx.DEAD_LETTER, None, _json(record), None)
+
+    # --- requests, scores, timers ---------------------------------------------------------------------
 
     def _load(self) -> mbx.Mailbox | None:
         text = self.state.value()
         return None if text is None else mbx.Mailbox.from_json(text)
 
-    def process_element(self, value: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+    def process_element(self, value: Row, ctx: Any) -> Iterator[Any]:
+        self._restore(ctx)
         kind, _rid, text, topic, partition, offset = value
         now = _now_ms()
         source = Source(topic, partition, offset)
@@ -161,7 +260,10 @@ class MailboxFunction(KeyedProcessFunction):
                 obj.get("deadline_ms"),
                 obj.get("routing_key"),
             )
-            step = mbx.on_request(current, req, text, source, self.policy, now)
+            # A new request is decided under the version in force now (policy_for(None)), to the end;
+            # a duplicate is refused by the mailbox whatever its version.
+            policy = self.registry.policy_for(None if current is None else current.policy_version)
+            step = mbx.on_request(current, req, text, source, policy, now)
         else:
             score = Score(
                 obj["request_id"],
@@ -173,18 +275,23 @@ class MailboxFunction(KeyedProcessFunction):
                 obj["scored_at_ms"],
                 float(obj["latency_ms"]),
             )
-            step = mbx.on_score(current, score, source, self.policy, now)
-        yield from self._apply(step, ctx, previous_wake_ms, now)
+            policy = self.registry.policy_for(None if current is None else current.policy_version)
+            step = mbx.on_score(current, score, source, policy, now)
+        yield from self._apply(step, ctx, previous_wake_ms, now, policy)
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
+        self._restore(ctx)
         current = self._load()
         if current is None:
             return
         now = max(int(timestamp), _now_ms())
         previous_wake_ms = current.wake_at_ms  # read first: the transition updates the mailbox in place
-        yield from self._apply(mbx.on_timer(current, self.policy, now), ctx, previous_wake_ms, now)
+        policy = self.registry.policy_for(current.policy_version)
+        yield from self._apply(mbx.on_timer(current, policy, now), ctx, previous_wake_ms, now, policy)
 
-    def _apply(self, step: mbx.Step, ctx: Any, previous_wake_ms: int | None, now: int) -> Iterator[Any]:
+    def _apply(
+        self, step: mbx.Step, ctx: Any, previous_wake_ms: int | None, now: int, policy: Policy
+    ) -> Iterator[Any]:
         mb = step.mailbox
         if mb is None:
             self.state.clear()
@@ -206,16 +313,25 @@ class MailboxFunction(KeyedProcessFunction):
             elif name == names.METRIC_MAILBOXES_CLEARED:
                 self.counters.add(names.METRIC_MAILBOXES_LIVE, now, -1)
         for out in step.outputs:
-            if out.kind == mbx.RESULT:
-                yield Row(out.record["request_id"], _json(out.record), out.topic)
-            elif out.kind == mbx.ARCHIVE:
-                yield ARCHIVE, _json(out.record)
-            else:
-                if out.kind == mbx.DEAD_LETTER:
-                    self.counters.add(names.METRIC_DEAD_LETTERS, now)
-                    self.counters.add(names.dead_letter_metric(out.record["reason"]), now)
-                elif out.kind == mbx.DECISION:
-                    for mid, counts in model_metrics.model_counts(out.record, self._model_ids).items():
-                        for metric, n in counts.items():
-                            self.counters.add(names.model_metric(mid, metric), now, n)
-                yield _SIDE_TAGS[out.kind], Row(out.record.get("request_id"), _json(out.record))
+            if out.kind == mbx.DEAD_LETTER:
+                self.counters.add(names.METRIC_DEAD_LETTERS, now)
+                self.counters.add(names.dead_letter_metric(out.record["reason"]), now)
+            elif out.kind == mbx.DECISION:
+                model_ids = self._model_ids.get(policy.version) or tuple(m.id for m in policy.models)
+                for mid, counts in model_metrics.model_counts(out.record, model_ids).items():
+                    for metric, n in counts.items():
+                        self.counters.add(names.model_metric(mid, metric), now, n)
+            yield Row(out.kind, out.record.get("request_id"), _json(out.record), out.topic)
+
+
+class RouteFunction(ProcessFunction):
+    """The mailbox's tagged rows -> results (main output: key, value, return address) and side outputs."""
+
+    def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        tag, k, v, topic = value[0], value[1], value[2], value[3]
+        if tag == mbx.RESULT:
+            yield Row(k, v, topic)
+        elif tag == mbx.ARCHIVE:
+            yield ARCHIVE, v
+        else:
+            yield _SIDE_TAGS[tag], Row(k, v)

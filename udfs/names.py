@@ -12,6 +12,13 @@ TOPIC_RESULTS_DEFAULT = "results"  # the usual return address; requests may name
 TOPIC_CANARY = "canary"
 TOPIC_DECISIONS = "decisions"
 TOPIC_DEAD_LETTERS = "dead-letters"
+# Live policy changes: policy documents (JSON, the policy file's structure), read by the job as
+# broadcast state from the earliest offset. Compacted, keyed by version (ops/policy_cli.py), so every
+# accepted version stays readable by a job started fresh. Not in ALL_TOPICS: the job and
+# `rendezvous policy publish` create it with TOPIC_CONFIGS (ops.policy_cli.ensure_policies_topic);
+# the generic creators (kafka_admin.ensure_default_topics, docker compose) would make it a topic that
+# deletes documents after the default retention (7 days).
+TOPIC_POLICIES = "policies"
 # Labels (the truth about a request, known later): written by runners/labeller.py, read by evaluation.
 # Not in ALL_TOPICS: the job neither reads nor writes it; the labeller creates it.
 TOPIC_LABELS = "labels"
@@ -24,6 +31,8 @@ ALL_TOPICS = (
     TOPIC_DECISIONS,
     TOPIC_DEAD_LETTERS,
 )
+# Topic settings beyond the defaults, applied when the topic is created.
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {TOPIC_POLICIES: {"cleanup.policy": "compact"}}
 
 # --- Consumer groups ------------------------------------------------------------------------
 GROUP_RENDEZVOUS = "rendezvous-job"
@@ -46,10 +55,14 @@ TAG_ARCHIVE = "decoy-archive"
 UID_PARSE_REQUESTS = "parse-requests"
 UID_PARSE_SCORES = "parse-scores"
 UID_MAILBOX = "rendezvous-mailbox"
+# Splits the mailbox's one output stream into results and side outputs (stateless; see flink_fn.RouteFunction).
+UID_ROUTE_MAILBOX = "route-mailbox-outputs"
 UID_SINK_ARCHIVE = "sink-decoy-archive"
 
 # --- State names (part of the savepoint contract, like uids) --------------------------------
 STATE_MAILBOX = "mailbox"
+# Broadcast (operator) state of the mailbox operator: accepted live policies, version -> policy JSON.
+STATE_POLICIES = "policies"
 
 # --- Metric names (registered under the operator's metric group) ----------------------------
 METRIC_REQUESTS = "requests"
@@ -67,6 +80,10 @@ METRIC_UNKNOWN_MODEL_SCORES = "unknown_model_scores"  # scores from a model id t
 METRIC_MAILBOXES_OPENED = "mailboxes_opened"
 METRIC_MAILBOXES_CLEARED = "mailboxes_cleared"
 METRIC_MAILBOXES_LIVE = "mailboxes_live"
+# Live policy changes (the policies topic): documents accepted and refused, and the version in force.
+METRIC_POLICIES_ACCEPTED = "policies_accepted"
+METRIC_POLICIES_REFUSED = "policies_refused"  # each also counts in dead_letters_<reason>
+METRIC_POLICY_VERSION = "policy_version"  # a gauge: the version new requests are decided under
 
 # Per-model counters (udfs/model_metrics.py derives them from each decision record at close), one set
 # per model the policy lists, named ``model_<model id>_<metric>`` by ``model_metric``:
@@ -122,6 +139,9 @@ REASON_DUPLICATE_REQUEST = "duplicate_request"
 REASON_ORPHAN_SCORE = "orphan_score"
 REASON_SCORE_AFTER_CLOSE = "score_after_close"
 REASON_TOO_MANY_SCORES = "too_many_scores"
+# Live policy documents (udfs/policy_registry.py):
+REASON_BAD_POLICY = "bad_policy"  # not UTF-8, not JSON, too large, or a field udfs.policy refuses
+REASON_STALE_POLICY_VERSION = "stale_policy_version"  # version not higher than the one in force
 
 PARSE_REASONS = (
     REASON_NULL_VALUE,
@@ -142,7 +162,11 @@ MAILBOX_REASONS = (
     REASON_SCORE_AFTER_CLOSE,
     REASON_TOO_MANY_SCORES,
 )
-DEAD_LETTER_REASONS = PARSE_REASONS + MAILBOX_REASONS
+POLICY_REASONS = (
+    REASON_BAD_POLICY,
+    REASON_STALE_POLICY_VERSION,
+)
+DEAD_LETTER_REASONS = PARSE_REASONS + MAILBOX_REASONS + POLICY_REASONS
 
 
 def dead_letter_metric(reason: str) -> str:

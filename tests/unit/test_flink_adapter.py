@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from udfs import flink_fn, names
+from udfs import mailbox as mbx
 from udfs.policy import parse_policy
 
 POLICY = parse_policy(
@@ -110,20 +111,20 @@ def test_timers_carry_a_silent_request_to_no_answer_then_close_then_expiry(harne
     fn, state, timers, clock = harness
     t0 = clock["now"]
     out = list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST), FakeCtx(timers)))
-    assert [o[0] for o in out if isinstance(o, tuple)] == [flink_fn.ARCHIVE]
+    assert [o[0] for o in out] == [mbx.ARCHIVE]
     assert timers.pending == {t0 + 40}  # the incumbent's wait
 
     out = _fire_due(fn, timers, clock, t0 + 99)
     assert out == [] and timers.pending == {t0 + 100}  # then the deadline
 
     out = _fire_due(fn, timers, clock, t0 + 100)
-    results = [o for o in out if not isinstance(o, tuple)]
-    assert len(results) == 1 and results[0][2] == "answers"
-    assert json.loads(results[0][1])["reason"] == "no_answer"
+    results = [o for o in out if o[0] == mbx.RESULT]
+    assert len(results) == 1 and results[0][3] == "answers"
+    assert json.loads(results[0][2])["reason"] == "no_answer"
     assert timers.pending == {t0 + 150}  # close after the late window
 
     out = _fire_due(fn, timers, clock, t0 + 150)
-    assert [o[0] for o in out] == [flink_fn.DECISIONS]
+    assert [o[0] for o in out] == [mbx.DECISION]
     assert timers.pending == {t0 + 150 + 1000}  # tombstone expiry
     _fire_due(fn, timers, clock, t0 + 1150)
     assert state.v is None and timers.pending == set()
@@ -139,7 +140,7 @@ def test_an_early_answer_replaces_the_wait_timer(harness: Any) -> None:
         "output": {"label": 1, "probability": 0.9}, "scored_at_ms": 1, "latency_ms": 1.0,
     }  # fmt: skip
     out = list(fn.process_element(_row(flink_fn.KIND_SCORE, score), FakeCtx(timers)))
-    assert json.loads(out[0][1])["model_id"] == "gbt"
+    assert out[0][0] == mbx.RESULT and json.loads(out[0][2])["model_id"] == "gbt"
     assert timers.pending == {t0 + 150}  # the 40 ms wait timer is gone; close is due
 
 
@@ -290,3 +291,181 @@ def test_the_adapter_registers_per_model_counters_and_adds_them_at_close(
         "model_tree_timeouts": 1,
         "model_base_timeouts": 1,
     }
+
+
+# --- live policies: the broadcast side, atomic per request, restore, routing -----------------------------
+
+V2 = {
+    "version": 2,
+    "deadline_ms": 100,
+    "models": [
+        {"id": "logreg", "role": "incumbent", "wait_ms": 40},
+        {"id": "gbt", "role": "challenger", "wait_ms": 60},
+        {"id": "tree", "role": "backstop"},
+    ],
+    "late_window_ms": 50,
+    "dedupe_retention_ms": 1000,
+}
+
+
+class FakeBroadcastState:
+    def __init__(self, entries: dict[str, str] | None = None) -> None:
+        self.entries = dict(entries or {})
+
+    def put(self, k: str, v: str) -> None:
+        self.entries[k] = v
+
+    def remove(self, k: str) -> None:
+        del self.entries[k]
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self.entries.items())
+
+
+class BroadcastCtx(FakeCtx):
+    def __init__(self, timers: FakeTimers, broadcast: FakeBroadcastState) -> None:
+        super().__init__(timers)
+        self.broadcast = broadcast
+
+    def get_broadcast_state(self, descriptor: Any) -> FakeBroadcastState:
+        assert descriptor.get_name() == names.STATE_POLICIES
+        return self.broadcast
+
+
+def _doc(policy: dict[str, Any], offset: int = 0) -> tuple[Any, ...]:
+    return (json.dumps(policy).encode(), "policies", 0, offset)
+
+
+def _score(rid: str, model: str) -> dict[str, Any]:
+    return {
+        "request_id": rid, "model_id": model, "model_version": f"{model}-1", "status": "ok",
+        "output": {"label": 1, "probability": 0.9}, "scored_at_ms": 1, "latency_ms": 1.0,
+    }  # fmt: skip
+
+
+@pytest.fixture()
+def live(monkeypatch: pytest.MonkeyPatch) -> Any:
+    clock = {"now": 1_000_000}
+    monkeypatch.setattr(flink_fn, "_now_ms", lambda: clock["now"])
+    runtime = RecordingRuntime(FakeState())
+    fn = flink_fn.MailboxFunction(POLICY)
+    fn.open(runtime)  # type: ignore[arg-type]
+    return fn, runtime, BroadcastCtx(FakeTimers(), FakeBroadcastState()), clock
+
+
+def test_a_published_policy_decides_new_requests_while_open_ones_keep_theirs(live: Any) -> None:
+    fn, runtime, ctx, clock = live
+    keyed: dict[str, FakeState] = {}
+
+    def element(kind: str, record: dict[str, Any]) -> list[Any]:
+        fn.state = keyed.setdefault(record["request_id"], FakeState())  # keyed state, as Flink scopes it
+        return list(fn.process_element(_row(kind, record), ctx))
+
+    # r-old arrives under v1 (gbt preferred, waits 40 ms for it); logreg has answered, gbt not yet.
+    element(flink_fn.KIND_REQUEST, REQUEST | {"request_id": "r-old"})
+    assert element(flink_fn.KIND_SCORE, _score("r-old", "logreg")) == []
+
+    assert list(fn.process_broadcast_element(_doc(V2), ctx)) == []  # accepted: no output
+    assert fn.registry.current.version == 2 and set(ctx.broadcast.entries) == {"2"}
+
+    # A new request is decided under v2: logreg is now preferred and answers at once.
+    element(flink_fn.KIND_REQUEST, REQUEST | {"request_id": "r-new"})
+    out = element(flink_fn.KIND_SCORE, _score("r-new", "logreg"))
+    new = json.loads(out[0][2])
+    assert (new["model_id"], new["reason"], new["policy_version"]) == ("logreg", "preferred", 2)
+
+    # The open request still waits for gbt (v1), and gbt's answer is the official one under v1.
+    clock["now"] += 10
+    out = element(flink_fn.KIND_SCORE, _score("r-old", "gbt"))
+    old = json.loads(out[0][2])
+    assert (old["model_id"], old["reason"], old["policy_version"]) == ("gbt", "preferred", 1)
+
+
+def test_bad_and_stale_documents_are_dead_letters_and_change_nothing(live: Any) -> None:
+    fn, runtime, ctx, clock = live
+    list(fn.process_broadcast_element(_doc(V2, 1), ctx))
+    cases = [
+        (_doc(V2 | {"version": 3, "deadline_ms": -5}, 2), "bad_policy", "deadline_ms"),
+        ((b"{not json", "policies", 0, 3), "bad_policy", "not JSON"),
+        ((b"\xff\xfe", "policies", 0, 4), "bad_policy", "not UTF-8"),
+        ((None, "policies", 0, 5), "bad_policy", "empty"),
+        (_doc(V2, 6), "stale_policy_version", "higher than the version in force (2)"),
+        (_doc(V2 | {"version": 1}, 7), "stale_policy_version", "got 1"),
+    ]
+    for row, reason, detail in cases:
+        out = list(fn.process_broadcast_element(row, ctx))
+        assert len(out) == 1 and out[0][0] == mbx.DEAD_LETTER
+        dead = json.loads(out[0][2])
+        assert dead["reason"] == reason and detail in dead["detail"]
+        assert (dead["source_topic"], dead["partition"], dead["offset"]) == ("policies", 0, row[3])
+    assert fn.registry.current.version == 2 and set(ctx.broadcast.entries) == {"2"}
+    fn.counters.flush(clock["now"])
+    counts = runtime.group.counts()
+    assert counts[names.METRIC_POLICIES_ACCEPTED] == 1 and counts[names.METRIC_POLICIES_REFUSED] == 6
+    assert counts[names.dead_letter_metric("bad_policy")] == 4
+    assert counts[names.dead_letter_metric("stale_policy_version")] == 2
+    assert counts[names.METRIC_DEAD_LETTERS] == 6
+    assert counts[names.METRIC_POLICY_VERSION] == 2  # kept equal to the version in force
+
+
+def test_only_the_first_subtask_reports_refused_documents(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flink_fn, "_now_ms", lambda: 1_000)
+    runtime = RecordingRuntime(FakeState())
+    runtime.get_index_of_this_subtask = lambda: 1  # type: ignore[attr-defined]
+    fn = flink_fn.MailboxFunction(POLICY)
+    fn.open(runtime)  # type: ignore[arg-type]
+    ctx = BroadcastCtx(FakeTimers(), FakeBroadcastState())
+    assert list(fn.process_broadcast_element((b"nope", "policies", 0, 0), ctx)) == []
+    list(fn.process_broadcast_element(_doc(V2), ctx))
+    assert fn.registry.current.version == 2  # every subtask applies what it accepts
+
+
+def test_accepted_policies_are_restored_from_broadcast_state_after_a_restart(live: Any) -> None:
+    fn, runtime, ctx, clock = live
+    list(fn.process_broadcast_element(_doc(V2), ctx))
+    list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST | {"request_id": "r9"}), ctx))
+
+    # A restart: a new function instance with the same keyed and broadcast state.
+    fresh = flink_fn.MailboxFunction(POLICY)
+    runtime2 = RecordingRuntime(fn.state)
+    fresh.open(runtime2)  # type: ignore[arg-type]
+    assert fresh.registry.current.version == 1  # nothing read yet: state comes with the first callback
+    ctx2 = BroadcastCtx(ctx.timers, ctx.broadcast)
+    out = list(fresh.process_element(_row(flink_fn.KIND_SCORE, _score("r9", "logreg")), ctx2))
+    assert fresh.registry.current.version == 2
+    assert json.loads(out[0][2])["policy_version"] == 2
+    # Counters for the models the restored policy deploys exist after the restore.
+    assert names.model_metric("logreg", names.MODEL_METRIC_WINS) in runtime2.group.counters
+
+
+def test_a_deployed_model_gets_its_counters_and_a_decision_counts_its_own_policy_models(live: Any) -> None:
+    fn, runtime, ctx, clock = live
+    assert names.model_metric("logreg", names.MODEL_METRIC_WINS) not in runtime.group.counters
+    list(fn.process_broadcast_element(_doc(V2), ctx))
+    assert names.model_metric("logreg", names.MODEL_METRIC_WINS) in runtime.group.counters
+    list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST | {"request_id": "r2"}), ctx))
+    list(fn.process_element(_row(flink_fn.KIND_SCORE, _score("r2", "logreg")), ctx))
+    _fire_due(fn, ctx.timers, clock, clock["now"] + 10_000)
+    fn.counters.flush(clock["now"])
+    counts = runtime.group.counts()
+    assert counts[names.model_metric("logreg", names.MODEL_METRIC_WINS)] == 1
+    assert counts[names.model_metric("gbt", names.MODEL_METRIC_TIMEOUTS)] == 1  # in v2 too
+
+
+def test_route_function_splits_results_and_side_outputs() -> None:
+    route = flink_fn.RouteFunction()
+    rows = [
+        (mbx.RESULT, "r1", '{"a":1}', "answers"),
+        (mbx.ARCHIVE, "r1", '{"b":2}', None),
+        (mbx.CANARY, "r1", '{"c":3}', None),
+        (mbx.DECISION, "r1", '{"d":4}', None),
+        (mbx.DEAD_LETTER, None, '{"e":5}', None),
+    ]
+    out = [o for r in rows for o in route.process_element(r, None)]  # type: ignore[arg-type]
+    assert tuple(out[0]) == ("r1", '{"a":1}', "answers")
+    assert out[1] == (flink_fn.ARCHIVE, '{"b":2}')
+    assert [(o[0], tuple(o[1])) for o in out[2:]] == [
+        (flink_fn.CANARY, ("r1", '{"c":3}')),
+        (flink_fn.DECISIONS, ("r1", '{"d":4}')),
+        (flink_fn.DEAD_LETTERS, (None, '{"e":5}')),
+    ]
