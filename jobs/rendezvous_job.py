@@ -237,15 +237,19 @@ def build_job(env: Any, cfg: JobConfig) -> None:
     from pyflink.table import StreamTableEnvironment
 
     t_env = StreamTableEnvironment.create(env)
-    t_env.execute_sql(_kafka_source_ddl("requests_in", cfg.requests_topic, cfg))
-    t_env.execute_sql(_kafka_source_ddl("scores_in", cfg.scores_topic, cfg))
+
+    def read(table: str, topic: str, uid: str, startup: str = "group-offsets") -> Any:
+        t_env.execute_sql(_kafka_source_ddl(table, topic, cfg, startup))
+        _uid_prefix(t_env, uid)
+        return t_env.to_data_stream(
+            t_env.sql_query(f"SELECT `value`, `topic`, `partition`, `offset` FROM `{table}`")
+        )
+
+    requests = read("requests_in", cfg.requests_topic, names.UID_KAFKA_REQUESTS_IN)
+    scores = read("scores_in", cfg.scores_topic, names.UID_KAFKA_SCORES_IN)
     # Policies from the earliest offset on a fresh start: the newest valid published version wins
     # (documents at or below the version in force are refused as stale, again, as dead letters).
-    t_env.execute_sql(_kafka_source_ddl("policies_in", cfg.policies_topic, cfg, "earliest-offset"))
-    select = "SELECT `value`, `topic`, `partition`, `offset` FROM "
-    requests = t_env.to_data_stream(t_env.sql_query(select + "requests_in"))
-    scores = t_env.to_data_stream(t_env.sql_query(select + "scores_in"))
-    policies = t_env.to_data_stream(t_env.sql_query(select + "policies_in"))
+    policies = read("policies_in", cfg.policies_topic, names.UID_KAFKA_POLICIES_IN, "earliest-offset")
 
     out = build_pipeline(requests, scores, cfg.policy, policies)
 
@@ -259,16 +263,22 @@ def build_job(env: Any, cfg: JobConfig) -> None:
     )
     out.archive.sink_to(archive_sink).uid(names.UID_SINK_ARCHIVE).name("decoy archive")
 
-    t_env.execute_sql(_kafka_sink_ddl("results_out", cfg, None))
-    t_env.execute_sql(_kafka_sink_ddl("canary_out", cfg, cfg.canary_topic))
-    t_env.execute_sql(_kafka_sink_ddl("decisions_out", cfg, cfg.decisions_topic))
-    t_env.execute_sql(_kafka_sink_ddl("dead_letters_out", cfg, cfg.dead_letters_topic))
-    statements = t_env.create_statement_set()
-    statements.add_insert("results_out", t_env.from_data_stream(out.results))
-    statements.add_insert("canary_out", t_env.from_data_stream(out.canary))
-    statements.add_insert("decisions_out", t_env.from_data_stream(out.decisions))
-    statements.add_insert("dead_letters_out", t_env.from_data_stream(out.dead_letters))
-    statements.attach_as_datastream()
+    for table, topic, stream, uid in (
+        ("results_out", None, out.results, names.UID_KAFKA_RESULTS_OUT),
+        ("canary_out", cfg.canary_topic, out.canary, names.UID_KAFKA_CANARY_OUT),
+        ("decisions_out", cfg.decisions_topic, out.decisions, names.UID_KAFKA_DECISIONS_OUT),
+        ("dead_letters_out", cfg.dead_letters_topic, out.dead_letters, names.UID_KAFKA_DEAD_LETTERS_OUT),
+    ):
+        t_env.execute_sql(_kafka_sink_ddl(table, cfg, topic))
+        _uid_prefix(t_env, uid)  # one statement set per sink: each is translated under its own prefix
+        statements = t_env.create_statement_set()
+        statements.add_insert(table, t_env.from_data_stream(stream))
+        statements.attach_as_datastream()
+
+
+def _uid_prefix(t_env: Any, prefix: str) -> None:
+    """Operators the planner translates next get uids "<prefix>-<transformation>", not numbered ones."""
+    t_env.get_config().set("table.exec.uid.format", names.table_uid_format(prefix))
 
 
 def make_env(cfg: JobConfig) -> Any:

@@ -13,6 +13,7 @@ COMMANDS = {
     "job": ("jobs.rendezvous_job", "run the rendezvous job on the embedded Flink mini cluster"),
     "load": ("ops.loadgen", "open-loop load generator and result collector"),
     "sql": ("ops.archive", "SQL (DuckDB or Flink) over the decoy archive"),
+    "policy": ("ops.policy_cli", "live policy changes: check, publish, show (the policies topic)"),
     "cluster": ("ops.cluster", "Flink session cluster: up, submit, status, cancel, down"),
     "bench": ("ops.bench", "benchmarks (what `make bench` runs)"),
     "demo": ("ops.demo", "the whole stack with load and a summary (what `make demo` runs)"),

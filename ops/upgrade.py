@@ -63,8 +63,13 @@ COMPAT_STATE_VERSION = "mailbox_state_version"
 COMPAT_UIDS = "operator_uids"
 COMPAT_STATE_NAMES = "state_names"
 COMPAT_UID_GENERATION = "table.exec.uid.generation"
+COMPAT_TABLE_UID_FORMAT = "table.exec.uid.format"
 COMPAT_MAX_PARALLELISM = "pipeline.max-parallelism"
 COMPAT_FLINK_VERSION = "flink_version"
+
+# Maps where the new job may add entries (a new operator or state starts empty) but must keep every
+# old one: a savepoint restored without allowNonRestoredState fails on state it cannot map.
+ADDITIVE = (COMPAT_UIDS, COMPAT_STATE_NAMES)
 
 _WHY = {
     COMPAT_EXECUTION_MODE: (
@@ -80,6 +85,10 @@ _WHY = {
     COMPAT_UID_GENERATION: (
         "the Kafka sources and sinks get planner uids only with ALWAYS; otherwise their offsets and "
         "writer state cannot be mapped"
+    ),
+    COMPAT_TABLE_UID_FORMAT: (
+        "the Kafka sources' offsets and the sinks' state are mapped by the uids this format gives them; "
+        "jobs before it had planner-numbered uids that shift when a table is added"
     ),
     COMPAT_MAX_PARALLELISM: "keyed state is split into key groups by the max parallelism; it cannot change",
     COMPAT_FLINK_VERSION: "savepoint compatibility across Flink versions is a separate, tested step",
@@ -158,6 +167,7 @@ def compat_of(conf: Mapping[str, str], flink: str | None = None) -> dict[str, An
         COMPAT_UIDS: {k: v for k, v in sorted(vars(names).items()) if k.startswith("UID_")},
         COMPAT_STATE_NAMES: {k: v for k, v in sorted(vars(names).items()) if k.startswith("STATE_")},
         COMPAT_UID_GENERATION: conf.get("table.exec.uid.generation", "PLAN_ONLY").strip().upper(),
+        COMPAT_TABLE_UID_FORMAT: names.table_uid_format("<uid>"),
         COMPAT_MAX_PARALLELISM: conf.get("pipeline.max-parallelism"),
         COMPAT_FLINK_VERSION: flink if flink is not None else flink_version(),
     }
@@ -180,6 +190,7 @@ def compat_problems(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
         COMPAT_UIDS,
         COMPAT_STATE_NAMES,
         COMPAT_UID_GENERATION,
+        COMPAT_TABLE_UID_FORMAT,
         COMPAT_MAX_PARALLELISM,
         COMPAT_FLINK_VERSION,
     ):
@@ -190,6 +201,8 @@ def compat_problems(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
         if a == b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
+            if key in ADDITIVE and all(b.get(k) == v for k, v in a.items()):
+                continue  # only additions: a new operator or state starts empty, nothing is orphaned
             change = "; ".join(_dict_changes(a, b))
         else:
             change = f"{a!r} -> {b!r}"

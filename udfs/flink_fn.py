@@ -133,6 +133,18 @@ class ParseFunction(ProcessFunction):
         yield Row(self.kind, parsed.request_id, text, topic, partition, offset)
 
 
+def _subtask_index(runtime_context: Any) -> int:
+    """This parallel instance's index. PyFlink 2.2.1's thread-mode context calls the Java method
+    ``getIndexOfThisSubtask``, which Flink 2 moved to ``getTaskInfo()``; ask there when it fails."""
+    try:
+        return int(runtime_context.get_index_of_this_subtask())
+    except AttributeError:
+        java = getattr(runtime_context, "_runtime_context", None)
+        if java is None:
+            return 0  # a context without the method at all (the unit tests' fakes): one instance
+        return int(java.getTaskInfo().getIndexOfThisSubtask())
+
+
 class MailboxFunction(KeyedBroadcastProcessFunction):
     """One mailbox per request id in a ValueState of versioned JSON, driven by processing time; the
     policy in force comes from the startup file or, live, from the broadcast policies stream.
@@ -157,8 +169,7 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
         self.registry = PolicyRegistry(self.policy)
         self._restored = False
         # Every parallel instance sees every policy document; one of them reports refusals.
-        index = getattr(runtime_context, "get_index_of_this_subtask", None)
-        self._reports_policies = index is None or index() == 0
+        self._reports_policies = _subtask_index(runtime_context) == 0
         self._model_ids: dict[int, tuple[str, ...]] = {}
         self._metered_models: set[str] = set()
         self.counters = _BatchedCounters(

@@ -50,8 +50,23 @@ TAG_DECISIONS = "decisions"
 TAG_ARCHIVE = "decoy-archive"
 
 # --- Operator uids (never rename: savepoints map state by these) ----------------------------
-# The Kafka sources and sinks are built from Table DDL and get planner-generated uids
-# (table.exec.uid.generation: ALWAYS in flink-conf/); only DataStream operators are named here.
+# The Kafka sources and sinks are built from Table DDL. The planner numbers their uids in the order it
+# translates them ("7_source"), so adding one source would shift every later uid and orphan its state.
+# Each table is translated under its own prefix instead (``table.exec.uid.format``,
+# jobs/rendezvous_job.py): its operators get "<prefix>-<transformation>", e.g. "kafka-requests-in-source"
+# and "kafka-results-out-sink". tests/integration/test_job_graph.py checks no planner number is left.
+UID_KAFKA_REQUESTS_IN = "kafka-requests-in"
+UID_KAFKA_SCORES_IN = "kafka-scores-in"
+UID_KAFKA_POLICIES_IN = "kafka-policies-in"
+UID_KAFKA_RESULTS_OUT = "kafka-results-out"
+UID_KAFKA_CANARY_OUT = "kafka-canary-out"
+UID_KAFKA_DECISIONS_OUT = "kafka-decisions-out"
+UID_KAFKA_DEAD_LETTERS_OUT = "kafka-dead-letters-out"
+
+
+def table_uid_format(prefix: str) -> str:
+    """The ``table.exec.uid.format`` under which one Kafka table's operators are translated."""
+    return f"{prefix}-<transformation>"
 UID_PARSE_REQUESTS = "parse-requests"
 UID_PARSE_SCORES = "parse-scores"
 UID_MAILBOX = "rendezvous-mailbox"

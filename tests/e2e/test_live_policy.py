@@ -49,7 +49,11 @@ V2 = {
 V3 = {
     **V2,
     "version": 3,
-    "models": [{"id": "tree", "role": "incumbent", "wait_ms": WAIT_MS}, *V2["models"][:2]],
+    "models": [
+        {"id": "tree", "role": "incumbent", "wait_ms": WAIT_MS},
+        {"id": "logreg", "role": "challenger", "wait_ms": WAIT_MS},
+        {"id": "gbt", "role": "challenger", "wait_ms": WAIT_MS},
+    ],
 }
 
 

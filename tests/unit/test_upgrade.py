@@ -45,7 +45,7 @@ def test_compat_records_mode_state_format_uids_and_state_names() -> None:
     assert c["mailbox_state_version"] == mailbox.STATE_VERSION
     assert c["operator_uids"]["UID_MAILBOX"] == names.UID_MAILBOX
     assert set(c["operator_uids"]) >= {"UID_PARSE_REQUESTS", "UID_PARSE_SCORES", "UID_SINK_ARCHIVE"}
-    assert c["state_names"] == {"STATE_MAILBOX": names.STATE_MAILBOX}
+    assert c["state_names"] == {"STATE_MAILBOX": names.STATE_MAILBOX, "STATE_POLICIES": names.STATE_POLICIES}
     assert c["table.exec.uid.generation"] == "ALWAYS"
     json.dumps(c)  # goes into a JSON manifest as is
 
@@ -90,6 +90,17 @@ def test_state_format_uid_and_state_name_changes_are_refused() -> None:
     assert "UID_MAILBOX: 'rendezvous-mailbox' -> 'mailbox-v2'" in problems[1]
 
 
+def test_added_operators_and_states_are_allowed_removed_ones_are_refused() -> None:
+    """A savepoint from a job without the live-policy operators restores into one with them."""
+    old = compat()
+    old["operator_uids"] = {k: v for k, v in old["operator_uids"].items() if k != "UID_ROUTE_MAILBOX"}
+    old["state_names"] = {"STATE_MAILBOX": names.STATE_MAILBOX}
+    assert upgrade.compat_problems(old, compat()) == []
+    problems = upgrade.compat_problems(compat(), old)  # the other way round orphans state
+    assert [p.split(" ")[0] for p in problems] == ["operator_uids", "state_names"]
+    assert "UID_ROUTE_MAILBOX: 'route-mailbox-outputs' -> '(none)'" in problems[0]
+
+
 def test_uid_generation_max_parallelism_and_flink_version_changes_are_refused() -> None:
     assert upgrade.compat_problems(compat(), compat(**{"table.exec.uid.generation": "PLAN_ONLY"}))
     assert upgrade.compat_problems(compat(), compat(**{"pipeline.max-parallelism": "256"}))
@@ -104,6 +115,14 @@ def test_a_manifest_without_a_fact_is_refused_not_assumed() -> None:
     assert problems == [
         "python.execution-mode: not recorded for the running job; cannot tell whether it would change"
     ]
+
+
+def test_a_job_from_before_the_named_table_uids_is_refused() -> None:
+    """Its Kafka offsets sit under planner-numbered uids the new job no longer has."""
+    old = compat()
+    del old["table.exec.uid.format"]
+    (problem,) = upgrade.compat_problems(old, compat())
+    assert problem.startswith("table.exec.uid.format: not recorded")
 
 
 def test_every_problem_is_reported_at_once() -> None:

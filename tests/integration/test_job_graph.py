@@ -1,0 +1,82 @@
+"""The job's stream graph, built by PyFlink exactly as a submission builds it (no broker, no run).
+
+Savepoint state is mapped to operators by uid. The Kafka tables' operators used to get uids numbered
+by the planner in translation order, so adding the policies source renamed every sink after it; a
+restore then fails (or, with allowNonRestoredState, silently drops state). Every uid must come from
+udfs/names.py and none may carry a planner number.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from udfs import names
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Runs in a child process: the PyFlink gateway (a JVM) is started once per process and this test
+# must not share one with the mini-cluster tests' environments.
+DUMP = """
+import sys, tempfile
+from pathlib import Path
+from jobs import rendezvous_job as rj
+from udfs.policy import load_policy
+d = Path(tempfile.mkdtemp())
+cfg = rj.JobConfig(policy=load_policy(Path("policies/default.yaml")), bootstrap="127.0.0.1:9",
+                   archive_dir=d / "archive", state_dir=d / "state")
+env = rj.make_env(cfg)
+rj.build_job(env, cfg)
+nodes = env._j_stream_execution_environment.getStreamGraph(False).getStreamNodes().iterator()
+while nodes.hasNext():
+    n = nodes.next()
+    print("NODE", n.getTransformationUID(), "|", n.getOperatorName())
+"""
+
+
+@pytest.fixture(scope="module")
+def graph() -> list[tuple[str | None, str]]:
+    out = subprocess.run(
+        [sys.executable, "-c", DUMP], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    nodes = []
+    for line in out.stdout.splitlines():
+        if line.startswith("NODE "):
+            uid, _, name = line[5:].partition(" | ")
+            nodes.append((None if uid == "None" else uid, name))
+    assert nodes, out.stdout[-2000:]
+    return nodes
+
+
+def test_no_operator_uid_carries_a_planner_number(graph: list[tuple[str | None, str]]) -> None:
+    numbered = [(uid, name) for uid, name in graph if uid and re.search(r"(^|: )\d+_", uid)]
+    assert numbered == []
+
+
+def test_every_uid_comes_from_names_and_every_named_uid_is_in_the_graph(
+    graph: list[tuple[str | None, str]],
+) -> None:
+    declared = {v for k, v in vars(names).items() if k.startswith("UID_")}
+    kafka = {v for k, v in vars(names).items() if k.startswith("UID_KAFKA_")}
+    seen = set()
+    for uid, name in graph:
+        if uid is None:
+            # PyFlink's own stateless Python map operators (type conversion, key_by): hash-identified.
+            assert name in {"Map", "_stream_key_by_map_operator"}, name
+            continue
+        base = uid.removeprefix("Sink Committer: ")
+        owner = base if base in declared else next((k for k in kafka if base.startswith(k + "-")), None)
+        assert owner is not None, f"uid {uid!r} ({name}) is not derived from udfs/names.py"
+        seen.add(owner)
+    assert seen == declared
+    # The stateful Kafka ends by their full uid: the source (offsets) and each sink's writer.
+    uids = {uid for uid, _ in graph}
+    assert {f"{names.UID_KAFKA_REQUESTS_IN}-source", f"{names.UID_KAFKA_SCORES_IN}-source"} <= uids
+    assert f"{names.UID_KAFKA_RESULTS_OUT}-sink" in uids
