@@ -63,16 +63,18 @@ UID_KAFKA_CANARY_OUT = "kafka-canary-out"
 UID_KAFKA_DECISIONS_OUT = "kafka-decisions-out"
 UID_KAFKA_DEAD_LETTERS_OUT = "kafka-dead-letters-out"
 
-
-def table_uid_format(prefix: str) -> str:
-    """The ``table.exec.uid.format`` under which one Kafka table's operators are translated."""
-    return f"{prefix}-<transformation>"
 UID_PARSE_REQUESTS = "parse-requests"
 UID_PARSE_SCORES = "parse-scores"
 UID_MAILBOX = "rendezvous-mailbox"
 # Splits the mailbox's one output stream into results and side outputs (stateless; see flink_fn.RouteFunction).
 UID_ROUTE_MAILBOX = "route-mailbox-outputs"
 UID_SINK_ARCHIVE = "sink-decoy-archive"
+
+
+def table_uid_format(prefix: str) -> str:
+    """The ``table.exec.uid.format`` under which one Kafka table's operators are translated."""
+    return f"{prefix}-<transformation>"
+
 
 # --- State names (part of the savepoint contract, like uids) --------------------------------
 STATE_MAILBOX = "mailbox"
