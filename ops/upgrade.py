@@ -210,6 +210,34 @@ def compat_problems(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
     return problems
 
 
+def live_version_problem(new_version: int, newest_live: int | None) -> str | None:
+    """A file version at or below the newest live version would change nothing: the job keeps the
+    highest version it knows (udfs/policy_registry.py), so the upgrade would restart it for no effect."""
+    if newest_live is not None and new_version <= newest_live:
+        return (
+            f"version: v{new_version} is not higher than v{newest_live}, the newest policy published live on "
+            "the policies topic, which the job would keep in force; use a higher version"
+        )
+    return None
+
+
+def newest_live_version(bootstrap: str, topic: str) -> int | None:
+    """The newest valid version on the job's policies topic (None: nothing published)."""
+    from ops import policy_cli
+
+    return policy_cli.newest_version(policy_cli.read_topic(bootstrap, topic))
+
+
+def policies_topic_of(job_args: Sequence[str]) -> str:
+    """The job's --policies-topic (its default unless the submission named one)."""
+    for i, arg in enumerate(job_args):
+        if arg == "--policies-topic" and i + 1 < len(job_args):
+            return job_args[i + 1]
+        if arg.startswith("--policies-topic="):
+            return arg.split("=", 1)[1]
+    return names.TOPIC_POLICIES
+
+
 def version_problem(old_version: int | None, new_version: int) -> str | None:
     if old_version is None:
         return "version: the running job's policy version is not recorded"
@@ -473,6 +501,10 @@ def prepare(
     conf_path = flink_conf or Path(str(manifest.get("flink_conf")))
     new_compat = compat_of(effective_conf(cluster.config(), load_conf_file(conf_path), job_args))
     problems = check_upgrade(manifest, policy, new_compat)
+    live = newest_live_version(str(manifest.get("bootstrap")), policies_topic_of(job_args))
+    live_problem = live_version_problem(policy.version, live)
+    if live_problem:
+        problems.append(live_problem)
     if problems:
         raise UpgradeRefused("\n  " + "\n  ".join(problems))
     return manifest, policy, job_args, conf_path

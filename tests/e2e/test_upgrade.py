@@ -34,8 +34,9 @@ import yaml
 from kafka import KafkaConsumer, KafkaProducer
 
 from ops import cluster as cluster_mod
-from ops import kafka_admin, procs, upgrade
+from ops import kafka_admin, policy_cli, procs, upgrade
 from tests.e2e.conftest import request_record, score_record
+from udfs.policy import parse_policy
 
 pytestmark = pytest.mark.e2e
 
@@ -179,9 +180,11 @@ def env(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     tag = uuid.uuid4().hex[:8]
     base = tmp_path_factory.mktemp(f"upgrade-{tag}")
     topics = {
-        k: f"{k}-{tag}" for k in ("requests", "scores", "results", "canary", "decisions", "dead-letters")
+        k: f"{k}-{tag}"
+        for k in ("requests", "scores", "results", "canary", "decisions", "dead-letters", "policies")
     }
-    kafka_admin.create_topics(kafka_bootstrap, list(topics.values()))
+    kafka_admin.create_topics(kafka_bootstrap, [t for k, t in topics.items() if k != "policies"])
+    policy_cli.ensure_policies_topic(kafka_bootstrap, topics["policies"])  # compacted
     v1 = base / "policy-v1.yaml"
     v1.write_text(yaml.safe_dump(policy(1, "gbt", "logreg")))
     ports = {opt: procs.free_port() for opt in cluster_mod.PORT_KEYS}
@@ -196,7 +199,8 @@ def env(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             v1, kafka_bootstrap,
             ["--requests-topic", topics["requests"], "--scores-topic", topics["scores"],
              "--canary-topic", topics["canary"], "--decisions-topic", topics["decisions"],
-             "--dead-letters-topic", topics["dead-letters"], "--group-id", f"rendezvous-{tag}"],
+             "--dead-letters-topic", topics["dead-letters"], "--policies-topic", topics["policies"],
+             "--group-id", f"rendezvous-{tag}"],
         )  # fmt: skip
         upgrade.wait_running(cl, e.job_id, 180.0)
         yield e
@@ -332,3 +336,63 @@ def test_upgrade_under_load_answers_every_request_once(env: Env) -> None:
     # Mailboxes open at the stop (request received by the old job, undecided) came back and were answered.
     assert restored_open, "no mailbox was open at the stop"
     assert in_flight
+
+
+def test_a_live_policy_survives_stop_with_savepoint_and_resume(env: Env) -> None:
+    """Live versions live in broadcast state: a restore keeps them, though the file says otherwise.
+
+    After the upgrade the job runs file v2 (logreg first). v3 (gbt first) is published live; the job is
+    stopped with a savepoint and resubmitted from it with the *same* v2 file. The policies source resumes
+    past v3's offset, so only the restored broadcast state can keep v3 in force.
+    """
+    manifest = upgrade.read_manifest(upgrade.manifest_path(env.cluster.state_dir))
+    assert manifest is not None and manifest["policy"]["version"] == 2, "runs after the upgrade test"
+    job_id = str(manifest["job_id"])
+    policy_cli.publish(env.bootstrap, parse_policy(policy(3, "gbt", "logreg")), env.topics["policies"])
+
+    results = Results(env.bootstrap, env.topics["results"])
+    results.start()
+    try:
+        traffic = Traffic(env.bootstrap, env.topics, f"{env.tag}-live")
+        traffic.start()
+        try:
+            results.wait_for(
+                lambda seen: any(r["policy_version"] == 3 for _, r in seen), 120.0, "an answer under live v3"
+            )
+        finally:
+            traffic.stop()
+
+        old_tms = env.cluster.taskmanager_pids()
+        spare = env.cluster.start_taskmanagers(1, spare=True)  # the resumed job needs a fresh one
+        env.record_pids()
+        savepoint = upgrade.stop_with_savepoint(env.cluster, job_id, env.cluster.state_dir / "savepoints")
+        upgrade.wait_job_finished(env.cluster, job_id)
+        env.cluster.stop_taskmanagers(pids=old_tms)
+        assert env.cluster.wait_taskmanagers(1) and spare
+        new_job = env.cluster.submit(
+            Path(str(manifest["policy"]["path"])), env.bootstrap, list(manifest["job_args"]),
+            Path(str(manifest["flink_conf"])), savepoint=savepoint, previous_job_id=job_id,
+        )  # fmt: skip
+        upgrade.wait_running(env.cluster, new_job, 180.0)
+        env.record_pids()
+        checkpoints = env.cluster.rest(f"/jobs/{new_job}/checkpoints")
+        restored = ((checkpoints.get("latest") or {}).get("restored") or {}).get("external_path", "")
+        assert upgrade.savepoint_local_path(restored) == upgrade.savepoint_local_path(savepoint)
+
+        resumed_ms = _now_ms()
+        traffic = Traffic(env.bootstrap, env.topics, f"{env.tag}-resumed")
+        traffic.start()
+        try:
+            results.wait_for(
+                lambda seen: sum(r["received_at_ms"] >= resumed_ms for _, r in seen) >= 20,
+                120.0,
+                "20 answers to requests sent after the resume",
+            )
+        finally:
+            traffic.stop()
+        after = [r for _, r in results.snapshot() if r["received_at_ms"] >= resumed_ms]
+    finally:
+        results.stop()
+    print(f"live policy across a savepoint: {len(after)} answers after the resume, versions "
+          f"{dict(Counter(r['policy_version'] for r in after))}")  # fmt: skip
+    assert {(r["policy_version"], r["model_id"]) for r in after} == {(3, "gbt")}

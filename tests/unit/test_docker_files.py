@@ -150,6 +150,15 @@ def test_topics_creates_every_default_topic(services: dict[str, dict[str, Any]])
     assert set(loop.group(1).split()) == set(names.ALL_TOPICS)
 
 
+def test_topics_creates_the_policies_topic_compacted(services: dict[str, dict[str, Any]]) -> None:
+    script = " ".join(services["topics"]["command"])
+    created = re.search(r"--topic (\S+) [^\n]*?--config (\S+)", script)
+    assert created is not None
+    assert created.group(1) == names.TOPIC_POLICIES
+    key, _, value = created.group(2).partition("=")
+    assert names.TOPIC_CONFIGS[names.TOPIC_POLICIES] == {key: value}
+
+
 def test_published_ports_are_bound_to_loopback_only(services: dict[str, dict[str, Any]]) -> None:
     published = {name: svc.get("ports", []) for name, svc in services.items() if svc.get("ports")}
     assert set(published) == {"kafka", "jobmanager"}

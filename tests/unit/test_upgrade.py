@@ -117,6 +117,20 @@ def test_a_manifest_without_a_fact_is_refused_not_assumed() -> None:
     ]
 
 
+def test_a_file_version_at_or_below_the_newest_live_version_is_refused() -> None:
+    assert upgrade.live_version_problem(5, None) is None
+    assert upgrade.live_version_problem(5, 4) is None
+    for live in (5, 7):
+        problem = upgrade.live_version_problem(5, live)
+        assert problem is not None and f"not higher than v{live}" in problem
+
+
+def test_the_policies_topic_comes_from_the_job_arguments() -> None:
+    assert upgrade.policies_topic_of(["--bootstrap", "b"]) == names.TOPIC_POLICIES
+    assert upgrade.policies_topic_of(["--policies-topic", "p2", "-D", "x=y"]) == "p2"
+    assert upgrade.policies_topic_of(["--policies-topic=p3"]) == "p3"
+
+
 def test_a_job_from_before_the_named_table_uids_is_refused() -> None:
     """Its Kafka offsets sit under planner-numbered uids the new job no longer has."""
     old = compat()
@@ -195,20 +209,35 @@ class FakeCluster:
 
 
 @pytest.fixture
-def running(tmp_path: Path) -> tuple[FakeCluster, Path]:
+def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeCluster, Path]:
+    live: dict[str, int | None] = {"v": None}  # nothing published on the policies topic
+    monkeypatch.setattr(upgrade, "newest_live_version", lambda _b, _t: live["v"])
     conf = tmp_path / "config.yaml"
     conf.write_text(yaml.safe_dump(THREAD))
     m = manifest()
     m["flink_conf"] = str(conf)
     m["job_args"] = ["--group-id", "g"]
     upgrade.write_manifest(upgrade.manifest_path(tmp_path), m)
-    return FakeCluster(tmp_path), conf
+    cluster = FakeCluster(tmp_path)
+    cluster.live = live  # type: ignore[attr-defined]
+    return cluster, conf
 
 
 def _policy_file(tmp_path: Path, **changes: Any) -> Path:
     p = tmp_path / "new.yaml"
     p.write_text(yaml.safe_dump({**POLICY, **changes}))
     return p
+
+
+def test_prepare_refuses_a_version_the_live_topic_already_passed(
+    running: tuple[FakeCluster, Path], tmp_path: Path
+) -> None:
+    cl, _ = running
+    cl.live["v"] = 4  # type: ignore[attr-defined]
+    with pytest.raises(upgrade.UpgradeRefused, match=r"not higher than v4, the newest policy published live"):
+        upgrade.prepare(cl, _policy_file(tmp_path, version=4))
+    cl.live["v"] = 3  # type: ignore[attr-defined]
+    assert upgrade.prepare(cl, _policy_file(tmp_path, version=4))[1].version == 4
 
 
 def test_bad_policy_is_refused_naming_the_field(running: tuple[FakeCluster, Path], tmp_path: Path) -> None:
