@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 JARS   := build/jars
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-unit lint bench bench-tuning scenario-degrade clean distclean sql
+.PHONY: help setup demo test test-unit test-faults lint bench bench-tuning faults scenario-degrade clean distclean sql
 
 help:
 	@echo "make setup   - virtualenv + pinned Python deps + Kafka broker and Flink connector jars (idempotent)"
@@ -16,6 +16,7 @@ help:
 	@echo "make test    - the whole test suite (unit, mini cluster, end-to-end on a real broker)"
 	@echo "make lint    - ruff + mypy"
 	@echo "make bench   - Kafka floor, job alone, whole stack on a rate ladder (first_in_order vs wait-for-all) -> var/bench/"
+	@echo "make faults  - every fault scenario under load, both delivery modes; invariants checked -> var/faults/ (~25 min)"
 	@echo "make bench-tuning - the job alone under each candidate Flink setting -> var/bench/tuning.md (~15 min)"
 	@echo "make scenario-degrade - a model degrades mid-run: metrics, quality, drift/canary alerts, gate demotes it (var/degrade/)"
 	@echo "make sql Q='SELECT ...' - SQL over the decoy archive of the last demo"
@@ -45,8 +46,12 @@ $(JARS)/.fetched: deps/pom.xml
 demo: setup
 	$(PY) -m ops.demo
 
+# Long fault scenarios (marker `slow`) are left to `make faults` / `make test-faults`.
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-faults: setup
+	$(PY) -m pytest -s tests/e2e/test_faults.py $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -58,6 +63,9 @@ lint: setup
 
 bench: setup
 	$(PY) -m ops.bench $(BENCH_ARGS)
+
+faults: setup
+	$(PY) -m ops.faults $(FAULTS_ARGS)
 
 bench-tuning: setup
 	$(PY) -m ops.bench --tuning $(BENCH_ARGS)

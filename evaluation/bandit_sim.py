@@ -166,15 +166,17 @@ def _run_thompson(
 ) -> PolicyResult:
     rng = random.Random(cfg.seed + 2)
     state = bandit.new_state(models, discount=cfg.discount)
-    pending: deque[tuple[int, str]] = deque()  # (request step, model): labels not yet arrived
+    pending: deque[tuple[int, tuple[str, ...]]] = deque()  # (request step, models judged): labels not yet in
     picks = []
     right = 0
     for t in range(cfg.steps):
         while pending and pending[0][0] + cfg.label_delay <= t:
-            step, x = pending.popleft()
-            state = bandit.update(state, x, correct(step, x))
+            step, judged = pending.popleft()
+            # One label per request, as the job applies it (udfs.feedback -> bandit.update_many): every
+            # judged model's reward at once, one step of forgetting.
+            state = bandit.update_many(state, {x: correct(step, x) for x in judged})
         m = bandit.choose(state, models, rng)
         picks.append(m)
         right += correct(t, m)
-        pending.extend((t, x) for x in (models if all_feedback else [m]))
+        pending.append((t, tuple(models) if all_feedback else (m,)))
     return _record(cfg, models, name, picks, right)

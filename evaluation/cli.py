@@ -22,6 +22,7 @@ import pandas as pd
 import yaml
 
 from ops.archive import format_table
+from udfs.names import TOPIC_ALERTS
 
 
 class CliError(Exception):
@@ -204,16 +205,7 @@ def _input_frames(a: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, li
         raise CliError("input drift needs both --reference and --recent")
     reference = read_table(a.reference)
     recent = features_from_archive(read_table(a.recent))
-    if a.features:
-        features = [f.strip() for f in a.features.split(",") if f.strip()]
-    else:
-        from runners.data import FEATURES
-
-        features = [f for f in FEATURES if f in reference.columns]
-    missing = [f for f in features if f not in reference.columns]
-    if missing:
-        raise CliError(f"{a.reference}: no column {missing[0]!r}")
-    return reference, recent, features
+    return reference, recent, _feature_names(a, reference)
 
 
 def cmd_drift(a: argparse.Namespace) -> int:
@@ -221,12 +213,17 @@ def cmd_drift(a: argparse.Namespace) -> int:
         decision_pairs,
         input_alerts,
         input_drift,
+        model_scores,
         score_alerts,
         score_drift,
         score_drift_pairs,
+        self_alerts,
+        self_drift_windows,
     )
 
     cfg = _drift_config(a)
+    if a.every is not None:
+        return _drift_watch(a, cfg)
     now_ms = a.now_ms if a.now_ms is not None else int(time.time() * 1000)
     if a.canary is None and a.decisions is None and a.reference is None and a.recent is None:
         raise CliError("nothing to measure: give --canary, --decisions and/or --reference with --recent")
@@ -242,6 +239,12 @@ def cmd_drift(a: argparse.Namespace) -> int:
         print_frame(sd, f"every model vs the canary ({a.canary_model}), from the decision log")
         out["models"] = frame_records(sd)
         alerts += score_alerts(sd, cfg, now_ms)
+        own = self_drift_windows(model_scores(read_decisions(a.decisions)), cfg)
+        print_frame(
+            own, "every model vs its own scores in the reference period (the log's first reference_ms)"
+        )
+        out["self"] = frame_records(own)
+        alerts += self_alerts(own, cfg, now_ms)
     inputs = _input_frames(a)
     if inputs is not None:
         ind = input_drift(*inputs, cfg)
@@ -256,6 +259,95 @@ def cmd_drift(a: argparse.Namespace) -> int:
         a.alerts.write_text("".join(json.dumps(x.to_dict()) + "\n" for x in alerts), encoding="utf-8")
     write_json(a.json, out)
     return 3 if alerts and a.fail_on_alert else 0
+
+
+def _drift_watch(a: argparse.Namespace, cfg: Any) -> int:
+    """``drift --every``: the comparison as a periodic job over a sliding window (evaluation/watch.py)."""
+    import signal
+    import threading
+
+    from evaluation.drift import (
+        features_from_archive,
+        input_alerts,
+        input_drift,
+        model_scores,
+        self_alerts,
+        self_drift,
+    )
+    from evaluation.watch import ArchiveWindow, RoundResult, alert_publisher, parse_duration_ms, run_watch
+
+    try:
+        every_ms = parse_duration_ms(a.every)
+        window_ms = parse_duration_ms(a.window) if a.window is not None else every_ms
+    except ValueError as e:
+        raise CliError(f"--every/--window: {e}") from None
+    if a.canary is not None:
+        raise CliError("--every watches the archive (--reference, --recent) and --decisions; not --canary")
+    if a.recent is not None and not a.recent.is_dir():
+        raise CliError(f"{a.recent}: --every needs --recent to be the archive directory the job writes")
+    inputs = None
+    if a.reference is not None or a.recent is not None:
+        if a.reference is None or a.recent is None:
+            raise CliError("input drift needs both --reference and --recent")
+        reference = read_table(a.reference)
+        features = _feature_names(a, reference)
+        inputs = (reference, features, ArchiveWindow(a.recent, window_ms))
+    if inputs is None and a.decisions is None:
+        raise CliError("nothing to watch: give --reference with --recent (an archive dir) and/or --decisions")
+
+    def one_round(now_ms: int) -> RoundResult:
+        parts, alerts = [], []
+        if inputs is not None:
+            reference, features, window = inputs
+            recent = features_from_archive(window.recent(now_ms))
+            parts.append(f"{len(recent)} requests in the last {a.window or a.every}")
+            if len(recent):
+                ind = input_drift(reference, recent, features, cfg)
+                worst = ind.sort_values("psi", ascending=False, na_position="last").iloc[0]
+                parts.append(f"max PSI {worst['psi']:.3f} ({worst['feature']})")
+                alerts += input_alerts(ind, cfg, now_ms)
+        if a.decisions is not None:
+            scores = model_scores(read_decisions(a.decisions))
+            if len(scores):
+                t0 = int(scores["at_ms"].min())
+                ref = (t0, t0 + (cfg.reference_ms or cfg.window_ms))
+                own = self_drift(scores, ref, [(now_ms - window_ms, now_ms)], cfg)
+                parts.append(f"{int(own['count'].sum()) if len(own) else 0} scores vs the reference period")
+                alerts += self_alerts(own, cfg, now_ms)
+        if a.alerts is not None and alerts:
+            with a.alerts.open("a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(x.to_dict()) + "\n" for x in alerts))
+        return RoundResult("; ".join(parts) or "nothing yet", alerts)
+
+    publish, close = (lambda _alerts: None), (lambda: None)
+    if a.bootstrap is not None:
+        try:
+            publish, close = alert_publisher(a.bootstrap, a.alerts_topic)
+        except SystemExit as e:
+            raise CliError(f"{a.bootstrap}: no Kafka broker for the alerts topic ({e})") from None
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    where = f" -> {a.alerts_topic} on {a.bootstrap}" if a.bootstrap else ""
+    print(f"drift watch: every {a.every}, window {a.window or a.every}{where}; Ctrl-C stops", flush=True)
+    try:
+        run_watch(one_round, every_ms, publish=publish, stop=stop, iterations=a.iterations)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        close()
+    return 0
+
+
+def _feature_names(a: argparse.Namespace, reference: pd.DataFrame) -> list[str]:
+    if a.features:
+        features = [f.strip() for f in a.features.split(",") if f.strip()]
+    else:
+        from runners.data import FEATURES
+
+        features = [f for f in FEATURES if f in reference.columns]
+    missing = [f for f in features if f not in reference.columns]
+    if missing:
+        raise CliError(f"{a.reference}: no column {missing[0]!r}")
+    return features
 
 
 def cmd_gate(a: argparse.Namespace) -> int:
@@ -462,6 +554,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--alerts", type=Path, help="write alerts here (JSONL, schemas/alert.schema.json)")
     d.add_argument("--now-ms", type=int, help="the alerts' at_ms (default: now)")
     d.add_argument("--fail-on-alert", action="store_true", help="exit with code 3 if any alert fired")
+    d.add_argument(
+        "--every",
+        metavar="DURATION",
+        help="run as a periodic job: compare every DURATION (30s, 5m, 1h) the archive's requests of the "
+        "last --window (and, with --decisions, each model's scores then against its reference period); "
+        "alerts appended to --alerts and/or published with --bootstrap; Ctrl-C stops",
+    )
+    d.add_argument("--window", metavar="DURATION", help="with --every: the sliding window (default: --every)")
+    d.add_argument("--bootstrap", help="with --every: publish alerts to --alerts-topic on this broker")
+    d.add_argument("--alerts-topic", default=TOPIC_ALERTS, help=f"with --bootstrap (default: {TOPIC_ALERTS})")
+    d.add_argument("--iterations", type=_positive_int, help="with --every: stop after this many rounds")
     d.set_defaults(run=cmd_drift)
 
     g = add("gate", "promote / keep / demote models and write the next policy file")

@@ -9,8 +9,11 @@ Two measures, both comparing a recent sample with a reference:
 
 ``score_drift`` uses the canary the way the book intends: the canary is frozen, so if a model's scores
 drift away from the canary's on the same requests, or stop agreeing with its answers, something moved
-(the model, or the world it sees). ``input_drift`` compares request features (the decoy archive) with
-the training sample. Thresholds live in a frozen, validated ``DriftConfig``; crossing one gives an
+(the model, or the world it sees). Agreement is a good alarm; PSI/KS against the canary is a poor one,
+because healthy models differ from the canary by design (a tree with 8 leaf probabilities has PSI ~6.5
+against it forever). ``self_drift`` compares each model's recent scores with **its own** scores in an
+earlier reference period instead: a healthy model's distribution stays put, so the default thresholds
+hold. ``input_drift`` compares request features (the decoy archive) with the training sample. Thresholds live in a frozen, validated ``DriftConfig``; crossing one gives an
 ``Alert`` (``schemas/alert.schema.json``).
 """
 
@@ -100,6 +103,12 @@ class DriftConfig:
     eps: float = 1e-4
     window_ms: int = 3_600_000
     slide_ms: int = 3_600_000
+    # Self drift: each model against its own scores in the reference period, the first reference_ms of
+    # the log (0: one window_ms), with thresholds of their own (the canary ones are often raised).
+    self_psi_alert: float = 0.25
+    self_ks_alert: float = 0.2
+    reference_ms: int = 0
+    canary_distribution: bool = True  # false: against the canary only agreement alerts, no PSI/KS
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> DriftConfig:
@@ -116,11 +125,18 @@ class DriftConfig:
         for name in _FLOAT_FIELDS:
             _number(d, name)
             d[name] = float(d[name])
-        for name in ("min_count", "bins", "window_ms", "slide_ms"):
+        for name in ("min_count", "bins", "window_ms", "slide_ms", "reference_ms"):
             _integer(d, name)
-        if d["psi_alert"] <= 0:
-            raise ValueError(f"psi_alert: must be > 0, got {d['psi_alert']!r}")
-        for name in ("ks_alert", "agreement_min"):
+        if not isinstance(d["canary_distribution"], bool):
+            raise ValueError(f"canary_distribution: must be true or false, got {d['canary_distribution']!r}")
+        if d["reference_ms"] < 0:
+            raise ValueError(
+                f"reference_ms: must be >= 0 (milliseconds; 0: one window), got {d['reference_ms']!r}"
+            )
+        for name in ("psi_alert", "self_psi_alert"):
+            if d[name] <= 0:
+                raise ValueError(f"{name}: must be > 0, got {d[name]!r}")
+        for name in ("ks_alert", "agreement_min", "self_ks_alert"):
             if not 0.0 <= d[name] <= 1.0:
                 raise ValueError(f"{name}: must be in [0, 1], got {d[name]!r}")
         if not 0.0 < d["eps"] < 0.1:
@@ -135,7 +151,7 @@ class DriftConfig:
         return cls(**d)
 
 
-_FLOAT_FIELDS = ("psi_alert", "ks_alert", "agreement_min", "eps")
+_FLOAT_FIELDS = ("psi_alert", "ks_alert", "agreement_min", "eps", "self_psi_alert", "self_ks_alert")
 
 
 def _number(d: Mapping[str, Any], name: str) -> None:
@@ -155,7 +171,7 @@ def _integer(d: Mapping[str, Any], name: str) -> None:
 
 @dataclass(frozen=True)
 class Alert:
-    kind: str  # score_drift | canary_agreement | input_drift
+    kind: str  # score_drift | canary_agreement | input_drift | self_drift
     subject: str  # model id ('official' for the official answers) or feature name
     metric: str  # psi | ks | agreement
     value: float
@@ -182,7 +198,11 @@ def _alert(
     now_ms: int,
 ) -> Alert:
     direction = "below" if metric == "agreement" else "above"
-    what = {"score_drift": "scores vs the canary's", "canary_agreement": "answers agreeing with the canary"}
+    what = {
+        "score_drift": "scores vs the canary's",
+        "canary_agreement": "answers agreeing with the canary",
+        "self_drift": "scores vs its own in the reference period",
+    }
     where = "" if window[0] is None else f" in [{window[0]}, {window[1]})"
     message = (
         f"{subject}: {metric} {value:.4g} {direction} {threshold:g} "
@@ -324,12 +344,118 @@ def score_alerts(drift: pd.DataFrame, config: DriftConfig, now_ms: int) -> list[
                     now_ms,
                 )
             )
+        if not config.canary_distribution:
+            continue
         if not math.isnan(r.psi) and r.psi > config.psi_alert:
             alerts.append(
                 _alert("score_drift", r.model_id, "psi", r.psi, config.psi_alert, n, window, now_ms)
             )
         if not math.isnan(r.ks) and r.ks > config.ks_alert:
             alerts.append(_alert("score_drift", r.model_id, "ks", r.ks, config.ks_alert, n, window, now_ms))
+    return alerts
+
+
+# --- score drift against the model's own past -------------------------------------------------------------
+
+SCORE_COLUMNS = ("request_id", "model_id", "at_ms", "p")
+
+
+def model_scores(decisions: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Every model's probability on every decided request (first ok score; late ones too), at the
+    decision time, from the decision log. Scores without a probability are left out."""
+    rows = []
+    for d in decisions:
+        at = d.get("decided_at_ms")
+        if at is None:
+            continue
+        seen: set[str] = set()
+        for s in d.get("scores", ()):
+            mid = s.get("model_id")
+            if s.get("duplicate") or mid in seen or s.get("status") != "ok":
+                continue
+            seen.add(mid)
+            p = prediction(s.get("output"))[0]
+            if not math.isnan(p):
+                rows.append({"request_id": d["request_id"], "model_id": mid, "at_ms": int(at), "p": p})
+    return pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
+
+
+SELF_DRIFT_COLUMNS = (
+    "window_start_ms",
+    "window_end_ms",
+    "model_id",
+    "count",
+    "n_reference",
+    "psi",
+    "ks",
+)
+
+
+def self_drift(
+    scores: pd.DataFrame,
+    reference: tuple[int, int],
+    windows: Sequence[tuple[int, int]],
+    config: DriftConfig | None = None,
+) -> pd.DataFrame:
+    """Per (window, model): PSI and KS of the model's scores in the window against its own scores in the
+    reference period [start, end). NaN where either side is empty."""
+    cfg = config or DriftConfig()
+    out = []
+    if scores.empty:
+        return pd.DataFrame(columns=list(SELF_DRIFT_COLUMNS))
+    at = scores["at_ms"]
+    ref_rows = scores[(at >= reference[0]) & (at < reference[1])]
+    for start, end in windows:
+        cur_rows = scores[(at >= start) & (at < end)]
+        for mid in sorted(set(cur_rows["model_id"])):
+            ref = ref_rows.loc[ref_rows["model_id"] == mid, "p"]
+            cur = cur_rows.loc[cur_rows["model_id"] == mid, "p"]
+            row: dict[str, Any] = {
+                "window_start_ms": int(start),
+                "window_end_ms": int(end),
+                "model_id": mid,
+                "count": int(len(cur)),
+                "n_reference": int(len(ref)),
+                "psi": math.nan,
+                "ks": math.nan,
+            }
+            if len(ref) and len(cur):
+                row["psi"] = psi(ref, cur, cfg.bins, cfg.eps)
+                row["ks"] = ks(ref, cur)
+            out.append(row)
+    return pd.DataFrame(out, columns=list(SELF_DRIFT_COLUMNS))
+
+
+def self_drift_windows(scores: pd.DataFrame, config: DriftConfig | None = None) -> pd.DataFrame:
+    """``self_drift`` over a whole log: the reference is its first ``reference_ms`` (0: one window), and
+    every window (``window_ms``/``slide_ms``, epoch-aligned) starting at or after the reference's end is
+    compared with it."""
+    cfg = config or DriftConfig()
+    if scores.empty:
+        return pd.DataFrame(columns=list(SELF_DRIFT_COLUMNS))
+    t0 = int(scores["at_ms"].min())
+    ref_end = t0 + (cfg.reference_ms or cfg.window_ms)
+    starts = sorted(set(window_starts(scores["at_ms"], cfg.window_ms, cfg.slide_ms)["start"].tolist()))
+    windows = [(s, s + cfg.window_ms) for s in starts if s >= ref_end]
+    return self_drift(scores, (t0, ref_end), windows, cfg)
+
+
+def self_alerts(drift: pd.DataFrame, config: DriftConfig, now_ms: int) -> list[Alert]:
+    """Alerts for every (window, model) with at least min_count scores on both sides crossing a threshold."""
+    alerts = []
+    for r in drift.itertuples(index=False):
+        if r.count < config.min_count or r.n_reference < config.min_count:
+            continue
+        window = (int(r.window_start_ms), int(r.window_end_ms))
+        n = int(r.count)
+        if not math.isnan(r.psi) and r.psi > config.self_psi_alert:
+            alerts.append(
+                _alert("self_drift", r.model_id, "psi", r.psi, config.self_psi_alert, n, window, now_ms)
+            )
+        if not math.isnan(r.ks) and r.ks > config.self_ks_alert:
+            alerts.append(
+                _alert("self_drift", r.model_id, "ks", r.ks, config.self_ks_alert, n, window, now_ms)
+            )
     return alerts
 
 

@@ -12,30 +12,19 @@ pseudo-model ``official`` (what the caller actually got).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from udfs.wire import (
-    DeadLetter,
-    Source,
-    _Bad,
-    _check_unknown,
-    _is_int,
-    _is_number,
-    _parse,
-    _request_id,
-    _require,
-)
+from udfs.feedback import LABEL_FIELDS, Label, parse_label  # the job parses labels the same way
+from udfs.names import TOPIC_LABELS
+from udfs.wire import DeadLetter, Source
 
-TOPIC_LABELS = "labels"
-LABEL_FIELDS = frozenset({"request_id", "label", "labelled_at_ms"})
+__all__ = ["LABEL_FIELDS", "TOPIC_LABELS", "Label", "parse_label"]
 OFFICIAL = "official"  # the pseudo-model for the official answer in joined rows
 
 # Columns of the rows join_labels returns (and evaluation.quality reads).
@@ -55,41 +44,6 @@ ROW_COLUMNS = (
     "late",
     "chosen_model",
 )
-
-
-@dataclass(frozen=True)
-class Label:
-    request_id: str
-    label: bool | int | float
-    labelled_at_ms: int
-
-    @property
-    def truth(self) -> float:
-        """The label as a number (true -> 1.0), the form quality metrics compare with."""
-        return float(self.label)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"request_id": self.request_id, "label": self.label, "labelled_at_ms": self.labelled_at_ms}
-
-
-def _label_from_obj(obj: dict[str, Any]) -> Label:
-    rid = _request_id(obj)
-    _check_unknown(obj, LABEL_FIELDS)
-    value = _require(obj, "label")
-    if not isinstance(value, bool) and not _is_number(value):
-        raise _Bad("bad_field", "label must be 0/1, true/false or a finite number")
-    at = _require(obj, "labelled_at_ms")
-    if not _is_int(at) or at < 0:
-        raise _Bad("bad_field", "labelled_at_ms must be a non-negative integer (epoch milliseconds)")
-    return Label(rid, value, at)
-
-
-def parse_label(data: bytes | str | Mapping[str, Any], source: Source | None = None) -> Label | DeadLetter:
-    """A label record, or a dead letter saying why it is not one (same reason codes as the job's)."""
-    src = source or Source(TOPIC_LABELS)
-    if isinstance(data, Mapping):
-        data = json.dumps(dict(data), allow_nan=True)  # NaN survives the dump, so the parser rejects it
-    return _parse(data, src, _label_from_obj)
 
 
 def read_labels(path: str | Path) -> tuple[list[Label], list[DeadLetter]]:

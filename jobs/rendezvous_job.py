@@ -8,6 +8,10 @@
       (parse errors, mailbox rejects, refused policies) ─────────────────┼─ dead letters -> dead-letters topic
                                                                          └─ decoy archive -> JSONL files (on checkpoint)
 
+Label feedback (``decide: thompson``): labels and the job's own decisions topic, read back, are parsed
+and joined by request id (``label join``); its reward events are unioned with the (tagged) policy
+documents into the one broadcast input of the mailbox, which keeps the posteriors in broadcast state.
+
 Kafka I/O uses the Flink Kafka connector through Table DDL: the source exposes partition and
 offset (dead letters point back at the record) and the sink takes a per-record topic (the
 return address) and key. Processing is DataStream Python with explicit uids.
@@ -36,6 +40,15 @@ from udfs.wire import TOPIC_PATTERN
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FLINK_CONF = REPO_ROOT / "flink-conf" / "config.yaml"
 CONNECTOR_JARS_DIR = REPO_ROOT / "build" / "jars" / "flink"
+# Exactly-once sinks hold a Kafka transaction open from one checkpoint to the next and, after a crash,
+# until the restored job commits or aborts it. The connector's default (1 h) exceeds the broker's
+# transaction.max.timeout.ms (15 min, ops/broker.py), which makes the producer fail at start; a
+# transaction that times out before its commit is lost, so this is the broker's maximum.
+KAFKA_TRANSACTION_TIMEOUT_MS = 900_000
+# Which Kafka outputs are delivered how unless a --<output>-delivery flag says otherwise. Results are
+# at-least-once by default: an exactly-once result is visible only when the next checkpoint completes
+# (README "Guarantees": the measured latency cost and what each mode promises under faults).
+DEFAULT_DELIVERY = dict.fromkeys(names.KAFKA_OUTPUTS, names.DELIVERY_AT_LEAST_ONCE)
 
 
 @dataclass(frozen=True)
@@ -50,9 +63,12 @@ class JobConfig:
     decisions_topic: str = names.TOPIC_DECISIONS
     dead_letters_topic: str = names.TOPIC_DEAD_LETTERS
     policies_topic: str = names.TOPIC_POLICIES
+    labels_topic: str | None = None  # None: no label feedback (no label join; thompson refused)
+    label_join_ttl_ms: int = 600_000
     group_id: str = names.GROUP_RENDEZVOUS
     flink_conf: Path = DEFAULT_FLINK_CONF
     flink_overrides: dict[str, str] = field(default_factory=dict)
+    delivery: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DELIVERY))  # output -> guarantee
 
 
 @dataclass(frozen=True)
@@ -142,11 +158,21 @@ def put_prometheus_reporter_on_classpath() -> None:
     os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(p for p in (current, str(jars[-1])) if p)
 
 
-def build_pipeline(requests: Any, scores: Any, policy: Policy, policies: Any = None) -> Outputs:
+def build_pipeline(
+    requests: Any,
+    scores: Any,
+    policy: Policy,
+    policies: Any = None,
+    labels: Any = None,
+    decisions_in: Any = None,
+    label_join_ttl_ms: int = 600_000,
+) -> Outputs:
     """Parse, union, key by request id, run the mailbox with the policies broadcast, route its output.
 
     Inputs: Row(value bytes, topic, partition, offset); ``policies`` carries policy documents (None: an
-    empty stream, so only the startup ``policy`` applies).
+    empty stream, so only the startup ``policy`` applies). ``labels`` and ``decisions_in`` (the job's
+    own decisions topic, read back) feed the label join, whose reward events share the broadcast input
+    with the policies (None: empty streams, no feedback).
     """
     from pyflink.common import Types
 
@@ -165,11 +191,27 @@ def build_pipeline(requests: Any, scores: Any, policy: Policy, policies: Any = N
     if policies is None:
         # No policies source (tests from collections): an empty stream in its place.
         policies = requests.filter(lambda _row: False).name("no policies")
+    tagged_policies = (
+        policies.map(flink_fn.TagPolicies(), output_type=flink_fn.BROADCAST_TYPE)
+        .uid(names.UID_TAG_POLICIES)
+        .name("tag policies")
+    )
+    feedback = labels is not None and decisions_in is not None
+    extra_dead_letters: list[Any] = []
+    if not feedback:
+        # Off by default: reading every decision back and holding a join entry per request costs
+        # every job CPU, and only decide: thompson uses it.
+        broadcast_in = tagged_policies.broadcast(flink_fn.POLICIES_STATE, flink_fn.BANDIT_STATE)
+    else:
+        rewards, extra_dead_letters = _label_feedback(labels, decisions_in, label_join_ttl_ms)
+        broadcast_in = tagged_policies.union(rewards).broadcast(
+            flink_fn.POLICIES_STATE, flink_fn.BANDIT_STATE
+        )
     mailbox = (
         parsed_requests.union(parsed_scores)
         .key_by(lambda row: row[1], key_type=Types.STRING())
-        .connect(policies.broadcast(flink_fn.POLICIES_STATE))
-        .process(flink_fn.MailboxFunction(policy), output_type=flink_fn.MAILBOX_OUT_TYPE)
+        .connect(broadcast_in)
+        .process(flink_fn.MailboxFunction(policy, feedback=feedback), output_type=flink_fn.MAILBOX_OUT_TYPE)
         .uid(names.UID_MAILBOX)
         .name("rendezvous mailbox")
     )
@@ -181,6 +223,7 @@ def build_pipeline(requests: Any, scores: Any, policy: Policy, policies: Any = N
     dead_letters = parsed_requests.get_side_output(flink_fn.DEAD_LETTERS).union(
         parsed_scores.get_side_output(flink_fn.DEAD_LETTERS),
         routed.get_side_output(flink_fn.DEAD_LETTERS),
+        *extra_dead_letters,
     )
     return Outputs(
         results=routed,
@@ -189,6 +232,35 @@ def build_pipeline(requests: Any, scores: Any, policy: Policy, policies: Any = N
         dead_letters=dead_letters,
         archive=routed.get_side_output(flink_fn.ARCHIVE),
     )
+
+
+def _label_feedback(labels: Any, decisions_in: Any, label_join_ttl_ms: int) -> tuple[Any, list[Any]]:
+    """Labels and decisions read back, parsed and joined by request id: (reward events, dead letters)."""
+    from pyflink.common import Types
+
+    from udfs import flink_fn
+
+    parsed_labels = (
+        labels.process(flink_fn.ParseFunction(flink_fn.KIND_LABEL), output_type=flink_fn.PARSED_TYPE)
+        .uid(names.UID_PARSE_LABELS)
+        .name("parse labels")
+    )
+    parsed_decisions = (
+        decisions_in.process(flink_fn.ParseFunction(flink_fn.KIND_DECISION), output_type=flink_fn.PARSED_TYPE)
+        .uid(names.UID_PARSE_DECISIONS)
+        .name("parse decisions")
+    )
+    rewards = (
+        parsed_labels.union(parsed_decisions)
+        .key_by(lambda row: row[1], key_type=Types.STRING())
+        .process(flink_fn.LabelJoinFunction(label_join_ttl_ms), output_type=flink_fn.BROADCAST_TYPE)
+        .uid(names.UID_LABEL_JOIN)
+        .name("label join")
+    )
+    return rewards, [
+        parsed_labels.get_side_output(flink_fn.DEAD_LETTERS),
+        parsed_decisions.get_side_output(flink_fn.DEAD_LETTERS),
+    ]
 
 
 def _kafka_source_ddl(table: str, topic: str, cfg: JobConfig, startup: str = "group-offsets") -> str:
@@ -212,10 +284,35 @@ def _kafka_source_ddl(table: str, topic: str, cfg: JobConfig, startup: str = "gr
         )"""
 
 
-def _kafka_sink_ddl(table: str, cfg: JobConfig, topic: str | None) -> str:
+def _delivery_options(delivery: str, transactional_id_prefix: str) -> str:
+    """The sink's WITH options for one delivery guarantee (names.DELIVERIES)."""
+    if delivery == names.DELIVERY_AT_LEAST_ONCE:
+        return f"'sink.delivery-guarantee' = '{delivery}'"
+    if delivery != names.DELIVERY_EXACTLY_ONCE:
+        raise ValueError(f"delivery must be one of {names.DELIVERIES}, got {delivery!r}")
+    # POOLING reuses a few transactional ids per subtask instead of one new id per checkpoint (the
+    # default), which would pile up producer-id state on the broker every 2 s; it needs the
+    # ListTransactions API (Kafka >= 3.0; the project's broker is 3.9).
+    return f"""'sink.delivery-guarantee' = '{delivery}',
+          'sink.transactional-id-prefix' = '{transactional_id_prefix}',
+          'sink.transaction-naming-strategy' = 'POOLING',
+          'properties.transaction.timeout.ms' = '{KAFKA_TRANSACTION_TIMEOUT_MS}'"""
+
+
+def _kafka_sink_ddl(
+    table: str,
+    cfg: JobConfig,
+    topic: str | None,
+    uid: str,
+    output: str,
+) -> str:
     routed = topic is None
     columns = "`k` STRING, `v` STRING" + (", `topic` STRING METADATA" if routed else "")
     target = f"'topic-pattern' = '{TOPIC_PATTERN}'" if routed else f"'topic' = '{topic}'"
+    delivery = _delivery_options(
+        cfg.delivery.get(output, names.DELIVERY_AT_LEAST_ONCE),
+        names.transactional_id_prefix(cfg.group_id, uid),
+    )
     return f"""
         CREATE TEMPORARY TABLE `{table}` ({columns}) WITH (
           'connector' = 'kafka',
@@ -226,7 +323,7 @@ def _kafka_sink_ddl(table: str, cfg: JobConfig, topic: str | None) -> str:
           'key.fields' = 'k',
           'value.format' = 'raw',
           'value.fields-include' = 'EXCEPT_KEY',
-          'sink.delivery-guarantee' = 'at-least-once'
+          {delivery}
         )"""
 
 
@@ -250,8 +347,14 @@ def build_job(env: Any, cfg: JobConfig) -> None:
     # Policies from the earliest offset on a fresh start: the newest valid published version wins
     # (documents at or below the version in force are refused as stale, again, as dead letters).
     policies = read("policies_in", cfg.policies_topic, names.UID_KAFKA_POLICIES_IN, "earliest-offset")
+    # Label feedback for `decide: thompson`: labels, and the job's own decision records read back (the
+    # mailbox cannot feed its own broadcast input inside one job graph; Kafka closes the loop).
+    labels = decisions_in = None
+    if cfg.labels_topic is not None:
+        labels = read("labels_in", cfg.labels_topic, names.UID_KAFKA_LABELS_IN)
+        decisions_in = read("decisions_in", cfg.decisions_topic, names.UID_KAFKA_DECISIONS_IN)
 
-    out = build_pipeline(requests, scores, cfg.policy, policies)
+    out = build_pipeline(requests, scores, cfg.policy, policies, labels, decisions_in, cfg.label_join_ttl_ms)
 
     archive_sink = (
         FileSink.for_row_format(str(cfg.archive_dir.resolve()), Encoder.simple_string_encoder())
@@ -263,13 +366,25 @@ def build_job(env: Any, cfg: JobConfig) -> None:
     )
     out.archive.sink_to(archive_sink).uid(names.UID_SINK_ARCHIVE).name("decoy archive")
 
-    for table, topic, stream, uid in (
-        ("results_out", None, out.results, names.UID_KAFKA_RESULTS_OUT),
-        ("canary_out", cfg.canary_topic, out.canary, names.UID_KAFKA_CANARY_OUT),
-        ("decisions_out", cfg.decisions_topic, out.decisions, names.UID_KAFKA_DECISIONS_OUT),
-        ("dead_letters_out", cfg.dead_letters_topic, out.dead_letters, names.UID_KAFKA_DEAD_LETTERS_OUT),
+    for table, topic, stream, uid, output in (
+        ("results_out", None, out.results, names.UID_KAFKA_RESULTS_OUT, names.OUTPUT_RESULTS),
+        ("canary_out", cfg.canary_topic, out.canary, names.UID_KAFKA_CANARY_OUT, names.OUTPUT_CANARY),
+        (
+            "decisions_out",
+            cfg.decisions_topic,
+            out.decisions,
+            names.UID_KAFKA_DECISIONS_OUT,
+            names.OUTPUT_DECISIONS,
+        ),
+        (
+            "dead_letters_out",
+            cfg.dead_letters_topic,
+            out.dead_letters,
+            names.UID_KAFKA_DEAD_LETTERS_OUT,
+            names.OUTPUT_DEAD_LETTERS,
+        ),
     ):
-        t_env.execute_sql(_kafka_sink_ddl(table, cfg, topic))
+        t_env.execute_sql(_kafka_sink_ddl(table, cfg, topic, uid, output))
         _uid_prefix(t_env, uid)  # one statement set per sink: each is translated under its own prefix
         statements = t_env.create_statement_set()
         statements.add_insert(table, t_env.from_data_stream(stream))
@@ -310,6 +425,28 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         help="live policy documents (`rendezvous policy publish`); created if missing",
     )
     ap.add_argument(
+        "--labels-topic",
+        default=None,
+        help="turn on label feedback for decide: thompson: labels from this topic (`rendezvous labeller` "
+        f"writes {names.TOPIC_LABELS!r}) are joined with the decisions topic, read back, into the bandit's "
+        "rewards; created if missing. Off by default: it costs every request CPU",
+    )
+    ap.add_argument(
+        "--label-join-ttl-ms",
+        type=int,
+        default=600_000,
+        help="how long the label join holds a decision waiting for its label (or a label for its "
+        "decision); later labels teach the bandit nothing (default: 600000)",
+    )
+    for output in names.KAFKA_OUTPUTS:
+        ap.add_argument(
+            f"--{output}-delivery",
+            choices=names.DELIVERIES,
+            default=DEFAULT_DELIVERY[output],
+            help=f"the {output} sink's guarantee (default %(default)s); exactly-once output is visible to "
+            "read_committed consumers when the checkpoint after it completes",
+        )
+    ap.add_argument(
         "--metrics-port",
         metavar="PORT[-PORT]",
         help="serve the job's metrics for Prometheus on this port (or the first free one of a range); "
@@ -324,10 +461,18 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         help="Flink configuration override (repeatable)",
     )
     a = ap.parse_args(argv)
+    if a.label_join_ttl_ms < 1:
+        ap.error(f"--label-join-ttl-ms: must be positive, got {a.label_join_ttl_ms}")
     try:
         policy = load_policy(a.policy)
     except PolicyError as e:
         ap.exit(2, f"error: invalid policy: {e}\n")
+    if policy.decide == "thompson" and a.labels_topic is None:
+        ap.exit(
+            2,
+            f"error: {a.policy}: decide: thompson learns from labels; start the job with --labels-topic "
+            f"(e.g. --labels-topic {names.TOPIC_LABELS}, the topic `rendezvous labeller` writes)\n",
+        )
     overrides = {}
     if a.metrics_port is not None:
         try:
@@ -350,9 +495,12 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         decisions_topic=a.decisions_topic,
         dead_letters_topic=a.dead_letters_topic,
         policies_topic=a.policies_topic,
+        labels_topic=a.labels_topic,
+        label_join_ttl_ms=a.label_join_ttl_ms,
         group_id=a.group_id,
         flink_conf=a.flink_conf,
         flink_overrides=overrides,
+        delivery={o: getattr(a, f"{o.replace('-', '_')}_delivery") for o in names.KAFKA_OUTPUTS},
     )
 
 
@@ -370,6 +518,9 @@ def prepare(argv: list[str] | None) -> tuple[Any, JobConfig]:
     from ops.policy_cli import ensure_policies_topic
 
     ensure_policies_topic(cfg.bootstrap, cfg.policies_topic)
+    # The label join's two sources, likewise: nobody may have labelled or decided anything yet.
+    if cfg.labels_topic is not None:
+        kafka_admin.create_topics(cfg.bootstrap, [cfg.labels_topic, cfg.decisions_topic])
     if PROMETHEUS_PORT_KEY in cfg.flink_overrides:
         put_prometheus_reporter_on_classpath()
     # PyFlink's launcher logs to one file inside site-packages by default: concurrent local jobs

@@ -13,7 +13,10 @@ Each measurement runs on its own fresh broker so they do not disturb each other:
    result consumed), deadline misses, CPU per process, mailbox state size (the last checkpoint).
    Run twice: with the rendezvous ``first_in_order`` policy and with a wait-for-all ensemble
    (``policies/bench-wait-for-all.yaml``: answer when every model has answered, as peers do).
-4. ``--tuning``: the job alone under each candidate Flink setting (execution mode, bundles,
+4. ``delivery``: the job alone at a modest rate with its results at-least-once, then exactly-once
+   (Kafka transactions, read by a read_committed client): the latency an exactly-once result pays for
+   waiting for the checkpoint that commits it, at the shipped 2 s interval and at 500 ms.
+5. ``--tuning``: the job alone under each candidate Flink setting (execution mode, bundles,
    buffer timeout, state backend, checkpoint interval, parallelism, object reuse), latency at a
    fixed rate and capacity on a backlog; and the encodings of records crossing between Java and
    Python, measured alone (``ops/bench_crossing.py``).
@@ -313,8 +316,13 @@ def job_probe(bootstrap: str, job: procs.ManagedProcess, rate: float, seconds: f
 
     topic = f"results.probe-{uuid.uuid4().hex[:6]}"
     kafka_admin.create_topics(bootstrap, [topic])
+    # read_committed: an exactly-once result counts when a client could see it, at its commit.
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=100
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+        isolation_level="read_committed",
     )
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
     count = int(rate * seconds)
@@ -398,6 +406,55 @@ def job_alone(
     finally:
         processes.stop_all()
         broker.stop()
+
+
+# --- 4. the cost of exactly-once results --------------------------------------------------------
+
+# (name, job arguments): the results sink's guarantee, and for exactly-once the checkpoint interval
+# that decides when a result becomes visible.
+DELIVERY_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("at-least-once", ("--results-delivery", names.DELIVERY_AT_LEAST_ONCE)),
+    ("exactly-once, checkpoint 2 s (shipped)", ("--results-delivery", names.DELIVERY_EXACTLY_ONCE)),
+    (
+        "exactly-once, checkpoint 500 ms",
+        (
+            "--results-delivery", names.DELIVERY_EXACTLY_ONCE,
+            "-D", "execution.checkpointing.interval=500ms",
+            "-D", "execution.checkpointing.min-pause=100ms",
+        ),
+    ),
+)  # fmt: skip
+
+
+def delivery_cost(rate: float, seconds: float, warmup_s: float) -> dict[str, Any]:
+    """The job alone, once per results guarantee: request+score pairs at ``rate``, latency from send to
+    the result a read_committed client consumes. One broker; a fresh job (and state) per variant."""
+    broker = _fresh_broker("delivery")
+    out: dict[str, Any] = {}
+    try:
+        for i, (name, args) in enumerate(DELIVERY_VARIANTS):
+            say(f"delivery: {name}: {rate:.0f} requests/s for {seconds:.0f} s ...")
+            processes = stack.Processes()
+            work = OUT_DIR / "work" / f"delivery-{i}"
+            shutil.rmtree(work, ignore_errors=True)
+            try:
+                job = stack.start_job(
+                    BENCH_POLICY, broker.bootstrap, work / "archive", work / "flink", work / "job.log",
+                    processes, [*args, "--group-id", f"bench-delivery-{i}"],
+                )  # fmt: skip
+                stack.wait_until_answering(broker.bootstrap, job)
+                if warmup_s > 0:
+                    job_probe(broker.bootstrap, job, rate, warmup_s)
+                out[name] = {"args": list(args), "probe": job_probe(broker.bootstrap, job, rate, seconds)}
+            except (RuntimeError, TimeoutError) as e:
+                out[name] = {"args": list(args), "error": str(e).splitlines()[0]}
+            finally:
+                processes.stop_all()
+            lat = out[name].get("probe", {}).get("latency_ms", {})
+            say(f"delivery: {name}: p50 {_ms(lat.get('p50'))} ms, p99 {_ms(lat.get('p99'))} ms")
+    finally:
+        broker.stop()
+    return out
 
 
 # --- 3. the whole stack ----------------------------------------------------------------------
@@ -619,6 +676,23 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |" for t in result["targets"]
         ]
         lines.append("")
+    if result.get("delivery"):
+        lines += [
+            "## Results delivery: at-least-once vs exactly-once (the job alone, read_committed client)",
+            "",
+            "| results delivery | rate (req/s) | answered | p50 ms | p99 ms | p99.9 ms |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, d in result["delivery"].items():
+            if "error" in d:
+                lines.append(f"| {name} | failed: {d['error'][:80]} | | | | |")
+                continue
+            pr, lat = d["probe"], d["probe"]["latency_ms"]
+            lines.append(
+                f"| {name} | {pr['rate']:.0f} | {pr['answered']}/{pr['sent']} | {_ms(lat['p50'])} | "
+                f"{_ms(lat['p99'])} | {_ms(lat['p99.9'])} |"
+            )
+        lines.append("")
     if result.get("tuning"):
         lines += [
             "## Tuning: the job alone under each setting",
@@ -695,9 +769,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--floor-rates", default="100,1000", help="rates of the bare Kafka floor")
     ap.add_argument(
         "--only",
-        default="floor,job,first_in_order,wait_for_all",
-        help="parts to run, comma-separated, of: floor, job, first_in_order, wait_for_all",
+        default="floor,job,first_in_order,wait_for_all,delivery",
+        help="parts to run, comma-separated, of: floor, job, first_in_order, wait_for_all, delivery",
     )
+    ap.add_argument("--delivery-rate", type=float, default=25.0, help="requests/s of the delivery part")
     ap.add_argument("--wait-for-all-rates", default="25,50,100,250", help="ladder for the wait-for-all run")
     ap.add_argument(
         "--tuning", action="store_true", help="run the tuning sweep instead (about 2 min per setting)"
@@ -764,7 +839,10 @@ def main(argv: list[str] | None = None) -> int:
         result["stack"]["wait_for_all"] = stack_ladder(
             WAIT_FOR_ALL_POLICY, floats(a.wait_for_all_rates), a.seconds, a.warmup, "wait_for_all"
         )
-    result["targets"] = targets(result)
+    if "delivery" in parts:
+        result["delivery"] = delivery_cost(a.delivery_rate, max(a.seconds, 30.0), a.warmup / 2)
+    if result["stack"]:  # the targets are about the whole stack; without it they would all read "no"
+        result["targets"] = targets(result)
     write_outputs(result)
     print((OUT_DIR / "results.md").read_text())
     say(f"wrote {OUT_DIR.relative_to(REPO_ROOT)}/results.json, results.md, latency_vs_rate.png")

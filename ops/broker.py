@@ -148,7 +148,9 @@ class KafkaBroker:
         port = port or _reuse_port(previous.get("port"))
         controller_port = controller_port or _reuse_port(previous.get("controller_port"), avoid=port)
         for p in (port, controller_port):
-            if not procs.port_is_free(p):
+            # The JVM binds with SO_REUSEADDR: a broker restarted on its ports right after a stop
+            # (ops/faults.py) must not wait a minute for the stop's TIME_WAIT connections to clear.
+            if not procs.port_is_free(p, reuse_addr=True):
                 raise BrokerError(f"port {p} is already in use; pick another one (or omit it for a free one)")
 
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -278,7 +280,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def _reuse_port(previous: object, avoid: int | None = None) -> int:
     """Keep the address stable across restarts when we can; otherwise any free port."""
-    if isinstance(previous, int) and previous != avoid and procs.port_is_free(previous):
+    if isinstance(previous, int) and previous != avoid and procs.port_is_free(previous, reuse_addr=True):
         return previous
     while True:
         port = procs.free_port()

@@ -16,6 +16,7 @@ COMMANDS = {
     "policy": ("ops.policy_cli", "live policy changes: check, publish, show (the policies topic)"),
     "cluster": ("ops.cluster", "Flink session cluster: up, submit, status, cancel, down"),
     "bench": ("ops.bench", "benchmarks (what `make bench` runs)"),
+    "faults": ("ops.faults", "fault injection under load, invariants checked (what `make faults` runs)"),
     "demo": ("ops.demo", "the whole stack with load and a summary (what `make demo` runs)"),
     "eval": ("evaluation.cli", "model evaluation: quality, drift, gate, replay, report, bandit-sim"),
 }

@@ -35,9 +35,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def port_is_free(port: int) -> bool:
-    """True if nothing listens on 127.0.0.1:port (racy, like any such check)."""
+def port_is_free(port: int, reuse_addr: bool = False) -> bool:
+    """True if nothing listens on 127.0.0.1:port (racy, like any such check).
+
+    ``reuse_addr``: bind as a server that sets SO_REUSEADDR would (the JVM does), so connections left
+    in TIME_WAIT by a server stopped a moment ago on that port do not count as taken.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        if reuse_addr:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

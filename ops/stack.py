@@ -34,9 +34,11 @@ class RunnerSpec:
     drop_rate: float = 0.0
     seed: int = 0
     degrade_after: int | None = None  # after this many requests the model answers with noise
+    hang_after: int | None = None  # after this many requests the model answers nothing at all
 
     def argv(self, models_dir: Path, bootstrap: str, requests_topic: str, scores_topic: str) -> list[str]:
         degrade = [] if self.degrade_after is None else ["--degrade-after", str(self.degrade_after)]
+        hang = [] if self.hang_after is None else ["--hang-after", str(self.hang_after)]
         return [
             sys.executable, "-m", "runners.runner",
             "--model-dir", str(models_dir / self.model_id),
@@ -49,6 +51,7 @@ class RunnerSpec:
             "--drop-rate", str(self.drop_rate),
             "--seed", str(self.seed),
             *degrade,
+            *hang,
         ]  # fmt: skip
 
 
@@ -141,8 +144,13 @@ def wait_until_answering(
 
     return_address = f"results.probe-{uuid.uuid4().hex[:8]}"
     kafka_admin.create_topics(bootstrap, [return_address])
+    # read_committed: with exactly-once results only committed answers count (ones from an aborted
+    # transaction would otherwise make a job that then failed look ready).
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=500
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=500,
+        isolation_level="read_committed",
     )
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     # Assigned, not subscribed: the topic is new and has one partition, and an assignment involves no

@@ -17,6 +17,7 @@ passed in (``random.Random``), so a seeded run is reproducible.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -111,6 +112,52 @@ def update(state: Mapping[str, Any], model_id: str, reward: float | bool) -> dic
     a, b = arms.get(model_id, [pa, pb])
     arms[model_id] = [min(a + r, MAX_PSEUDO_COUNT), min(b + 1.0 - r, MAX_PSEUDO_COUNT)]
     return {**state, "updates": int(state["updates"]) + 1, "arms": arms}
+
+
+def update_many(state: Mapping[str, Any], rewards: Mapping[str, float | bool]) -> dict[str, Any]:
+    """A new state with one label's evidence for several models (every model that answered the request).
+
+    One label is one step of forgetting: the discount is applied once, then every reward is added, so a
+    request scored by five models fades old evidence as much as one scored by one. ``updates`` counts
+    labels. Models are applied in sorted order, so the result does not depend on the mapping's order.
+    """
+    checked = {m: float(r) for m, r in sorted(rewards.items())}
+    for m, r in checked.items():
+        if not isinstance(m, str) or not m:
+            raise ValueError(f"rewards: model ids must be non-empty strings, got {m!r}")
+        if not 0.0 <= r <= 1.0:
+            raise ValueError(f"rewards.{m}: must be in [0, 1], got {rewards[m]!r}")
+    pa, pb = state["prior"]
+    d = float(state["discount"])
+    arms = {m: list(ab) for m, ab in state["arms"].items()}
+    if d < 1.0:
+        for ab in arms.values():
+            ab[0] = pa + d * (ab[0] - pa)
+            ab[1] = pb + d * (ab[1] - pb)
+    for m, r in checked.items():
+        a, b = arms.get(m, [pa, pb])
+        arms[m] = [min(a + r, MAX_PSEUDO_COUNT), min(b + 1.0 - r, MAX_PSEUDO_COUNT)]
+    return {**state, "updates": int(state["updates"]) + 1, "arms": arms}
+
+
+def with_settings(state: Mapping[str, Any], prior: tuple[float, float], discount: float) -> dict[str, Any]:
+    """The state under a (possibly changed) policy's prior and discount; the evidence is kept."""
+    return check_state({**state, "prior": [float(prior[0]), float(prior[1])], "discount": float(discount)})
+
+
+def request_rng(request_id: str, salt: str = "") -> random.Random:
+    """A generator seeded by the request id (and a salt, e.g. the policy version): the same request
+    draws the same numbers in every process and on every replay (no dependence on PYTHONHASHSEED)."""
+    digest = hashlib.blake2b(f"thompson\0{salt}\0{request_id}".encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "big"))
+
+
+def choose_for_request(
+    state: Mapping[str, Any], eligible: Sequence[str], request_id: str, salt: str = ""
+) -> str:
+    """``choose`` with the draw seeded by the request id: given the same posteriors, a replay of the
+    request makes the same choice."""
+    return choose(state, eligible, request_rng(request_id, salt))
 
 
 def posterior_mean(state: Mapping[str, Any], model_id: str) -> float:

@@ -14,18 +14,29 @@ from typing import Any
 
 from pyflink.common import Row, Types
 from pyflink.datastream import OutputTag
-from pyflink.datastream.functions import KeyedBroadcastProcessFunction, ProcessFunction, RuntimeContext
+from pyflink.datastream.functions import (
+    KeyedBroadcastProcessFunction,
+    KeyedProcessFunction,
+    MapFunction,
+    ProcessFunction,
+    RuntimeContext,
+)
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
+from udfs import bandit, feedback, model_metrics, names
 from udfs import mailbox as mbx
-from udfs import model_metrics, names
-from udfs.policy import Policy
+from udfs.policy import BanditSpec, Policy
 from udfs.policy_registry import Accepted, PolicyRegistry, state_key, state_value
 from udfs.policy_registry import dead_letter as policy_dead_letter
 from udfs.wire import DeadLetter, Request, Score, Source, parse_request, parse_score
 
 KIND_REQUEST = "request"
 KIND_SCORE = "score"
+KIND_LABEL = "label"
+KIND_DECISION = "decision"
+# What the mailbox's broadcast input carries: policy documents and reward events.
+KIND_POLICY = "policy"
+KIND_REWARD = "reward"
 
 # A parsed record on its way to the mailbox: kind, request id, the record's text, and where it came from.
 PARSED_TYPE = Types.ROW_NAMED(
@@ -40,8 +51,18 @@ ROUTED_RECORD_TYPE = Types.ROW_NAMED(["k", "v", "topic"], [Types.STRING(), Types
 MAILBOX_OUT_TYPE = Types.ROW_NAMED(
     ["tag", "k", "v", "topic"], [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING()]
 )
+# The mailbox's broadcast input: policy documents (as read: value bytes, topic, partition, offset) and
+# reward events from the label join (value: the event's JSON; where the label came from), told apart by
+# ``kind``. One stream: a keyed-broadcast function has one broadcast input.
+BROADCAST_TYPE = Types.ROW_NAMED(
+    ["value", "topic", "partition", "offset", "kind"],
+    [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING(), Types.INT(), Types.LONG(), Types.STRING()],
+)
 # The accepted live policies, in the mailbox operator's broadcast state: version -> versioned JSON.
 POLICIES_STATE = MapStateDescriptor(names.STATE_POLICIES, Types.STRING(), Types.STRING())
+# The bandit's posteriors, in the mailbox operator's broadcast state: POSTERIORS_KEY -> udfs.bandit JSON.
+BANDIT_STATE = MapStateDescriptor(names.STATE_BANDIT, Types.STRING(), Types.STRING())
+POSTERIORS_KEY = "posteriors"
 
 DEAD_LETTERS = OutputTag(names.TAG_DEAD_LETTERS, KEYED_RECORD_TYPE)
 CANARY = OutputTag(names.TAG_CANARY, KEYED_RECORD_TYPE)
@@ -106,31 +127,128 @@ class _BatchedCounters:
 
 
 class ParseFunction(ProcessFunction):
-    """Raw Kafka rows (value bytes, topic, partition, offset) -> parsed rows, or dead letters."""
+    """Raw Kafka rows (value bytes, topic, partition, offset) -> parsed rows, or dead letters.
+
+    Requests and scores go on as their text; labels and decision records (read back for the label
+    join, ``udfs.feedback``) as the compact JSON the join keeps.
+    """
+
+    KINDS = (KIND_REQUEST, KIND_SCORE, KIND_LABEL, KIND_DECISION)
 
     def __init__(self, kind: str) -> None:
-        if kind not in (KIND_REQUEST, KIND_SCORE):
-            raise ValueError(f"kind must be {KIND_REQUEST!r} or {KIND_SCORE!r}")
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {', '.join(self.KINDS)}")
         self.kind = kind
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        per_reason = tuple(names.dead_letter_metric(r) for r in names.PARSE_REASONS)
+        reasons = names.PARSE_REASONS + (names.FEEDBACK_REASONS if self.kind == KIND_DECISION else ())
+        per_reason = tuple(names.dead_letter_metric(r) for r in reasons)
         self.counters = _BatchedCounters(
             runtime_context.get_metrics_group(), (names.METRIC_DEAD_LETTERS, *per_reason)
         )
 
+    def _parse(self, data: Any, source: Source) -> Any:
+        if self.kind == KIND_REQUEST:
+            return parse_request(data, source)
+        if self.kind == KIND_SCORE:
+            return parse_score(data, source)
+        if self.kind == KIND_LABEL:
+            return feedback.parse_label(data, source)
+        return feedback.parse_decision(data, source)
+
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         data, topic, partition, offset = value[0], value[1], value[2], value[3]
         source = Source(topic, partition, offset)
-        parsed = parse_request(data, source) if self.kind == KIND_REQUEST else parse_score(data, source)
+        parsed = self._parse(data, source)
         if isinstance(parsed, DeadLetter):
             now = _now_ms()
             self.counters.add(names.METRIC_DEAD_LETTERS, now)
             self.counters.add(names.dead_letter_metric(parsed.reason), now)
             yield DEAD_LETTERS, Row(parsed.request_id, _json(parsed.to_dict(now)))
             return
-        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        if self.kind in (KIND_LABEL, KIND_DECISION):
+            text = _json(parsed.to_dict())
+        else:
+            text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
         yield Row(self.kind, parsed.request_id, text, topic, partition, offset)
+
+
+class TagPolicies(MapFunction):
+    """Policy documents as read -> ``BROADCAST_TYPE`` rows of kind policy (to share the broadcast input)."""
+
+    def map(self, value: Row) -> Row:
+        return Row(value[0], value[1], value[2], value[3], KIND_POLICY)
+
+
+class LabelJoinFunction(KeyedProcessFunction):
+    """Labels joined with decision records by request id (``udfs.feedback``), emitting reward events
+    as ``BROADCAST_TYPE`` rows of kind reward. Keyed state: one entry of versioned JSON per request,
+    with one processing-time timer that clears it ``ttl_ms`` after it opened or matched."""
+
+    def __init__(self, ttl_ms: int = feedback.DEFAULT_TTL_MS) -> None:
+        if ttl_ms < 1:
+            raise ValueError(f"ttl_ms: must be positive, got {ttl_ms}")
+        self.ttl_ms = ttl_ms
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.state = runtime_context.get_state(ValueStateDescriptor(names.STATE_LABEL_JOIN, Types.STRING()))
+        self.counters = _BatchedCounters(
+            runtime_context.get_metrics_group(),
+            (
+                names.METRIC_LABELS_MATCHED,
+                names.METRIC_LABELS_UNMATCHED,
+                names.METRIC_DECISIONS_UNLABELLED,
+                names.METRIC_FEEDBACK_DUPLICATES,
+            ),
+        )
+
+    def _load(self) -> feedback.JoinEntry | None:
+        text = self.state.value()
+        return None if text is None else feedback.JoinEntry.from_json(text)
+
+    def process_element(self, value: Row, ctx: Any) -> Iterator[Any]:
+        kind, _rid, text, topic, partition, offset = value
+        now = _now_ms()
+        entry = self._load()
+        previous_wake = None if entry is None else entry.wake_at_ms
+        obj = json.loads(text)  # written by ParseFunction upstream
+        if kind == KIND_LABEL:
+            label = feedback.Label(obj["request_id"], obj["label"], obj["labelled_at_ms"])
+            step = feedback.on_label(entry, label, now, self.ttl_ms)
+        else:
+            step = feedback.on_answers(entry, feedback.Answers.from_dict(obj), now, self.ttl_ms)
+        yield from self._apply(step, ctx, previous_wake, now, (topic, partition, offset))
+
+    def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
+        entry = self._load()
+        if entry is None:
+            return
+        now = max(int(timestamp), _now_ms())
+        yield from self._apply(feedback.on_timer(entry, now), ctx, entry.wake_at_ms, now, (None, None, None))
+
+    def _apply(
+        self,
+        step: feedback.JoinStep,
+        ctx: Any,
+        previous_wake: int | None,
+        now: int,
+        source: tuple[Any, Any, Any],
+    ) -> Iterator[Any]:
+        timers = ctx.timer_service()
+        if step.entry is None:
+            self.state.clear()
+            if previous_wake is not None and previous_wake > now:
+                timers.delete_processing_time_timer(previous_wake)
+        else:
+            self.state.update(step.entry.to_json())
+            if step.entry.wake_at_ms != previous_wake:
+                if previous_wake is not None and previous_wake > now:
+                    timers.delete_processing_time_timer(previous_wake)
+                timers.register_processing_time_timer(step.entry.wake_at_ms)
+        for name in step.counts:
+            self.counters.add(name, now)
+        for event in step.rewards:
+            yield Row(_json(event).encode("utf-8"), source[0], source[1], source[2], KIND_REWARD)
 
 
 def _subtask_index(runtime_context: Any) -> int:
@@ -159,14 +277,21 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
     arrived (``udfs.policy_registry``). Accepted policies live in broadcast state (operator state,
     checkpointed with the mailboxes) and, as parsed objects, in ``self.registry``, rebuilt from that
     state on the first callback after a (re)start.
+
+    The broadcast input also carries reward events from the label join: they update the Thompson
+    sampling posteriors (``udfs.bandit``), kept in broadcast state too (only the broadcast side may
+    write it; every instance applies every event, so all hold the same posteriors) and in
+    ``self.posteriors``, from which a ``decide: thompson`` request's first model is drawn.
     """
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, feedback: bool = True) -> None:
         self.policy = policy
+        self.feedback = feedback  # label feedback wired in: thompson documents may be accepted
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.state = runtime_context.get_state(ValueStateDescriptor(names.STATE_MAILBOX, Types.STRING()))
-        self.registry = PolicyRegistry(self.policy)
+        self.registry = PolicyRegistry(self.policy, feedback=self.feedback)
+        self.posteriors: dict[str, Any] | None = None
         self._restored = False
         # Every parallel instance sees every policy document; one of them reports refusals.
         self._reports_policies = _subtask_index(runtime_context) == 0
@@ -193,6 +318,8 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
                 names.METRIC_POLICIES_ACCEPTED,
                 names.METRIC_POLICIES_REFUSED,
                 names.METRIC_POLICY_VERSION,
+                names.METRIC_BANDIT_REWARDS,
+                names.METRIC_BANDIT_CHOICES,
             ),
         )
         self._on_policies_changed(_now_ms())
@@ -214,7 +341,7 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
         self.counters.add(names.METRIC_POLICY_VERSION, now, self.registry.current.version - shown)
 
     def _restore(self, ctx: Any) -> None:
-        """Once per (re)start: the accepted policies from broadcast state into the registry."""
+        """Once per (re)start: the accepted policies and the posteriors from broadcast state."""
         if self._restored:
             return
         self._restored = True
@@ -223,12 +350,23 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
             return
         entries = list(get(POLICIES_STATE).items())
         if entries:
-            self.registry = PolicyRegistry.from_state(self.policy, entries)
+            self.registry = PolicyRegistry.from_state(self.policy, entries, feedback=self.feedback)
             self._on_policies_changed(_now_ms())
+        text = get(BANDIT_STATE).get(POSTERIORS_KEY)
+        if text is not None:
+            try:
+                self.posteriors = bandit.loads(text)
+            except ValueError as e:  # a state this code cannot read: start from the prior, loudly
+                print(f"rendezvous mailbox: bandit posteriors not restored: {e}", flush=True)
+                return
+            print(f"rendezvous mailbox: bandit posteriors restored: {_summary(self.posteriors)}", flush=True)
 
     def process_broadcast_element(self, value: Row, ctx: Any) -> Iterator[Any]:
-        """A policy document from the policies topic: accepted into broadcast state, or a dead letter."""
+        """A policy document (accepted into broadcast state, or a dead letter) or a reward event."""
         self._restore(ctx)
+        if len(value) > 4 and value[4] == KIND_REWARD:
+            self._reward(value[0], ctx)
+            return
         data, topic, partition, offset = value[0], value[1], value[2], value[3]
         now = _now_ms()
         verdict = self.registry.offer(data)
@@ -247,6 +385,21 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
         self.counters.add(names.dead_letter_metric(verdict.reason), now)
         record = policy_dead_letter(verdict, data, Source(topic, partition, offset), now)
         yield Row(mbx.DEAD_LETTER, None, _json(record), None)
+
+    def _reward(self, data: bytes, ctx: Any) -> None:
+        """One label's rewards into the posteriors, under the prior and discount of the policy in force."""
+        spec = self.registry.current.bandit or BanditSpec()
+        try:
+            event = json.loads(bytes(data).decode("utf-8"))
+            state = self.posteriors or bandit.new_state(prior=spec.prior, discount=spec.discount)
+            state = bandit.with_settings(state, spec.prior, spec.discount)
+            state = bandit.update_many(state, event["rewards"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # never from the join; never fatal
+            print(f"rendezvous mailbox: reward event ignored: {e}", flush=True)
+            return
+        self.posteriors = state
+        ctx.get_broadcast_state(BANDIT_STATE).put(POSTERIORS_KEY, bandit.dumps(state))
+        self.counters.add(names.METRIC_BANDIT_REWARDS, _now_ms())
 
     # --- requests, scores, timers ---------------------------------------------------------------------
 
@@ -274,7 +427,9 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
             # A new request is decided under the version in force now (policy_for(None)), to the end;
             # a duplicate is refused by the mailbox whatever its version.
             policy = self.registry.policy_for(None if current is None else current.policy_version)
-            step = mbx.on_request(current, req, text, source, policy, now)
+            step = mbx.on_request(current, req, text, source, policy, now, self.posteriors)
+            if names.METRIC_REQUESTS in step.counts and step.mailbox and step.mailbox.choice is not None:
+                step.counts.append(names.METRIC_BANDIT_CHOICES)
         else:
             score = Score(
                 obj["request_id"],
@@ -333,6 +488,14 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
                     for metric, n in counts.items():
                         self.counters.add(names.model_metric(mid, metric), now, n)
             yield Row(out.kind, out.record.get("request_id"), _json(out.record), out.topic)
+
+
+def _summary(state: dict[str, Any]) -> str:
+    """Posteriors for a log line: ``gbt Beta(81, 21) mean 0.794; ...`` after ``updates`` labels."""
+    arms = "; ".join(
+        f"{m} Beta({a:.4g}, {b:.4g}) mean {a / (a + b):.3f}" for m, (a, b) in sorted(state["arms"].items())
+    )
+    return f"{state['updates']} labels: {arms or 'no models yet'}"
 
 
 class RouteFunction(ProcessFunction):

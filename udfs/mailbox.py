@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from udfs import names
+from udfs import bandit, names
 from udfs.policy import Decided, Policy, ScoreView, decide
 from udfs.wire import DeadLetter, Request, Score, Source
 
@@ -62,6 +62,9 @@ class Mailbox:
     result: dict[str, Any] | None = None
     closed: bool = False
     wake_at_ms: int | None = None
+    # decide: thompson: the model the bandit chose when the request arrived (fixed for the request, so
+    # rewards arriving meanwhile never change a decision half-way). Absent from older state: None.
+    choice: str | None = None
 
     @property
     def has_request(self) -> bool:
@@ -86,6 +89,7 @@ class Mailbox:
                 "result": self.result,
                 "closed": self.closed,
                 "wake": self.wake_at_ms,
+                **({"choice": self.choice} if self.choice is not None else {}),
             },
             separators=(",", ":"),
         )
@@ -109,6 +113,7 @@ class Mailbox:
             result=d["result"],
             closed=d["closed"],
             wake_at_ms=d["wake"],
+            choice=d.get("choice"),  # an optional key: state written before it existed still reads
         )
 
 
@@ -122,9 +127,20 @@ class Step:
 
 
 def on_request(
-    mb: Mailbox | None, req: Request, raw: str, source: Source, policy: Policy, now_ms: int
+    mb: Mailbox | None,
+    req: Request,
+    raw: str,
+    source: Source,
+    policy: Policy,
+    now_ms: int,
+    posteriors: dict[str, Any] | None = None,
 ) -> Step:
-    """A request arrives: archive it (once), then decide if the scores already there allow it."""
+    """A request arrives: archive it (once), then decide if the scores already there allow it.
+
+    Under ``decide: thompson`` the bandit chooses the request's first model here, once, by a draw from
+    ``posteriors`` (``udfs.bandit`` state; None: every model at the policy's prior) seeded by the
+    request id and policy version.
+    """
     if mb is not None and (mb.has_request or mb.closed):
         dead = DeadLetter(
             names.REASON_DUPLICATE_REQUEST,
@@ -144,6 +160,9 @@ def on_request(
     mb.sent_at_ms = req.sent_at_ms
     mb.deadline_ms = req.deadline_ms
     mb.received_at_ms = now_ms
+    if policy.bandit is not None:
+        state = posteriors or bandit.new_state(prior=policy.bandit.prior, discount=policy.bandit.discount)
+        mb.choice = bandit.choose_for_request(state, policy.bandit_arms, req.request_id, str(policy.version))
     step = Step(mb, [Out(ARCHIVE, _archive_row(req, raw, source, now_ms))], [names.METRIC_REQUESTS])
     if opened:
         step.counts.append(names.METRIC_MAILBOXES_OPENED)
@@ -246,7 +265,7 @@ def _evaluate(step: Step, mb: Mailbox, policy: Policy, now_ms: int, by_timer: bo
         if not s["duplicate"] and not s["late"]
     }
     assert mb.received_at_ms is not None  # 0 is a valid time: never `received_at_ms or now_ms`
-    verdict = decide(policy, views, mb.received_at_ms, mb.deadline_at_ms(policy), now_ms, by_timer)
+    verdict = decide(policy, views, mb.received_at_ms, mb.deadline_at_ms(policy), now_ms, by_timer, mb.choice)
     if isinstance(verdict, Decided):
         mb.result = _result(mb, verdict, policy, now_ms)
         assert mb.return_address is not None

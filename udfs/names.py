@@ -19,9 +19,12 @@ TOPIC_DEAD_LETTERS = "dead-letters"
 # the generic creators (kafka_admin.ensure_default_topics, docker compose) would make it a topic that
 # deletes documents after the default retention (7 days).
 TOPIC_POLICIES = "policies"
-# Labels (the truth about a request, known later): written by runners/labeller.py, read by evaluation.
-# Not in ALL_TOPICS: the job neither reads nor writes it; the labeller creates it.
+# Labels (the truth about a request, known later): written by runners/labeller.py, read by evaluation
+# and by the job (joined with the decisions topic, read back, into rewards for `decide: thompson`).
+# Not in ALL_TOPICS: the labeller creates it, and so does the job (jobs/rendezvous_job.prepare).
 TOPIC_LABELS = "labels"
+# Drift alerts (schemas/alert.schema.json) from `rendezvous eval drift --every`; keyed by subject.
+TOPIC_ALERTS = "alerts"
 
 ALL_TOPICS = (
     TOPIC_REQUESTS,
@@ -43,6 +46,28 @@ def runner_group(model_id: str) -> str:
     return f"runner-{model_id}"
 
 
+# --- Delivery guarantees of the Kafka outputs (jobs/rendezvous_job.py --<output>-delivery) ---------
+DELIVERY_AT_LEAST_ONCE = "at-least-once"  # visible at once; after a job restart, possibly twice
+DELIVERY_EXACTLY_ONCE = "exactly-once"  # Kafka transactions: visible to read_committed readers at checkpoints
+DELIVERIES = (DELIVERY_AT_LEAST_ONCE, DELIVERY_EXACTLY_ONCE)
+# The job's Kafka outputs, as named by the delivery flags (the archive FileSink is always exactly-once).
+OUTPUT_RESULTS = "results"
+OUTPUT_CANARY = "canary"
+OUTPUT_DECISIONS = "decisions"
+OUTPUT_DEAD_LETTERS = "dead-letters"
+KAFKA_OUTPUTS = (OUTPUT_RESULTS, OUTPUT_CANARY, OUTPUT_DECISIONS, OUTPUT_DEAD_LETTERS)
+
+
+def transactional_id_prefix(group_id: str, sink_uid: str) -> str:
+    """The Kafka transactional-id prefix of one exactly-once sink of one job.
+
+    Unique per sink (two sinks sharing ids fence each other) and per job (its consumer group, which
+    every job on a broker must have of its own), and stable across restarts and savepoint upgrades, so
+    a restored job finds and aborts the transactions its predecessor left open.
+    """
+    return f"{group_id}.{sink_uid}"
+
+
 # --- Side output tags -----------------------------------------------------------------------
 TAG_DEAD_LETTERS = "dead-letters"
 TAG_CANARY = "canary"
@@ -58,6 +83,10 @@ TAG_ARCHIVE = "decoy-archive"
 UID_KAFKA_REQUESTS_IN = "kafka-requests-in"
 UID_KAFKA_SCORES_IN = "kafka-scores-in"
 UID_KAFKA_POLICIES_IN = "kafka-policies-in"
+UID_KAFKA_LABELS_IN = "kafka-labels-in"
+# The job reads its own decisions topic back: the label join needs every model's answer, and a stream
+# from the mailbox back into its own broadcast input would be a cycle (Kafka closes the loop instead).
+UID_KAFKA_DECISIONS_IN = "kafka-decisions-in"
 UID_KAFKA_RESULTS_OUT = "kafka-results-out"
 UID_KAFKA_CANARY_OUT = "kafka-canary-out"
 UID_KAFKA_DECISIONS_OUT = "kafka-decisions-out"
@@ -69,6 +98,13 @@ UID_MAILBOX = "rendezvous-mailbox"
 # Splits the mailbox's one output stream into results and side outputs (stateless; see flink_fn.RouteFunction).
 UID_ROUTE_MAILBOX = "route-mailbox-outputs"
 UID_SINK_ARCHIVE = "sink-decoy-archive"
+# Label feedback for `decide: thompson` (udfs/feedback.py): parse labels and decisions read back, join
+# them by request id (keyed state + timers), and tag policy documents so one broadcast stream carries
+# both policies and rewards into the mailbox.
+UID_PARSE_LABELS = "parse-labels"
+UID_PARSE_DECISIONS = "parse-decisions"
+UID_LABEL_JOIN = "label-join"
+UID_TAG_POLICIES = "tag-policies"
 
 
 def table_uid_format(prefix: str) -> str:
@@ -80,6 +116,11 @@ def table_uid_format(prefix: str) -> str:
 STATE_MAILBOX = "mailbox"
 # Broadcast (operator) state of the mailbox operator: accepted live policies, version -> policy JSON.
 STATE_POLICIES = "policies"
+# Broadcast state of the mailbox operator: the Thompson-sampling posteriors (udfs/bandit.py JSON) under
+# one key, the same on every parallel instance (every instance applies every reward).
+STATE_BANDIT = "bandit-posteriors"
+# Keyed state of the label join: one request's decision answers and/or label (udfs/feedback.py JSON).
+STATE_LABEL_JOIN = "label-join"
 
 # --- Metric names (registered under the operator's metric group) ----------------------------
 METRIC_REQUESTS = "requests"
@@ -101,6 +142,15 @@ METRIC_MAILBOXES_LIVE = "mailboxes_live"
 METRIC_POLICIES_ACCEPTED = "policies_accepted"
 METRIC_POLICIES_REFUSED = "policies_refused"  # each also counts in dead_letters_<reason>
 METRIC_POLICY_VERSION = "policy_version"  # a gauge: the version new requests are decided under
+# Label feedback: in the label join operator, labels matched with their decision, labels whose decision
+# never came (within the join's TTL), decisions that got no label, and second deliveries of either; in
+# the mailbox, reward events applied to the posteriors and requests whose first model the bandit chose.
+METRIC_LABELS_MATCHED = "labels_matched"
+METRIC_LABELS_UNMATCHED = "labels_unmatched"
+METRIC_DECISIONS_UNLABELLED = "decisions_unlabelled"
+METRIC_FEEDBACK_DUPLICATES = "feedback_duplicates"
+METRIC_BANDIT_REWARDS = "bandit_rewards"
+METRIC_BANDIT_CHOICES = "bandit_choices"
 
 # Per-model counters (udfs/model_metrics.py derives them from each decision record at close), one set
 # per model the policy lists, named ``model_<model id>_<metric>`` by ``model_metric``:
@@ -159,6 +209,8 @@ REASON_TOO_MANY_SCORES = "too_many_scores"
 # Live policy documents (udfs/policy_registry.py):
 REASON_BAD_POLICY = "bad_policy"  # not UTF-8, not JSON, too large, or a field udfs.policy refuses
 REASON_STALE_POLICY_VERSION = "stale_policy_version"  # version not higher than the one in force
+# Label feedback (udfs/feedback.py; bad labels get the parse reasons above):
+REASON_BAD_DECISION = "bad_decision"  # a record on the decisions topic that is not a decision record
 
 PARSE_REASONS = (
     REASON_NULL_VALUE,
@@ -183,7 +235,8 @@ POLICY_REASONS = (
     REASON_BAD_POLICY,
     REASON_STALE_POLICY_VERSION,
 )
-DEAD_LETTER_REASONS = PARSE_REASONS + MAILBOX_REASONS + POLICY_REASONS
+FEEDBACK_REASONS = (REASON_BAD_DECISION,)
+DEAD_LETTER_REASONS = PARSE_REASONS + MAILBOX_REASONS + POLICY_REASONS + FEEDBACK_REASONS
 
 
 def dead_letter_metric(reason: str) -> str:

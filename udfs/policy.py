@@ -20,7 +20,7 @@ from udfs.wire import MODEL_ID_RE, check_output
 
 ROLES = ("incumbent", "challenger", "backstop", "canary", "shadow")
 OFFICIAL_ROLES = frozenset({"incumbent", "challenger", "backstop"})
-DECIDE_MODES = ("first_in_order", "majority_vote", "weighted_average")
+DECIDE_MODES = ("first_in_order", "majority_vote", "weighted_average", "thompson")
 MAX_DEADLINE_MS = 600_000
 MAX_WEIGHT = 1e6  # bounded (so also finite): a weighted sum never overflows to inf, the mean to NaN
 
@@ -35,8 +35,10 @@ _TOP_FIELDS = {
     "dedupe_retention_ms",
     "min_votes",
     "threshold",
+    "bandit",
 }
 _MODEL_FIELDS = {"id", "role", "wait_ms", "weight"}
+_BANDIT_FIELDS = {"prior", "discount"}
 
 
 class PolicyError(ValueError):
@@ -56,6 +58,20 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class BanditSpec:
+    """``decide: thompson``: the Beta prior every model starts from and the per-label discount
+    (``udfs.bandit``; 1.0 keeps all evidence, 0.999 lets it fade over ~1,000 labels)."""
+
+    prior_alpha: float = 1.0
+    prior_beta: float = 1.0
+    discount: float = 1.0
+
+    @property
+    def prior(self) -> tuple[float, float]:
+        return (self.prior_alpha, self.prior_beta)
+
+
+@dataclass(frozen=True)
 class Policy:
     version: int
     deadline_ms: int
@@ -67,11 +83,19 @@ class Policy:
     dedupe_retention_ms: int = 600_000
     min_votes: int = 1
     threshold: float = 0.5
+    bandit: BanditSpec | None = None  # set (defaults filled in) exactly when decide is thompson
 
     @property
     def official(self) -> tuple[ModelSpec, ...]:
         """Models whose answer may become official, in preference order."""
         return tuple(m for m in self.models if m.official)
+
+    @property
+    def bandit_arms(self) -> tuple[str, ...]:
+        """The models Thompson sampling chooses among: the official ones except backstops (a backstop is
+        the reliable last resort, not a contender), or every official one if all are backstops."""
+        contenders = tuple(m.id for m in self.official if m.role != "backstop")
+        return contenders or tuple(m.id for m in self.official)
 
     @property
     def canary(self) -> ModelSpec | None:
@@ -107,6 +131,11 @@ class Policy:
             "dedupe_retention_ms": self.dedupe_retention_ms,
             "min_votes": self.min_votes,
             "threshold": self.threshold,
+            **(
+                {"bandit": {"prior": list(self.bandit.prior), "discount": self.bandit.discount}}
+                if self.bandit is not None
+                else {}
+            ),
         }
 
 
@@ -169,6 +198,7 @@ def parse_policy(data: Any) -> Policy:
     threshold = data.get("threshold", 0.5)
     if not isinstance(threshold, int | float) or isinstance(threshold, bool) or not 0.0 <= threshold <= 1.0:
         raise PolicyError(f"threshold: must be a number in [0, 1], got {threshold!r}")
+    bandit = _parse_bandit(data.get("bandit"), decide, "bandit" in data)
     return Policy(
         version=version,
         deadline_ms=deadline,
@@ -180,7 +210,36 @@ def parse_policy(data: Any) -> Policy:
         dedupe_retention_ms=_int(data, "dedupe_retention_ms", 0, 7 * 86_400_000, 600_000),
         min_votes=min_votes,
         threshold=float(threshold),
+        bandit=bandit,
     )
+
+
+def _parse_bandit(raw: Any, decide: str, given: bool) -> BanditSpec | None:
+    if decide != "thompson":
+        if given:
+            raise PolicyError(f"bandit: only with decide: thompson (decide is {decide})")
+        return None
+    if raw is None:
+        return BanditSpec()
+    if not isinstance(raw, dict):
+        raise PolicyError("bandit: must be a mapping with prior and/or discount")
+    unknown = sorted(set(map(str, raw)) - _BANDIT_FIELDS)
+    if unknown:
+        raise PolicyError(
+            f"bandit.{unknown[0]}: unknown field (allowed: {', '.join(sorted(_BANDIT_FIELDS))})"
+        )
+    prior = raw.get("prior", [1.0, 1.0])
+    if not isinstance(prior, list | tuple) or len(prior) != 2:
+        raise PolicyError(
+            f"bandit.prior: must be [alpha, beta], two numbers in (0, {MAX_WEIGHT:g}], got {prior!r}"
+        )
+    for i, x in enumerate(prior):
+        if not isinstance(x, int | float) or isinstance(x, bool) or not 0 < x <= MAX_WEIGHT:
+            raise PolicyError(f"bandit.prior[{i}]: must be a number in (0, {MAX_WEIGHT:g}], got {x!r}")
+    discount = raw.get("discount", 1.0)
+    if not isinstance(discount, int | float) or isinstance(discount, bool) or not 0.5 <= discount <= 1.0:
+        raise PolicyError(f"bandit.discount: must be a number in [0.5, 1], got {discount!r}")
+    return BanditSpec(float(prior[0]), float(prior[1]), float(discount))
 
 
 def _parse_models(raw: Any, deadline: int) -> tuple[ModelSpec, ...]:
@@ -257,10 +316,21 @@ def decide(
     deadline_at_ms: int,
     now_ms: int,
     by_timer: bool,
+    chosen: str | None = None,
 ) -> Decided | Waiting:
-    """The official answer if it is already certain at ``now_ms``, else when to look again."""
+    """The official answer if it is already certain at ``now_ms``, else when to look again.
+
+    ``chosen`` (``decide: thompson``): the model the bandit picked for this request when it arrived; it
+    goes first, the rest follow in preference order (``first_in_order`` from there on). Without a
+    choice (a mailbox from before the policy had a bandit, a replay) the preference order applies.
+    """
     if policy.decide == "first_in_order":
         return _first_in_order(policy, scores, received_at_ms, deadline_at_ms, now_ms, by_timer)
+    if policy.decide == "thompson":
+        order = policy.official
+        if chosen is not None and any(m.id == chosen for m in order):
+            order = tuple(m for m in order if m.id == chosen) + tuple(m for m in order if m.id != chosen)
+        return _first_in_order(policy, scores, received_at_ms, deadline_at_ms, now_ms, by_timer, order)
     return _ensemble(policy, scores, received_at_ms, deadline_at_ms, now_ms, by_timer)
 
 
@@ -283,9 +353,10 @@ def _first_in_order(
     deadline_at_ms: int,
     now_ms: int,
     by_timer: bool,
+    order: tuple[ModelSpec, ...] | None = None,
 ) -> Decided | Waiting:
     """The most preferred answer, once every model ahead of it answered, failed or ran out of wait."""
-    official = policy.official
+    official = policy.official if order is None else order
     for i, m in enumerate(official):
         s = scores.get(m.id)
         if s is not None and s.ok:

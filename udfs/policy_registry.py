@@ -95,8 +95,11 @@ def _document_version(raw: bytes | bytearray | str | None) -> int | None:
 class PolicyRegistry:
     """The base policy plus the accepted live versions; mutated only by ``offer`` (deterministically)."""
 
-    def __init__(self, base: Policy, published: Iterable[Policy] = ()) -> None:
+    def __init__(self, base: Policy, published: Iterable[Policy] = (), feedback: bool = True) -> None:
         self.base = base
+        # Without the job's label feedback (--labels-topic) a thompson policy would draw from its prior
+        # for ever: a uniform random choice dressed up as learning. Such documents are refused.
+        self.feedback = feedback
         self._published: dict[int, Policy] = {}
         for p in sorted(published, key=lambda p: p.version):
             self._published[p.version] = p
@@ -137,6 +140,13 @@ class PolicyRegistry:
             policy = parse_document(raw)
         except PolicyError as e:
             return Refused(names.REASON_BAD_POLICY, f"policy refused: {e}", _document_version(raw))
+        if policy.decide == "thompson" and not self.feedback:
+            return Refused(
+                names.REASON_BAD_POLICY,
+                "policy refused: decide: thompson needs label feedback, and this job runs without "
+                "--labels-topic",
+                policy.version,
+            )
         current = self.current.version
         if policy.version <= current:
             return Refused(
@@ -161,9 +171,12 @@ class PolicyRegistry:
         return {state_key(v): state_value(p) for v, p in self._published.items()}
 
     @classmethod
-    def from_state(cls, base: Policy, entries: Iterable[tuple[str, str]]) -> PolicyRegistry:
+    def from_state(
+        cls, base: Policy, entries: Iterable[tuple[str, str]], feedback: bool = True
+    ) -> PolicyRegistry:
         """Rebuild from broadcast state entries; an entry that cannot be read is skipped (never raises)."""
-        return cls(base, (p for _, text in entries if (p := read_state_value(text)) is not None))
+        published = (p for _, text in entries if (p := read_state_value(text)) is not None)
+        return cls(base, published, feedback=feedback)
 
 
 def dead_letter(

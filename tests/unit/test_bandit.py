@@ -116,3 +116,78 @@ def test_state_stays_valid_and_bounded(feedback: list[tuple[str, float]], discou
         seen = sum(1 for m, _ in feedback if m == mid)
         assert 1.0 <= a <= 1.0 + seen + 1e-9 and 1.0 <= b <= 1.0 + seen + 1e-9
     assert bandit.choose(s, ["c", "a"], random.Random(0)) in {"c", "a"}
+
+
+# --- what the job uses: one label's rewards at once, and a draw seeded by the request id ------------------
+
+
+def test_update_many_discounts_once_per_label_and_adds_every_reward() -> None:
+    s = bandit.new_state(["a", "b"], discount=0.5)
+    s = bandit.update_many(s, {"a": 1, "b": 0})  # nothing to discount yet (all at the prior)
+    assert s["arms"] == {"a": [2.0, 1.0], "b": [1.0, 2.0]} and s["updates"] == 1
+    s = bandit.update_many(s, {"b": 1.0, "c": True})  # one step of forgetting, then both rewards
+    assert s["arms"] == {"a": [1.5, 1.0], "b": [2.0, 1.5], "c": [2.0, 1.0]} and s["updates"] == 2
+    with pytest.raises(ValueError, match=r"^rewards\.a:"):
+        bandit.update_many(s, {"a": 2})
+    assert bandit.update_many(s, {})["updates"] == 3  # a label nobody could be judged on still ages the rest
+
+
+def test_with_settings_keeps_the_evidence() -> None:
+    s = bandit.update_many(bandit.new_state(["a"]), {"a": 1})
+    t = bandit.with_settings(s, (2, 3), 0.9)
+    assert t["arms"] == s["arms"] and t["prior"] == [2.0, 3.0] and t["discount"] == 0.9
+    with pytest.raises(ValueError, match=r"^state\.discount:"):
+        bandit.with_settings(s, (1, 1), 0)
+
+
+def test_a_request_draws_the_same_choice_every_time_and_requests_differ() -> None:
+    s = bandit.new_state(["a", "b", "c"])
+    picks = [bandit.choose_for_request(s, ["a", "b", "c"], f"r-{i}", "1") for i in range(300)]
+    again = [bandit.choose_for_request(s, ["a", "b", "c"], f"r-{i}", "1") for i in range(300)]
+    assert picks == again
+    counts = Counter(picks)
+    assert set(counts) == {"a", "b", "c"} and min(counts.values()) > 60  # at the prior: uniform-ish
+    # The salt (the policy version) gives an independent draw for the same id.
+    other = [bandit.choose_for_request(s, ["a", "b", "c"], f"r-{i}", "2") for i in range(300)]
+    assert other != picks
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from(["a", "b", "c"]), st.sampled_from([0.0, 1.0, 0.5]), max_size=3),
+        max_size=40,
+    ),
+    st.floats(0.5, 1.0),
+    st.text(min_size=1, max_size=20),
+)
+def test_update_many_equals_sorted_single_updates_without_discount_and_choices_are_stable(
+    labels: list[dict[str, float]], discount: float, rid: str
+) -> None:
+    s = bandit.new_state(["a", "b"], discount=discount)
+    plain = bandit.new_state(["a", "b"])
+    singles = plain
+    for rewards in labels:
+        s = bandit.update_many(s, rewards)
+        plain = bandit.update_many(plain, rewards)
+        for m in sorted(rewards):
+            singles = bandit.update(singles, m, rewards[m])
+    # Without a discount, one update per label or one per model is the same evidence.
+    assert plain["arms"] == {m: pytest.approx(ab) for m, ab in singles["arms"].items()}
+    assert s["updates"] == len(labels) and bandit.loads(bandit.dumps(s)) == s
+    for a, b in s["arms"].values():
+        assert 1.0 <= a <= 1.0 + len(labels) + 1e-9 and 1.0 <= b <= 1.0 + len(labels) + 1e-9
+    first = bandit.choose_for_request(s, ["a", "b", "c"], rid)
+    assert first in {"a", "b", "c"} and bandit.choose_for_request(s, ["a", "b", "c"], rid) == first
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(20, 200), st.floats(0.7, 0.95), st.floats(0.05, 0.4))
+def test_with_enough_labels_the_better_model_gets_nearly_all_requests(
+    n: int, good: float, bad: float
+) -> None:
+    """Posteriors at their expected counts after n labels: the better model wins most seeded draws."""
+    s = bandit.new_state(["good", "bad"])
+    s = {**s, "arms": {"good": [1 + good * n, 1 + (1 - good) * n], "bad": [1 + bad * n, 1 + (1 - bad) * n]}}
+    picks = Counter(bandit.choose_for_request(s, ["bad", "good"], f"q{i}") for i in range(200))
+    assert picks["good"] >= 190

@@ -134,3 +134,23 @@ def test_markdown_reports_tuning_and_crossing_rows_and_failures() -> None:
     assert "| broken | failed: the job exited |" in md
     assert "| typed | 200.0 | 10.0 / 30.0 |" in md
     assert "| pickled | failed: boom |" in md
+
+
+def test_markdown_reports_each_results_delivery_and_failures() -> None:
+    probe = {
+        "rate": 25.0,
+        "sent": 750,
+        "answered": 750,
+        "latency_ms": {"p50": 80.0, "p99": 300.0, "p99.9": 400.0},
+    }
+    result = {
+        "date": "d",
+        "machine": {"cpus": 2, "platform": "p", "python": "3.11"},
+        "delivery": {
+            "at-least-once": {"args": [], "probe": probe},
+            "exactly-once, checkpoint 2 s (shipped)": {"args": [], "error": "the job did not answer"},
+        },
+    }
+    text = bench.markdown(result)
+    assert "| at-least-once | 25 | 750/750 | 80 | 300 | 400 |" in text
+    assert "| exactly-once, checkpoint 2 s (shipped) | failed: the job did not answer |" in text

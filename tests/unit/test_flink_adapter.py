@@ -318,18 +318,27 @@ class FakeBroadcastState:
     def remove(self, k: str) -> None:
         del self.entries[k]
 
+    def get(self, k: str) -> str | None:
+        return self.entries.get(k)
+
     def items(self) -> list[tuple[str, str]]:
         return list(self.entries.items())
 
 
 class BroadcastCtx(FakeCtx):
-    def __init__(self, timers: FakeTimers, broadcast: FakeBroadcastState) -> None:
+    """Broadcast state per descriptor name: ``broadcast`` is the policies', ``bandit`` the posteriors'."""
+
+    def __init__(
+        self, timers: FakeTimers, broadcast: FakeBroadcastState, bandit: FakeBroadcastState | None = None
+    ) -> None:
         super().__init__(timers)
         self.broadcast = broadcast
+        self.bandit = bandit if bandit is not None else FakeBroadcastState()
 
     def get_broadcast_state(self, descriptor: Any) -> FakeBroadcastState:
-        assert descriptor.get_name() == names.STATE_POLICIES
-        return self.broadcast
+        name = descriptor.get_name()
+        assert name in (names.STATE_POLICIES, names.STATE_BANDIT), name
+        return self.broadcast if name == names.STATE_POLICIES else self.bandit
 
 
 def _doc(policy: dict[str, Any], offset: int = 0) -> tuple[Any, ...]:
@@ -469,3 +478,146 @@ def test_route_function_splits_results_and_side_outputs() -> None:
         (flink_fn.DECISIONS, ("r1", '{"d":4}')),
         (flink_fn.DEAD_LETTERS, (None, '{"e":5}')),
     ]
+
+
+# --- label feedback: parse, join, rewards into the broadcast posteriors, a thompson choice ----------------
+
+THOMPSON = parse_policy(
+    {
+        "version": 1,
+        "deadline_ms": 100,
+        "decide": "thompson",
+        "models": [
+            {"id": "gbt", "role": "incumbent", "wait_ms": 40},
+            {"id": "logreg", "role": "challenger", "wait_ms": 40},
+            {"id": "tree", "role": "backstop"},
+        ],
+        "late_window_ms": 50,
+        "dedupe_retention_ms": 1000,
+        "bandit": {"prior": [1, 1], "discount": 1.0},
+    }
+)
+
+
+def _decision_text(rid: str, gbt: int, logreg: int) -> bytes:
+    scores = [
+        {"model_id": m, "model_version": "1", "role": "challenger", "status": "ok", "output": {"label": y},
+         "error": None, "scored_at_ms": 1, "latency_ms": 1.0, "arrived_at_ms": 2, "late": False,
+         "duplicate": False}
+        for m, y in (("gbt", gbt), ("logreg", logreg))
+    ]  # fmt: skip
+    return json.dumps({"request_id": rid, "policy_version": 1, "received_at_ms": 1, "decided_at_ms": 2,
+                       "closed_at_ms": 3, "result": {}, "scores": scores}).encode()  # fmt: skip
+
+
+def _parsed(kind: str, raw: bytes, offset: int, group: RecordingGroup | None = None) -> list[Any]:
+    fn = flink_fn.ParseFunction(kind)
+    g = group or RecordingGroup()
+    fn.open(type("R", (), {"get_metrics_group": lambda _self: g})())  # type: ignore[arg-type]
+    return list(fn.process_element((raw, kind + "s", 0, offset), None))  # type: ignore[arg-type]
+
+
+def test_bad_labels_and_decisions_are_dead_letters(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flink_fn, "_now_ms", lambda: 5_000)
+    group = RecordingGroup()
+    (dead,) = _parsed(
+        flink_fn.KIND_LABEL, b'{"request_id": "r1", "label": "yes", "labelled_at_ms": 1}', 3, group
+    )
+    assert dead[0] == flink_fn.DEAD_LETTERS and json.loads(dead[1][1])["reason"] == "bad_field"
+    (dead,) = _parsed(flink_fn.KIND_DECISION, b'{"request_id": "r1"}', 4)
+    record = json.loads(dead[1][1])
+    assert (record["reason"], record["source_topic"], record["offset"]) == ("bad_decision", "decisions", 4)
+    (good,) = _parsed(flink_fn.KIND_DECISION, _decision_text("r1", 1, 0), 5)
+    assert good[0] == flink_fn.KIND_DECISION and json.loads(good[2])["answers"] == {"gbt": 1, "logreg": 0}
+    assert group.counts()[names.METRIC_DEAD_LETTERS] == 1
+
+
+def _join_harness(monkeypatch: pytest.MonkeyPatch, ttl: int = 500) -> Any:
+    clock = {"now": 1_000_000}
+    monkeypatch.setattr(flink_fn, "_now_ms", lambda: clock["now"])
+    keyed: dict[str, FakeState] = {}
+    runtime = RecordingRuntime(FakeState())
+    fn = flink_fn.LabelJoinFunction(ttl)
+    fn.open(runtime)  # type: ignore[arg-type]
+    timers: dict[str, FakeTimers] = {}
+
+    def element(row: Any) -> list[Any]:
+        fn.state = keyed.setdefault(row[1], FakeState())
+        return list(fn.process_element(tuple(row), FakeCtx(timers.setdefault(row[1], FakeTimers()))))
+
+    return fn, runtime.group, keyed, timers, clock, element
+
+
+def test_the_label_join_emits_one_reward_row_and_clears_its_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    fn, group, keyed, timers, clock, element = _join_harness(monkeypatch)
+    (label,) = _parsed(flink_fn.KIND_LABEL, b'{"request_id": "r1", "label": 1, "labelled_at_ms": 7}', 11)
+    (dec,) = _parsed(flink_fn.KIND_DECISION, _decision_text("r1", 1, 0), 5)
+    assert element(label) == [] and timers["r1"].pending == {1_000_500}
+    clock["now"] += 100
+    (reward,) = element(dec)
+    assert reward[4] == flink_fn.KIND_REWARD and (reward[1], reward[3]) == ("decisions", 5)
+    assert json.loads(reward[0]) == {"request_id": "r1", "policy_version": 1, "labelled_at_ms": 7,
+                                     "rewards": {"gbt": 1.0, "logreg": 0.0}}  # fmt: skip
+    assert timers["r1"].pending == {1_000_600}  # the tombstone's expiry replaced the first timer
+    assert element(dec) == []  # the at-least-once sink delivered it twice: nothing more
+    clock["now"] = 1_000_600
+    fn.state = keyed["r1"]
+    assert list(fn.on_timer(1_000_600, FakeCtx(timers["r1"]))) == []
+    assert keyed["r1"].v is None
+    # A decision nobody labels: cleared after the TTL, counted.
+    (lonely,) = _parsed(flink_fn.KIND_DECISION, _decision_text("r2", 0, 0), 6)
+    element(lonely)
+    fn.state = keyed["r2"]
+    list(fn.on_timer(1_001_100, FakeCtx(timers["r2"])))
+    fn.counters.flush(clock["now"])
+    counts = group.counts()
+    assert counts[names.METRIC_LABELS_MATCHED] == 1 and counts[names.METRIC_FEEDBACK_DUPLICATES] == 1
+    assert counts[names.METRIC_DECISIONS_UNLABELLED] == 1 and keyed["r2"].v is None
+
+
+def _reward_row(rewards: dict[str, float], rid: str = "x") -> tuple[Any, ...]:
+    event = {"request_id": rid, "policy_version": 1, "labelled_at_ms": 1, "rewards": rewards}
+    return (json.dumps(event).encode(), "labels", 0, 1, flink_fn.KIND_REWARD)
+
+
+def test_rewards_update_the_broadcast_posteriors_and_steer_thompson_choices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = {"now": 1_000_000}
+    monkeypatch.setattr(flink_fn, "_now_ms", lambda: clock["now"])
+    runtime = RecordingRuntime(FakeState())
+    fn = flink_fn.MailboxFunction(THOMPSON)
+    fn.open(runtime)  # type: ignore[arg-type]
+    ctx = BroadcastCtx(FakeTimers(), FakeBroadcastState())
+    keyed: dict[str, FakeState] = {}
+
+    def first_model(rid: str) -> str:
+        fn.state = keyed.setdefault(rid, FakeState())
+        list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST | {"request_id": rid}), ctx))
+        mb = mbx.Mailbox.from_json(fn.state.v)  # type: ignore[arg-type]
+        assert mb.choice is not None
+        return mb.choice
+
+    before = [first_model(f"a{i}") for i in range(40)]
+    assert {"gbt", "logreg"} == set(before)  # at the prior: both contenders drawn, never the backstop
+    for _ in range(30):
+        assert list(fn.process_broadcast_element(_reward_row({"gbt": 0.0, "logreg": 1.0}), ctx)) == []
+    stored = json.loads(ctx.bandit.entries[flink_fn.POSTERIORS_KEY])
+    assert stored["arms"] == {"gbt": [1.0, 31.0], "logreg": [31.0, 1.0]} and stored["updates"] == 30
+    after = [first_model(f"b{i}") for i in range(40)]
+    assert after == ["logreg"] * 40
+    # A malformed event (never from the join) is ignored, not fatal, and changes nothing.
+    list(fn.process_broadcast_element((b"{}", "labels", 0, 2, flink_fn.KIND_REWARD), ctx))
+    assert json.loads(ctx.bandit.entries[flink_fn.POSTERIORS_KEY]) == stored
+    fn.counters.flush(clock["now"])
+    assert runtime.group.counts()[names.METRIC_BANDIT_REWARDS] == 30
+    assert runtime.group.counts()[names.METRIC_BANDIT_CHOICES] == 80
+
+    # A restart: a fresh instance reads the posteriors back from broadcast state on its first callback.
+    fresh = flink_fn.MailboxFunction(THOMPSON)
+    fresh.open(RecordingRuntime(FakeState()))  # type: ignore[arg-type]
+    assert fresh.posteriors is None
+    fresh.state = FakeState()
+    list(fresh.process_element(_row(flink_fn.KIND_REQUEST, REQUEST | {"request_id": "c1"}), ctx))
+    assert fresh.posteriors == stored
+    assert mbx.Mailbox.from_json(fresh.state.v).choice == "logreg"  # type: ignore[arg-type]

@@ -1032,3 +1032,38 @@ def test_sustained_load_keeps_state_bounded() -> None:
     size = [b for t, _, b in samples if t >= 2000]
     assert max(size) <= 1.1 * min(size)
     print(f"steady state: {min(steady)}-{max(steady)} live mailboxes, {min(size)}-{max(size)} bytes of JSON")
+
+
+# --- decide: thompson: the choice is drawn once, when the request arrives ------------------------------------
+
+
+def test_a_thompson_request_keeps_the_choice_it_drew_on_arrival() -> None:
+    from udfs import bandit
+
+    pol = policy_with(decide="thompson")
+    sure = bandit.new_state(["gbt", "logreg"])
+    sure = {**sure, "arms": {"gbt": [1.0, 500.0], "logreg": [500.0, 1.0]}}  # logreg is right, gbt never
+    req, raw, src = make_request(0)
+    step = on_request(None, req, raw, src, pol, 0, sure)
+    mb = step.mailbox
+    assert mb is not None and mb.choice == "logreg"
+    assert Mailbox.from_json(mb.to_json()).choice == "logreg"
+    # gbt answers first: under first_in_order it would win at once; here logreg is waited for.
+    step = on_score(mb, make_score("gbt", t=1), Source("scores", 0, 1), pol, 1)
+    assert [o.kind for o in step.outputs] == []
+    step = on_score(mb, make_score("logreg", output={"label": 0}, t=2), Source("scores", 0, 2), pol, 2)
+    result = step.outputs[0].record
+    assert (result["model_id"], result["reason"]) == ("logreg", "preferred")
+    assert_valid(RESULT, result)
+    # Without posteriors every contender is at the prior: the draw still lands on a contender.
+    picks = {on_request(None, *make_request(0, rid=f"r{i}"), pol, 0).mailbox.choice for i in range(40)}  # type: ignore[union-attr]
+    assert picks == {"gbt", "logreg"}
+    # A first_in_order policy never draws.
+    assert on_request(None, req, raw, src, DEFAULT, 0, sure).mailbox.choice is None  # type: ignore[union-attr]
+
+
+def test_mailbox_state_without_a_choice_still_reads() -> None:
+    """State written before the choice existed (no "choice" key) restores with choice None."""
+    req, raw, src = make_request(0)
+    text = on_request(None, req, raw, src, DEFAULT, 0).mailbox.to_json()  # type: ignore[union-attr]
+    assert '"choice"' not in text and Mailbox.from_json(text).choice is None

@@ -164,6 +164,19 @@ ERRORS: list[tuple[str, Any, str]] = [
     ("late window negative", with_changes(late_window_ms=-1), "late_window_ms:"),
     ("orphan timeout zero", with_changes(orphan_timeout_ms=0), "orphan_timeout_ms:"),
     ("retention too long", with_changes(dedupe_retention_ms=7 * 86_400_000 + 1), "dedupe_retention_ms:"),
+    ("bandit without thompson", with_changes(bandit={"discount": 0.99}), "bandit:"),
+    ("bandit not a mapping", with_changes(decide="thompson", bandit=[1, 1]), "bandit:"),
+    ("bandit unknown field", with_changes(decide="thompson", bandit={"alpha": 1}), "bandit.alpha:"),
+    ("bandit prior one number", with_changes(decide="thompson", bandit={"prior": [1]}), "bandit.prior:"),
+    ("bandit prior zero", with_changes(decide="thompson", bandit={"prior": [0, 1]}), "bandit.prior[0]:"),
+    (
+        "bandit prior NaN",
+        with_changes(decide="thompson", bandit={"prior": [1, float("nan")]}),
+        "bandit.prior[1]:",
+    ),
+    ("bandit prior bool", with_changes(decide="thompson", bandit={"prior": [True, 1]}), "bandit.prior[0]:"),
+    ("bandit discount 0", with_changes(decide="thompson", bandit={"discount": 0}), "bandit.discount:"),
+    ("bandit discount > 1", with_changes(decide="thompson", bandit={"discount": 1.01}), "bandit.discount:"),
 ]
 
 
@@ -265,6 +278,20 @@ def test_to_dict_round_trips(d: dict[str, Any]) -> None:
     assert [m.id for m in p.official] == [
         m["id"] for m in d["models"] if m["role"] != "canary" and m["role"] != "shadow"
     ]
+
+
+def test_thompson_policy_defaults_arms_and_round_trip() -> None:
+    p = parse_policy(with_changes(decide="thompson"))
+    assert p.bandit is not None and (p.bandit.prior, p.bandit.discount) == ((1.0, 1.0), 1.0)
+    assert p.bandit_arms == ("gbt", "logreg")  # the backstop is the last resort, not a contender
+    q = parse_policy(with_changes(decide="thompson", bandit={"prior": [2, 8], "discount": 0.999}))
+    assert q.bandit is not None and (q.bandit.prior, q.bandit.discount) == ((2.0, 8.0), 0.999)
+    assert parse_policy(q.to_dict()) == q and parse_policy(yaml.safe_load(yaml.safe_dump(q.to_dict()))) == q
+    assert "bandit" not in P.to_dict()
+    only_backstops = parse_policy(
+        {"version": 1, "deadline_ms": 100, "decide": "thompson", "models": [{"id": "a", "role": "backstop"}]}
+    )
+    assert only_backstops.bandit_arms == ("a",)
 
 
 def test_round_trip_through_a_file(tmp_path: Path) -> None:
@@ -798,3 +825,31 @@ def test_decide_is_a_pure_function(
         assert now < first.wake_at_ms <= deadline_at
     if now >= deadline_at:
         assert isinstance(first, Decided)
+
+
+# --- decide: thompson (the bandit's choice goes first, then the preference order) ---------------------------
+
+T = parse_policy(with_changes(decide="thompson"))
+
+
+def test_thompson_waits_for_the_chosen_model_and_takes_its_answer() -> None:
+    # logreg chosen: gbt's answer (first in preference order) does not settle it.
+    assert decide(T, {"gbt": ok(1)}, R, DL, R + 5, False, "logreg") == Waiting(R + 70)
+    d = decide(T, {"gbt": ok(1), "logreg": ok(0)}, R, DL, R + 6, False, "logreg")
+    assert isinstance(d, Decided) and (d.model_id, d.reason, d.trigger) == ("logreg", "preferred", "score")
+
+
+def test_thompson_falls_back_to_the_preference_order_when_the_chosen_model_is_silent_or_fails() -> None:
+    # logreg chosen and silent until its wait (70 ms): then gbt, first in preference order.
+    d = decide(T, {"gbt": ok(1)}, R, DL, R + 70, True, "logreg")
+    assert isinstance(d, Decided) and (d.model_id, d.reason, d.trigger) == ("gbt", "fallback", "wait_timer")
+    d = decide(T, {"logreg": ERR, "tree": ok(0)}, R, DL, R + 10, False, "logreg")
+    assert decide(T, {"logreg": ERR}, R, DL, R + 10, False, "logreg") == Waiting(R + 40)  # gbt's wait
+    d = decide(T, {"logreg": ERR, "tree": ok(0)}, R, DL, R + 40, True, "logreg")
+    assert isinstance(d, Decided) and (d.model_id, d.reason) == ("tree", "backstop")
+
+
+def test_thompson_without_a_choice_is_first_in_order() -> None:
+    for scores, now in (({"gbt": ok(1)}, R + 1), ({"logreg": ok(1)}, R + 40), ({}, DL)):
+        assert decide(T, scores, R, DL, now, False, None) == decide(P, scores, R, DL, now, False)
+        assert decide(T, scores, R, DL, now, False, "ghost") == decide(P, scores, R, DL, now, False)

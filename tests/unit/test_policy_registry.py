@@ -273,3 +273,12 @@ def test_the_published_document_is_what_the_job_accepts() -> None:
         policy_cli.TopicRecord(2, 4, None),
     ]
     assert policy_cli.newest_version(records) == 6 and policy_cli.newest_version([]) is None
+
+
+def test_a_thompson_document_is_refused_when_the_job_has_no_label_feedback() -> None:
+    thompson = raw(9, decide="thompson")
+    refused = PolicyRegistry(BASE, feedback=False).offer(thompson)
+    assert isinstance(refused, Refused) and refused.reason == names.REASON_BAD_POLICY
+    assert "--labels-topic" in refused.detail and refused.version == 9
+    assert isinstance(PolicyRegistry(BASE, feedback=True).offer(thompson), Accepted)
+    assert isinstance(PolicyRegistry(BASE, feedback=False).offer(raw(9)), Accepted)  # other modes: fine

@@ -563,11 +563,15 @@ def test_every_runner_spec_flag_is_one_the_runner_accepts() -> None:
     from ops.stack import RunnerSpec
     from runners.runner import _parse_args
 
-    spec = RunnerSpec("gbt", latency_ms=2, jitter_ms=1, fail_rate=0.1, drop_rate=0.2, seed=5, degrade_after=7)
+    spec = RunnerSpec(
+        "gbt", latency_ms=2, jitter_ms=1, fail_rate=0.1, drop_rate=0.2, seed=5, degrade_after=7, hang_after=9
+    )
     argv = spec.argv(Path("/models"), "127.0.0.1:1", "req", "sc")
     assert argv[1:3] == ["-m", "runners.runner"]
     args, faults = _parse_args(argv[3:])
     assert (args.model_dir, args.requests_topic, args.scores_topic) == (Path("/models/gbt"), "req", "sc")
-    assert faults == Faults(latency_ms=2, jitter_ms=1, fail_rate=0.1, drop_rate=0.2, seed=5, degrade_after=7)
+    assert faults == Faults(
+        latency_ms=2, jitter_ms=1, fail_rate=0.1, drop_rate=0.2, seed=5, degrade_after=7, hang_after=9
+    )
     _, plain = _parse_args(RunnerSpec("tree").argv(Path("/m"), "b", "r", "s")[3:])
-    assert plain.degrade_after is None
+    assert plain.degrade_after is None and plain.hang_after is None

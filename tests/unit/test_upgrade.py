@@ -45,7 +45,12 @@ def test_compat_records_mode_state_format_uids_and_state_names() -> None:
     assert c["mailbox_state_version"] == mailbox.STATE_VERSION
     assert c["operator_uids"]["UID_MAILBOX"] == names.UID_MAILBOX
     assert set(c["operator_uids"]) >= {"UID_PARSE_REQUESTS", "UID_PARSE_SCORES", "UID_SINK_ARCHIVE"}
-    assert c["state_names"] == {"STATE_MAILBOX": names.STATE_MAILBOX, "STATE_POLICIES": names.STATE_POLICIES}
+    assert c["state_names"] == {
+        "STATE_MAILBOX": names.STATE_MAILBOX,
+        "STATE_POLICIES": names.STATE_POLICIES,
+        "STATE_BANDIT": names.STATE_BANDIT,
+        "STATE_LABEL_JOIN": names.STATE_LABEL_JOIN,
+    }
     assert c["table.exec.uid.generation"] == "ALWAYS"
     json.dumps(c)  # goes into a JSON manifest as is
 

@@ -1,0 +1,166 @@
+"""Drift as a periodic job: ``rendezvous eval drift --every 5m``, a comparison every period, alerts out.
+
+Each round looks at a sliding window of the decoy archive (requests received in the last ``--window``)
+and, when a decision log is given, at each model's recent scores against its own reference period;
+alerts (``schemas/alert.schema.json``) are appended to a file and/or published to the alerts topic. The
+loop is pure apart from what is injected (the clock, the sleep, the round itself), so tests drive it
+with a fake clock; Ctrl-C or SIGTERM ends it after the round in progress, with a last line.
+
+The archive is read incrementally: finished part files (``part-*.jsonl``, committed on checkpoint, never
+changed afterwards; or Parquet files) are parsed once and kept while they hold rows inside the window.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import pandas as pd
+
+from evaluation.drift import Alert
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, None: 1000}
+
+
+def parse_duration_ms(text: str) -> int:
+    """``500ms``, ``30s``, ``5m``, ``1h`` or plain seconds -> milliseconds (positive)."""
+    m = _DURATION.match(text)
+    if m is None:
+        raise ValueError(f"not a duration: {text!r} (e.g. 30s, 5m, 1h)")
+    ms = int(float(m.group(1)) * _UNIT_MS[m.group(2)])
+    if ms <= 0:
+        raise ValueError(f"must be positive, got {text!r}")
+    return ms
+
+
+@dataclass
+class RoundResult:
+    """What one round measured: a one-line summary and the alerts raised."""
+
+    summary: str
+    alerts: list[Alert]
+
+
+def run_watch(
+    round_fn: Callable[[int], RoundResult],
+    every_ms: int,
+    *,
+    publish: Callable[[list[Alert]], None] = lambda _alerts: None,
+    clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    sleep_s: Callable[[float], None] = time.sleep,
+    stop: threading.Event | None = None,
+    iterations: int | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Run ``round_fn(now_ms)`` every ``every_ms`` (on the clock, not after each round) until ``stop`` is
+    set, ``iterations`` rounds ran, or Ctrl-C; prints a progress line per round. Returns the rounds run.
+
+    A round that fails (a file being rewritten, the broker away) is reported and the next one runs.
+    """
+    import sys
+
+    stream = out or sys.stdout
+    stop = stop or threading.Event()
+    rounds = alerts_total = 0
+    next_at = clock_ms()
+    try:
+        while not stop.is_set() and (iterations is None or rounds < iterations):
+            now = clock_ms()
+            if now < next_at:
+                sleep_s(min(1.0, (next_at - now) / 1000.0))  # short naps: a stop is seen within a second
+                continue
+            stamp = time.strftime("%H:%M:%S", time.localtime(now / 1000))
+            try:
+                result = round_fn(now)
+                publish(result.alerts)
+            except Exception as e:  # report and go on: a periodic job must outlive one bad round
+                print(
+                    f"[drift {stamp}] round {rounds + 1} failed: {type(e).__name__}: {e}",
+                    file=stream,
+                    flush=True,
+                )
+            else:
+                alerts_total += len(result.alerts)
+                print(
+                    f"[drift {stamp}] round {rounds + 1}: {result.summary}; {len(result.alerts)} alert(s)",
+                    file=stream,
+                    flush=True,
+                )
+                for a in result.alerts:
+                    print(f"  ALERT {a.kind}: {a.message}", file=stream, flush=True)
+            rounds += 1
+            next_at += every_ms
+            after = clock_ms()
+            if next_at <= after:  # a round longer than the period: skip the missed ticks, no burst
+                next_at = after + every_ms
+    except KeyboardInterrupt:
+        pass
+    print(f"drift watch stopped after {rounds} round(s), {alerts_total} alert(s)", file=stream, flush=True)
+    return rounds
+
+
+@dataclass
+class ArchiveWindow:
+    """Requests from an archive directory received in a sliding window, each finished file parsed once."""
+
+    archive_dir: Path
+    window_ms: int
+    _cache: dict[Path, pd.DataFrame] = field(default_factory=dict)
+
+    def files(self) -> list[Path]:
+        from ops.archive import finished_parts
+
+        parquet = sorted(p for p in self.archive_dir.rglob("*.parquet") if not p.name.startswith("."))
+        return finished_parts(self.archive_dir) + parquet
+
+    def recent(self, now_ms: int) -> pd.DataFrame:
+        """Archive rows with ``now - window <= received_at_ms < now`` (columns received_at_ms, features)."""
+        start = now_ms - self.window_ms
+        frames = []
+        for f in self.files():
+            if f not in self._cache:
+                self._cache[f] = _read_rows(f)
+            rows = self._cache[f]
+            if len(rows) and int(rows["received_at_ms"].max()) < start:
+                self._cache[f] = rows.iloc[0:0]  # wholly before the window, which only moves on: drop rows
+                continue
+            frames.append(rows[(rows["received_at_ms"] >= start) & (rows["received_at_ms"] < now_ms)])
+        if not frames:
+            return pd.DataFrame(columns=["received_at_ms", "features"])
+        return pd.concat(frames, ignore_index=True)
+
+
+def _read_rows(path: Path) -> pd.DataFrame:
+    if path.suffix == ".parquet":
+        frame = pd.read_parquet(path, columns=["received_at_ms", "features"])
+    elif path.stat().st_size == 0:
+        frame = pd.DataFrame(columns=["received_at_ms", "features"])
+    else:
+        frame = pd.read_json(path, lines=True, dtype={"features": str})[["received_at_ms", "features"]]
+    return frame.astype({"received_at_ms": "int64"})
+
+
+def alert_publisher(bootstrap: str, topic: str) -> tuple[Callable[[list[Alert]], None], Callable[[], None]]:
+    """(publish, close) for the alerts topic: one JSON record per alert, keyed by its subject."""
+    import json
+
+    from kafka import KafkaProducer
+
+    from ops import kafka_admin
+
+    kafka_admin.require_broker(bootstrap, "drift watch")
+    kafka_admin.create_topics(bootstrap, [topic])
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+
+    def publish(alerts: list[Alert]) -> None:
+        for a in alerts:
+            producer.send(topic, key=a.subject.encode(), value=json.dumps(a.to_dict()).encode())
+        producer.flush(timeout=30)
+
+    return publish, lambda: producer.close(timeout=10)

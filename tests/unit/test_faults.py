@@ -1,0 +1,206 @@
+"""The fault suite's verifier (ops/faults.py ``verify``): pure counting, checked with hand-made records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ops import faults
+from ops.faults import BadSent, Observed, verify
+from udfs import names
+
+EO = names.DELIVERY_EXACTLY_ONCE
+ALO = names.DELIVERY_AT_LEAST_ONCE
+
+
+def result(rid: str, model: str | None = "gbt", reason: str = "preferred", label: int = 1) -> dict[str, Any]:
+    output = None if model is None else {"label": label}
+    return {"request_id": rid, "model_id": model, "output": output, "reason": reason, "decided_at_ms": 1}
+
+
+def decision(rid: str, model: str | None = "gbt", reason: str = "preferred", late: int = 0) -> dict[str, Any]:
+    scores = [{"model_id": "gbt", "late": True}] * late + [{"model_id": "tree", "late": False}]
+    return {"request_id": rid, "result": result(rid, model, reason), "scores": scores}
+
+
+SENT = {f"s-t-{i}": 1000.0 + 100 * i for i in range(5)}  # ids s-t-0 .. s-t-4, sent at 1000 .. 1400 ms
+
+
+def clean(**kw: Any) -> faults.Verdict:
+    """verify() on a run where everything went right, with ``kw`` replacing what went otherwise; the
+    decision log follows the results given (one record per request, the first result's answer)."""
+    results = kw.get("results", [Observed(2000.0 + i, result(rid)) for i, rid in enumerate(SENT)])
+    first: dict[str, dict[str, Any]] = {}
+    for o in results:
+        first.setdefault(o.record["request_id"], o.record)
+    decisions = [Observed(9000.0, {"request_id": rid, "result": r, "scores": []}) for rid, r in first.items()]
+    args: dict[str, Any] = {
+        "scenario": "s",
+        "delivery": EO,
+        "sent": SENT,
+        "results": results,
+        "decisions": decisions,
+        "archive": (5, 5),
+    }
+    return verify(**(args | kw))
+
+
+def test_every_request_answered_once_passes() -> None:
+    v = clean()
+    assert (v.sent, v.answered, v.lost, v.duplicated_same, v.duplicated_different) == (5, 5, 0, 0, 0)
+    assert v.passed and v.problems == []
+
+
+def test_a_lost_request_is_counted_and_fails() -> None:
+    v = clean(results=[Observed(2000.0, result(rid)) for rid in list(SENT)[:4]])
+    assert (v.answered, v.lost, v.lost_sample) == (4, 1, ["s-t-4"])
+    assert not v.passed and "1 of 5 requests never answered" in v.problems[0]
+
+
+def test_duplicates_are_split_into_same_and_different_answers() -> None:
+    rs = [Observed(2000.0, result(rid)) for rid in SENT]
+    rs += [Observed(2500.0, result("s-t-0"))]  # the same answer again
+    rs += [Observed(2600.0, result("s-t-1", None, "no_answer"))]  # a different one
+    v = clean(results=rs, delivery=ALO, job_restarted=True)
+    assert (v.duplicated_same, v.duplicated_different) == (1, 1)
+    assert v.different_sample[0]["request_id"] == "s-t-1"
+    assert v.passed  # at-least-once across a job restart: reported, allowed
+    strict = clean(results=rs, delivery=ALO, job_restarted=False)
+    assert len(strict.problems) == 2  # without a restart, at-least-once must not repeat itself either
+    eo = clean(results=rs, delivery=EO, job_restarted=True)
+    assert any("two different results" in p for p in eo.problems)
+    assert any("answered twice" in p for p in eo.problems)
+
+
+def test_timestamps_alone_do_not_make_a_different_answer() -> None:
+    a, b = result("s-t-0"), result("s-t-0") | {"decided_at_ms": 99}
+    assert faults.answer_of(a) == faults.answer_of(b)
+    assert faults.answer_of(a) != faults.answer_of(result("s-t-0", label=0))
+
+
+def test_foreign_results_fail() -> None:
+    rs = [Observed(2000.0, result(rid)) for rid in SENT] + [Observed(2000.0, result("s-t-x-bad-0"))]
+    v = clean(results=rs)
+    assert v.foreign == 1 and not v.passed
+
+
+def test_recovery_gap_and_requests_sent_while_down() -> None:
+    # Fault at 1150 ms: s-t-2 (sent 1200) and s-t-3 (1300) go out while nothing answers; the first
+    # answer to a request sent after the fault arrives at 5000 ms.
+    rs = [
+        Observed(1100.0, result("s-t-0")),
+        Observed(1180.0, result("s-t-1", "logreg", "fallback")),
+        Observed(5000.0, result("s-t-3")),
+        Observed(5200.0, result("s-t-2")),
+        Observed(5300.0, result("s-t-4")),
+    ]
+    v = clean(results=rs, fault_ms=1150.0)
+    assert v.recovery_s == pytest.approx(3.85)
+    assert v.longest_gap_s == pytest.approx((5000 - 1180) / 1000)
+    assert (v.sent_while_down, v.answered_after_recovery) == (3, 3)  # sent at 1200, 1300, 1400 ms
+    assert v.incumbent_back_s == pytest.approx(3.85)
+
+
+def test_no_answer_after_the_fault_leaves_recovery_unknown_and_fails() -> None:
+    rs = [Observed(1100.0, result("s-t-0"))]
+    v = clean(results=rs, fault_ms=1050.0)
+    assert v.recovery_s is None and v.lost == 4 and not v.passed
+
+
+def test_the_silent_incumbent_must_not_win() -> None:
+    rs = [Observed(2000.0, result(rid, "logreg", "fallback")) for rid in SENT]
+    assert clean(results=rs, incumbent_silent_from=0).passed
+    rs[3] = Observed(2000.0, result("s-t-3"))  # gbt answered request 3, after it hung at 2
+    v = clean(results=rs, incumbent_silent_from=2)
+    assert v.incumbent_wins_after_fault == 1 and not v.passed
+    assert clean(results=rs, incumbent_silent_from=4).passed
+
+
+def test_decision_log_missing_duplicated_and_disagreeing() -> None:
+    ds = [Observed(3000.0, decision(rid, late=1)) for rid in list(SENT)[:4]]  # s-t-4 has none
+    ds.append(Observed(3100.0, decision("s-t-0", "tree", "backstop")))  # replayed, decided otherwise
+    v = clean(decisions=ds, delivery=ALO, job_restarted=True)
+    assert (v.decisions_missing, v.decisions_duplicated, v.decisions_disagreeing) == (1, 1, 1)
+    assert v.late_scores == 4
+    assert [p for p in v.problems if "decision" in p] == ["1 answered requests without a decision record"]
+    eo = clean(decisions=ds, delivery=EO)
+    assert len([p for p in eo.problems if "decision" in p]) == 3
+
+
+def test_archive_must_hold_every_request_exactly_once() -> None:
+    assert not clean(archive=(6, 5)).passed  # one archived twice
+    assert not clean(archive=(4, 4)).passed  # one missing
+    assert clean(archive=None).passed  # not checked
+
+
+def test_every_malformed_record_needs_its_dead_letter() -> None:
+    bad = [BadSent("requests-t", 0, 7, "not_json"), BadSent("scores-t", 0, 3, "bad_output")]
+    letters = [
+        Observed(1.0, {"source_topic": "requests-t", "partition": 0, "offset": 7, "reason": "not_json"}),
+        Observed(1.0, {"source_topic": "requests-t", "partition": 0, "offset": 8, "reason": "not_json"}),
+    ]
+    v = clean(bad=bad, dead_letters=letters)
+    assert (v.malformed_sent, v.malformed_dead_lettered) == (2, 1) and not v.passed
+    letters.append(Observed(1.0, {"source_topic": "scores-t", "partition": 0, "offset": 3}))
+    assert clean(bad=bad, dead_letters=letters).passed
+
+
+def test_data_caused_restarts_fail_and_infrastructure_ones_do_not() -> None:
+    assert not clean(restarts=1, data_restarts=1).passed
+    assert clean(restarts=2, data_restarts=0, job_restarted=True).passed
+
+
+def test_exception_classification() -> None:
+    data = (
+        "pemja.core.PythonException: <class 'KeyError'>: 'x'\nTraceback (most recent call last):\n  udfs/x.py"
+    )
+    lost_tm = (
+        "org.apache.flink.runtime.jobmaster.JobMasterException: TaskManager with id x is no longer reachable."
+    )
+    kafka_via_python = (
+        "pemja.core.PythonException: ... org.apache.kafka.common.errors.TimeoutException: expired"
+    )
+    assert faults.is_data_caused(data)
+    assert not faults.is_data_caused(lost_tm)
+    assert not faults.is_data_caused(kafka_via_python)
+    entries = [
+        {"timestamp": 100, "stacktrace": data},
+        {"timestamp": 200, "stacktrace": lost_tm},
+        {"timestamp": 900, "stacktrace": data},  # outside the window
+    ]
+    n, from_data, firsts = faults.restarts_in(entries, 50, 500)
+    assert (n, from_data) == (2, 1)
+    assert firsts[1].startswith("org.apache.flink.runtime.jobmaster.JobMasterException")
+
+
+def test_request_index() -> None:
+    assert faults.request_index("model-hang-ab12cd-17") == 17
+    assert faults.request_index("model-hang-ab12cd-x-bad-0") == 0
+    assert faults.request_index("probe-abc") is None
+
+
+def test_markdown_lists_every_scenario_and_the_totals() -> None:
+    v = clean().to_dict()
+    mode = {
+        "delivery": EO,
+        "wall_s": 10,
+        "scenarios": [v | {"scenario": "runner-crash"}],
+        "state_bytes_at_end": 2048,
+    }
+    text = faults.markdown({"date": "d", "machine": {"cpus": 2}, "rate": 20, "seconds": 30, "modes": [mode]})
+    assert "| runner-crash | 5 | 5 | 0 | 0 | 0 |" in text
+    assert "Total: 5 sent, 5 answered, 0 lost" in text and "2 KB" in text
+
+
+def test_wins_are_split_at_the_fault() -> None:
+    rs = [Observed(2000.0, result(rid)) for rid in list(SENT)[:2]]
+    rs += [Observed(2000.0, result(rid, "logreg", "fallback")) for rid in list(SENT)[2:]]
+    v = clean(results=rs, fault_ms=1150.0)
+    assert v.wins_before_fault == {"gbt": 2} and v.wins_after_fault == {"logreg": 3}
+
+
+def test_markdown_shows_a_scenario_that_raised() -> None:
+    mode = {"delivery": EO, "wall_s": 1, "scenarios": [{"scenario": "savepoint-resume", "error": "boom"}]}
+    text = faults.markdown({"date": "d", "machine": {"cpus": 2}, "rate": 20, "seconds": 30, "modes": [mode]})
+    assert "| savepoint-resume | ERROR: boom |" in text and "Total: 0 sent" in text
