@@ -99,19 +99,9 @@ def choose(state: Mapping[str, Any], eligible: Sequence[str], rng: random.Random
 
 def update(state: Mapping[str, Any], model_id: str, reward: float | bool) -> dict[str, Any]:
     """A new state with one label's evidence for model_id (1 or True: its answer was right)."""
-    r = float(reward)
-    if not 0.0 <= r <= 1.0:
+    if not 0.0 <= float(reward) <= 1.0:
         raise ValueError(f"reward: must be in [0, 1], got {reward!r}")
-    pa, pb = state["prior"]
-    d = float(state["discount"])
-    arms = {m: list(ab) for m, ab in state["arms"].items()}
-    if d < 1.0:
-        for ab in arms.values():
-            ab[0] = pa + d * (ab[0] - pa)
-            ab[1] = pb + d * (ab[1] - pb)
-    a, b = arms.get(model_id, [pa, pb])
-    arms[model_id] = [min(a + r, MAX_PSEUDO_COUNT), min(b + 1.0 - r, MAX_PSEUDO_COUNT)]
-    return {**state, "updates": int(state["updates"]) + 1, "arms": arms}
+    return update_many(state, {model_id: reward})
 
 
 def update_many(state: Mapping[str, Any], rewards: Mapping[str, float | bool]) -> dict[str, Any]:

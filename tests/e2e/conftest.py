@@ -106,6 +106,17 @@ class TopicReader:
         self.consumer.close()
 
 
+def new_rid(name: str) -> str:
+    """A request id no other test (or earlier run on the same broker) has used."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def one_result(results: TopicReader, rid: str, timeout_s: float = 20.0) -> dict[str, Any]:
+    """The first result for ``rid``, waiting for it."""
+    results.wait_for(lambda _: len(results.for_id(rid)) >= 1, timeout_s, f"a result for {rid}")
+    return results.for_id(rid)[0]
+
+
 @pytest.fixture(scope="module")
 def rendezvous_job_factory(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory

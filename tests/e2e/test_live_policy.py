@@ -19,7 +19,7 @@ import yaml
 from kafka import KafkaProducer
 
 from ops import kafka_admin, policy_cli, stack
-from tests.e2e.conftest import RunningJob, TopicReader
+from tests.e2e.conftest import RunningJob, TopicReader, new_rid, one_result
 from udfs import names
 from udfs.policy import parse_policy
 
@@ -115,18 +115,9 @@ def dead_letters(job: LiveJob) -> Iterator[TopicReader]:
     reader.close()
 
 
-def _rid(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
-
-
-def _one_result(results: TopicReader, rid: str, timeout_s: float = 20.0) -> dict[str, Any]:
-    results.wait_for(lambda _: len(results.for_id(rid)) >= 1, timeout_s, f"a result for {rid}")
-    return results.for_id(rid)[0]
-
-
 def _probe(job: LiveJob, name: str = "probe") -> str:
     """A request that every model answers at once: the policy's first model wins."""
-    rid = _rid(name)
+    rid = new_rid(name)
     job.send_request(rid)
     for model in ("gbt", "logreg", "tree"):
         job.send_score(rid, model, 0.8)
@@ -134,7 +125,7 @@ def _probe(job: LiveJob, name: str = "probe") -> str:
 
 
 def _version_in_force(job: LiveJob, results: TopicReader) -> tuple[int, str]:
-    res = _one_result(results, _probe(job))
+    res = one_result(results, _probe(job))
     return res["policy_version"], res["model_id"]
 
 
@@ -144,7 +135,7 @@ def test_a_published_policy_answers_new_requests_and_open_ones_finish_under_thei
     assert _version_in_force(job, results) == (1, "gbt")
 
     # Open under v1: logreg has answered, v1 waits for gbt (30 s), whose score is held back.
-    held = _rid("held")
+    held = new_rid("held")
     job.send_request(held)
     job.send_score(held, "logreg", 0.2)
     results.settle(1.0)
@@ -184,7 +175,7 @@ def test_a_published_policy_answers_new_requests_and_open_ones_finish_under_thei
     # The held request was open when v2 arrived: it is still waiting for gbt, as v1 says ...
     assert results.for_id(held) == []
     job.send_score(held, "gbt", 0.9)
-    res = _one_result(results, held)
+    res = one_result(results, held)
     # ... and gbt's answer is the official one, under v1 (v2 would have answered with logreg).
     assert (res["model_id"], res["reason"], res["policy_version"]) == ("gbt", "preferred", 1)
 

@@ -60,7 +60,10 @@ def test_every_request_answered_exactly_once_and_archived(
     # gbt drops or fails ~10% of requests: those go to the challenger; everything else to gbt.
     assert report.wins_by_model.get("gbt", 0) > COUNT * 0.6
     assert report.wins_by_model.get("logreg", 0) > 0
-    assert set(report.by_reason) <= {"preferred", "fallback", "backstop"}
+    # A request none of gbt, logreg and tree answered within 2 s gets no_answer, still exactly once. That
+    # takes a multi-second stall of the runners (seen once in CI on two busy cores): rare, not forbidden.
+    assert set(report.by_reason) <= {"preferred", "fallback", "backstop", "no_answer"}
+    assert report.by_reason.get("no_answer", 0) <= COUNT * 0.02, report.by_reason
 
     rows: list[tuple[Any, ...]] = []
     end = time.monotonic() + 30

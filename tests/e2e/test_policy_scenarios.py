@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 
 from ops import archive
-from tests.e2e.conftest import RunningJob, TopicReader
+from tests.e2e.conftest import RunningJob, TopicReader, new_rid, one_result
 
 pytestmark = pytest.mark.e2e
 
@@ -65,25 +65,16 @@ def dead_letters(job: RunningJob) -> Iterator[TopicReader]:
     reader.close()
 
 
-def _rid(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
-
-
-def _one_result(results: TopicReader, rid: str, timeout_s: float = 20.0) -> dict[str, Any]:
-    results.wait_for(lambda _: len(results.for_id(rid)) >= 1, timeout_s, f"a result for {rid}")
-    return results.for_id(rid)[0]
-
-
 def _validate(record: dict[str, Any], schema: str) -> None:
     jsonschema.Draft202012Validator(json.loads((SCHEMAS / schema).read_text())).validate(record)
 
 
 def test_incumbent_in_time_wins_at_once(job: RunningJob, results: TopicReader) -> None:
-    rid = _rid("in-time")
+    rid = new_rid("in-time")
     job.send_request(rid)
     job.send_score(rid, "gbt", 0.8)
     job.send_score(rid, "logreg", 0.3)
-    res = _one_result(results, rid)
+    res = one_result(results, rid)
     _validate(res, "result.schema.json")
     assert (res["model_id"], res["reason"], res["trigger"]) == ("gbt", "preferred", "score")
     assert res["output"] == {"label": 1, "probability": 0.8}
@@ -95,10 +86,10 @@ def test_incumbent_in_time_wins_at_once(job: RunningJob, results: TopicReader) -
 def test_slow_incumbent_falls_back_to_challenger_after_its_wait(
     job: RunningJob, results: TopicReader
 ) -> None:
-    rid = _rid("slow")
+    rid = new_rid("slow")
     job.send_request(rid)
     job.send_score(rid, "logreg", 0.2)
-    res = _one_result(results, rid)
+    res = one_result(results, rid)
     assert (res["model_id"], res["reason"], res["trigger"]) == ("logreg", "fallback", "wait_timer")
     assert res["latency_ms"] >= 400  # not before the incumbent's wait ran out
     job.send_score(rid, "gbt", 0.9)  # the incumbent, too late: must not change anything
@@ -107,38 +98,38 @@ def test_slow_incumbent_falls_back_to_challenger_after_its_wait(
 
 
 def test_failed_incumbent_does_not_make_anyone_wait(job: RunningJob, results: TopicReader) -> None:
-    rid = _rid("failed")
+    rid = new_rid("failed")
     job.send_request(rid)
     job.send_score(rid, "gbt", status="error")
     job.send_score(rid, "logreg", 0.6)
-    res = _one_result(results, rid)
+    res = one_result(results, rid)
     assert (res["model_id"], res["reason"]) == ("logreg", "fallback")
     assert res["failed"] == ["gbt"]
     assert res["latency_ms"] < 400
 
 
 def test_backstop_answers_when_the_others_do_not(job: RunningJob, results: TopicReader) -> None:
-    rid = _rid("backstop")
+    rid = new_rid("backstop")
     job.send_request(rid)
     job.send_score(rid, "tree", 0.4)
-    res = _one_result(results, rid)
+    res = one_result(results, rid)
     assert (res["model_id"], res["reason"], res["trigger"]) == ("tree", "backstop", "wait_timer")
     assert res["latency_ms"] >= 800  # after both the incumbent's and the challenger's waits
 
 
 def test_nobody_answers_gives_no_answer_at_the_deadline(job: RunningJob, results: TopicReader) -> None:
-    rid = _rid("silent")
+    rid = new_rid("silent")
     job.send_request(rid)
-    res = _one_result(results, rid)
+    res = one_result(results, rid)
     assert (res["model_id"], res["reason"], res["trigger"]) == (None, "no_answer", "deadline")
     assert res["output"] == {"label": 0}  # the policy's on_no_answer
     assert res["latency_ms"] >= DEADLINE_MS
 
 
 def test_per_request_deadline_override(job: RunningJob, results: TopicReader) -> None:
-    rid = _rid("short")
+    rid = new_rid("short")
     job.send_request(rid, deadline_ms=200)
-    res = _one_result(results, rid)
+    res = one_result(results, rid)
     assert res["reason"] == "no_answer"
     assert 200 <= res["latency_ms"] < DEADLINE_MS
 
@@ -146,13 +137,13 @@ def test_per_request_deadline_override(job: RunningJob, results: TopicReader) ->
 def test_scores_before_their_request_are_kept(
     job: RunningJob, results: TopicReader, decisions: TopicReader
 ) -> None:
-    rid = _rid("early")
+    rid = new_rid("early")
     job.send_score(rid, "gbt", 0.7)
     job.send_score(rid, "base", 0.6)
     results.settle(1.0)  # the job has long read both scores before the request exists
     assert results.for_id(rid) == []
     job.send_request(rid)
-    res = _one_result(results, rid)
+    res = one_result(results, rid)
     assert (res["model_id"], res["reason"]) == ("gbt", "preferred")
     assert res["latency_ms"] < 100  # nothing to wait for: decided on arrival
     decisions.wait_for(lambda _: bool(decisions.for_id(rid)), 20, "the decision log record")
@@ -165,12 +156,12 @@ def test_scores_before_their_request_are_kept(
 def test_duplicates_and_late_scores_never_make_a_second_result(
     job: RunningJob, results: TopicReader, decisions: TopicReader, dead_letters: TopicReader
 ) -> None:
-    rid = _rid("dups")
+    rid = new_rid("dups")
     job.send_request(rid)
     job.send_score(rid, "gbt", 0.9)
     job.send_score(rid, "gbt", 0.1)  # the same model again, with another answer
     job.send_request(rid)  # the same request again
-    first = _one_result(results, rid)
+    first = one_result(results, rid)
     job.send_score(rid, "mlp", 0.5)  # after the decision: late
     job.send_score(rid, "unknown-model", 0.5)  # not in the policy
     results.settle(2.0)
@@ -191,11 +182,11 @@ def test_duplicates_and_late_scores_never_make_a_second_result(
 
 
 def test_canary_record_pairs_official_and_canary(job: RunningJob, results: TopicReader) -> None:
-    rid = _rid("canary")
+    rid = new_rid("canary")
     job.send_request(rid)
     job.send_score(rid, "base", 0.1)
     job.send_score(rid, "gbt", 0.95)
-    _one_result(results, rid)
+    one_result(results, rid)
     canary = TopicReader(job.bootstrap, job.canary)
     try:
         canary.wait_for(lambda _: bool(canary.for_id(rid)), 20, "the canary record")
@@ -235,14 +226,14 @@ def test_malformed_records_become_dead_letters_and_the_job_keeps_answering(
     assert {"not_json", "missing_field"} <= {d["reason"] for d in mine}
     assert any(d["reason"] == "not_utf8" for d in dead_letters.records)
     # And the job still answers.
-    rid = _rid("after-garbage")
+    rid = new_rid("after-garbage")
     job.send_request(rid)
     job.send_score(rid, "gbt", 0.5)
-    assert _one_result(results, rid)["model_id"] == "gbt"
+    assert one_result(results, rid)["model_id"] == "gbt"
 
 
 def test_every_request_is_in_the_decoy_archive(job: RunningJob, results: TopicReader) -> None:
-    rids = [_rid("archived") for _ in range(20)]
+    rids = [new_rid("archived") for _ in range(20)]
     sent = {rid: job.send_request(rid) for rid in rids}
     for rid in rids:
         job.send_score(rid, "gbt", 0.5)
