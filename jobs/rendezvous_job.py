@@ -172,22 +172,14 @@ def build_pipeline(
     Inputs: Row(value bytes, topic, partition, offset); ``policies`` carries policy documents (None: an
     empty stream, so only the startup ``policy`` applies). ``labels`` and ``decisions_in`` (the job's
     own decisions topic, read back) feed the label join, whose reward events share the broadcast input
-    with the policies (None: empty streams, no feedback).
+    with the policies (None: no label join, and no thompson policy is accepted).
     """
     from pyflink.common import Types
 
     from udfs import flink_fn
 
-    parsed_requests = (
-        requests.process(flink_fn.ParseFunction(flink_fn.KIND_REQUEST), output_type=flink_fn.PARSED_TYPE)
-        .uid(names.UID_PARSE_REQUESTS)
-        .name("parse requests")
-    )
-    parsed_scores = (
-        scores.process(flink_fn.ParseFunction(flink_fn.KIND_SCORE), output_type=flink_fn.PARSED_TYPE)
-        .uid(names.UID_PARSE_SCORES)
-        .name("parse scores")
-    )
+    parsed_requests = _parse(requests, flink_fn.KIND_REQUEST, names.UID_PARSE_REQUESTS, "parse requests")
+    parsed_scores = _parse(scores, flink_fn.KIND_SCORE, names.UID_PARSE_SCORES, "parse scores")
     if policies is None:
         # No policies source (tests from collections): an empty stream in its place.
         policies = requests.filter(lambda _row: False).name("no policies")
@@ -196,21 +188,18 @@ def build_pipeline(
         .uid(names.UID_TAG_POLICIES)
         .name("tag policies")
     )
+    # Label feedback is off by default: reading every decision back and holding a join entry per
+    # request costs every job CPU, and only decide: thompson uses it.
     feedback = labels is not None and decisions_in is not None
+    broadcast_in = tagged_policies
     extra_dead_letters: list[Any] = []
-    if not feedback:
-        # Off by default: reading every decision back and holding a join entry per request costs
-        # every job CPU, and only decide: thompson uses it.
-        broadcast_in = tagged_policies.broadcast(flink_fn.POLICIES_STATE, flink_fn.BANDIT_STATE)
-    else:
+    if feedback:
         rewards, extra_dead_letters = _label_feedback(labels, decisions_in, label_join_ttl_ms)
-        broadcast_in = tagged_policies.union(rewards).broadcast(
-            flink_fn.POLICIES_STATE, flink_fn.BANDIT_STATE
-        )
+        broadcast_in = tagged_policies.union(rewards)
     mailbox = (
         parsed_requests.union(parsed_scores)
         .key_by(lambda row: row[1], key_type=Types.STRING())
-        .connect(broadcast_in)
+        .connect(broadcast_in.broadcast(flink_fn.POLICIES_STATE, flink_fn.BANDIT_STATE))
         .process(flink_fn.MailboxFunction(policy, feedback=feedback), output_type=flink_fn.MAILBOX_OUT_TYPE)
         .uid(names.UID_MAILBOX)
         .name("rendezvous mailbox")
@@ -234,21 +223,22 @@ def build_pipeline(
     )
 
 
+def _parse(raw: Any, kind: str, uid: str, name: str) -> Any:
+    """Raw Kafka rows -> parsed rows of one kind; bad records to the DEAD_LETTERS side output."""
+    from udfs import flink_fn
+
+    return raw.process(flink_fn.ParseFunction(kind), output_type=flink_fn.PARSED_TYPE).uid(uid).name(name)
+
+
 def _label_feedback(labels: Any, decisions_in: Any, label_join_ttl_ms: int) -> tuple[Any, list[Any]]:
     """Labels and decisions read back, parsed and joined by request id: (reward events, dead letters)."""
     from pyflink.common import Types
 
     from udfs import flink_fn
 
-    parsed_labels = (
-        labels.process(flink_fn.ParseFunction(flink_fn.KIND_LABEL), output_type=flink_fn.PARSED_TYPE)
-        .uid(names.UID_PARSE_LABELS)
-        .name("parse labels")
-    )
-    parsed_decisions = (
-        decisions_in.process(flink_fn.ParseFunction(flink_fn.KIND_DECISION), output_type=flink_fn.PARSED_TYPE)
-        .uid(names.UID_PARSE_DECISIONS)
-        .name("parse decisions")
+    parsed_labels = _parse(labels, flink_fn.KIND_LABEL, names.UID_PARSE_LABELS, "parse labels")
+    parsed_decisions = _parse(
+        decisions_in, flink_fn.KIND_DECISION, names.UID_PARSE_DECISIONS, "parse decisions"
     )
     rewards = (
         parsed_labels.union(parsed_decisions)

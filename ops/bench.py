@@ -616,6 +616,11 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}" if v >= 10 else f"{v:.1f}"
 
 
+def _failed_row(name: str, error: str, columns: int) -> str:
+    """A table row for a part that failed: its name, the error's start, empty cells to the table's width."""
+    return f"| {name} | failed: {error[:80]} |" + " |" * (columns - 2)
+
+
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [f"# Benchmark ({m['cpus']} CPUs, {m['platform']}, Python {m['python']}, {result['date']})", ""]
@@ -685,7 +690,7 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         for name, d in result["delivery"].items():
             if "error" in d:
-                lines.append(f"| {name} | failed: {d['error'][:80]} | | | | |")
+                lines.append(_failed_row(name, d["error"], 6))
                 continue
             pr, lat = d["probe"], d["probe"]["latency_ms"]
             lines.append(
@@ -702,7 +707,7 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         for name, t in result["tuning"].items():
             if "error" in t:
-                lines.append(f"| {name} | failed: {t['error'][:80]} | | | | |")
+                lines.append(_failed_row(name, t["error"], 6))
                 continue
             lat = t["probe"]["latency_ms"]
             state = "-" if t["state_bytes"] is None else f"{t['state_bytes'] / 1024:.0f}"
@@ -720,7 +725,7 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         for variant, c in result["crossing"].items():
             if "error" in c:
-                lines.append(f"| {variant} | failed: {' '.join(c['error'])[:80]} | |")
+                lines.append(_failed_row(variant, " ".join(c["error"]), 3))
             else:
                 lines.append(
                     f"| {variant} | {c['us_per_record']} | {' / '.join(str(v) for v in c['seconds'].values())} |"

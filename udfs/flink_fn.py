@@ -415,6 +415,9 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
         obj = json.loads(text)  # validated by ParseFunction upstream
         current = self._load()
         previous_wake_ms = None if current is None else current.wake_at_ms  # before the in-place update
+        # An open mailbox keeps the version it recorded; a new one takes the version in force now (a
+        # duplicate request is refused by the mailbox whatever its version).
+        policy = self.registry.policy_for(None if current is None else current.policy_version)
         if kind == KIND_REQUEST:
             req = Request(
                 obj["request_id"],
@@ -424,9 +427,6 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
                 obj.get("deadline_ms"),
                 obj.get("routing_key"),
             )
-            # A new request is decided under the version in force now (policy_for(None)), to the end;
-            # a duplicate is refused by the mailbox whatever its version.
-            policy = self.registry.policy_for(None if current is None else current.policy_version)
             step = mbx.on_request(current, req, text, source, policy, now, self.posteriors)
             if names.METRIC_REQUESTS in step.counts and step.mailbox and step.mailbox.choice is not None:
                 step.counts.append(names.METRIC_BANDIT_CHOICES)
@@ -441,7 +441,6 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
                 obj["scored_at_ms"],
                 float(obj["latency_ms"]),
             )
-            policy = self.registry.policy_for(None if current is None else current.policy_version)
             step = mbx.on_score(current, score, source, policy, now)
         yield from self._apply(step, ctx, previous_wake_ms, now, policy)
 

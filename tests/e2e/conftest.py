@@ -17,7 +17,7 @@ import pytest
 import yaml
 from kafka import KafkaConsumer, KafkaProducer
 
-from ops import kafka_admin, stack
+from ops import kafka_admin, policy_cli, stack
 
 
 def request_record(rid: str, return_address: str, **extra: Any) -> dict[str, Any]:
@@ -39,6 +39,25 @@ def score_record(rid: str, model_id: str, probability: float = 0.9, status: str 
     return score
 
 
+# Topics a job test creates for itself (suffix: the test's tag), and the job flag naming each.
+JOB_TOPICS = ("requests", "scores", "results", "canary", "decisions", "dead-letters", "policies")
+TOPIC_FLAGS = {k: f"--{k}-topic" for k in (*JOB_TOPICS, "labels") if k != "results"}  # results: per request
+
+
+def fresh_topics(bootstrap: str, tag: str, *extra: str) -> dict[str, str]:
+    """Create the job's topics (and ``extra`` ones) for ``tag``; the policies topic compacted, as the job's."""
+    topics = {k: f"{k}-{tag}" for k in (*JOB_TOPICS, *extra)}
+    kafka_admin.create_topics(bootstrap, [t for k, t in topics.items() if k != "policies"])
+    policy_cli.ensure_policies_topic(bootstrap, topics["policies"])
+    return topics
+
+
+def topic_args(topics: dict[str, str], group: str) -> list[str]:
+    """The job arguments that point it at ``topics`` with its own consumer group."""
+    args = [a for k, t in topics.items() if k in TOPIC_FLAGS for a in (TOPIC_FLAGS[k], t)]
+    return [*args, "--group-id", group]
+
+
 @dataclass
 class RunningJob:
     bootstrap: str
@@ -53,6 +72,7 @@ class RunningJob:
     job: Any
     processes: stack.Processes
     producer: KafkaProducer
+    policies: str = ""  # its own live policies topic
 
     def send_request(self, rid: str, **extra: Any) -> dict[str, Any]:
         req = request_record(rid, self.results, **extra)
@@ -127,25 +147,18 @@ def rendezvous_job_factory(
     def start(policy: dict[str, Any]) -> RunningJob:
         tag = uuid.uuid4().hex[:8]
         base = tmp_path_factory.mktemp(f"job-{tag}")
-        topics = {
-            k: f"{k}-{tag}" for k in ("requests", "scores", "results", "canary", "decisions", "dead-letters")
-        }
-        kafka_admin.create_topics(kafka_bootstrap, list(topics.values()))
+        topics = fresh_topics(kafka_bootstrap, tag)
         policy_path = base / "policy.yaml"
         policy_path.write_text(yaml.safe_dump(policy))
         processes = stack.Processes()
         job = stack.start_job(
             policy_path, kafka_bootstrap, base / "archive", base / "flink", base / "job.log", processes,
-            extra_args=[
-                "--requests-topic", topics["requests"], "--scores-topic", topics["scores"],
-                "--canary-topic", topics["canary"], "--decisions-topic", topics["decisions"],
-                "--dead-letters-topic", topics["dead-letters"], "--group-id", f"rendezvous-{tag}",
-            ],
+            extra_args=topic_args(topics, f"rendezvous-{tag}"),
         )  # fmt: skip
         running = RunningJob(
             kafka_bootstrap, tag, topics["requests"], topics["scores"], topics["results"], topics["canary"],
             topics["decisions"], topics["dead-letters"], base / "archive", job, processes,
-            KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=0),
+            KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=0), topics["policies"],
         )  # fmt: skip
         started.append(running)
         try:

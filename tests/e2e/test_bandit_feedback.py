@@ -33,8 +33,8 @@ import pytest
 import yaml
 from kafka import KafkaProducer
 
-from ops import kafka_admin, procs, stack
-from tests.e2e.conftest import TopicReader, request_record, score_record
+from ops import procs, stack
+from tests.e2e.conftest import TopicReader, fresh_topics, request_record, score_record, topic_args
 
 pytestmark = pytest.mark.e2e
 
@@ -61,20 +61,7 @@ class Feedback:
         self.bootstrap = bootstrap
         self.base = base
         tag = uuid.uuid4().hex[:8]
-        self.topics = {
-            k: f"{k}-{tag}"
-            for k in (
-                "requests",
-                "scores",
-                "results",
-                "canary",
-                "decisions",
-                "dead-letters",
-                "labels",
-                "policies",
-            )
-        }
-        kafka_admin.create_topics(bootstrap, [t for k, t in self.topics.items() if k != "policies"])
+        self.topics = fresh_topics(bootstrap, tag, "labels")
         self.group = f"rendezvous-{tag}"
         (base / "policy.yaml").write_text(yaml.safe_dump(POLICY))
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
@@ -85,11 +72,7 @@ class Feedback:
 
     def start(self, restore_from: Path | None = None, log_name: str = "job.log") -> None:
         t = self.topics
-        extra = [
-            "--requests-topic", t["requests"], "--scores-topic", t["scores"], "--canary-topic", t["canary"],
-            "--decisions-topic", t["decisions"], "--dead-letters-topic", t["dead-letters"],
-            "--policies-topic", t["policies"], "--labels-topic", t["labels"], "--group-id", self.group,
-        ]  # fmt: skip
+        extra = topic_args(t, self.group)
         if restore_from is not None:
             extra += ["-D", f"execution.state-recovery.path={restore_from.resolve().as_uri()}"]
         self.job = stack.start_job(

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 import yaml
 from kafka import KafkaProducer
 
-from ops import kafka_admin, policy_cli, stack
+from ops import policy_cli
 from tests.e2e.conftest import RunningJob, TopicReader, new_rid, one_result
 from udfs import names
 from udfs.policy import parse_policy
@@ -57,65 +56,27 @@ V3 = {
 }
 
 
-class LiveJob(RunningJob):
-    policies: str
+@pytest.fixture(scope="module")
+def job(rendezvous_job_factory: Callable[[dict[str, Any]], RunningJob]) -> RunningJob:
+    """The job with policy v1 on fresh topics, its own policies topic included (stopped at module end)."""
+    return rendezvous_job_factory(V1)
 
 
 @pytest.fixture(scope="module")
-def job(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveJob]:
-    """The job with policy v1 on fresh topics, its own policies topic included."""
-    tag = uuid.uuid4().hex[:8]
-    base = tmp_path_factory.mktemp(f"live-{tag}")
-    topics = {
-        k: f"{k}-{tag}" for k in ("requests", "scores", "results", "canary", "decisions", "dead-letters")
-    }
-    kafka_admin.create_topics(kafka_bootstrap, list(topics.values()))
-    policies = f"policies-{tag}"
-    assert policy_cli.ensure_policies_topic(kafka_bootstrap, policies)
-    policy_path = base / "policy.yaml"
-    policy_path.write_text(yaml.safe_dump(V1))
-    processes = stack.Processes()
-    proc = stack.start_job(
-        policy_path, kafka_bootstrap, base / "archive", base / "flink", base / "job.log", processes,
-        extra_args=[
-            "--requests-topic", topics["requests"], "--scores-topic", topics["scores"],
-            "--canary-topic", topics["canary"], "--decisions-topic", topics["decisions"],
-            "--dead-letters-topic", topics["dead-letters"], "--policies-topic", policies,
-            "--group-id", f"rendezvous-{tag}",
-        ],
-    )  # fmt: skip
-    running = LiveJob(
-        kafka_bootstrap, tag, topics["requests"], topics["scores"], topics["results"], topics["canary"],
-        topics["decisions"], topics["dead-letters"], base / "archive", proc, processes,
-        KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=0),
-    )  # fmt: skip
-    running.policies = policies
-    try:
-        stack.wait_until_answering(kafka_bootstrap, proc, requests_topic=topics["requests"])
-        yield running
-    except Exception:
-        print(proc.log_tail(60))
-        raise
-    finally:
-        running.producer.close()
-        processes.stop_all()
-
-
-@pytest.fixture(scope="module")
-def results(job: LiveJob) -> Iterator[TopicReader]:
+def results(job: RunningJob) -> Iterator[TopicReader]:
     reader = TopicReader(job.bootstrap, job.results)
     yield reader
     reader.close()
 
 
 @pytest.fixture(scope="module")
-def dead_letters(job: LiveJob) -> Iterator[TopicReader]:
+def dead_letters(job: RunningJob) -> Iterator[TopicReader]:
     reader = TopicReader(job.bootstrap, job.dead_letters)
     yield reader
     reader.close()
 
 
-def _probe(job: LiveJob, name: str = "probe") -> str:
+def _probe(job: RunningJob, name: str = "probe") -> str:
     """A request that every model answers at once: the policy's first model wins."""
     rid = new_rid(name)
     job.send_request(rid)
@@ -124,13 +85,13 @@ def _probe(job: LiveJob, name: str = "probe") -> str:
     return rid
 
 
-def _version_in_force(job: LiveJob, results: TopicReader) -> tuple[int, str]:
+def _version_in_force(job: RunningJob, results: TopicReader) -> tuple[int, str]:
     res = one_result(results, _probe(job))
     return res["policy_version"], res["model_id"]
 
 
 def test_a_published_policy_answers_new_requests_and_open_ones_finish_under_theirs(
-    job: LiveJob, results: TopicReader, capsys: pytest.CaptureFixture[str]
+    job: RunningJob, results: TopicReader, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert _version_in_force(job, results) == (1, "gbt")
 
@@ -181,7 +142,7 @@ def test_a_published_policy_answers_new_requests_and_open_ones_finish_under_thei
 
 
 def test_bad_and_stale_documents_go_to_dead_letters_and_change_nothing(
-    job: LiveJob, results: TopicReader, dead_letters: TopicReader, tmp_path: Path,
+    job: RunningJob, results: TopicReader, dead_letters: TopicReader, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     version, model = _version_in_force(job, results)

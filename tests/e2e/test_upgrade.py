@@ -34,8 +34,8 @@ import yaml
 from kafka import KafkaConsumer, KafkaProducer
 
 from ops import cluster as cluster_mod
-from ops import kafka_admin, policy_cli, procs, upgrade
-from tests.e2e.conftest import request_record, score_record
+from ops import policy_cli, procs, upgrade
+from tests.e2e.conftest import fresh_topics, request_record, score_record, topic_args
 from udfs.policy import parse_policy
 
 pytestmark = pytest.mark.e2e
@@ -179,12 +179,7 @@ class Env:
 def env(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tag = uuid.uuid4().hex[:8]
     base = tmp_path_factory.mktemp(f"upgrade-{tag}")
-    topics = {
-        k: f"{k}-{tag}"
-        for k in ("requests", "scores", "results", "canary", "decisions", "dead-letters", "policies")
-    }
-    kafka_admin.create_topics(kafka_bootstrap, [t for k, t in topics.items() if k != "policies"])
-    policy_cli.ensure_policies_topic(kafka_bootstrap, topics["policies"])  # compacted
+    topics = fresh_topics(kafka_bootstrap, tag)
     v1 = base / "policy-v1.yaml"
     v1.write_text(yaml.safe_dump(policy(1, "gbt", "logreg")))
     ports = {opt: procs.free_port() for opt in cluster_mod.PORT_KEYS}
@@ -196,12 +191,10 @@ def env(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         finally:
             e.record_pids()
         e.job_id = cl.submit(
-            v1, kafka_bootstrap,
-            ["--requests-topic", topics["requests"], "--scores-topic", topics["scores"],
-             "--canary-topic", topics["canary"], "--decisions-topic", topics["decisions"],
-             "--dead-letters-topic", topics["dead-letters"], "--policies-topic", topics["policies"],
-             "--group-id", f"rendezvous-{tag}"],
-        )  # fmt: skip
+            v1,
+            kafka_bootstrap,
+            topic_args(topics, f"rendezvous-{tag}"),
+        )
         upgrade.wait_running(cl, e.job_id, 180.0)
         yield e
     except Exception:

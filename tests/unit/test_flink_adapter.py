@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.unit.test_model_metrics import POLICY as FOUR_MODELS
 from udfs import flink_fn, names
 from udfs import mailbox as mbx
 from udfs.policy import parse_policy
@@ -248,21 +249,6 @@ def test_mailbox_counts_reasons_duplicates_and_live_mailboxes(metered: Any) -> N
 
 
 # --- per-model counters (udfs/model_metrics.py): the adapter only adds them up at close ----------------
-
-FOUR_MODELS = parse_policy(
-    {
-        "version": 1,
-        "deadline_ms": 100,
-        "models": [
-            {"id": "gbt", "role": "incumbent", "wait_ms": 40},
-            {"id": "logreg", "role": "challenger", "wait_ms": 70},
-            {"id": "tree", "role": "backstop"},
-            {"id": "base", "role": "canary"},
-        ],
-        "late_window_ms": 1000,
-        "dedupe_retention_ms": 0,
-    }
-)
 
 
 def test_the_adapter_registers_per_model_counters_and_adds_them_at_close(
