@@ -6,7 +6,14 @@
     policies ─ broadcast (policy documents) ─────────┘                   ├─ canary   -> canary topic
                                                                          ├─ decisions-> decisions topic
       (parse errors, mailbox rejects, refused policies) ─────────────────┼─ dead letters -> dead-letters topic
-                                                                         └─ decoy archive -> JSONL files (on checkpoint)
+                                                                         ├─ decoy archive -> JSONL files (on checkpoint)
+                                                                         └─ ticks    -> scores topic (--clock log)
+
+Ticks (``--clock log``, the default): when a wait or deadline runs out, the mailbox writes a tick into
+the scores topic under the request's key, i.e. into the partition of its scores, and decides when it
+reads the tick back. A decision then depends only on the order of records in Kafka, so the replay after
+a restart (from the last checkpoint) decides every request as the first run did, and every score that
+reached Kafka before the tick counts, however far behind the job is (README "Guarantees").
 
 Label feedback (``decide: thompson``): labels and the job's own decisions topic, read back, are parsed
 and joined by request id (``label join``); its reward events are unioned with the (tagged) policy
@@ -69,6 +76,7 @@ class JobConfig:
     flink_conf: Path = DEFAULT_FLINK_CONF
     flink_overrides: dict[str, str] = field(default_factory=dict)
     delivery: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DELIVERY))  # output -> guarantee
+    clock: str = names.CLOCK_LOG
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ class Outputs:
     decisions: Any
     dead_letters: Any
     archive: Any  # DataStream of str (JSON lines)
+    ticks: Any = None  # DataStream of Row(k, v) for the scores topic (--clock log), else None
 
 
 def flatten_conf(data: Any, prefix: str = "") -> dict[str, str]:
@@ -166,13 +175,16 @@ def build_pipeline(
     labels: Any = None,
     decisions_in: Any = None,
     label_join_ttl_ms: int = 600_000,
+    clock: str = names.CLOCK_LOG,
 ) -> Outputs:
     """Parse, union, key by request id, run the mailbox with the policies broadcast, route its output.
 
     Inputs: Row(value bytes, topic, partition, offset); ``policies`` carries policy documents (None: an
     empty stream, so only the startup ``policy`` applies). ``labels`` and ``decisions_in`` (the job's
     own decisions topic, read back) feed the label join, whose reward events share the broadcast input
-    with the policies (None: no label join, and no thompson policy is accepted).
+    with the policies (None: no label join, and no thompson policy is accepted). Under ``clock`` log
+    the caller must write ``Outputs.ticks`` into the topic ``scores`` comes from (tests that feed
+    collections use local, which needs no loop).
     """
     from pyflink.common import Types
 
@@ -200,7 +212,10 @@ def build_pipeline(
         parsed_requests.union(parsed_scores)
         .key_by(lambda row: row[1], key_type=Types.STRING())
         .connect(broadcast_in.broadcast(flink_fn.POLICIES_STATE, flink_fn.BANDIT_STATE))
-        .process(flink_fn.MailboxFunction(policy, feedback=feedback), output_type=flink_fn.MAILBOX_OUT_TYPE)
+        .process(
+            flink_fn.MailboxFunction(policy, feedback=feedback, clock=clock),
+            output_type=flink_fn.MAILBOX_OUT_TYPE,
+        )
         .uid(names.UID_MAILBOX)
         .name("rendezvous mailbox")
     )
@@ -220,6 +235,7 @@ def build_pipeline(
         decisions=routed.get_side_output(flink_fn.DECISIONS),
         dead_letters=dead_letters,
         archive=routed.get_side_output(flink_fn.ARCHIVE),
+        ticks=routed.get_side_output(flink_fn.TICKS) if clock == names.CLOCK_LOG else None,
     )
 
 
@@ -344,7 +360,9 @@ def build_job(env: Any, cfg: JobConfig) -> None:
         labels = read("labels_in", cfg.labels_topic, names.UID_KAFKA_LABELS_IN)
         decisions_in = read("decisions_in", cfg.decisions_topic, names.UID_KAFKA_DECISIONS_IN)
 
-    out = build_pipeline(requests, scores, cfg.policy, policies, labels, decisions_in, cfg.label_join_ttl_ms)
+    out = build_pipeline(
+        requests, scores, cfg.policy, policies, labels, decisions_in, cfg.label_join_ttl_ms, cfg.clock
+    )
 
     archive_sink = (
         FileSink.for_row_format(str(cfg.archive_dir.resolve()), Encoder.simple_string_encoder())
@@ -356,7 +374,7 @@ def build_job(env: Any, cfg: JobConfig) -> None:
     )
     out.archive.sink_to(archive_sink).uid(names.UID_SINK_ARCHIVE).name("decoy archive")
 
-    for table, topic, stream, uid, output in (
+    sinks = [
         ("results_out", None, out.results, names.UID_KAFKA_RESULTS_OUT, names.OUTPUT_RESULTS),
         ("canary_out", cfg.canary_topic, out.canary, names.UID_KAFKA_CANARY_OUT, names.OUTPUT_CANARY),
         (
@@ -373,7 +391,13 @@ def build_job(env: Any, cfg: JobConfig) -> None:
             names.UID_KAFKA_DEAD_LETTERS_OUT,
             names.OUTPUT_DEAD_LETTERS,
         ),
-    ):
+    ]
+    if out.ticks is not None:
+        # Into the scores topic, keyed by request id like the scores (the same partition); always
+        # at-least-once (the output name has no delivery flag): a tick in a transaction would wait for
+        # the next checkpoint, and one written twice changes nothing.
+        sinks.append(("ticks_out", cfg.scores_topic, out.ticks, names.UID_KAFKA_TICKS_OUT, "ticks"))
+    for table, topic, stream, uid, output in sinks:
         t_env.execute_sql(_kafka_sink_ddl(table, cfg, topic, uid, output))
         _uid_prefix(t_env, uid)  # one statement set per sink: each is translated under its own prefix
         statements = t_env.create_statement_set()
@@ -437,6 +461,14 @@ def parse_args(argv: list[str] | None) -> JobConfig:
             "read_committed consumers when the checkpoint after it completes",
         )
     ap.add_argument(
+        "--clock",
+        choices=names.CLOCKS,
+        default=names.CLOCK_LOG,
+        help="log (default): a wait or deadline that runs out is written into the scores topic as a tick "
+        "and acted on when read back, so a replay after a restart decides every request the same way; "
+        "local: acted on in the timer, a Kafka round trip sooner, but a replay can answer differently",
+    )
+    ap.add_argument(
         "--metrics-port",
         metavar="PORT[-PORT]",
         help="serve the job's metrics for Prometheus on this port (or the first free one of a range); "
@@ -491,6 +523,7 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         flink_conf=a.flink_conf,
         flink_overrides=overrides,
         delivery={o: getattr(a, f"{o.replace('-', '_')}_delivery") for o in names.KAFKA_OUTPUTS},
+        clock=a.clock,
     )
 
 

@@ -16,7 +16,14 @@ Each measurement runs on its own fresh broker so they do not disturb each other:
 4. ``delivery``: the job alone at a modest rate with its results at-least-once, then exactly-once
    (Kafka transactions, read by a read_committed client): the latency an exactly-once result pays for
    waiting for the checkpoint that commits it, at the shipped 2 s interval and at 500 ms.
-5. ``--tuning``: the job alone under each candidate Flink setting (execution mode, bundles,
+5. ``clock``: the job alone with ``--clock log`` (the default) and ``--clock local``, once with the
+   incumbent's score sent with each request (decided when the score is read: no tick) and once with
+   only the challenger's (decided when the incumbent's 40 ms wait runs out: under the log clock, after
+   the tick's round trip through Kafka). The latency the log clock's reproducible decisions cost.
+6. ``state``: the job alone under sustained load for several minutes with a short tombstone retention
+   (``--state-retention-ms``), the checkpoint size every 30 s: the mailbox state levels off once
+   tombstones expire as fast as requests arrive.
+7. ``--tuning``: the job alone under each candidate Flink setting (execution mode, bundles,
    buffer timeout, state backend, checkpoint interval, parallelism, object reuse), latency at a
    fixed rate and capacity on a backlog; and the encodings of records crossing between Java and
    Python, measured alone (``ops/bench_crossing.py``).
@@ -253,7 +260,9 @@ def _three_hops(bootstrap: str, rate: float, count: int, linger_ms: int) -> dict
 # --- 2. job capacity and the job-only probe (also used by --tuning) ----------------------------
 
 
-def _request_and_score(rid: str, return_address: str, now_ms: int) -> tuple[bytes, bytes]:
+def _request_and_score(
+    rid: str, return_address: str, now_ms: int, model_id: str = "gbt"
+) -> tuple[bytes, bytes]:
     req = {
         "request_id": rid,
         "return_address": return_address,
@@ -261,7 +270,7 @@ def _request_and_score(rid: str, return_address: str, now_ms: int) -> tuple[byte
         "features": {"amount": 1.0},
     }
     score = {
-        "request_id": rid, "model_id": "gbt", "model_version": "bench", "status": "ok",
+        "request_id": rid, "model_id": model_id, "model_version": "bench", "status": "ok",
         "output": {"label": 1, "probability": 0.7}, "scored_at_ms": now_ms, "latency_ms": 1.0,
     }  # fmt: skip
     return json.dumps(req).encode(), json.dumps(score).encode()
@@ -310,8 +319,11 @@ def drain_backlog(bootstrap: str, job: procs.ManagedProcess, requests: int) -> d
     }
 
 
-def job_probe(bootstrap: str, job: procs.ManagedProcess, rate: float, seconds: float) -> dict[str, Any]:
-    """The job alone: request+score pairs at `rate`, latency from send to result consumed."""
+def job_probe(
+    bootstrap: str, job: procs.ManagedProcess, rate: float, seconds: float, model_id: str = "gbt"
+) -> dict[str, Any]:
+    """The job alone: request+score pairs at `rate`, latency from send to result consumed; the score
+    comes from ``model_id`` (the default policy's incumbent, or another model to make it wait)."""
     from kafka import KafkaConsumer, KafkaProducer
 
     topic = f"results.probe-{uuid.uuid4().hex[:6]}"
@@ -341,7 +353,7 @@ def job_probe(bootstrap: str, job: procs.ManagedProcess, rate: float, seconds: f
         rid = f"j{i}-{topic[-6:]}"
         now = time.time() * 1000
         sent[rid] = now
-        req, score = _request_and_score(rid, topic, int(now))
+        req, score = _request_and_score(rid, topic, int(now), model_id)
         producer.send(names.TOPIC_REQUESTS, key=rid.encode(), value=req)
         producer.send(names.TOPIC_SCORES, key=rid.encode(), value=score)
 
@@ -455,6 +467,107 @@ def delivery_cost(rate: float, seconds: float, warmup_s: float) -> dict[str, Any
     finally:
         broker.stop()
     return out
+
+
+# --- 5. the cost of the log clock --------------------------------------------------------------
+
+CLOCK_CASES = (
+    ("score in time (gbt, no tick)", "gbt"),
+    ("wait runs out (logreg after gbt's 40 ms)", "logreg"),
+)
+
+
+def clock_cost(rate: float, seconds: float, warmup_s: float) -> dict[str, Any]:
+    """The job alone per ``--clock``: latency when the incumbent's score decides, and when only the
+    challenger scores, so the incumbent's wait (40 ms, the default policy) must run out first."""
+    broker = _fresh_broker("clock")
+    out: dict[str, Any] = {}
+    try:
+        for i, clock in enumerate(names.CLOCKS):
+            processes = stack.Processes()
+            work = OUT_DIR / "work" / f"clock-{clock}"
+            shutil.rmtree(work, ignore_errors=True)
+            try:
+                job = stack.start_job(
+                    BENCH_POLICY, broker.bootstrap, work / "archive", work / "flink", work / "job.log",
+                    processes, ["--clock", clock, "--group-id", f"bench-clock-{i}"],
+                )  # fmt: skip
+                stack.wait_until_answering(broker.bootstrap, job)
+                if warmup_s > 0:
+                    job_probe(broker.bootstrap, job, rate, warmup_s, "logreg")
+                out[clock] = {}
+                for case, model_id in CLOCK_CASES:
+                    say(f"clock {clock}: {case}: {rate:.0f} requests/s for {seconds:.0f} s ...")
+                    probe = job_probe(broker.bootstrap, job, rate, seconds, model_id)
+                    out[clock][case] = probe
+                    lat = probe["latency_ms"]
+                    say(f"clock {clock}: {case}: p50 {_ms(lat.get('p50'))} ms, p99 {_ms(lat.get('p99'))} ms")
+            except (RuntimeError, TimeoutError) as e:
+                out[clock] = {"error": str(e).splitlines()[0]}
+            finally:
+                processes.stop_all()
+    finally:
+        broker.stop()
+    return out
+
+
+# --- 6. state under sustained load ------------------------------------------------------------------
+
+STATE_SAMPLE_S = 30.0
+
+
+def state_over_time(rate: float, minutes: float, retention_ms: int) -> dict[str, Any]:
+    """The job alone at ``rate`` for ``minutes`` with tombstones kept ``retention_ms``: the newest
+    checkpoint's size every ``STATE_SAMPLE_S``. It should level off at about rate x retention x the
+    bytes of one tombstone, once the first tombstones expire."""
+    import yaml
+
+    broker = _fresh_broker("state")
+    processes = stack.Processes()
+    work = OUT_DIR / "work" / "state"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    policy = yaml.safe_load(BENCH_POLICY.read_text()) | {"dedupe_retention_ms": retention_ms}
+    policy_path = work / "policy.yaml"
+    policy_path.write_text(yaml.safe_dump(policy))
+    samples: list[dict[str, Any]] = []
+    try:
+        job = stack.start_job(
+            policy_path, broker.bootstrap, work / "archive", work / "flink", work / "job.log", processes
+        )
+        stack.wait_until_answering(broker.bootstrap, job)
+        started = time.monotonic()
+        sent = answered = 0
+        while time.monotonic() - started < minutes * 60:
+            probe = job_probe(broker.bootstrap, job, rate, STATE_SAMPLE_S)
+            sent += probe["sent"]
+            answered += probe["answered"]
+            size = checkpoint_bytes(work / "flink")
+            samples.append(
+                {
+                    "elapsed_s": round(time.monotonic() - started),
+                    "sent": sent,
+                    "answered": answered,
+                    "state_bytes": size,
+                    "p99_ms": probe["latency_ms"]["p99"],
+                }
+            )
+            say(f"state: {samples[-1]['elapsed_s']} s, {sent} sent, checkpoint {_kb(size)} KB")
+        return {"rate": rate, "retention_ms": retention_ms, "samples": samples}
+    except (RuntimeError, TimeoutError) as e:
+        return {
+            "rate": rate,
+            "retention_ms": retention_ms,
+            "samples": samples,
+            "error": str(e).splitlines()[0],
+        }
+    finally:
+        processes.stop_all()
+        broker.stop()
+
+
+def _kb(size: int | None) -> str:
+    return "-" if size is None else f"{size / 1024:.0f}"
 
 
 # --- 3. the whole stack ----------------------------------------------------------------------
@@ -698,6 +811,40 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{_ms(lat['p99'])} | {_ms(lat['p99.9'])} |"
             )
         lines.append("")
+    if result.get("clock"):
+        lines += [
+            "## The log clock's cost (the job alone; request and one score sent together)",
+            "",
+            "| clock | case | answered | p50 ms | p99 ms | p99.9 ms | job CPU % |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for clock, cases in result["clock"].items():
+            if "error" in cases:
+                lines.append(_failed_row(clock, cases["error"], 7))
+                continue
+            for case, pr in cases.items():
+                lat = pr["latency_ms"]
+                lines.append(
+                    f"| {clock} | {case} | {pr['answered']}/{pr['sent']} | {_ms(lat['p50'])} | "
+                    f"{_ms(lat['p99'])} | {_ms(lat['p99.9'])} | {pr['job_cpu_percent']} |"
+                )
+        lines.append("")
+    if result.get("state"):
+        st = result["state"]
+        lines += [
+            f"## Mailbox state under sustained load ({st['rate']:.0f} requests/s, tombstones kept "
+            f"{st['retention_ms'] / 1000:.0f} s)",
+            "",
+            "| elapsed s | sent | answered | checkpoint KB | p99 ms |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {x['elapsed_s']} | {x['sent']} | {x['answered']} | {_kb(x['state_bytes'])} | {_ms(x['p99_ms'])} |"
+            for x in st["samples"]
+        ]
+        if "error" in st:
+            lines.append(f"\nFailed: {st['error']}")
+        lines.append("")
     if result.get("tuning"):
         lines += [
             "## Tuning: the job alone under each setting",
@@ -774,8 +921,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--floor-rates", default="100,1000", help="rates of the bare Kafka floor")
     ap.add_argument(
         "--only",
-        default="floor,job,first_in_order,wait_for_all,delivery",
-        help="parts to run, comma-separated, of: floor, job, first_in_order, wait_for_all, delivery",
+        default="floor,job,first_in_order,wait_for_all,delivery,clock",
+        help="parts to run, comma-separated, of: floor, job, first_in_order, wait_for_all, delivery, clock, "
+        "state (not by default: it runs --state-minutes)",
+    )
+    ap.add_argument("--clock-rate", type=float, default=25.0, help="requests/s of the clock part")
+    ap.add_argument("--state-rate", type=float, default=50.0, help="requests/s of the state part")
+    ap.add_argument("--state-minutes", type=float, default=6.0, help="how long the state part runs")
+    ap.add_argument(
+        "--state-retention-ms", type=int, default=120_000, help="the state part's dedupe_retention_ms"
     )
     ap.add_argument("--delivery-rate", type=float, default=25.0, help="requests/s of the delivery part")
     ap.add_argument("--wait-for-all-rates", default="25,50,100,250", help="ladder for the wait-for-all run")
@@ -846,6 +1000,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "delivery" in parts:
         result["delivery"] = delivery_cost(a.delivery_rate, max(a.seconds, 30.0), a.warmup / 2)
+    if "clock" in parts:
+        result["clock"] = clock_cost(a.clock_rate, max(a.seconds, 30.0), a.warmup / 2)
+    if "state" in parts:
+        result["state"] = state_over_time(a.state_rate, a.state_minutes, a.state_retention_ms)
     if result["stack"]:  # the targets are about the whole stack; without it they would all read "no"
         result["targets"] = targets(result)
     write_outputs(result)

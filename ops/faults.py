@@ -11,7 +11,9 @@ its fault a third of the way in, keeps sending, then waits for the answers and c
 
 - every request answered (those sent while the job was down: after recovery), none lost;
 - duplicates, split into the same answer and a different one (model, output, reason), also against
-  the decision log; exactly-once: none at all; at-least-once: only across a job restart;
+  the decision log; exactly-once: none at all; at-least-once: the same answer again, only across a
+  job restart, and never a different one (the job's default ``--clock log`` replays its decisions;
+  ``--clock local`` may answer differently after a restart and is allowed to here);
 - the archive holds every request exactly once; every malformed record has its dead letter;
 - no restart caused by data (the job's exception history on the cluster's REST API);
 - time to recover (fault -> first answer to a request sent after it) and the longest time without
@@ -201,6 +203,7 @@ def verify(
     restarts: int | None = None,
     data_restarts: int | None = None,
     job_restarted: bool = False,
+    clock: str = names.CLOCK_LOG,
     incumbent: str = INCUMBENT,
     incumbent_silent_from: int | None = None,
     state_bytes: int | None = None,
@@ -210,7 +213,9 @@ def verify(
     invariant in ``problems``.
 
     ``job_restarted``: the fault restarted the job (or stopped and resumed it from a savepoint), so an
-    at-least-once output may repeat itself; exactly-once output never may. ``incumbent_silent_from``: request index from which the incumbent
+    at-least-once output may repeat itself; exactly-once output never may. A repeated result with a
+    different answer fails in every mode unless the job ran on ``--clock local`` and restarted.
+    ``incumbent_silent_from``: request index from which the incumbent
     must not win (it hangs, or answers after the deadline). ``archive``: (rows, distinct ids) for the
     scenario's requests.
     """
@@ -298,7 +303,7 @@ def verify(
     if foreign:
         problems.append(f"{foreign} results for requests this scenario never sent")
     exactly_once = delivery == names.DELIVERY_EXACTLY_ONCE
-    if different and (exactly_once or not job_restarted):
+    if different and (exactly_once or clock == names.CLOCK_LOG or not job_restarted):
         problems.append(f"{len(different)} requests with two different results, e.g. {different_sample[:2]}")
     if dup_same and (exactly_once or not job_restarted):
         problems.append(f"{dup_same} requests answered twice (same answer) without a job restart")
@@ -566,6 +571,7 @@ class Rig:
     topics: dict[str, str] = field(default_factory=dict)
     policy_path: Path | None = None
     job_args: list[str] = field(default_factory=list)
+    clock: str = names.CLOCK_LOG
 
     # --- life cycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -606,6 +612,7 @@ class Rig:
             "--canary-topic", self.topics["canary"], "--decisions-topic", self.topics["decisions"],
             "--dead-letters-topic", self.topics["dead-letters"], "--group-id", f"rendezvous-{self.tag}",
             *[x for o in names.KAFKA_OUTPUTS for x in (f"--{o}-delivery", self.delivery)],
+            "--clock", self.clock,
         ]  # fmt: skip
         say(f"[{self.delivery}] submitting the job ...")
         self.job_id = self.cluster.submit(self.policy_path, self.broker.bootstrap, self.job_args)
@@ -854,6 +861,7 @@ def run_scenario(rig: Rig, name: str, rate: float, seconds: float) -> Verdict:
         restarts=restarts,
         data_restarts=data_restarts,
         job_restarted=plan.job_restarted or restarts > 0,
+        clock=rig.clock,
         incumbent_silent_from=plan.incumbent_silent_from,
         state_bytes=rig.state_bytes(),
         fault=plan.detail | {"send_errors": traffic.send_errors, "exceptions": exceptions[:5]},

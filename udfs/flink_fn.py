@@ -28,10 +28,11 @@ from udfs import mailbox as mbx
 from udfs.policy import BanditSpec, Policy
 from udfs.policy_registry import Accepted, PolicyRegistry, state_key, state_value
 from udfs.policy_registry import dead_letter as policy_dead_letter
-from udfs.wire import DeadLetter, Request, Score, Source, parse_request, parse_score
+from udfs.wire import DeadLetter, Request, Score, Source, Tick, parse_request, parse_score_or_tick
 
 KIND_REQUEST = "request"
 KIND_SCORE = "score"
+KIND_TICK = "tick"  # a record of the scores topic written by the mailbox itself (--clock log)
 KIND_LABEL = "label"
 KIND_DECISION = "decision"
 # What the mailbox's broadcast input carries: policy documents and reward events.
@@ -68,8 +69,9 @@ DEAD_LETTERS = OutputTag(names.TAG_DEAD_LETTERS, KEYED_RECORD_TYPE)
 CANARY = OutputTag(names.TAG_CANARY, KEYED_RECORD_TYPE)
 DECISIONS = OutputTag(names.TAG_DECISIONS, KEYED_RECORD_TYPE)
 ARCHIVE = OutputTag(names.TAG_ARCHIVE, Types.STRING())
+TICKS = OutputTag(names.TAG_TICKS, KEYED_RECORD_TYPE)
 
-_SIDE_TAGS = {mbx.CANARY: CANARY, mbx.DECISION: DECISIONS, mbx.DEAD_LETTER: DEAD_LETTERS}
+_SIDE_TAGS = {mbx.CANARY: CANARY, mbx.DECISION: DECISIONS, mbx.DEAD_LETTER: DEAD_LETTERS, mbx.TICK: TICKS}
 
 
 def _json(record: dict[str, Any]) -> str:
@@ -129,7 +131,8 @@ class _BatchedCounters:
 class ParseFunction(ProcessFunction):
     """Raw Kafka rows (value bytes, topic, partition, offset) -> parsed rows, or dead letters.
 
-    Requests and scores go on as their text; labels and decision records (read back for the label
+    Requests and scores go on as their text (the scores topic also carries the mailbox's own ticks,
+    which go on as kind tick); labels and decision records (read back for the label
     join, ``udfs.feedback``) as the compact JSON the join keeps.
     """
 
@@ -151,7 +154,7 @@ class ParseFunction(ProcessFunction):
         if self.kind == KIND_REQUEST:
             return parse_request(data, source)
         if self.kind == KIND_SCORE:
-            return parse_score(data, source)
+            return parse_score_or_tick(data, source)
         if self.kind == KIND_LABEL:
             return feedback.parse_label(data, source)
         return feedback.parse_decision(data, source)
@@ -170,7 +173,8 @@ class ParseFunction(ProcessFunction):
             text = _json(parsed.to_dict())
         else:
             text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-        yield Row(self.kind, parsed.request_id, text, topic, partition, offset)
+        kind = KIND_TICK if isinstance(parsed, Tick) else self.kind
+        yield Row(kind, parsed.request_id, text, topic, partition, offset)
 
 
 class TagPolicies(MapFunction):
@@ -264,8 +268,13 @@ def _subtask_index(runtime_context: Any) -> int:
 
 
 class MailboxFunction(KeyedBroadcastProcessFunction):
-    """One mailbox per request id in a ValueState of versioned JSON, driven by processing time; the
-    policy in force comes from the startup file or, live, from the broadcast policies stream.
+    """One mailbox per request id in a ValueState of versioned JSON; the policy in force comes from the
+    startup file or, live, from the broadcast policies stream.
+
+    Clock (``names.CLOCKS``): processing-time timers mark when a wait or deadline runs out. Under
+    ``log`` the timer only emits a tick, which the job writes into the scores topic and which comes
+    back here as a record of kind tick; the mailbox acts on it then (``udfs.mailbox.on_tick``), so its
+    decisions depend on the order of records in Kafka alone. Under ``local`` the timer acts at once.
 
     Everything it emits goes to its one main output as ``MAILBOX_OUT_TYPE`` rows tagged with the
     output kind, and ``RouteFunction`` splits them: PyFlink 2.2's thread mode does not route side
@@ -284,9 +293,12 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
     ``self.posteriors``, from which a ``decide: thompson`` request's first model is drawn.
     """
 
-    def __init__(self, policy: Policy, feedback: bool = True) -> None:
+    def __init__(self, policy: Policy, feedback: bool = True, clock: str = names.CLOCK_LOG) -> None:
+        if clock not in names.CLOCKS:
+            raise ValueError(f"clock must be one of {', '.join(names.CLOCKS)}, got {clock!r}")
         self.policy = policy
         self.feedback = feedback  # label feedback wired in: thompson documents may be accepted
+        self.via_log = clock == names.CLOCK_LOG
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.state = runtime_context.get_state(ValueStateDescriptor(names.STATE_MAILBOX, Types.STRING()))
@@ -320,6 +332,9 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
                 names.METRIC_POLICY_VERSION,
                 names.METRIC_BANDIT_REWARDS,
                 names.METRIC_BANDIT_CHOICES,
+                names.METRIC_TICKS_WRITTEN,
+                names.METRIC_TICKS_READ,
+                names.METRIC_TICKS_IGNORED,
             ),
         )
         self._on_policies_changed(_now_ms())
@@ -430,6 +445,9 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
             step = mbx.on_request(current, req, text, source, policy, now, self.posteriors)
             if names.METRIC_REQUESTS in step.counts and step.mailbox and step.mailbox.choice is not None:
                 step.counts.append(names.METRIC_BANDIT_CHOICES)
+        elif kind == KIND_TICK:
+            tick = Tick(obj["request_id"], obj["tick_due_ms"], obj["policy_version"], obj["written_at_ms"])
+            step = mbx.on_tick(current, tick, policy, now)
         else:
             score = Score(
                 obj["request_id"],
@@ -452,7 +470,8 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
         now = max(int(timestamp), _now_ms())
         previous_wake_ms = current.wake_at_ms  # read first: the transition updates the mailbox in place
         policy = self.registry.policy_for(current.policy_version)
-        yield from self._apply(mbx.on_timer(current, policy, now), ctx, previous_wake_ms, now, policy)
+        step = mbx.on_timer(current, policy, now, via_log=self.via_log)
+        yield from self._apply(step, ctx, previous_wake_ms, now, policy)
 
     def _apply(
         self, step: mbx.Step, ctx: Any, previous_wake_ms: int | None, now: int, policy: Policy

@@ -9,6 +9,15 @@ pickled object, so module renames cannot break a restore. Its life:
 
 Scores that arrive before their request wait in the mailbox up to ``orphan_timeout_ms``.
 
+Time, for the policy, is logical: ``clock_ms`` counts milliseconds after the request arrived and moves
+only by ticks (``on_tick``). When a wait or the deadline runs out (a processing-time timer at
+``wake_at_ms``), ``on_timer`` either emits a ``TICK`` record that the job writes into the request's
+partition of the scores topic and acts on when it reads it back (``via_log``, ``--clock log``), or
+applies the tick at once (``--clock local``). Through the log, a decision is a function of the order of
+the request's scores and ticks in that partition alone: a replay after a crash, which reads the same
+partition again, decides the same way, wherever the request itself falls in the replay (``_fold``), and
+every score that reached Kafka before the tick counts, however late the job reads it.
+
 State stays bounded: every mailbox always has a timer that ends in clearing it (the decision, the
 close, the tombstone's expiry, the orphan timeout), and a mailbox keeps at most the first score of
 each policy model plus ``MAX_EXTRA_SCORES`` others (duplicates, unknown models); more are dead
@@ -26,7 +35,7 @@ from typing import Any
 
 from udfs import bandit, names
 from udfs.policy import Decided, Policy, ScoreView, decide
-from udfs.wire import DeadLetter, Request, Score, Source
+from udfs.wire import DeadLetter, Request, Score, Source, Tick
 
 STATE_VERSION = 1
 # Scores a mailbox keeps beyond the first one of each policy model: duplicates and unknown models.
@@ -40,6 +49,13 @@ ARCHIVE = "archive"
 CANARY = "canary"
 DECISION = "decision"
 DEAD_LETTER = "dead_letter"
+TICK = "tick"  # --clock log: a wait or deadline ran out; written to the scores topic, read back by on_tick
+
+# A tick written to Kafka that has not come back after this long is written again (a tick is
+# idempotent): a mailbox always has a timer that ends in a decision, even if a write went missing.
+TICK_RESEND_MS = 10_000
+# Ticks held for a request not yet seen (a replay that reads the scores topic ahead of the requests).
+MAX_BUFFERED_TICKS = 16
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,12 @@ class Mailbox:
     # decide: thompson: the model the bandit chose when the request arrived (fixed for the request, so
     # rewards arriving meanwhile never change a decision half-way). Absent from older state: None.
     choice: str | None = None
+    # Logical time (ms after the request arrived) of the newest tick applied; of the next wait or deadline
+    # (the tick pending); and ticks read before the request, as [scores held when it came, due]. Absent
+    # from older state: 0, derived from wake_at_ms, none.
+    clock_ms: int = 0
+    due_ms: int | None = None
+    ticks: list[list[int]] = field(default_factory=list)
 
     @property
     def has_request(self) -> bool:
@@ -90,6 +112,9 @@ class Mailbox:
                 "closed": self.closed,
                 "wake": self.wake_at_ms,
                 **({"choice": self.choice} if self.choice is not None else {}),
+                **({"clk": self.clock_ms} if self.clock_ms else {}),
+                **({"due": self.due_ms} if self.due_ms is not None else {}),
+                **({"ticks": self.ticks} if self.ticks else {}),
             },
             separators=(",", ":"),
         )
@@ -114,6 +139,9 @@ class Mailbox:
             closed=d["closed"],
             wake_at_ms=d["wake"],
             choice=d.get("choice"),  # an optional key: state written before it existed still reads
+            clock_ms=d.get("clk", 0),
+            due_ms=d.get("due"),
+            ticks=d.get("ticks", []),
         )
 
 
@@ -166,8 +194,34 @@ def on_request(
     step = Step(mb, [Out(ARCHIVE, _archive_row(req, raw, source, now_ms))], [names.METRIC_REQUESTS])
     if opened:
         step.counts.append(names.METRIC_MAILBOXES_OPENED)
-    _evaluate(step, mb, policy, now_ms, by_timer=False)
+    _fold(step, mb, policy, now_ms)
     return step
+
+
+def _fold(step: Step, mb: Mailbox, policy: Policy, now_ms: int) -> None:
+    """Decide over what came before the request as if the request had come first: the scores and ticks
+    one by one, in the order they were read (the partition's order), stopping at the first decision.
+
+    So the decision does not depend on where the request fell among them, which differs between a run
+    and its replay (the requests and scores topics are read independently).
+    """
+    ticks, mb.ticks = mb.ticks, []
+    held = len(mb.scores)
+    next_tick = 0
+    _evaluate(step, mb, policy, now_ms, by_timer=False, upto=0)
+    for k in range(held + 1):
+        while mb.result is None and next_tick < len(ticks) and ticks[next_tick][0] <= k:
+            mb.clock_ms = max(mb.clock_ms, ticks[next_tick][1])
+            next_tick += 1
+            step.counts.append(names.METRIC_TICKS_READ)
+            _evaluate(step, mb, policy, now_ms, by_timer=True, upto=k)
+        if mb.result is not None:
+            for s in mb.scores[k:]:  # read after the point of decision: late, as if they had come after it
+                s["late"] = True
+                step.counts.append(names.METRIC_LATE_SCORES)
+            return
+        if k < held and not mb.scores[k]["duplicate"]:
+            _evaluate(step, mb, policy, now_ms, by_timer=False, upto=k + 1)
 
 
 def on_score(mb: Mailbox | None, score: Score, source: Source, policy: Policy, now_ms: int) -> Step:
@@ -230,57 +284,109 @@ def _refuse_score(
     return Step(mb, [Out(DEAD_LETTER, dead.to_dict(now_ms))], metrics)
 
 
-def on_timer(mb: Mailbox, policy: Policy, now_ms: int) -> Step:
-    """Time passed: a wait or the deadline ran out, the mailbox closes, or state expires."""
-    step = _on_timer(mb, policy, now_ms)
+def on_tick(mb: Mailbox | None, tick: Tick, policy: Policy, now_ms: int) -> Step:
+    """A tick read back (``--clock log``): the request's logical clock reaches ``tick.due_ms``.
+
+    Before the request it waits in the mailbox with its place among the scores (``_fold``); for a
+    decided or closed mailbox, or a time already passed (a tick written twice), it changes nothing.
+    """
+    if mb is None:
+        mb = Mailbox(tick.request_id, now_ms, wake_at_ms=now_ms + policy.orphan_timeout_ms)
+        mb.ticks.append([0, tick.due_ms])
+        return Step(mb, counts=[names.METRIC_MAILBOXES_OPENED])
+    if mb.closed or mb.result is not None:
+        return Step(mb, counts=[names.METRIC_TICKS_IGNORED])
+    if not mb.has_request:
+        if len(mb.ticks) >= MAX_BUFFERED_TICKS or any(due >= tick.due_ms for _, due in mb.ticks):
+            return Step(mb, counts=[names.METRIC_TICKS_IGNORED])
+        mb.ticks.append([len(mb.scores), tick.due_ms])
+        return Step(mb)
+    if tick.due_ms <= mb.clock_ms:
+        return Step(mb, counts=[names.METRIC_TICKS_IGNORED])
+    step = Step(mb, counts=[names.METRIC_TICKS_READ])
+    mb.clock_ms = tick.due_ms
+    _evaluate(step, mb, policy, now_ms, by_timer=True)
+    return step
+
+
+def on_timer(mb: Mailbox, policy: Policy, now_ms: int, via_log: bool = False) -> Step:
+    """Time passed: a wait or the deadline ran out (a tick, written out ``via_log`` or applied at once),
+    the mailbox closes, or state expires. A timer before ``wake_at_ms`` (one not deleted) does nothing."""
+    step = _on_timer(mb, policy, now_ms, via_log)
     if step.mailbox is None:
         step.counts.append(names.METRIC_MAILBOXES_CLEARED)
     return step
 
 
-def _on_timer(mb: Mailbox, policy: Policy, now_ms: int) -> Step:
+def _on_timer(mb: Mailbox, policy: Policy, now_ms: int, via_log: bool) -> Step:
     step = Step(mb)
+    if mb.wake_at_ms is None or now_ms < mb.wake_at_ms:
+        return step
     if mb.closed:
-        if mb.wake_at_ms is not None and now_ms >= mb.wake_at_ms:
-            step.mailbox = None
+        step.mailbox = None
         return step
     if not mb.has_request:
-        if mb.wake_at_ms is not None and now_ms >= mb.wake_at_ms:
+        if mb.scores:
             step.outputs.extend(_orphan_letters(mb, now_ms))
             step.counts.append(names.METRIC_ORPHANS)
-            step.mailbox = None
+        step.counts.extend([names.METRIC_TICKS_IGNORED] * len(mb.ticks))
+        step.mailbox = None
         return step
-    if mb.result is None:
-        _evaluate(step, mb, policy, now_ms, by_timer=True)
-        return step
-    if mb.wake_at_ms is not None and now_ms >= mb.wake_at_ms:
+    if mb.result is not None:
         _close(step, mb, policy, now_ms)
+        return step
+    assert mb.received_at_ms is not None
+    if mb.due_ms is None:  # state from before logical time: its timer was set for the wall-clock due time
+        mb.due_ms = max(mb.wake_at_ms - mb.received_at_ms, 0)
+    if via_log:
+        assert mb.policy_version is not None
+        tick = Tick(mb.request_id, mb.due_ms, mb.policy_version, now_ms)
+        step.outputs.append(Out(TICK, tick.to_dict()))
+        step.counts.append(names.METRIC_TICKS_WRITTEN)
+        mb.wake_at_ms = now_ms + TICK_RESEND_MS  # until it comes back (on_tick sets the next wake)
+        return step
+    # Applied at once; a timer that fired late catches up through every due time it passed, in order.
+    while (
+        mb.result is None and mb.due_ms is not None and mb.wake_at_ms is not None and mb.wake_at_ms <= now_ms
+    ):
+        mb.clock_ms = max(mb.clock_ms, mb.due_ms)
+        _evaluate(step, mb, policy, now_ms, by_timer=True)
     return step
 
 
-def _evaluate(step: Step, mb: Mailbox, policy: Policy, now_ms: int, by_timer: bool) -> None:
+def _evaluate(
+    step: Step, mb: Mailbox, policy: Policy, now_ms: int, by_timer: bool, upto: int | None = None
+) -> None:
+    """Decide at the logical time ``clock_ms`` over the scores held (the first ``upto`` of them), or
+    set the next due time and the wall-clock timer for it."""
+    held = mb.scores if upto is None else mb.scores[:upto]
     views = {
         s["model_id"]: ScoreView(s["status"] == "ok", s["output"], s["model_version"])
-        for s in mb.scores
+        for s in held
         if not s["duplicate"] and not s["late"]
     }
     assert mb.received_at_ms is not None  # 0 is a valid time: never `received_at_ms or now_ms`
-    verdict = decide(policy, views, mb.received_at_ms, mb.deadline_at_ms(policy), now_ms, by_timer, mb.choice)
+    deadline = mb.deadline_ms or policy.deadline_ms
+    verdict = decide(policy, views, 0, deadline, mb.clock_ms, by_timer, mb.choice)
     if isinstance(verdict, Decided):
-        mb.result = _result(mb, verdict, policy, now_ms)
+        mb.result = _result(mb, verdict, policy, now_ms, held)
         assert mb.return_address is not None
         step.outputs.append(Out(RESULT, mb.result, mb.return_address))
         step.counts.append(names.METRIC_RESULTS)
         if verdict.reason == "no_answer":
             step.counts.append(names.METRIC_NO_ANSWER)
+        mb.due_ms = None
         mb.wake_at_ms = max(now_ms, mb.deadline_at_ms(policy)) + policy.late_window_ms
     else:
-        mb.wake_at_ms = verdict.wake_at_ms
+        mb.due_ms = verdict.wake_at_ms
+        mb.wake_at_ms = max(now_ms, mb.received_at_ms + verdict.wake_at_ms)
 
 
-def _result(mb: Mailbox, d: Decided, policy: Policy, now_ms: int) -> dict[str, Any]:
+def _result(
+    mb: Mailbox, d: Decided, policy: Policy, now_ms: int, held: list[dict[str, Any]]
+) -> dict[str, Any]:
     assert mb.received_at_ms is not None
-    current = [s for s in mb.scores if not s["duplicate"]]
+    current = [s for s in held if not s["duplicate"]]
     return {
         "request_id": mb.request_id,
         "model_id": d.model_id,

@@ -57,6 +57,16 @@ OUTPUT_DECISIONS = "decisions"
 OUTPUT_DEAD_LETTERS = "dead-letters"
 KAFKA_OUTPUTS = (OUTPUT_RESULTS, OUTPUT_CANARY, OUTPUT_DECISIONS, OUTPUT_DEAD_LETTERS)
 
+# --- The mailbox's clock (jobs/rendezvous_job.py --clock) ------------------------------------------
+# log: a wait or deadline that runs out is written as a tick record into the scores topic, under the
+# request's key (so into the partition of its scores), and acted on when the job reads it back. A
+# decision then depends only on the order of records in Kafka, so a replay after a crash decides every
+# request the same way. local: acted on in the timer itself (a Kafka round trip sooner; after a crash a
+# replay can decide differently). README "Guarantees".
+CLOCK_LOG = "log"
+CLOCK_LOCAL = "local"
+CLOCKS = (CLOCK_LOG, CLOCK_LOCAL)
+
 
 def transactional_id_prefix(group_id: str, sink_uid: str) -> str:
     """The Kafka transactional-id prefix of one exactly-once sink of one job.
@@ -73,6 +83,7 @@ TAG_DEAD_LETTERS = "dead-letters"
 TAG_CANARY = "canary"
 TAG_DECISIONS = "decisions"
 TAG_ARCHIVE = "decoy-archive"
+TAG_TICKS = "ticks"
 
 # --- Operator uids (never rename: savepoints map state by these) ----------------------------
 # The Kafka sources and sinks are built from Table DDL. The planner numbers their uids in the order it
@@ -91,6 +102,9 @@ UID_KAFKA_RESULTS_OUT = "kafka-results-out"
 UID_KAFKA_CANARY_OUT = "kafka-canary-out"
 UID_KAFKA_DECISIONS_OUT = "kafka-decisions-out"
 UID_KAFKA_DEAD_LETTERS_OUT = "kafka-dead-letters-out"
+# --clock log: the mailbox's ticks, written into the scores topic (always at-least-once: a tick is
+# idempotent, and a transactional one would wait for the next checkpoint).
+UID_KAFKA_TICKS_OUT = "kafka-ticks-out"
 
 UID_PARSE_REQUESTS = "parse-requests"
 UID_PARSE_SCORES = "parse-scores"
@@ -133,6 +147,9 @@ METRIC_ORPHANS = "orphan_scores"
 METRIC_DEAD_LETTERS = "dead_letters"
 METRIC_DUPLICATE_REQUESTS = "duplicate_requests"  # also counted in METRIC_DUPLICATES
 METRIC_DUPLICATE_SCORES = "duplicate_scores"  # also counted in METRIC_DUPLICATES
+METRIC_TICKS_WRITTEN = "ticks_written"  # --clock log: waits and deadlines run out, written to Kafka
+METRIC_TICKS_READ = "ticks_read"  # ticks read back that moved an open mailbox's clock
+METRIC_TICKS_IGNORED = "ticks_ignored"  # ticks for decided or closed mailboxes, or already passed
 METRIC_UNKNOWN_MODEL_SCORES = "unknown_model_scores"  # scores from a model id the policy does not list
 # State size: mailboxes created and cleared by this subtask, and the difference (live keyed state).
 METRIC_MAILBOXES_OPENED = "mailboxes_opened"

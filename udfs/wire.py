@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 MAX_RECORD_BYTES = 64 * 1024
 RAW_PREFIX_CHARS = 4096
 MAX_ERROR_CHARS = 1024
+MAX_TICK_DUE_MS = 600_000  # a tick is due at most at the longest deadline (udfs.policy.MAX_DEADLINE_MS)
 
 # \Z, not $: "$" also matches before a trailing newline, so "abc\n" would pass.
 T = TypeVar("T")
@@ -35,6 +36,8 @@ SCORE_FIELDS = frozenset(
     {"request_id", "model_id", "model_version", "status", "output", "error", "scored_at_ms", "latency_ms"}
 )
 OUTPUT_FIELDS = frozenset({"label", "probability", "value"})
+# A tick (--clock log): the mailbox's own record in the scores topic, told apart by ``tick_due_ms``.
+TICK_FIELDS = frozenset({"request_id", "tick_due_ms", "policy_version", "written_at_ms"})
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,28 @@ class Score:
             "error": self.error,
             "scored_at_ms": self.scored_at_ms,
             "latency_ms": self.latency_ms,
+        }
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A wait or deadline of one request that ran out, as the job wrote it into the scores topic.
+
+    ``due_ms`` is logical: milliseconds after the request's arrival, not a wall-clock time, so the tick
+    means the same to a job that reads the request again after a restart (schemas/tick.schema.json).
+    """
+
+    request_id: str
+    due_ms: int
+    policy_version: int
+    written_at_ms: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "tick_due_ms": self.due_ms,
+            "policy_version": self.policy_version,
+            "written_at_ms": self.written_at_ms,
         }
 
 
@@ -258,6 +283,28 @@ def _request_from_obj(obj: dict[str, Any]) -> Request:
 def parse_score(data: bytes | str | None, source: Source) -> Score | DeadLetter:
     """A score record, or the reason it is not one."""
     return _parse(data, source, score_from_obj)
+
+
+def parse_score_or_tick(data: bytes | str | None, source: Source) -> Score | Tick | DeadLetter:
+    """A record of the scores topic: a model's score or the job's own tick (``--clock log``)."""
+    return _parse(
+        data, source, lambda obj: tick_from_obj(obj) if "tick_due_ms" in obj else score_from_obj(obj)
+    )
+
+
+def tick_from_obj(obj: dict[str, Any]) -> Tick:
+    rid = _request_id(obj)
+    _check_unknown(obj, TICK_FIELDS)
+    due = _require(obj, "tick_due_ms")
+    if not _is_int(due) or not 0 <= due <= MAX_TICK_DUE_MS:
+        raise _Bad("bad_field", f"tick_due_ms must be an integer from 0 to {MAX_TICK_DUE_MS}")
+    version = _require(obj, "policy_version")
+    if not _is_int(version) or version < 1:
+        raise _Bad("bad_field", "policy_version must be a positive integer")
+    written = _require(obj, "written_at_ms")
+    if not _is_int(written) or written < 0:
+        raise _Bad("bad_field", "written_at_ms must be a non-negative integer (epoch milliseconds)")
+    return Tick(rid, due, version, written)
 
 
 def score_from_obj(obj: dict[str, Any]) -> Score:

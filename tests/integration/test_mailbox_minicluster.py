@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from jobs.rendezvous_job import build_pipeline
+from udfs import names
 from udfs.policy import parse_policy
 
 pytestmark = pytest.mark.integration
@@ -71,7 +72,7 @@ def _run(requests: list[bytes], scores: list[bytes]) -> dict[str, list[Any]]:
 
         return env.from_collection([Row(v, topic, 0, i) for i, v in enumerate(values)], type_info=raw_type)
 
-    out = build_pipeline(rows("requests", requests), rows("scores", scores), POLICY)
+    out = build_pipeline(rows("requests", requests), rows("scores", scores), POLICY, clock=names.CLOCK_LOCAL)
     tagged = (
         out.results.map(lambda r: json.dumps(["result", r[2], json.loads(r[1])]), output_type=Types.STRING())
         .union(

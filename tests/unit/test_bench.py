@@ -154,3 +154,35 @@ def test_markdown_reports_each_results_delivery_and_failures() -> None:
     text = bench.markdown(result)
     assert "| at-least-once | 25 | 750/750 | 80 | 300 | 400 |" in text
     assert "| exactly-once, checkpoint 2 s (shipped) | failed: the job did not answer |" in text
+
+
+def test_markdown_reports_the_clock_cases_and_the_state_samples() -> None:
+    probe = {
+        "rate": 25.0,
+        "sent": 750,
+        "answered": 750,
+        "latency_ms": {"p50": 48.0, "p99": 70.0, "p99.9": 90.0},
+        "job_cpu_percent": 30,
+    }
+    result = {
+        "date": "d",
+        "machine": {"cpus": 2, "platform": "p", "python": "3.11"},
+        "clock": {
+            "log": {"wait runs out": probe},
+            "local": {"error": "the job did not answer"},
+        },
+        "state": {
+            "rate": 50.0,
+            "retention_ms": 120_000,
+            "samples": [
+                {"elapsed_s": 30, "sent": 1500, "answered": 1500, "state_bytes": 300 * 1024, "p99_ms": 20.0},
+                {"elapsed_s": 60, "sent": 3000, "answered": 2999, "state_bytes": None, "p99_ms": None},
+            ],
+        },
+    }
+    text = bench.markdown(result)
+    assert "| log | wait runs out | 750/750 | 48 | 70 | 90 | 30 |" in text
+    assert "| local | failed: the job did not answer |" in text
+    assert "tombstones kept 120 s" in text
+    assert "| 30 | 1500 | 1500 | 300 | 20 |" in text
+    assert "| 60 | 3000 | 2999 | - | - |" in text

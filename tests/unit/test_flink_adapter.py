@@ -84,7 +84,9 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Any:
     clock = {"now": 1_000_000}
     monkeypatch.setattr(flink_fn, "_now_ms", lambda: clock["now"])
     state, timers = FakeState(), FakeTimers()
-    fn = flink_fn.MailboxFunction(POLICY)
+    # The local clock: these tests drive the timers' decisions directly; the log clock's loop through
+    # Kafka is test_the_log_clock_decides_when_its_tick_comes_back.
+    fn = flink_fn.MailboxFunction(POLICY, clock=names.CLOCK_LOCAL)
     fn.open(FakeRuntime(state))  # type: ignore[arg-type]
     return fn, state, timers, clock
 
@@ -129,6 +131,50 @@ def test_timers_carry_a_silent_request_to_no_answer_then_close_then_expiry(harne
     assert timers.pending == {t0 + 150 + 1000}  # tombstone expiry
     _fire_due(fn, timers, clock, t0 + 1150)
     assert state.v is None and timers.pending == set()
+
+
+def test_the_log_clock_decides_when_its_tick_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = {"now": 1_000_000}
+    monkeypatch.setattr(flink_fn, "_now_ms", lambda: clock["now"])
+    state, timers = FakeState(), FakeTimers()
+    fn = flink_fn.MailboxFunction(POLICY)  # the default clock: log
+    fn.open(FakeRuntime(state))  # type: ignore[arg-type]
+    t0 = clock["now"]
+    list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST), FakeCtx(timers)))
+
+    out = _fire_due(fn, timers, clock, t0 + 40)  # the incumbent's wait runs out: a tick, no decision
+    assert [o[0] for o in out] == [mbx.TICK]
+    tick = json.loads(out[0][2])
+    assert out[0][1] == "r1" and out[0][3] is None  # keyed by request id, for the scores topic
+    assert (tick["request_id"], tick["tick_due_ms"], tick["policy_version"]) == ("r1", 40, 1)
+    assert timers.pending == {t0 + 40 + mbx.TICK_RESEND_MS}  # written again if it never comes back
+
+    # The backstop's score reaches Kafka behind the tick: on time all the same, since the tick is read
+    # later. Only the deadline's tick (due 100) ends the wait for it.
+    clock["now"] = t0 + 45
+    assert list(fn.process_element(_row(flink_fn.KIND_TICK, tick), FakeCtx(timers))) == []
+    assert timers.pending == {t0 + 100}
+    score = {
+        "request_id": "r1", "model_id": "tree", "model_version": "1", "status": "ok",
+        "output": {"label": 0}, "scored_at_ms": 1, "latency_ms": 2,
+    }  # fmt: skip
+    clock["now"] = t0 + 130  # read late (the job fell behind), still before the deadline's tick
+    out = list(fn.process_element(_row(flink_fn.KIND_SCORE, score), FakeCtx(timers)))
+    results = [json.loads(o[2]) for o in out if o[0] == mbx.RESULT]
+    assert [(r["model_id"], r["reason"], r["trigger"]) for r in results] == [("tree", "backstop", "score")]
+    # A tick read twice (written again, or by the job before a restart) changes nothing.
+    assert list(fn.process_element(_row(flink_fn.KIND_TICK, tick), FakeCtx(timers))) == []
+
+
+def test_a_tick_parses_as_a_tick_from_the_scores_topic() -> None:
+    fn = flink_fn.ParseFunction(flink_fn.KIND_SCORE)
+    fn.open(FakeRuntime(FakeState()))  # type: ignore[arg-type]
+    tick = {"request_id": "r1", "tick_due_ms": 40, "policy_version": 1, "written_at_ms": 5}
+    (row,) = fn.process_element((json.dumps(tick).encode(), "scores", 0, 9), None)  # type: ignore[arg-type]
+    assert (row[0], row[1], json.loads(row[2])) == (flink_fn.KIND_TICK, "r1", tick)
+    bad = dict(tick, tick_due_ms=-1)
+    ((tag, letter),) = fn.process_element((json.dumps(bad).encode(), "scores", 0, 10), None)  # type: ignore[arg-type]
+    assert tag is flink_fn.DEAD_LETTERS and json.loads(letter[1])["reason"] == "bad_field"
 
 
 def test_an_early_answer_replaces_the_wait_timer(harness: Any) -> None:

@@ -620,7 +620,9 @@ def lifecycles(draw: st.DrawFn) -> tuple[Policy, list[Ev]]:
     for k in range(draw(st.integers(0, 2))):  # duplicates of the request, maybe with other content
         t = draw(st.integers(r, horizon))
         address = draw(st.sampled_from(["results", "r2"]))
-        dreq, dup_raw, dsrc = make_request(t, offset=k + 1, return_address=address)
+        # Same deadline as the original: at the same ms either may come first, and the horizon below
+        # (which the tombstone must outlive) is worked out from that deadline.
+        dreq, dup_raw, dsrc = make_request(t, offset=k + 1, return_address=address, **own)
         evs.append(Ev(t, "request", req=dreq, raw=dup_raw, src=dsrc))
     deadline_at = r + (own_deadline or policy.deadline_ms)
     close = deadline_at + policy.late_window_ms
@@ -722,13 +724,19 @@ def test_one_request_lifecycle(case: tuple[Policy, list[Ev]]) -> None:
     def try_decide(t: int, by_timer: bool) -> None:
         nonlocal decided
         if decided is None:
-            v = decide(policy, present, r, deadline_at, t, by_timer)
+            # The policy's clock moves only by timers (ticks): a record at t sees the timers before t
+            # fired and those at t not yet (records first), i.e. the time t - 1, or the request's own.
+            clock = t if by_timer else max(t - 1, r)
+            v = decide(policy, present, r, deadline_at, clock, by_timer)
             if isinstance(v, Decided):
                 decided = (t, v, list(seen))
 
-    for e in evs[:first]:
-        add(e)
+    # Scores held before the request count one by one, in the order they came, as if the request had
+    # come first: where the request falls among them must not change the decision (a replay moves it).
     try_decide(r, False)
+    for e in evs[:first]:
+        if add(e):
+            try_decide(r, False)
     i = first + 1
     for t in range(r, deadline_at + 1):  # brute force: every record is a moment, and so is every ms
         while i < len(evs) and evs[i].t == t:

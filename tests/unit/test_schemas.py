@@ -16,7 +16,18 @@ from jsonschema import Draft202012Validator
 from ops.loadgen import build_request
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
-NAMES = ("request", "score", "result", "canary", "decision", "dead_letter", "archive_row", "label", "alert")
+NAMES = (
+    "request",
+    "score",
+    "tick",
+    "result",
+    "canary",
+    "decision",
+    "dead_letter",
+    "archive_row",
+    "label",
+    "alert",
+)
 
 
 def load(name: str) -> dict[str, Any]:
