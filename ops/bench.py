@@ -438,35 +438,56 @@ DELIVERY_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )  # fmt: skip
 
 
-def delivery_cost(rate: float, seconds: float, warmup_s: float) -> dict[str, Any]:
-    """The job alone, once per results guarantee: request+score pairs at ``rate``, latency from send to
-    the result a read_committed client consumes. One broker; a fresh job (and state) per variant."""
-    broker = _fresh_broker("delivery")
+def _per_variant(
+    part: str,
+    variants: Sequence[tuple[str, Sequence[str]]],
+    measure: Callable[[str, str, procs.ManagedProcess], dict[str, Any]],
+) -> dict[str, Any]:
+    """One broker; per variant a fresh job (and state) started with the variant's arguments, waited
+    for, and measured by ``measure(name, bootstrap, job)``. A variant that fails is reported, not raised."""
+    broker = _fresh_broker(part)
     out: dict[str, Any] = {}
     try:
-        for i, (name, args) in enumerate(DELIVERY_VARIANTS):
-            say(f"delivery: {name}: {rate:.0f} requests/s for {seconds:.0f} s ...")
+        for i, (name, args) in enumerate(variants):
             processes = stack.Processes()
-            work = OUT_DIR / "work" / f"delivery-{i}"
+            work = OUT_DIR / "work" / f"{part}-{i}"
             shutil.rmtree(work, ignore_errors=True)
             try:
                 job = stack.start_job(
                     BENCH_POLICY, broker.bootstrap, work / "archive", work / "flink", work / "job.log",
-                    processes, [*args, "--group-id", f"bench-delivery-{i}"],
+                    processes, [*args, "--group-id", f"bench-{part}-{i}"],
                 )  # fmt: skip
                 stack.wait_until_answering(broker.bootstrap, job)
-                if warmup_s > 0:
-                    job_probe(broker.bootstrap, job, rate, warmup_s)
-                out[name] = {"args": list(args), "probe": job_probe(broker.bootstrap, job, rate, seconds)}
+                out[name] = {"args": list(args)} | measure(name, broker.bootstrap, job)
             except (RuntimeError, TimeoutError) as e:
                 out[name] = {"args": list(args), "error": str(e).splitlines()[0]}
             finally:
                 processes.stop_all()
-            lat = out[name].get("probe", {}).get("latency_ms", {})
-            say(f"delivery: {name}: p50 {_ms(lat.get('p50'))} ms, p99 {_ms(lat.get('p99'))} ms")
     finally:
         broker.stop()
     return out
+
+
+def _probe_logged(
+    label: str, bootstrap: str, job: procs.ManagedProcess, rate: float, seconds: float, model_id: str = "gbt"
+) -> dict[str, Any]:
+    say(f"{label}: {rate:.0f} requests/s for {seconds:.0f} s ...")
+    probe = job_probe(bootstrap, job, rate, seconds, model_id)
+    lat = probe["latency_ms"]
+    say(f"{label}: p50 {_ms(lat.get('p50'))} ms, p99 {_ms(lat.get('p99'))} ms")
+    return probe
+
+
+def delivery_cost(rate: float, seconds: float, warmup_s: float) -> dict[str, Any]:
+    """The job alone, once per results guarantee: request+score pairs at ``rate``, latency from send to
+    the result a read_committed client consumes."""
+
+    def measure(name: str, bootstrap: str, job: procs.ManagedProcess) -> dict[str, Any]:
+        if warmup_s > 0:
+            job_probe(bootstrap, job, rate, warmup_s)
+        return {"probe": _probe_logged(f"delivery: {name}", bootstrap, job, rate, seconds)}
+
+    return _per_variant("delivery", DELIVERY_VARIANTS, measure)
 
 
 # --- 5. the cost of the log clock --------------------------------------------------------------
@@ -477,38 +498,23 @@ CLOCK_CASES = (
 )
 
 
-def clock_cost(rate: float, seconds: float, warmup_s: float) -> dict[str, Any]:
+def clock_cost(
+    rate: float, seconds: float, warmup_s: float, clocks: Sequence[str] = names.CLOCKS
+) -> dict[str, Any]:
     """The job alone per ``--clock``: latency when the incumbent's score decides, and when only the
     challenger scores, so the incumbent's wait (40 ms, the default policy) must run out first."""
-    broker = _fresh_broker("clock")
-    out: dict[str, Any] = {}
-    try:
-        for i, clock in enumerate(names.CLOCKS):
-            processes = stack.Processes()
-            work = OUT_DIR / "work" / f"clock-{clock}"
-            shutil.rmtree(work, ignore_errors=True)
-            try:
-                job = stack.start_job(
-                    BENCH_POLICY, broker.bootstrap, work / "archive", work / "flink", work / "job.log",
-                    processes, ["--clock", clock, "--group-id", f"bench-clock-{i}"],
-                )  # fmt: skip
-                stack.wait_until_answering(broker.bootstrap, job)
-                if warmup_s > 0:
-                    job_probe(broker.bootstrap, job, rate, warmup_s, "logreg")
-                out[clock] = {}
-                for case, model_id in CLOCK_CASES:
-                    say(f"clock {clock}: {case}: {rate:.0f} requests/s for {seconds:.0f} s ...")
-                    probe = job_probe(broker.bootstrap, job, rate, seconds, model_id)
-                    out[clock][case] = probe
-                    lat = probe["latency_ms"]
-                    say(f"clock {clock}: {case}: p50 {_ms(lat.get('p50'))} ms, p99 {_ms(lat.get('p99'))} ms")
-            except (RuntimeError, TimeoutError) as e:
-                out[clock] = {"error": str(e).splitlines()[0]}
-            finally:
-                processes.stop_all()
-    finally:
-        broker.stop()
-    return out
+
+    def measure(clock: str, bootstrap: str, job: procs.ManagedProcess) -> dict[str, Any]:
+        if warmup_s > 0:
+            job_probe(bootstrap, job, rate, warmup_s, "logreg")
+        return {
+            "cases": {
+                case: _probe_logged(f"clock {clock}: {case}", bootstrap, job, rate, seconds, model_id)
+                for case, model_id in CLOCK_CASES
+            }
+        }
+
+    return _per_variant("clock", [(c, ("--clock", c)) for c in clocks], measure)
 
 
 # --- 6. state under sustained load ------------------------------------------------------------------
@@ -522,7 +528,7 @@ def state_over_time(rate: float, minutes: float, retention_ms: int) -> dict[str,
     bytes of one tombstone, once the first tombstones expire."""
     import yaml
 
-    broker = _fresh_broker("state")
+    broker = _fresh_broker("state-broker")  # not under work/state, which is cleared below
     processes = stack.Processes()
     work = OUT_DIR / "work" / "state"
     shutil.rmtree(work, ignore_errors=True)
@@ -729,6 +735,14 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}" if v >= 10 else f"{v:.1f}"
 
 
+def _probe_cells(probe: dict[str, Any]) -> str:
+    """A probe's answered/sent and latency percentiles, as Markdown table cells."""
+    lat = probe["latency_ms"]
+    return (
+        f"{probe['answered']}/{probe['sent']} | {_ms(lat['p50'])} | {_ms(lat['p99'])} | {_ms(lat['p99.9'])}"
+    )
+
+
 def _failed_row(name: str, error: str, columns: int) -> str:
     """A table row for a part that failed: its name, the error's start, empty cells to the table's width."""
     return f"| {name} | failed: {error[:80]} |" + " |" * (columns - 2)
@@ -805,11 +819,7 @@ def markdown(result: dict[str, Any]) -> str:
             if "error" in d:
                 lines.append(_failed_row(name, d["error"], 6))
                 continue
-            pr, lat = d["probe"], d["probe"]["latency_ms"]
-            lines.append(
-                f"| {name} | {pr['rate']:.0f} | {pr['answered']}/{pr['sent']} | {_ms(lat['p50'])} | "
-                f"{_ms(lat['p99'])} | {_ms(lat['p99.9'])} |"
-            )
+            lines.append(f"| {name} | {d['probe']['rate']:.0f} | {_probe_cells(d['probe'])} |")
         lines.append("")
     if result.get("clock"):
         lines += [
@@ -818,16 +828,12 @@ def markdown(result: dict[str, Any]) -> str:
             "| clock | case | answered | p50 ms | p99 ms | p99.9 ms | job CPU % |",
             "|---|---|---|---|---|---|---|",
         ]
-        for clock, cases in result["clock"].items():
-            if "error" in cases:
-                lines.append(_failed_row(clock, cases["error"], 7))
+        for clock, d in result["clock"].items():
+            if "error" in d:
+                lines.append(_failed_row(clock, d["error"], 7))
                 continue
-            for case, pr in cases.items():
-                lat = pr["latency_ms"]
-                lines.append(
-                    f"| {clock} | {case} | {pr['answered']}/{pr['sent']} | {_ms(lat['p50'])} | "
-                    f"{_ms(lat['p99'])} | {_ms(lat['p99.9'])} | {pr['job_cpu_percent']} |"
-                )
+            for case, pr in d["cases"].items():
+                lines.append(f"| {clock} | {case} | {_probe_cells(pr)} | {pr['job_cpu_percent']} |")
         lines.append("")
     if result.get("state"):
         st = result["state"]
@@ -926,6 +932,11 @@ def main(argv: list[str] | None = None) -> int:
         "state (not by default: it runs --state-minutes)",
     )
     ap.add_argument("--clock-rate", type=float, default=25.0, help="requests/s of the clock part")
+    ap.add_argument(
+        "--clocks",
+        default=",".join(names.CLOCKS),
+        help="the clock part's variants, in the order they run (each on a fresh job, one broker)",
+    )
     ap.add_argument("--state-rate", type=float, default=50.0, help="requests/s of the state part")
     ap.add_argument("--state-minutes", type=float, default=6.0, help="how long the state part runs")
     ap.add_argument(
@@ -1001,7 +1012,10 @@ def main(argv: list[str] | None = None) -> int:
     if "delivery" in parts:
         result["delivery"] = delivery_cost(a.delivery_rate, max(a.seconds, 30.0), a.warmup / 2)
     if "clock" in parts:
-        result["clock"] = clock_cost(a.clock_rate, max(a.seconds, 30.0), a.warmup / 2)
+        clocks = [c.strip() for c in a.clocks.split(",") if c.strip()]
+        if not clocks or set(clocks) - set(names.CLOCKS):
+            ap.error(f"--clocks: a comma-separated list of {', '.join(names.CLOCKS)}, got {a.clocks!r}")
+        result["clock"] = clock_cost(a.clock_rate, max(a.seconds, 30.0), a.warmup / 2, clocks)
     if "state" in parts:
         result["state"] = state_over_time(a.state_rate, a.state_minutes, a.state_retention_ms)
     if result["stack"]:  # the targets are about the whole stack; without it they would all read "no"

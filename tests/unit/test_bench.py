@@ -168,8 +168,8 @@ def test_markdown_reports_the_clock_cases_and_the_state_samples() -> None:
         "date": "d",
         "machine": {"cpus": 2, "platform": "p", "python": "3.11"},
         "clock": {
-            "log": {"wait runs out": probe},
-            "local": {"error": "the job did not answer"},
+            "log": {"args": ["--clock", "log"], "cases": {"wait runs out": probe}},
+            "local": {"args": ["--clock", "local"], "error": "the job did not answer"},
         },
         "state": {
             "rate": 50.0,

@@ -234,6 +234,41 @@ def test_score_invalid_examples(instance: Any) -> None:
     bad("score", instance)
 
 
+# --- tick (the job's own record in the scores topic) --------------------------------------------------
+
+TICK = {"request_id": "r-1", "tick_due_ms": 40, "policy_version": 3, "written_at_ms": 1_700_000_000_050}
+
+
+def test_tick_valid_examples_and_the_parser_agrees() -> None:
+    from udfs.wire import Source, Tick, parse_score_or_tick
+
+    for tick in (TICK, {**TICK, "tick_due_ms": 0}, {**TICK, "tick_due_ms": 600_000}):
+        ok("tick", tick)
+        parsed = parse_score_or_tick(json.dumps(tick).encode(), Source("scores", 0, 1))
+        assert isinstance(parsed, Tick) and parsed.to_dict() == tick
+    # A score is still a score on the same topic.
+    assert parse_score_or_tick(json.dumps(SCORE_OK).encode(), Source("scores", 0, 2)).request_id == "r-1"
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        pytest.param({**TICK, "tick_due_ms": -1}, id="negative due"),
+        pytest.param({**TICK, "tick_due_ms": 600_001}, id="due past the longest deadline"),
+        pytest.param({**TICK, "tick_due_ms": 4.5}, id="fractional due"),
+        pytest.param({**TICK, "policy_version": 0}, id="policy version 0"),
+        pytest.param(without(TICK, "written_at_ms"), id="no written_at_ms"),
+        pytest.param({**TICK, "model_id": "gbt"}, id="a score field"),
+        pytest.param({**TICK, "request_id": "a b"}, id="bad request_id"),
+    ],
+)
+def test_tick_invalid_examples_are_dead_letters_too(instance: Any) -> None:
+    from udfs.wire import DeadLetter, Source, parse_score_or_tick
+
+    bad("tick", instance)
+    assert isinstance(parse_score_or_tick(json.dumps(instance).encode(), Source("scores", 0, 3)), DeadLetter)
+
+
 # --- result ------------------------------------------------------------------------------------------
 
 RESULT = {

@@ -25,8 +25,10 @@ from udfs.wire import (
     Request,
     Score,
     Source,
+    Tick,
     parse_request,
     parse_score,
+    parse_score_or_tick,
     request_to_dict,
 )
 
@@ -47,7 +49,7 @@ def _validator(name: str) -> Any:
     return Draft202012Validator(json.loads(path.read_text()))
 
 
-_VALIDATORS = {n: _validator(n) for n in ("request", "score", "dead_letter")}
+_VALIDATORS = {n: _validator(n) for n in ("request", "score", "tick", "dead_letter")}
 
 
 def schema_errors(name: str, instance: Any) -> list[str]:
@@ -562,6 +564,32 @@ def test_valid_scores_round_trip(d: dict[str, Any]) -> None:
     s = parse_score(enc(d), SRC_SCORE)
     assert isinstance(s, Score), s
     assert s.to_dict() == {"output": None, "error": None} | d | {"latency_ms": float(d["latency_ms"])}
+
+
+valid_ticks = st.fixed_dictionaries(
+    {
+        "request_id": req_ids,
+        "tick_due_ms": st.integers(0, 600_000),
+        "policy_version": st.integers(1, 2**31 - 1),
+        "written_at_ms": st.integers(0, 2**62),
+    }
+)
+
+
+@FAST
+@given(valid_ticks, st.sampled_from(["tick_due_ms", "policy_version", "written_at_ms"]), wrong_values)
+def test_ticks_round_trip_and_the_parser_agrees_with_the_schema(
+    d: dict[str, Any], key: str, wrong: Any
+) -> None:
+    assert_valid("tick", d)
+    t = parse_score_or_tick(enc(d), SRC_SCORE)
+    assert isinstance(t, Tick) and t.to_dict() == d
+    damaged = d | {key: wrong}
+    if _not_plain_json(wrong):
+        return  # not JSON at all: the garbage tests cover it
+    parsed = parse_score_or_tick(enc(damaged), SRC_SCORE)
+    assert isinstance(parsed, Tick | DeadLetter)
+    assert (schema_errors("tick", damaged) == []) == isinstance(parsed, Tick), (damaged, parsed)
 
 
 def _not_plain_json(v: Any) -> bool:

@@ -27,8 +27,10 @@ from udfs.wire import (
     Request,
     Score,
     Source,
+    Tick,
     parse_request,
     parse_score,
+    parse_score_or_tick,
     request_to_dict,
 )
 
@@ -51,6 +53,9 @@ def check(parsed: object, data: bytes | str | None, source: Source) -> None:
         return
     if isinstance(parsed, Score):
         assert_valid("score", parsed.to_dict())
+        return
+    if isinstance(parsed, Tick):
+        assert_valid("tick", parsed.to_dict())
         return
     assert isinstance(parsed, DeadLetter), type(parsed)
     out = parsed.to_dict(AT)
@@ -77,7 +82,7 @@ def check(parsed: object, data: bytes | str | None, source: Source) -> None:
 
 
 def both(data: bytes | str | None, source: Source) -> None:
-    for parse in (parse_request, parse_score):
+    for parse in (parse_request, parse_score, parse_score_or_tick):
         first = parse(data, source)
         check(first, data, source)
         assert parse(data, source) == first  # deterministic: a replay gives the same outcome
