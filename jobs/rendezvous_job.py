@@ -465,8 +465,9 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         choices=names.CLOCKS,
         default=names.CLOCK_LOG,
         help="log (default): a wait or deadline that runs out is written into the scores topic as a tick "
-        "and acted on when read back, so a replay after a restart decides every request the same way; "
-        "local: acted on in the timer, a Kafka round trip sooner, but a replay can answer differently",
+        "and acted on when read back, so a replay after a restart decides every request the same way (a job "
+        "that falls behind answers late, from the queued scores); local: acted on in the timer, a Kafka "
+        "round trip sooner and no_answer at the deadline under overload, but a replay can answer differently",
     )
     ap.add_argument(
         "--metrics-port",

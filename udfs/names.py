@@ -61,8 +61,9 @@ KAFKA_OUTPUTS = (OUTPUT_RESULTS, OUTPUT_CANARY, OUTPUT_DECISIONS, OUTPUT_DEAD_LE
 # log: a wait or deadline that runs out is written as a tick record into the scores topic, under the
 # request's key (so into the partition of its scores), and acted on when the job reads it back. A
 # decision then depends only on the order of records in Kafka, so a replay after a crash decides every
-# request the same way. local: acted on in the timer itself (a Kafka round trip sooner; after a crash a
-# replay can decide differently). README "Guarantees".
+# request the same way; a job that falls behind answers late, from the queued scores. local: acted on
+# in the timer itself (a Kafka round trip sooner, `no_answer` at the deadline when the job is behind;
+# after a crash a replay can decide differently). README "Guarantees".
 CLOCK_LOG = "log"
 CLOCK_LOCAL = "local"
 CLOCKS = (CLOCK_LOG, CLOCK_LOCAL)
