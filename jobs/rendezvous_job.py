@@ -396,7 +396,9 @@ def build_job(env: Any, cfg: JobConfig) -> None:
         # Into the scores topic, keyed by request id like the scores (the same partition); always
         # at-least-once (the output name has no delivery flag): a tick in a transaction would wait for
         # the next checkpoint, and one written twice changes nothing.
-        sinks.append(("ticks_out", cfg.scores_topic, out.ticks, names.UID_KAFKA_TICKS_OUT, "ticks"))
+        sinks.append(
+            ("ticks_out", cfg.scores_topic, out.ticks, names.UID_KAFKA_TICKS_OUT, names.OUTPUT_TICKS)
+        )
     for table, topic, stream, uid, output in sinks:
         t_env.execute_sql(_kafka_sink_ddl(table, cfg, topic, uid, output))
         _uid_prefix(t_env, uid)  # one statement set per sink: each is translated under its own prefix

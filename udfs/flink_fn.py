@@ -446,8 +446,7 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
             if names.METRIC_REQUESTS in step.counts and step.mailbox and step.mailbox.choice is not None:
                 step.counts.append(names.METRIC_BANDIT_CHOICES)
         elif kind == KIND_TICK:
-            tick = Tick(obj["request_id"], obj["tick_due_ms"], obj["policy_version"], obj["written_at_ms"])
-            step = mbx.on_tick(current, tick, policy, now)
+            step = mbx.on_tick(current, Tick.from_dict(obj), policy, now)
         else:
             score = Score(
                 obj["request_id"],

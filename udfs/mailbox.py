@@ -92,9 +92,13 @@ class Mailbox:
     def has_request(self) -> bool:
         return self.received_at_ms is not None
 
+    def deadline_for(self, policy: Policy) -> int:
+        """The request's deadline in ms after its arrival: its own override, else the policy's."""
+        return self.deadline_ms or policy.deadline_ms
+
     def deadline_at_ms(self, policy: Policy) -> int:
         assert self.received_at_ms is not None
-        return self.received_at_ms + (self.deadline_ms or policy.deadline_ms)
+        return self.received_at_ms + self.deadline_for(policy)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -346,9 +350,7 @@ def _on_timer(mb: Mailbox, policy: Policy, now_ms: int, via_log: bool) -> Step:
         mb.wake_at_ms = now_ms + TICK_RESEND_MS  # until it comes back (on_tick sets the next wake)
         return step
     # Applied at once; a timer that fired late catches up through every due time it passed, in order.
-    while (
-        mb.result is None and mb.due_ms is not None and mb.wake_at_ms is not None and mb.wake_at_ms <= now_ms
-    ):
+    while mb.result is None and mb.due_ms is not None and mb.wake_at_ms <= now_ms:
         mb.clock_ms = max(mb.clock_ms, mb.due_ms)
         _evaluate(step, mb, policy, now_ms, by_timer=True)
     return step
@@ -366,8 +368,7 @@ def _evaluate(
         if not s["duplicate"] and not s["late"]
     }
     assert mb.received_at_ms is not None  # 0 is a valid time: never `received_at_ms or now_ms`
-    deadline = mb.deadline_ms or policy.deadline_ms
-    verdict = decide(policy, views, 0, deadline, mb.clock_ms, by_timer, mb.choice)
+    verdict = decide(policy, views, 0, mb.deadline_for(policy), mb.clock_ms, by_timer, mb.choice)
     if isinstance(verdict, Decided):
         mb.result = _result(mb, verdict, policy, now_ms, held)
         assert mb.return_address is not None

@@ -56,6 +56,8 @@ OUTPUT_CANARY = "canary"
 OUTPUT_DECISIONS = "decisions"
 OUTPUT_DEAD_LETTERS = "dead-letters"
 KAFKA_OUTPUTS = (OUTPUT_RESULTS, OUTPUT_CANARY, OUTPUT_DECISIONS, OUTPUT_DEAD_LETTERS)
+# The mailbox's ticks (--clock log): a Kafka output without a delivery flag, always at-least-once.
+OUTPUT_TICKS = "ticks"
 
 # --- The mailbox's clock (jobs/rendezvous_job.py --clock) ------------------------------------------
 # log: a wait or deadline that runs out is written as a tick record into the scores topic, under the

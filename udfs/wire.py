@@ -100,6 +100,11 @@ class Tick:
     policy_version: int
     written_at_ms: int
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Tick:
+        """A tick from ``to_dict``'s output, already validated (``tick_from_obj`` validates)."""
+        return cls(d["request_id"], d["tick_due_ms"], d["policy_version"], d["written_at_ms"])
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "request_id": self.request_id,

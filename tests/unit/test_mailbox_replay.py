@@ -84,9 +84,7 @@ class World:
             if out.kind == RESULT:
                 self.results.append((self.run, out.record))
             elif out.kind == TICK:
-                r = out.record
-                tick = Tick(r["request_id"], r["tick_due_ms"], r["policy_version"], r["written_at_ms"])
-                self.in_flight.append((self.now + self.tick_delay(), tick))
+                self.in_flight.append((self.now + self.tick_delay(), Tick.from_dict(out.record)))
 
     def can_read_score(self) -> bool:
         return self.job.scores_read < len(self.partition)
