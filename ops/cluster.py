@@ -49,6 +49,7 @@ UDFS_DIR = REPO_ROOT / "udfs"
 DEFAULT_DIR = REPO_ROOT / "var" / "cluster"
 UP_TIMEOUT_S = 120.0
 DOWN_TIMEOUT_S = 60.0
+TM_EXEC_TIMEOUT_S = 15.0
 # Ports a standalone cluster binds; each may be given on the command line (0 = leave to Flink's default).
 PORT_KEYS = {
     "rest_port": "rest.port",
@@ -466,14 +467,26 @@ class Cluster:
             for key in ("taskmanager.rpc.port", "taskmanager.data.port"):
                 if str(conf.get(key, "0")).isdigit() and int(conf.get(key, 0)):
                     args += ["-D", f"{key}=0"]
-        before = set(self.taskmanager_pids())
+        before = set(self.pids().get("taskexecutor", []))
         for _ in range(count):
             res = self.script("taskmanager.sh", "start", *args)
             if res.returncode != 0:
                 raise ClusterError(
                     f"taskmanager.sh start failed ({res.returncode}):\n{res.stdout}{res.stderr}"
                 )
-        return sorted(set(self.taskmanager_pids()) - before)
+        started = sorted(set(self.pids().get("taskexecutor", [])) - before)
+        # The pid file gets the PID at fork; until the exec into java is done, /proc may not show this
+        # cluster's conf dir yet, so ``ours`` is polled rather than read once.
+        deadline = time.monotonic() + TM_EXEC_TIMEOUT_S
+        while not all(self.ours(p) for p in started):
+            gone = [p for p in started if not procs.pid_alive(p)]
+            if gone or time.monotonic() > deadline:
+                raise ClusterError(
+                    f"TaskManager(s) {gone or started} did not come up as this cluster's JVM; "
+                    f"logs:\n{self.log_tail()}"
+                )
+            time.sleep(0.05)
+        return started
 
     def wait_taskmanagers(self, ids: int | set[str], timeout_s: float = UP_TIMEOUT_S) -> set[str]:
         """Until ``ids`` TaskManagers are registered (or, given a set, some beyond those); their ids."""
