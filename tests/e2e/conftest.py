@@ -44,10 +44,11 @@ JOB_TOPICS = ("requests", "scores", "results", "canary", "decisions", "dead-lett
 TOPIC_FLAGS = {k: f"--{k}-topic" for k in (*JOB_TOPICS, "labels") if k != "results"}  # results: per request
 
 
-def fresh_topics(bootstrap: str, tag: str, *extra: str) -> dict[str, str]:
-    """Create the job's topics (and ``extra`` ones) for ``tag``; the policies topic compacted, as the job's."""
+def fresh_topics(bootstrap: str, tag: str, *extra: str, partitions: int = 1) -> dict[str, str]:
+    """Create the job's topics (and ``extra`` ones) for ``tag``, each with ``partitions`` partitions;
+    the policies topic compacted, with one, as the job's."""
     topics = {k: f"{k}-{tag}" for k in (*JOB_TOPICS, *extra)}
-    kafka_admin.create_topics(bootstrap, [t for k, t in topics.items() if k != "policies"])
+    kafka_admin.create_topics(bootstrap, [t for k, t in topics.items() if k != "policies"], partitions)
     policy_cli.ensure_policies_topic(bootstrap, topics["policies"])
     return topics
 
@@ -140,14 +141,15 @@ def one_result(results: TopicReader, rid: str, timeout_s: float = 20.0) -> dict[
 @pytest.fixture(scope="module")
 def rendezvous_job_factory(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[dict[str, Any]], RunningJob]]:
-    """Start the real job with a given policy on fresh topics; everything is stopped at module end."""
+) -> Iterator[Callable[..., RunningJob]]:
+    """Start the real job with a given policy on fresh topics (``partitions`` each); everything is
+    stopped at module end."""
     started: list[RunningJob] = []
 
-    def start(policy: dict[str, Any]) -> RunningJob:
+    def start(policy: dict[str, Any], partitions: int = 1) -> RunningJob:
         tag = uuid.uuid4().hex[:8]
         base = tmp_path_factory.mktemp(f"job-{tag}")
-        topics = fresh_topics(kafka_bootstrap, tag)
+        topics = fresh_topics(kafka_bootstrap, tag, partitions=partitions)
         policy_path = base / "policy.yaml"
         policy_path.write_text(yaml.safe_dump(policy))
         processes = stack.Processes()
