@@ -302,7 +302,8 @@ class Cluster:
             if ov and ov.get("taskmanagers", 0) >= 1 and ov.get("slots-available", 0) >= 1:
                 return ov
             recorded = self.pids()
-            if len(recorded) == len(DAEMONS) and not self.live_pids():
+            alive = [p for ps in recorded.values() for p in ps if procs.pid_alive(p)]
+            if len(recorded) == len(DAEMONS) and not alive:  # not ``ours``: a JVM may still be exec'ing
                 raise ClusterError(f"the Flink processes exited during start-up; logs:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 raise ClusterError(
