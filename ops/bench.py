@@ -748,6 +748,20 @@ def _failed_row(name: str, error: str, columns: int) -> str:
     return f"| {name} | failed: {error[:80]} |" + " |" * (columns - 2)
 
 
+def _variant_table(
+    title: str, columns: list[str], variants: dict[str, Any], rows: Callable[[str, Any], list[str]]
+) -> list[str]:
+    """A section with one table: the rows of each variant, or one row for a variant that failed."""
+    lines = [f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for name, d in variants.items():
+        if "error" in d:
+            error = d["error"] if isinstance(d["error"], str) else " ".join(d["error"])
+            lines.append(_failed_row(name, error, len(columns)))
+        else:
+            lines += rows(name, d)
+    return [*lines, ""]
+
+
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [f"# Benchmark ({m['cpus']} CPUs, {m['platform']}, Python {m['python']}, {result['date']})", ""]
@@ -789,11 +803,10 @@ def markdown(result: dict[str, Any]) -> str:
         for s in run["steps"]:
             lat, cpu = s["latency_ms"], s["cpu_percent"]
             runners_cpu = sum(v for k, v in cpu.items() if k.startswith("runner"))
-            state = "-" if s["state_bytes"] is None else f"{s['state_bytes'] / 1024:.0f}"
             lines.append(
                 f"| {s['rate']:.0f} | {s['achieved_rate'] or 0:.0f} | {s['answered']}/{s['sent']} | "
                 f"{_ms(lat['p50'])} | {_ms(lat['p99'])} | {_ms(lat['p99.9'])} | {s['deadline_misses']} | "
-                f"{s['by_reason'].get('no_answer', 0)} | {state} | "
+                f"{s['by_reason'].get('no_answer', 0)} | {_kb(s['state_bytes'])} | "
                 f"{cpu['job']} / {cpu['broker']} / {runners_cpu} / {cpu['loadgen']} |"
             )
         best = sustained_rate(run["steps"])
@@ -809,32 +822,22 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         lines.append("")
     if result.get("delivery"):
-        lines += [
-            "## Results delivery: at-least-once vs exactly-once (the job alone, read_committed client)",
-            "",
-            "| results delivery | rate (req/s) | answered | p50 ms | p99 ms | p99.9 ms |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, d in result["delivery"].items():
-            if "error" in d:
-                lines.append(_failed_row(name, d["error"], 6))
-                continue
-            lines.append(f"| {name} | {d['probe']['rate']:.0f} | {_probe_cells(d['probe'])} |")
-        lines.append("")
+        lines += _variant_table(
+            "Results delivery: at-least-once vs exactly-once (the job alone, read_committed client)",
+            ["results delivery", "rate (req/s)", "answered", "p50 ms", "p99 ms", "p99.9 ms"],
+            result["delivery"],
+            lambda name, d: [f"| {name} | {d['probe']['rate']:.0f} | {_probe_cells(d['probe'])} |"],
+        )
     if result.get("clock"):
-        lines += [
-            "## The log clock's cost (the job alone; request and one score sent together)",
-            "",
-            "| clock | case | answered | p50 ms | p99 ms | p99.9 ms | job CPU % |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for clock, d in result["clock"].items():
-            if "error" in d:
-                lines.append(_failed_row(clock, d["error"], 7))
-                continue
-            for case, pr in d["cases"].items():
-                lines.append(f"| {clock} | {case} | {_probe_cells(pr)} | {pr['job_cpu_percent']} |")
-        lines.append("")
+        lines += _variant_table(
+            "The log clock's cost (the job alone; request and one score sent together)",
+            ["clock", "case", "answered", "p50 ms", "p99 ms", "p99.9 ms", "job CPU %"],
+            result["clock"],
+            lambda clock, d: [
+                f"| {clock} | {case} | {_probe_cells(pr)} | {pr['job_cpu_percent']} |"
+                for case, pr in d["cases"].items()
+            ],
+        )
     if result.get("state"):
         st = result["state"]
         lines += [
@@ -852,38 +855,24 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"\nFailed: {st['error']}")
         lines.append("")
     if result.get("tuning"):
-        lines += [
-            "## Tuning: the job alone under each setting",
-            "",
-            "| setting | p50 ms | p99 ms | job CPU % at probe rate | capacity records/s | state KB |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, t in result["tuning"].items():
-            if "error" in t:
-                lines.append(_failed_row(name, t["error"], 6))
-                continue
-            lat = t["probe"]["latency_ms"]
-            state = "-" if t["state_bytes"] is None else f"{t['state_bytes'] / 1024:.0f}"
-            lines.append(
-                f"| {name} | {_ms(lat['p50'])} | {_ms(lat['p99'])} | {t['probe']['job_cpu_percent']} | "
-                f"{t['capacity']['records_per_s']} | {state} |"
-            )
-        lines.append("")
+        lines += _variant_table(
+            "Tuning: the job alone under each setting",
+            ["setting", "p50 ms", "p99 ms", "job CPU % at probe rate", "capacity records/s", "state KB"],
+            result["tuning"],
+            lambda name, t: [
+                f"| {name} | {_ms(t['probe']['latency_ms']['p50'])} | {_ms(t['probe']['latency_ms']['p99'])} | "
+                f"{t['probe']['job_cpu_percent']} | {t['capacity']['records_per_s']} | {_kb(t['state_bytes'])} |"
+            ],
+        )
     if result.get("crossing"):
-        lines += [
-            "## Records crossing between Java and Python (ops/bench_crossing.py: parse, key_by, keyed map)",
-            "",
-            "| encoding | µs per record | wall s (small / large run) |",
-            "|---|---|---|",
-        ]
-        for variant, c in result["crossing"].items():
-            if "error" in c:
-                lines.append(_failed_row(variant, " ".join(c["error"]), 3))
-            else:
-                lines.append(
-                    f"| {variant} | {c['us_per_record']} | {' / '.join(str(v) for v in c['seconds'].values())} |"
-                )
-        lines.append("")
+        lines += _variant_table(
+            "Records crossing between Java and Python (ops/bench_crossing.py: parse, key_by, keyed map)",
+            ["encoding", "µs per record", "wall s (small / large run)"],
+            result["crossing"],
+            lambda variant, c: [
+                f"| {variant} | {c['us_per_record']} | {' / '.join(str(v) for v in c['seconds'].values())} |"
+            ],
+        )
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from ops.latency import LatencySummary, format_summary, percentile, summarize
 from udfs.names import TOPIC_REQUESTS, TOPIC_SCORES
+from udfs.wire import MAX_DEADLINE_MS
 
 Features = dict[str, Any]
 FeaturesFn = Callable[[Any], Features]  # (numpy Generator) -> features
@@ -37,7 +38,6 @@ REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}\Z")
 # A run id goes into request ids and into the fresh topic name, so it must suit both.
 RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
-MAX_DEADLINE_MS = 600_000
 
 # Feature dicts are drawn (and serialised) before the timed loop so sampling cost does not eat into the
 # send rate; past this many they are reused round-robin (the models do not care; start-up time does).

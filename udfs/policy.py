@@ -16,12 +16,11 @@ from typing import Any
 
 import yaml
 
-from udfs.wire import MODEL_ID_RE, check_output
+from udfs.wire import MAX_DEADLINE_MS, MODEL_ID_RE, check_output
 
 ROLES = ("incumbent", "challenger", "backstop", "canary", "shadow")
 OFFICIAL_ROLES = frozenset({"incumbent", "challenger", "backstop"})
 DECIDE_MODES = ("first_in_order", "majority_vote", "weighted_average", "thompson")
-MAX_DEADLINE_MS = 600_000
 MAX_WEIGHT = 1e6  # bounded (so also finite): a weighted sum never overflows to inf, the mean to NaN
 
 _TOP_FIELDS = {

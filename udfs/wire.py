@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 MAX_RECORD_BYTES = 64 * 1024
 RAW_PREFIX_CHARS = 4096
 MAX_ERROR_CHARS = 1024
-MAX_TICK_DUE_MS = 600_000  # a tick is due at most at the longest deadline (udfs.policy.MAX_DEADLINE_MS)
+# The longest deadline a request or a policy may set (udfs.policy uses it too), so also the latest a tick
+# can be due; schemas/request.schema.json and tick.schema.json carry the same maximum.
+MAX_DEADLINE_MS = 600_000
 
 # \Z, not $: "$" also matches before a trailing newline, so "abc\n" would pass.
 T = TypeVar("T")
@@ -277,8 +279,8 @@ def _request_from_obj(obj: dict[str, Any]) -> Request:
         if v is not None and not isinstance(v, str | bool) and not _is_number(v):
             raise _Bad("bad_field", f"features.{k[:64]} must be a number, string, boolean or null")
     deadline = obj.get("deadline_ms")
-    if deadline is not None and (not _is_int(deadline) or not 1 <= deadline <= 600_000):
-        raise _Bad("bad_field", "deadline_ms must be an integer from 1 to 600000")
+    if deadline is not None and (not _is_int(deadline) or not 1 <= deadline <= MAX_DEADLINE_MS):
+        raise _Bad("bad_field", f"deadline_ms must be an integer from 1 to {MAX_DEADLINE_MS}")
     routing = obj.get("routing_key")
     if routing is not None and (not isinstance(routing, str) or len(routing) > 256):
         raise _Bad("bad_field", "routing_key must be a string of at most 256 characters")
@@ -292,17 +294,20 @@ def parse_score(data: bytes | str | None, source: Source) -> Score | DeadLetter:
 
 def parse_score_or_tick(data: bytes | str | None, source: Source) -> Score | Tick | DeadLetter:
     """A record of the scores topic: a model's score or the job's own tick (``--clock log``)."""
-    return _parse(
-        data, source, lambda obj: tick_from_obj(obj) if "tick_due_ms" in obj else score_from_obj(obj)
-    )
+    return _parse(data, source, score_or_tick_from_obj)
+
+
+def score_or_tick_from_obj(obj: dict[str, Any]) -> Score | Tick:
+    """A tick is told apart by ``tick_due_ms``, which no score has."""
+    return tick_from_obj(obj) if "tick_due_ms" in obj else score_from_obj(obj)
 
 
 def tick_from_obj(obj: dict[str, Any]) -> Tick:
     rid = _request_id(obj)
     _check_unknown(obj, TICK_FIELDS)
     due = _require(obj, "tick_due_ms")
-    if not _is_int(due) or not 0 <= due <= MAX_TICK_DUE_MS:
-        raise _Bad("bad_field", f"tick_due_ms must be an integer from 0 to {MAX_TICK_DUE_MS}")
+    if not _is_int(due) or not 0 <= due <= MAX_DEADLINE_MS:
+        raise _Bad("bad_field", f"tick_due_ms must be an integer from 0 to {MAX_DEADLINE_MS}")
     version = _require(obj, "policy_version")
     if not _is_int(version) or version < 1:
         raise _Bad("bad_field", "policy_version must be a positive integer")

@@ -250,6 +250,14 @@ def test_tick_valid_examples_and_the_parser_agrees() -> None:
     assert parse_score_or_tick(json.dumps(SCORE_OK).encode(), Source("scores", 0, 2)).request_id == "r-1"
 
 
+def test_the_schemas_bound_deadlines_and_ticks_as_the_parsers_do() -> None:
+    """One bound, udfs.wire.MAX_DEADLINE_MS, for a request's deadline, a policy's and a tick's due time."""
+    from udfs.wire import MAX_DEADLINE_MS
+
+    assert load("request")["properties"]["deadline_ms"]["maximum"] == MAX_DEADLINE_MS
+    assert load("tick")["properties"]["tick_due_ms"]["maximum"] == MAX_DEADLINE_MS
+
+
 @pytest.mark.parametrize(
     "instance",
     [
