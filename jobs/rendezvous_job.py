@@ -81,12 +81,14 @@ class JobConfig:
 
 @dataclass(frozen=True)
 class Outputs:
-    results: Any  # DataStream of Row(k, v, topic)
-    canary: Any  # DataStream of Row(k, v)
-    decisions: Any
-    dead_letters: Any
-    archive: Any  # DataStream of str (JSON lines)
-    ticks: Any = None  # DataStream of Row(k, v) for the scores topic (--clock log), else None
+    """What the pipeline emits. ``kafka``: every Kafka record of the mailbox, rows of
+    ``flink_fn.MAILBOX_OUT_TYPE`` (kind, key, value, topic); ``archive``: the decoy archive's JSON lines;
+    ``dead_letters``: the label join's parsers' bad records, rows of (key, value), for the dead-letters
+    topic."""
+
+    kafka: Any
+    archive: Any
+    dead_letters: tuple[Any, ...] = ()
 
 
 def flatten_conf(data: Any, prefix: str = "") -> dict[str, str]:
@@ -176,22 +178,25 @@ def build_pipeline(
     decisions_in: Any = None,
     label_join_ttl_ms: int = 600_000,
     clock: str = names.CLOCK_LOG,
+    topics: Any = None,
 ) -> Outputs:
-    """Parse, union, key by request id, run the mailbox with the policies broadcast, route its output.
+    """Union, key by request id, run the mailbox (which parses each record once) with the policies
+    broadcast.
 
-    Inputs: Row(value bytes, topic, partition, offset); ``policies`` carries policy documents (None: an
-    empty stream, so only the startup ``policy`` applies). ``labels`` and ``decisions_in`` (the job's
+    ``requests`` and ``scores``: rows of ``flink_fn.RECORD_TYPE`` as read from Kafka (key, value bytes,
+    source, partition, offset), the source being ``SOURCE_REQUESTS`` or ``SOURCE_SCORES``; ``topics``
+    (``flink_fn.Topics``, None: the defaults) names what they are read from and written to. ``policies`` carries policy documents (None:
+    an empty stream, so only the startup ``policy`` applies). ``labels`` and ``decisions_in`` (the job's
     own decisions topic, read back) feed the label join, whose reward events share the broadcast input
-    with the policies (None: no label join, and no thompson policy is accepted). Under ``clock`` log
-    the caller must write ``Outputs.ticks`` into the topic ``scores`` comes from (tests that feed
+    with the policies (None: no label join, and no thompson policy is accepted). Under ``clock`` log the
+    caller must write the mailbox's ticks into the topic ``scores`` comes from (tests that feed
     collections use local, which needs no loop).
     """
     from pyflink.common import Types
 
     from udfs import flink_fn
+    from udfs.wire import routing_key
 
-    parsed_requests = _parse(requests, flink_fn.KIND_REQUEST, names.UID_PARSE_REQUESTS, "parse requests")
-    parsed_scores = _parse(scores, flink_fn.KIND_SCORE, names.UID_PARSE_SCORES, "parse scores")
     if policies is None:
         # No policies source (tests from collections): an empty stream in its place.
         policies = requests.filter(lambda _row: False).name("no policies")
@@ -204,49 +209,37 @@ def build_pipeline(
     # request costs every job CPU, and only decide: thompson uses it.
     feedback = labels is not None and decisions_in is not None
     broadcast_in = tagged_policies
-    extra_dead_letters: list[Any] = []
+    extra_dead_letters: tuple[Any, ...] = ()
     if feedback:
         rewards, extra_dead_letters = _label_feedback(labels, decisions_in, label_join_ttl_ms)
         broadcast_in = tagged_policies.union(rewards)
     mailbox = (
-        parsed_requests.union(parsed_scores)
-        .key_by(lambda row: row[1], key_type=Types.STRING())
+        requests.union(scores)
+        # The Kafka key is the request id (schemas/README.md): no parse to find it.
+        .key_by(lambda row: routing_key(row[0], row[1]), key_type=Types.STRING())
         .connect(broadcast_in.broadcast(flink_fn.POLICIES_STATE, flink_fn.BANDIT_STATE))
         .process(
-            flink_fn.MailboxFunction(policy, feedback=feedback, clock=clock),
+            flink_fn.MailboxFunction(
+                policy, feedback=feedback, clock=clock, topics=topics or flink_fn.Topics()
+            ),
             output_type=flink_fn.MAILBOX_OUT_TYPE,
         )
         .uid(names.UID_MAILBOX)
         .name("rendezvous mailbox")
     )
-    routed = (
-        mailbox.process(flink_fn.RouteFunction(), output_type=flink_fn.ROUTED_RECORD_TYPE)
-        .uid(names.UID_ROUTE_MAILBOX)
-        .name("route mailbox outputs")
-    )
-    dead_letters = parsed_requests.get_side_output(flink_fn.DEAD_LETTERS).union(
-        parsed_scores.get_side_output(flink_fn.DEAD_LETTERS),
-        routed.get_side_output(flink_fn.DEAD_LETTERS),
-        *extra_dead_letters,
-    )
     return Outputs(
-        results=routed,
-        canary=routed.get_side_output(flink_fn.CANARY),
-        decisions=routed.get_side_output(flink_fn.DECISIONS),
-        dead_letters=dead_letters,
-        archive=routed.get_side_output(flink_fn.ARCHIVE),
-        ticks=routed.get_side_output(flink_fn.TICKS) if clock == names.CLOCK_LOG else None,
+        kafka=mailbox, archive=mailbox.get_side_output(flink_fn.ARCHIVE), dead_letters=extra_dead_letters
     )
 
 
 def _parse(raw: Any, kind: str, uid: str, name: str) -> Any:
-    """Raw Kafka rows -> parsed rows of one kind; bad records to the DEAD_LETTERS side output."""
+    """Raw Kafka rows -> parsed labels or decisions; bad records to the DEAD_LETTERS side output."""
     from udfs import flink_fn
 
     return raw.process(flink_fn.ParseFunction(kind), output_type=flink_fn.PARSED_TYPE).uid(uid).name(name)
 
 
-def _label_feedback(labels: Any, decisions_in: Any, label_join_ttl_ms: int) -> tuple[Any, list[Any]]:
+def _label_feedback(labels: Any, decisions_in: Any, label_join_ttl_ms: int) -> tuple[Any, tuple[Any, ...]]:
     """Labels and decisions read back, parsed and joined by request id: (reward events, dead letters)."""
     from pyflink.common import Types
 
@@ -263,19 +256,30 @@ def _label_feedback(labels: Any, decisions_in: Any, label_join_ttl_ms: int) -> t
         .uid(names.UID_LABEL_JOIN)
         .name("label join")
     )
-    return rewards, [
+    return rewards, (
         parsed_labels.get_side_output(flink_fn.DEAD_LETTERS),
         parsed_decisions.get_side_output(flink_fn.DEAD_LETTERS),
-    ]
+    )
 
 
-def _kafka_source_ddl(table: str, topic: str, cfg: JobConfig, startup: str = "group-offsets") -> str:
-    """A raw-bytes Kafka source. ``startup`` applies only without restored state: a restore always
-    continues from the offsets in the checkpoint or savepoint."""
+def _kafka_source_ddl(
+    table: str, topic: str, cfg: JobConfig, startup: str = "group-offsets", keyed: bool = False
+) -> str:
+    """A raw-bytes Kafka source; ``keyed`` adds the record's key as the STRING column ``k`` (and drops
+    the topic column: the query names its source). ``startup`` applies only without restored state: a
+    restore always continues from the offsets in the checkpoint or savepoint."""
+    if keyed:
+        columns = "`k` STRING, `value` BYTES"
+        formats = """'key.format' = 'raw',
+          'key.fields' = 'k',
+          'value.format' = 'raw',
+          'value.fields-include' = 'EXCEPT_KEY'"""
+    else:
+        columns = "`value` BYTES, `topic` STRING METADATA VIRTUAL"
+        formats = "'format' = 'raw'"
     return f"""
         CREATE TEMPORARY TABLE `{table}` (
-          `value` BYTES,
-          `topic` STRING METADATA VIRTUAL,
+          {columns},
           `partition` INT METADATA VIRTUAL,
           `offset` BIGINT METADATA VIRTUAL
         ) WITH (
@@ -286,7 +290,7 @@ def _kafka_source_ddl(table: str, topic: str, cfg: JobConfig, startup: str = "gr
           'properties.isolation.level' = 'read_committed',
           'scan.startup.mode' = '{startup}',
           'properties.auto.offset.reset' = 'earliest',
-          'format' = 'raw'
+          {formats}
         )"""
 
 
@@ -305,39 +309,28 @@ def _delivery_options(delivery: str, transactional_id_prefix: str) -> str:
           'properties.transaction.timeout.ms' = '{KAFKA_TRANSACTION_TIMEOUT_MS}'"""
 
 
-def _kafka_sink_ddl(
-    table: str,
-    cfg: JobConfig,
-    topic: str | None,
-    uid: str,
-    output: str,
-) -> str:
-    routed = topic is None
-    columns = "`k` STRING, `v` STRING" + (", `topic` STRING METADATA" if routed else "")
-    target = f"'topic-pattern' = '{TOPIC_PATTERN}'" if routed else f"'topic' = '{topic}'"
-    delivery = _delivery_options(
-        cfg.delivery.get(output, names.DELIVERY_AT_LEAST_ONCE),
-        names.transactional_id_prefix(cfg.group_id, uid),
-    )
+def _kafka_sink_ddl(table: str, cfg: JobConfig, uid: str, delivery: str) -> str:
+    """The Kafka sink of rows (k, v, topic): each record goes to the topic its row names."""
+    options = _delivery_options(delivery, names.transactional_id_prefix(cfg.group_id, uid))
     return f"""
-        CREATE TEMPORARY TABLE `{table}` ({columns}) WITH (
+        CREATE TEMPORARY TABLE `{table}` (`k` STRING, `v` STRING, `topic` STRING METADATA) WITH (
           'connector' = 'kafka',
-          {target},
+          'topic-pattern' = '{TOPIC_PATTERN}',
           'properties.bootstrap.servers' = '{cfg.bootstrap}',
           'properties.linger.ms' = '0',
           'key.format' = 'raw',
           'key.fields' = 'k',
           'value.format' = 'raw',
           'value.fields-include' = 'EXCEPT_KEY',
-          {delivery}
+          {options}
         )"""
 
 
 def build_job(env: Any, cfg: JobConfig) -> None:
     """The whole topology on ``env``: Kafka in, the pipeline, Kafka and files out."""
-    from pyflink.common.serialization import Encoder
-    from pyflink.datastream.connectors.file_system import FileSink, OutputFileConfig, RollingPolicy
     from pyflink.table import StreamTableEnvironment
+
+    from udfs import flink_fn
 
     t_env = StreamTableEnvironment.create(env)
 
@@ -348,8 +341,19 @@ def build_job(env: Any, cfg: JobConfig) -> None:
             t_env.sql_query(f"SELECT `value`, `topic`, `partition`, `offset` FROM `{table}`")
         )
 
-    requests = read("requests_in", cfg.requests_topic, names.UID_KAFKA_REQUESTS_IN)
-    scores = read("scores_in", cfg.scores_topic, names.UID_KAFKA_SCORES_IN)
+    def read_keyed(table: str, topic: str, uid: str, source: int) -> Any:
+        t_env.execute_sql(_kafka_source_ddl(table, topic, cfg, keyed=True))
+        _uid_prefix(t_env, uid)
+        return t_env.to_data_stream(
+            t_env.sql_query(
+                f"SELECT `k`, `value`, {source} AS `source`, `partition`, `offset` FROM `{table}`"
+            )
+        )
+
+    requests = read_keyed(
+        "requests_in", cfg.requests_topic, names.UID_KAFKA_REQUESTS_IN, flink_fn.SOURCE_REQUESTS
+    )
+    scores = read_keyed("scores_in", cfg.scores_topic, names.UID_KAFKA_SCORES_IN, flink_fn.SOURCE_SCORES)
     # Policies from the earliest offset on a fresh start: the newest valid published version wins
     # (documents at or below the version in force are refused as stale, again, as dead letters).
     policies = read("policies_in", cfg.policies_topic, names.UID_KAFKA_POLICIES_IN, "earliest-offset")
@@ -360,51 +364,87 @@ def build_job(env: Any, cfg: JobConfig) -> None:
         labels = read("labels_in", cfg.labels_topic, names.UID_KAFKA_LABELS_IN)
         decisions_in = read("decisions_in", cfg.decisions_topic, names.UID_KAFKA_DECISIONS_IN)
 
-    out = build_pipeline(
-        requests, scores, cfg.policy, policies, labels, decisions_in, cfg.label_join_ttl_ms, cfg.clock
+    topics = flink_fn.Topics(
+        cfg.requests_topic, cfg.scores_topic, cfg.canary_topic, cfg.decisions_topic, cfg.dead_letters_topic
     )
+    out = build_pipeline(
+        requests, scores, cfg.policy, policies, labels, decisions_in, cfg.label_join_ttl_ms, cfg.clock, topics
+    )
+    for uid, delivery, kinds in kafka_sinks(cfg):
+        table = uid.replace("-", "_")
+        t_env.execute_sql(_kafka_sink_ddl(table, cfg, uid, delivery))
+        _uid_prefix(t_env, uid)  # one statement set per sink: each is translated under its own prefix
+        statements = t_env.create_statement_set()
+        statements.add_insert(table, kafka_rows(t_env, out, kinds, cfg.dead_letters_topic))
+        statements.attach_as_datastream()
+    _archive_sink(out.archive, cfg.archive_dir)
 
-    archive_sink = (
-        FileSink.for_row_format(str(cfg.archive_dir.resolve()), Encoder.simple_string_encoder())
+
+# Which of the mailbox's output kinds (udfs.mailbox) each --<output>-delivery flag governs. Ticks have
+# no flag: always at-least-once (a tick in a transaction would wait for the next checkpoint, and one
+# written twice changes nothing).
+def _kinds_of(output: str) -> str:
+    from udfs import mailbox as mbx
+
+    return {
+        names.OUTPUT_RESULTS: mbx.RESULT,
+        names.OUTPUT_CANARY: mbx.CANARY,
+        names.OUTPUT_DECISIONS: mbx.DECISION,
+        names.OUTPUT_DEAD_LETTERS: mbx.DEAD_LETTER,
+    }[output]
+
+
+def kafka_sinks(cfg: JobConfig) -> list[tuple[str, str, tuple[str, ...] | None]]:
+    """(uid, delivery, mailbox output kinds or None for all) of each Kafka sink: one at-least-once sink,
+    and a transactional one for the outputs whose delivery is exactly-once, if any."""
+    exactly_once = tuple(
+        _kinds_of(o) for o in names.KAFKA_OUTPUTS if cfg.delivery.get(o) == names.DELIVERY_EXACTLY_ONCE
+    )
+    if not exactly_once:
+        return [(names.UID_KAFKA_OUT, names.DELIVERY_AT_LEAST_ONCE, None)]
+    from udfs import mailbox as mbx
+
+    everything = (mbx.RESULT, mbx.CANARY, mbx.DECISION, mbx.DEAD_LETTER, mbx.TICK)
+    at_least_once = tuple(k for k in everything if k not in exactly_once)
+    return [
+        (names.UID_KAFKA_OUT, names.DELIVERY_AT_LEAST_ONCE, at_least_once),
+        (names.UID_KAFKA_OUT_EXACTLY_ONCE, names.DELIVERY_EXACTLY_ONCE, exactly_once),
+    ]
+
+
+def kafka_rows(t_env: Any, out: Outputs, kinds: tuple[str, ...] | None, dead_letters_topic: str) -> Any:
+    """The table (k, v, topic) one Kafka sink writes: the mailbox's records of ``kinds`` (None: all,
+    with no filter), converted to the table once, in Java; and the label join's bad records with the
+    dead letters."""
+    from pyflink.table.expressions import col, lit
+
+    from udfs import mailbox as mbx
+
+    table = t_env.from_data_stream(out.kafka)
+    if kinds is not None:
+        table = table.filter(col("tag").in_(*(lit(k) for k in kinds)))
+    table = table.select(col("k"), col("v"), col("topic"))
+    if kinds is None or mbx.DEAD_LETTER in kinds:
+        for stream in out.dead_letters:
+            letters = t_env.from_data_stream(stream).select(col("k"), col("v"), lit(dead_letters_topic))
+            table = table.union_all(letters)
+    return table
+
+
+def _archive_sink(lines: Any, archive_dir: Path) -> None:
+    """The decoy archive: one JSON line per request, files rolled (committed) on checkpoints."""
+    from pyflink.common.serialization import Encoder
+    from pyflink.datastream.connectors.file_system import FileSink, OutputFileConfig, RollingPolicy
+
+    sink = (
+        FileSink.for_row_format(str(archive_dir.resolve()), Encoder.simple_string_encoder())
         .with_output_file_config(
             OutputFileConfig.builder().with_part_prefix("part").with_part_suffix(".jsonl").build()
         )
         .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
         .build()
     )
-    out.archive.sink_to(archive_sink).uid(names.UID_SINK_ARCHIVE).name("decoy archive")
-
-    sinks = [
-        ("results_out", None, out.results, names.UID_KAFKA_RESULTS_OUT, names.OUTPUT_RESULTS),
-        ("canary_out", cfg.canary_topic, out.canary, names.UID_KAFKA_CANARY_OUT, names.OUTPUT_CANARY),
-        (
-            "decisions_out",
-            cfg.decisions_topic,
-            out.decisions,
-            names.UID_KAFKA_DECISIONS_OUT,
-            names.OUTPUT_DECISIONS,
-        ),
-        (
-            "dead_letters_out",
-            cfg.dead_letters_topic,
-            out.dead_letters,
-            names.UID_KAFKA_DEAD_LETTERS_OUT,
-            names.OUTPUT_DEAD_LETTERS,
-        ),
-    ]
-    if out.ticks is not None:
-        # Into the scores topic, keyed by request id like the scores (the same partition); always
-        # at-least-once (the output name has no delivery flag): a tick in a transaction would wait for
-        # the next checkpoint, and one written twice changes nothing.
-        sinks.append(
-            ("ticks_out", cfg.scores_topic, out.ticks, names.UID_KAFKA_TICKS_OUT, names.OUTPUT_TICKS)
-        )
-    for table, topic, stream, uid, output in sinks:
-        t_env.execute_sql(_kafka_sink_ddl(table, cfg, topic, uid, output))
-        _uid_prefix(t_env, uid)  # one statement set per sink: each is translated under its own prefix
-        statements = t_env.create_statement_set()
-        statements.add_insert(table, t_env.from_data_stream(stream))
-        statements.attach_as_datastream()
+    lines.sink_to(sink).uid(names.UID_SINK_ARCHIVE).name("decoy archive")
 
 
 def _uid_prefix(t_env: Any, prefix: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from pyflink.common import Row, Types
@@ -23,32 +24,50 @@ from pyflink.datastream.functions import (
 )
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
-from udfs import bandit, feedback, model_metrics, names
+from udfs import bandit, fastjson, feedback, flink_compat, model_metrics, names
 from udfs import mailbox as mbx
 from udfs.policy import BanditSpec, Policy
 from udfs.policy_registry import Accepted, PolicyRegistry, state_key, state_value
 from udfs.policy_registry import dead_letter as policy_dead_letter
-from udfs.wire import DeadLetter, Request, Score, Source, Tick, parse_request, parse_score_or_tick
+from udfs.wire import (
+    DeadLetter,
+    Request,
+    Score,
+    Source,
+    Tick,
+    key_mismatch,
+    parse_request,
+    parse_score_or_tick,
+)
 
-KIND_REQUEST = "request"
-KIND_SCORE = "score"
-KIND_TICK = "tick"  # a record of the scores topic written by the mailbox itself (--clock log)
 KIND_LABEL = "label"
 KIND_DECISION = "decision"
 # What the mailbox's broadcast input carries: policy documents and reward events.
 KIND_POLICY = "policy"
 KIND_REWARD = "reward"
 
-# A parsed record on its way to the mailbox: kind, request id, the record's text, and where it came from.
+# A Kafka record of the requests or scores topic on its way to the mailbox, as the Kafka source reads it
+# (nothing parsed yet: the mailbox parses each record once): its key (the request id), value, which of
+# the two topics it came from (SOURCE_REQUESTS / SOURCE_SCORES, a constant the source's query adds), and
+# where in that topic.
+RECORD_TYPE = Types.ROW_NAMED(
+    ["k", "value", "source", "partition", "offset"],
+    [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.INT(), Types.INT(), Types.LONG()],
+)
+SOURCE_REQUESTS = 0
+SOURCE_SCORES = 1
+# A parsed label or decision record on its way to the label join: kind, request id, the record's
+# compact JSON, and where it came from.
 PARSED_TYPE = Types.ROW_NAMED(
     ["kind", "request_id", "text", "topic", "partition", "offset"],
     [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.INT(), Types.LONG()],
 )
 # A Kafka record to write: key, value, and (for results) the topic.
 KEYED_RECORD_TYPE = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
-ROUTED_RECORD_TYPE = Types.ROW_NAMED(["k", "v", "topic"], [Types.STRING(), Types.STRING(), Types.STRING()])
-# Everything the mailbox emits, on its one output: the output kind (udfs.mailbox RESULT, ARCHIVE, ...),
-# key, value, and (for results) the topic. RouteFunction turns it into ROUTED_RECORD_TYPE + side outputs.
+# Every Kafka record the mailbox emits, on its one main output: the output kind (udfs.mailbox RESULT,
+# CANARY, DECISION, DEAD_LETTER, TICK), key, value, and the topic it goes to (a result's return address,
+# else ``Topics``). One Kafka sink writes them all (jobs/rendezvous_job.py); the kind only picks the
+# rows of a second, transactional sink when some output is exactly-once.
 MAILBOX_OUT_TYPE = Types.ROW_NAMED(
     ["tag", "k", "v", "topic"], [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING()]
 )
@@ -65,17 +84,38 @@ POLICIES_STATE = MapStateDescriptor(names.STATE_POLICIES, Types.STRING(), Types.
 BANDIT_STATE = MapStateDescriptor(names.STATE_BANDIT, Types.STRING(), Types.STRING())
 POSTERIORS_KEY = "posteriors"
 
+# The label join's parsers' bad records (the mailbox emits its own dead letters on its main output).
 DEAD_LETTERS = OutputTag(names.TAG_DEAD_LETTERS, KEYED_RECORD_TYPE)
-CANARY = OutputTag(names.TAG_CANARY, KEYED_RECORD_TYPE)
-DECISIONS = OutputTag(names.TAG_DECISIONS, KEYED_RECORD_TYPE)
+# The decoy archive's lines: a side output of the mailbox, yielded only from ``process_element`` (a
+# request arrives), where thread mode routes side outputs (``udfs.flink_compat``, item 3).
 ARCHIVE = OutputTag(names.TAG_ARCHIVE, Types.STRING())
-TICKS = OutputTag(names.TAG_TICKS, KEYED_RECORD_TYPE)
 
-_SIDE_TAGS = {mbx.CANARY: CANARY, mbx.DECISION: DECISIONS, mbx.DEAD_LETTER: DEAD_LETTERS, mbx.TICK: TICKS}
+
+@dataclass(frozen=True)
+class Topics:
+    """The topics the mailbox reads (for dead letters and the archive, which point back at a record)
+    and writes (every Kafka output but results, which go to the request's return address)."""
+
+    requests: str = names.TOPIC_REQUESTS
+    scores: str = names.TOPIC_SCORES  # also where ticks go: the partition of the request's scores
+    canary: str = names.TOPIC_CANARY
+    decisions: str = names.TOPIC_DECISIONS
+    dead_letters: str = names.TOPIC_DEAD_LETTERS
+
+    def of_source(self, source: int) -> str:
+        return self.requests if source == SOURCE_REQUESTS else self.scores
+
+    def of_output(self) -> dict[str, str]:
+        return {
+            mbx.CANARY: self.canary,
+            mbx.DECISION: self.decisions,
+            mbx.DEAD_LETTER: self.dead_letters,
+            mbx.TICK: self.scores,
+        }
 
 
 def _json(record: dict[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":"), allow_nan=False)
+    return fastjson.dumps(record)
 
 
 def _now_ms() -> int:
@@ -87,8 +127,10 @@ def _now_ms() -> int:
 class _BatchedCounters:
     """Metric counters incremented in Python and pushed to Flink at most once a second.
 
-    ``add`` takes a signed delta: a counter that goes down (``mailboxes_live``) is flushed with ``dec``.
-    All counters of one operator share one instance, so any event flushes them all.
+    ``add`` takes a signed delta: a counter that goes down is flushed with ``dec``. ``mailboxes_live``
+    is derived at flush from ``mailboxes_opened`` and ``mailboxes_cleared``, and ``tally`` (per-model
+    counters from closed mailboxes) is drained into the counters then. All counters of one operator
+    share one instance, so any event flushes them all.
     """
 
     FLUSH_EVERY_MS = 1000
@@ -99,6 +141,8 @@ class _BatchedCounters:
         self._pending = dict.fromkeys(self._counters, 0)
         self._totals = dict.fromkeys(self._counters, 0)
         self._next_flush_ms = 0
+        self.tally = model_metrics.Tally()
+        self._model_metric_names: dict[tuple[str, str], str] = {}
 
     def register(self, metric_names: tuple[str, ...]) -> None:
         """More counters after open (e.g. for a model a live policy deploys); known names are skipped."""
@@ -117,26 +161,42 @@ class _BatchedCounters:
         if now_ms >= self._next_flush_ms:
             self.flush(now_ms)
 
+    def add_each(self, metric_names: list[str], now_ms: int) -> None:
+        """One for each name (a name listed twice counts twice)."""
+        pending = self._pending
+        for name in metric_names:
+            pending[name] += 1
+        if now_ms >= self._next_flush_ms:
+            self.flush(now_ms)
+
     def flush(self, now_ms: int) -> None:
-        for name, n in self._pending.items():
-            self._totals[name] += n
-            if n > 0:
-                self._counters[name].inc(n)
-            elif n < 0:
-                self._counters[name].dec(-n)
-            self._pending[name] = 0
+        pending = self._pending
+        live = names.METRIC_MAILBOXES_LIVE
+        if live in pending:
+            pending[live] += pending[names.METRIC_MAILBOXES_OPENED] - pending[names.METRIC_MAILBOXES_CLEARED]
+        for key, n in self.tally.drain().items():
+            name = self._model_metric_names.get(key)
+            if name is None:
+                name = self._model_metric_names[key] = names.model_metric(*key)
+            if name in pending:  # a model no policy lists any more has no counters
+                pending[name] += n
+        for name, n in pending.items():
+            if n:
+                self._totals[name] += n
+                if n > 0:
+                    self._counters[name].inc(n)
+                else:
+                    self._counters[name].dec(-n)
+                pending[name] = 0
         self._next_flush_ms = now_ms + self.FLUSH_EVERY_MS
 
 
 class ParseFunction(ProcessFunction):
-    """Raw Kafka rows (value bytes, topic, partition, offset) -> parsed rows, or dead letters.
-
-    Requests and scores go on as their text (the scores topic also carries the mailbox's own ticks,
-    which go on as kind tick); labels and decision records (read back for the label
-    join, ``udfs.feedback``) as the compact JSON the join keeps.
+    """Raw Kafka rows (value bytes, topic, partition, offset) of the label join's inputs -> parsed rows
+    (``PARSED_TYPE``: labels and decision records as the compact JSON the join keeps), or dead letters.
     """
 
-    KINDS = (KIND_REQUEST, KIND_SCORE, KIND_LABEL, KIND_DECISION)
+    KINDS = (KIND_LABEL, KIND_DECISION)
 
     def __init__(self, kind: str) -> None:
         if kind not in self.KINDS:
@@ -150,31 +210,18 @@ class ParseFunction(ProcessFunction):
             runtime_context.get_metrics_group(), (names.METRIC_DEAD_LETTERS, *per_reason)
         )
 
-    def _parse(self, data: Any, source: Source) -> Any:
-        if self.kind == KIND_REQUEST:
-            return parse_request(data, source)
-        if self.kind == KIND_SCORE:
-            return parse_score_or_tick(data, source)
-        if self.kind == KIND_LABEL:
-            return feedback.parse_label(data, source)
-        return feedback.parse_decision(data, source)
-
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         data, topic, partition, offset = value[0], value[1], value[2], value[3]
         source = Source(topic, partition, offset)
-        parsed = self._parse(data, source)
+        parse = feedback.parse_label if self.kind == KIND_LABEL else feedback.parse_decision
+        parsed = parse(data, source)
         if isinstance(parsed, DeadLetter):
             now = _now_ms()
             self.counters.add(names.METRIC_DEAD_LETTERS, now)
             self.counters.add(names.dead_letter_metric(parsed.reason), now)
             yield DEAD_LETTERS, Row(parsed.request_id, _json(parsed.to_dict(now)))
             return
-        if self.kind in (KIND_LABEL, KIND_DECISION):
-            text = _json(parsed.to_dict())
-        else:
-            text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-        kind = KIND_TICK if isinstance(parsed, Tick) else self.kind
-        yield Row(kind, parsed.request_id, text, topic, partition, offset)
+        yield Row(self.kind, parsed.request_id, _json(parsed.to_dict()), topic, partition, offset)
 
 
 class TagPolicies(MapFunction):
@@ -255,18 +302,6 @@ class LabelJoinFunction(KeyedProcessFunction):
             yield Row(_json(event).encode("utf-8"), source[0], source[1], source[2], KIND_REWARD)
 
 
-def _subtask_index(runtime_context: Any) -> int:
-    """This parallel instance's index. PyFlink 2.2.1's thread-mode context calls the Java method
-    ``getIndexOfThisSubtask``, which Flink 2 moved to ``getTaskInfo()``; ask there when it fails."""
-    try:
-        return int(runtime_context.get_index_of_this_subtask())
-    except AttributeError:
-        java = getattr(runtime_context, "_runtime_context", None)
-        if java is None:
-            return 0  # a context without the method at all (the unit tests' fakes): one instance
-        return int(java.getTaskInfo().getIndexOfThisSubtask())
-
-
 class MailboxFunction(KeyedBroadcastProcessFunction):
     """One mailbox per request id in a ValueState of versioned JSON; the policy in force comes from the
     startup file or, live, from the broadcast policies stream.
@@ -277,10 +312,8 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
     decisions depend on the order of records in Kafka alone. Under ``local`` the timer acts at once.
 
     Everything it emits goes to its one main output as ``MAILBOX_OUT_TYPE`` rows tagged with the
-    output kind, and ``RouteFunction`` splits them: PyFlink 2.2's thread mode does not route side
-    outputs yielded from ``on_timer`` of a keyed *broadcast* function (its ``on_timer`` skips the
-    side-output filter that the keyed process function's has; ``fn_execution/datastream/embedded/
-    operations.py``), and deadlines, closes and orphans are all decided in ``on_timer``.
+    output kind, which the job splits per sink in Java (``udfs.flink_compat``, item 3: why not side
+    outputs).
 
     Atomic per request: a mailbox is decided under the policy version it recorded when its request
     arrived (``udfs.policy_registry``). Accepted policies live in broadcast state (operator state,
@@ -293,20 +326,31 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
     ``self.posteriors``, from which a ``decide: thompson`` request's first model is drawn.
     """
 
-    def __init__(self, policy: Policy, feedback: bool = True, clock: str = names.CLOCK_LOG) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        feedback: bool = True,
+        clock: str = names.CLOCK_LOG,
+        topics: Topics = Topics(),
+    ) -> None:
         if clock not in names.CLOCKS:
             raise ValueError(f"clock must be one of {', '.join(names.CLOCKS)}, got {clock!r}")
         self.policy = policy
+        self.topics = topics
         self.feedback = feedback  # label feedback wired in: thompson documents may be accepted
         self.via_log = clock == names.CLOCK_LOG
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        self._output_topics = self.topics.of_output()
         self.state = runtime_context.get_state(ValueStateDescriptor(names.STATE_MAILBOX, Types.STRING()))
+        # Open mailboxes by request id, as last written to state: a record of an open mailbox is applied
+        # without reading and parsing its state again. Empty after every (re)start: state is the truth.
+        self._open: dict[str, mbx.Mailbox] = {}
         self.registry = PolicyRegistry(self.policy, feedback=self.feedback)
         self.posteriors: dict[str, Any] | None = None
         self._restored = False
         # Every parallel instance sees every policy document; one of them reports refusals.
-        self._reports_policies = _subtask_index(runtime_context) == 0
+        self._reports_policies = flink_compat.subtask_index(runtime_context) == 0
         self._model_ids: dict[int, tuple[str, ...]] = {}
         self._metered_models: set[str] = set()
         self.counters = _BatchedCounters(
@@ -323,7 +367,10 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
                 names.METRIC_UNKNOWN_MODEL_SCORES,
                 names.METRIC_ORPHANS,
                 names.METRIC_DEAD_LETTERS,
-                *(names.dead_letter_metric(r) for r in names.MAILBOX_REASONS + names.POLICY_REASONS),
+                *(
+                    names.dead_letter_metric(r)
+                    for r in names.PARSE_REASONS + names.MAILBOX_REASONS + names.POLICY_REASONS
+                ),
                 names.METRIC_MAILBOXES_OPENED,
                 names.METRIC_MAILBOXES_CLEARED,
                 names.METRIC_MAILBOXES_LIVE,
@@ -399,7 +446,7 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
         self.counters.add(names.METRIC_DEAD_LETTERS, now)
         self.counters.add(names.dead_letter_metric(verdict.reason), now)
         record = policy_dead_letter(verdict, data, Source(topic, partition, offset), now)
-        yield Row(mbx.DEAD_LETTER, None, _json(record), None)
+        yield Row(mbx.DEAD_LETTER, None, _json(record), self.topics.dead_letters)
 
     def _reward(self, data: bytes, ctx: Any) -> None:
         """One label's rewards into the posteriors, under the prior and discount of the policy in force."""
@@ -418,70 +465,86 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
 
     # --- requests, scores, timers ---------------------------------------------------------------------
 
-    def _load(self) -> mbx.Mailbox | None:
+    def _load(self, request_id: str | None) -> mbx.Mailbox | None:
+        """The mailbox of the current key: from ``self._open`` (open mailboxes, as this instance last
+        wrote them), else from keyed state (after a restart, and for tombstones, which are not cached)."""
+        mb = self._open.get(request_id) if request_id is not None else None
+        if mb is not None:
+            return mb
         text = self.state.value()
         return None if text is None else mbx.Mailbox.from_json(text)
 
     def process_element(self, value: Row, ctx: Any) -> Iterator[Any]:
+        """One Kafka record (``RECORD_TYPE``), parsed here, once, into a typed request, score or tick."""
         self._restore(ctx)
-        kind, _rid, text, topic, partition, offset = value
+        key, data, from_source, partition, offset = value[0], value[1], value[2], value[3], value[4]
         now = _now_ms()
-        source = Source(topic, partition, offset)
-        obj = json.loads(text)  # validated by ParseFunction upstream
-        current = self._load()
+        source = Source(self.topics.of_source(from_source), partition, offset)
+        is_request = from_source == SOURCE_REQUESTS
+        parsed = parse_request(data, source) if is_request else parse_score_or_tick(data, source)
+        if not isinstance(parsed, DeadLetter):
+            # decode only for what keeps the text: the archive (requests), a key mismatch (rare)
+            text = bytes(data).decode("utf-8") if is_request or key != parsed.request_id else ""
+            mismatch = key_mismatch(key, parsed.request_id, source, text)
+            if mismatch is None:
+                yield from self._on_record(parsed, text, source, now, ctx)
+                return
+            parsed = mismatch
+        self.counters.add(names.METRIC_DEAD_LETTERS, now)
+        self.counters.add(names.dead_letter_metric(parsed.reason), now)
+        yield Row(mbx.DEAD_LETTER, parsed.request_id, _json(parsed.to_dict(now)), self.topics.dead_letters)
+
+    def _on_record(
+        self, record: Request | Score | Tick, text: str, source: Source, now: int, ctx: Any
+    ) -> Iterator[Any]:
+        current = self._load(record.request_id)
         previous_wake_ms = None if current is None else current.wake_at_ms  # before the in-place update
         # An open mailbox keeps the version it recorded; a new one takes the version in force now (a
         # duplicate request is refused by the mailbox whatever its version).
         policy = self.registry.policy_for(None if current is None else current.policy_version)
-        if kind == KIND_REQUEST:
-            req = Request(
-                obj["request_id"],
-                obj["return_address"],
-                obj["sent_at_ms"],
-                obj["features"],
-                obj.get("deadline_ms"),
-                obj.get("routing_key"),
-            )
-            step = mbx.on_request(current, req, text, source, policy, now, self.posteriors)
+        if isinstance(record, Request):
+            step = mbx.on_request(current, record, text, source, policy, now, self.posteriors)
             if names.METRIC_REQUESTS in step.counts and step.mailbox and step.mailbox.choice is not None:
                 step.counts.append(names.METRIC_BANDIT_CHOICES)
-        elif kind == KIND_TICK:
-            step = mbx.on_tick(current, Tick.from_dict(obj), policy, now)
+        elif isinstance(record, Tick):
+            step = mbx.on_tick(current, record, policy, now)
         else:
-            score = Score(
-                obj["request_id"],
-                obj["model_id"],
-                obj["model_version"],
-                obj["status"],
-                obj.get("output") if obj["status"] == "ok" else None,
-                obj.get("error") if obj["status"] != "ok" else None,
-                obj["scored_at_ms"],
-                float(obj["latency_ms"]),
-            )
-            step = mbx.on_score(current, score, source, policy, now)
-        yield from self._apply(step, ctx, previous_wake_ms, now, policy)
+            step = mbx.on_score(current, record, source, policy, now)
+        yield from self._apply(step, ctx, previous_wake_ms, now, policy, record.request_id)
 
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
         self._restore(ctx)
-        current = self._load()
+        request_id = ctx.get_current_key()
+        current = self._load(request_id)
         if current is None:
             return
         now = max(int(timestamp), _now_ms())
         previous_wake_ms = current.wake_at_ms  # read first: the transition updates the mailbox in place
         policy = self.registry.policy_for(current.policy_version)
         step = mbx.on_timer(current, policy, now, via_log=self.via_log)
-        yield from self._apply(step, ctx, previous_wake_ms, now, policy)
+        yield from self._apply(step, ctx, previous_wake_ms, now, policy, request_id)
 
     def _apply(
-        self, step: mbx.Step, ctx: Any, previous_wake_ms: int | None, now: int, policy: Policy
+        self,
+        step: mbx.Step,
+        ctx: Any,
+        previous_wake_ms: int | None,
+        now: int,
+        policy: Policy,
+        request_id: str,
     ) -> Iterator[Any]:
         mb = step.mailbox
         if mb is None:
             self.state.clear()
+            self._open.pop(request_id, None)
             if previous_wake_ms is not None and previous_wake_ms > now:
                 ctx.timer_service().delete_processing_time_timer(previous_wake_ms)
         else:
             self.state.update(mb.to_json())
+            if mb.closed:
+                self._open.pop(request_id, None)
+            else:
+                self._open[request_id] = mb
             if mb.wake_at_ms != previous_wake_ms:
                 timers = ctx.timer_service()
                 if previous_wake_ms is not None and previous_wake_ms > now:
@@ -489,22 +552,22 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
                     timers.delete_processing_time_timer(previous_wake_ms)
                 if mb.wake_at_ms is not None:
                     timers.register_processing_time_timer(mb.wake_at_ms)
-        for name in step.counts:
-            self.counters.add(name, now)
-            if name == names.METRIC_MAILBOXES_OPENED:
-                self.counters.add(names.METRIC_MAILBOXES_LIVE, now)
-            elif name == names.METRIC_MAILBOXES_CLEARED:
-                self.counters.add(names.METRIC_MAILBOXES_LIVE, now, -1)
+        counters = self.counters
+        counters.add_each(step.counts, now)
         for out in step.outputs:
-            if out.kind == mbx.DEAD_LETTER:
-                self.counters.add(names.METRIC_DEAD_LETTERS, now)
-                self.counters.add(names.dead_letter_metric(out.record["reason"]), now)
-            elif out.kind == mbx.DECISION:
+            kind = out.kind
+            if kind == mbx.ARCHIVE:
+                yield ARCHIVE, _json(out.record)
+                continue
+            if kind == mbx.DEAD_LETTER:
+                counters.add_each(
+                    [names.METRIC_DEAD_LETTERS, names.dead_letter_metric(out.record["reason"])], now
+                )
+            elif kind == mbx.DECISION:
                 model_ids = self._model_ids.get(policy.version) or tuple(m.id for m in policy.models)
-                for mid, counts in model_metrics.model_counts(out.record, model_ids).items():
-                    for metric, n in counts.items():
-                        self.counters.add(names.model_metric(mid, metric), now, n)
-            yield Row(out.kind, out.record.get("request_id"), _json(out.record), out.topic)
+                counters.tally.add(out.record, model_ids)
+            topic = out.topic if kind == mbx.RESULT else self._output_topics[kind]
+            yield Row(kind, out.record.get("request_id"), _json(out.record), topic)
 
 
 def _summary(state: dict[str, Any]) -> str:
@@ -513,16 +576,3 @@ def _summary(state: dict[str, Any]) -> str:
         f"{m} Beta({a:.4g}, {b:.4g}) mean {a / (a + b):.3f}" for m, (a, b) in sorted(state["arms"].items())
     )
     return f"{state['updates']} labels: {arms or 'no models yet'}"
-
-
-class RouteFunction(ProcessFunction):
-    """The mailbox's tagged rows -> results (main output: key, value, return address) and side outputs."""
-
-    def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        tag, k, v, topic = value[0], value[1], value[2], value[3]
-        if tag == mbx.RESULT:
-            yield Row(k, v, topic)
-        elif tag == mbx.ARCHIVE:
-            yield ARCHIVE, v
-        else:
-            yield _SIDE_TAGS[tag], Row(k, v)

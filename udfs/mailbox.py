@@ -33,7 +33,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from udfs import bandit, names
+from udfs import bandit, fastjson, names
 from udfs.policy import Decided, Policy, ScoreView, decide
 from udfs.wire import DeadLetter, Request, Score, Source, Tick
 
@@ -101,7 +101,7 @@ class Mailbox:
         return self.received_at_ms + self.deadline_for(policy)
 
     def to_json(self) -> str:
-        return json.dumps(
+        return fastjson.dumps(
             {
                 "v": STATE_VERSION,
                 "id": self.request_id,
@@ -119,13 +119,12 @@ class Mailbox:
                 **({"clk": self.clock_ms} if self.clock_ms else {}),
                 **({"due": self.due_ms} if self.due_ms is not None else {}),
                 **({"ticks": self.ticks} if self.ticks else {}),
-            },
-            separators=(",", ":"),
+            }
         )
 
     @classmethod
     def from_json(cls, text: str) -> Mailbox:
-        d = json.loads(text)
+        d = fastjson.loads(text)
         if d.get("v") != STATE_VERSION:
             raise ValueError(
                 f"mailbox state version {d.get('v')!r} is not supported (expected {STATE_VERSION})"
@@ -476,7 +475,8 @@ def agreement(official: Any, canary: dict[str, Any] | None) -> bool | None:
     other = canary["output"] or {}
     if official.get("label") is not None and other.get("label") is not None:
         # As JSON values: 1, true and "1" are different labels (Python has 1 == True).
-        return json.dumps(official["label"]) == json.dumps(other["label"])
+        a, b = official["label"], other["label"]
+        return type(a) is type(b) and a == b
     p, q = official.get("probability"), other.get("probability")
     if p is not None and q is not None:
         return (p >= 0.5) == (q >= 0.5)
@@ -507,6 +507,6 @@ def _archive_row(req: Request, raw: str, source: Source, now_ms: int) -> dict[st
         "source_topic": source.topic,
         "partition": source.partition,
         "offset": source.offset,
-        "features": json.dumps(req.features, separators=(",", ":"), sort_keys=True),
+        "features": fastjson.dumps(req.features, sort_keys=True),
         "raw": raw,
     }

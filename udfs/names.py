@@ -82,11 +82,8 @@ def transactional_id_prefix(group_id: str, sink_uid: str) -> str:
 
 
 # --- Side output tags -----------------------------------------------------------------------
-TAG_DEAD_LETTERS = "dead-letters"
-TAG_CANARY = "canary"
-TAG_DECISIONS = "decisions"
-TAG_ARCHIVE = "decoy-archive"
-TAG_TICKS = "ticks"
+TAG_DEAD_LETTERS = "dead-letters"  # the label join's parsers
+TAG_ARCHIVE = "decoy-archive"  # the mailbox's archive lines (emitted from process_element only)
 
 # --- Operator uids (never rename: savepoints map state by these) ----------------------------
 # The Kafka sources and sinks are built from Table DDL. The planner numbers their uids in the order it
@@ -101,19 +98,12 @@ UID_KAFKA_LABELS_IN = "kafka-labels-in"
 # The job reads its own decisions topic back: the label join needs every model's answer, and a stream
 # from the mailbox back into its own broadcast input would be a cycle (Kafka closes the loop instead).
 UID_KAFKA_DECISIONS_IN = "kafka-decisions-in"
-UID_KAFKA_RESULTS_OUT = "kafka-results-out"
-UID_KAFKA_CANARY_OUT = "kafka-canary-out"
-UID_KAFKA_DECISIONS_OUT = "kafka-decisions-out"
-UID_KAFKA_DEAD_LETTERS_OUT = "kafka-dead-letters-out"
-# --clock log: the mailbox's ticks, written into the scores topic (always at-least-once: a tick is
-# idempotent, and a transactional one would wait for the next checkpoint).
-UID_KAFKA_TICKS_OUT = "kafka-ticks-out"
-
-UID_PARSE_REQUESTS = "parse-requests"
-UID_PARSE_SCORES = "parse-scores"
+# One Kafka sink writes every Kafka output of the mailbox (results, canary, decisions, dead letters,
+# ticks), each row naming its topic: one producer, and each record converted once. A second,
+# transactional sink takes the outputs whose --<output>-delivery is exactly-once, if any.
+UID_KAFKA_OUT = "kafka-out"
+UID_KAFKA_OUT_EXACTLY_ONCE = "kafka-out-exactly-once"
 UID_MAILBOX = "rendezvous-mailbox"
-# Splits the mailbox's one output stream into results and side outputs (stateless; see flink_fn.RouteFunction).
-UID_ROUTE_MAILBOX = "route-mailbox-outputs"
 UID_SINK_ARCHIVE = "sink-decoy-archive"
 # Label feedback for `decide: thompson` (udfs/feedback.py): parse labels and decisions read back, join
 # them by request id (keyed state + timers), and tag policy documents so one broadcast stream carries
@@ -226,6 +216,9 @@ REASON_DUPLICATE_REQUEST = "duplicate_request"
 REASON_ORPHAN_SCORE = "orphan_score"
 REASON_SCORE_AFTER_CLOSE = "score_after_close"
 REASON_TOO_MANY_SCORES = "too_many_scores"
+# The record's Kafka key (which keys the mailbox) is not its request_id: it sits in another request's
+# partition and mailbox, so it cannot be used (schemas/README.md: the key is the request id).
+REASON_KEY_MISMATCH = "key_mismatch"
 # Live policy documents (udfs/policy_registry.py):
 REASON_BAD_POLICY = "bad_policy"  # not UTF-8, not JSON, too large, or a field udfs.policy refuses
 REASON_STALE_POLICY_VERSION = "stale_policy_version"  # version not higher than the one in force
@@ -250,6 +243,7 @@ MAILBOX_REASONS = (
     REASON_ORPHAN_SCORE,
     REASON_SCORE_AFTER_CLOSE,
     REASON_TOO_MANY_SCORES,
+    REASON_KEY_MISMATCH,
 )
 POLICY_REASONS = (
     REASON_BAD_POLICY,

@@ -7,6 +7,7 @@ mailbox holds and the time, so it can be tested for every arrival order and timi
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Mapping
@@ -84,7 +85,8 @@ class Policy:
     threshold: float = 0.5
     bandit: BanditSpec | None = None  # set (defaults filled in) exactly when decide is thompson
 
-    @property
+    # Derived views, computed once per policy object (they are asked for on every record).
+    @functools.cached_property
     def official(self) -> tuple[ModelSpec, ...]:
         """Models whose answer may become official, in preference order."""
         return tuple(m for m in self.models if m.official)
@@ -96,19 +98,23 @@ class Policy:
         contenders = tuple(m.id for m in self.official if m.role != "backstop")
         return contenders or tuple(m.id for m in self.official)
 
-    @property
+    @functools.cached_property
     def canary(self) -> ModelSpec | None:
         return next((m for m in self.models if m.role == "canary"), None)
+
+    @functools.cached_property
+    def _roles(self) -> dict[str, str]:
+        roles: dict[str, str] = {}
+        for m in self.models:
+            roles.setdefault(m.id, m.role)  # the first listing of an id, as the loop below found it
+        return roles
 
     @property
     def on_no_answer_output(self) -> Any:
         return json.loads(self.on_no_answer_json)
 
     def role_of(self, model_id: str) -> str:
-        for m in self.models:
-            if m.id == model_id:
-                return m.role
-        return "unknown"
+        return self._roles.get(model_id, "unknown")
 
     def to_dict(self) -> dict[str, Any]:
         models = []

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import orjson
+
 MAX_RECORD_BYTES = 64 * 1024
 RAW_PREFIX_CHARS = 4096
 MAX_ERROR_CHARS = 1024
@@ -244,13 +246,55 @@ def _safe_request_id(obj: Any) -> str | None:
     return None
 
 
+def key_mismatch(key: str | None, request_id: str, source: Source, text: str) -> DeadLetter | None:
+    """A dead letter for a record whose Kafka key is not its request_id (None: the key fits, or the
+    record has none). The key picks the record's partition and mailbox; another id's is the wrong one.
+    """
+    if key is None or key == request_id:
+        return None
+    detail = f"the record's Kafka key {key[:128]!r} is not its request_id (the key must be the request id)"
+    return _dead("key_mismatch", detail, source, text, request_id)
+
+
+def routing_key(key: str | None, data: bytes | None) -> str:
+    """The key a record is routed to its mailbox by: its Kafka key, or for a record without one (a
+    foreign producer), the request_id in its value ("" when there is none: it becomes a dead letter)."""
+    if key is not None:
+        return key
+    try:
+        obj = orjson.loads(data) if data is not None else None
+    except orjson.JSONDecodeError:
+        return ""
+    rid = obj.get("request_id") if isinstance(obj, dict) else None
+    return rid if isinstance(rid, str) else ""
+
+
 def parse_request(data: bytes | str | None, source: Source) -> Request | DeadLetter:
     """A request record, or the reason it is not one."""
     return _parse(data, source, _request_from_obj)
 
 
 def _parse(data: bytes | str | None, source: Source, build: Callable[[dict[str, Any]], T]) -> T | DeadLetter:
-    """Decode, load a JSON object and build a record from it; any failure becomes a dead letter."""
+    """Decode, load a JSON object and build a record from it; any failure becomes a dead letter.
+
+    The fast path (orjson, no decoding to text) takes bytes that it reads as a JSON object; anything
+    else, and every check's order and message, is the slow path's (``_parse_checked``)."""
+    if isinstance(data, bytes) and len(data) <= MAX_RECORD_BYTES:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            try:
+                return build(obj)
+            except _Bad as bad:  # orjson read it, so it is UTF-8
+                return _dead(bad.reason, bad.detail, source, data.decode("utf-8"), _safe_request_id(obj))
+    return _parse_checked(data, source, build)
+
+
+def _parse_checked(
+    data: bytes | str | None, source: Source, build: Callable[[dict[str, Any]], T]
+) -> T | DeadLetter:
     text, dead = _decode(data, source)
     if dead is not None:
         return dead
@@ -263,7 +307,37 @@ def _parse(data: bytes | str | None, source: Source, build: Callable[[dict[str, 
         return _dead(bad.reason, bad.detail, source, text, _safe_request_id(obj))
 
 
+def _request_fast(obj: dict[str, Any]) -> Request | None:
+    """The request a record well within every rule is (None: let ``_request_from_obj`` decide)."""
+    if not obj.keys() <= REQUEST_FIELDS:
+        return None
+    rid, ret, sent = obj.get("request_id"), obj.get("return_address"), obj.get("sent_at_ms")
+    features, deadline, routing = obj.get("features"), obj.get("deadline_ms"), obj.get("routing_key")
+    if not (
+        type(rid) is str
+        and type(ret) is str
+        and type(sent) is int
+        and sent >= 0
+        and type(features) is dict
+        and (deadline is None or (type(deadline) is int and 1 <= deadline <= MAX_DEADLINE_MS))
+        and (routing is None or (type(routing) is str and len(routing) <= 256))
+        and REQUEST_ID_RE.match(rid)
+        and TOPIC_RE.match(ret)
+    ):
+        return None
+    for v in features.values():
+        t = type(v)
+        if not (v is None or t is str or t is bool or _finite_number(v)):
+            return None
+    return Request(rid, ret, sent, features, deadline, routing)
+
+
 def _request_from_obj(obj: dict[str, Any]) -> Request:
+    return _request_fast(obj) or _request_checked(obj)
+
+
+def _request_checked(obj: dict[str, Any]) -> Request:
+    """Every rule of schemas/request.schema.json, in order, each with its own reason."""
     rid = _request_id(obj)
     _check_unknown(obj, REQUEST_FIELDS)
     ret = _require(obj, "return_address")
@@ -317,7 +391,64 @@ def tick_from_obj(obj: dict[str, Any]) -> Tick:
     return Tick(rid, due, version, written)
 
 
+def _finite_number(v: Any) -> bool:
+    """``_is_number`` for the fast paths: a float that is finite, or an int a float holds exactly."""
+    t = type(v)
+    return (t is float and math.isfinite(v)) or (t is int and -(2**53) <= v <= 2**53)
+
+
+def _output_fast(output: Any) -> bool:
+    """True only for an output ``check_output`` accepts as it is (the common case, checked cheaply)."""
+    if type(output) is not dict or not output or not output.keys() <= OUTPUT_FIELDS:
+        return False
+    label = output.get("label", _ABSENT)
+    if label is not _ABSENT and not (
+        (type(label) is str and len(label) <= 256) or type(label) is int or type(label) is bool
+    ):
+        return False
+    p = output.get("probability", _ABSENT)
+    if p is not _ABSENT and not (_finite_number(p) and 0.0 <= p <= 1.0):
+        return False
+    v = output.get("value", _ABSENT)
+    return v is _ABSENT or _finite_number(v)
+
+
+_ABSENT = object()
+
+
+def _score_fast(obj: dict[str, Any]) -> Score | None:
+    """The score an ``ok`` record well within every rule is (None: let ``score_from_obj`` decide).
+
+    Never accepts what ``score_from_obj`` refuses, and builds the same Score (tests/unit/test_wire.py)."""
+    if obj.get("status") != "ok" or not obj.keys() <= SCORE_FIELDS:
+        return None
+    rid, mid, version = obj.get("request_id"), obj.get("model_id"), obj.get("model_version")
+    scored, output = obj.get("scored_at_ms"), obj.get("output")
+    latency: Any = obj.get("latency_ms")
+    if (
+        type(rid) is str
+        and type(mid) is str
+        and type(version) is str
+        and 1 <= len(version) <= 128
+        and type(scored) is int
+        and scored >= 0
+        and _finite_number(latency)
+        and latency >= 0
+        and _output_fast(output)
+        and REQUEST_ID_RE.match(rid)
+        and MODEL_ID_RE.match(mid)
+    ):
+        assert isinstance(output, dict)  # _output_fast checked it
+        return Score(rid, mid, version, "ok", dict(output), None, scored, float(latency))
+    return None
+
+
 def score_from_obj(obj: dict[str, Any]) -> Score:
+    return _score_fast(obj) or _score_checked(obj)
+
+
+def _score_checked(obj: dict[str, Any]) -> Score:
+    """Every rule of schemas/score.schema.json, in order, each with its own reason."""
     rid = _request_id(obj)
     _check_unknown(obj, SCORE_FIELDS)
     model_id = _require(obj, "model_id")

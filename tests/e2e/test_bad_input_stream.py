@@ -195,6 +195,8 @@ def test_thousands_of_mixed_records_every_good_one_answered_every_bad_one_accoun
             for k in range(MAX_EXTRA_SCORES + 4):
                 expect = "flagged" if k < MAX_EXTRA_SCORES else "too_many_scores"
                 sent.send(job.scores, _j(_score(rid, f"ghost{k}", "ghost")), expect, rid)
+        if i % 200 == 0:  # keyed by another request's id: the wrong partition and mailbox
+            sent.send(job.scores, _j(_score(rid, "tree", "miskeyed")), "key_mismatch", f"{rid}-other")
         if i % 40 == 0:
             orphan = orphans[i // 40]
             sent.send(job.scores, _j(_score(orphan, "gbt", "orphan")), "orphan_score", orphan)

@@ -30,8 +30,9 @@ from jobs import rendezvous_job as rj
 from udfs.policy import load_policy
 d = Path(tempfile.mkdtemp())
 labels = sys.argv[1] if len(sys.argv) > 1 else None
+delivery = dict(rj.DEFAULT_DELIVERY, results="exactly-once") if labels else dict(rj.DEFAULT_DELIVERY)
 cfg = rj.JobConfig(policy=load_policy(Path("policies/default.yaml")), bootstrap="127.0.0.1:9",
-                   archive_dir=d / "archive", state_dir=d / "state", labels_topic=labels)
+                   archive_dir=d / "archive", state_dir=d / "state", labels_topic=labels, delivery=delivery)
 env = rj.make_env(cfg)
 rj.build_job(env, cfg)
 nodes = env._j_stream_execution_environment.getStreamGraph(False).getStreamNodes().iterator()
@@ -43,7 +44,8 @@ while nodes.hasNext():
 
 @pytest.fixture(scope="module", params=["no-feedback", "feedback"])
 def graph(request: pytest.FixtureRequest) -> list[tuple[str | None, str]]:
-    """The default job, and the one with label feedback (--labels-topic) that adds operators."""
+    """The default job, and one with every optional operator: label feedback (--labels-topic) and
+    exactly-once results (the transactional sink)."""
     args = [] if request.param == "no-feedback" else ["labels"]
     out = subprocess.run(
         [sys.executable, "-c", DUMP, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
@@ -78,13 +80,13 @@ def test_every_uid_comes_from_names_and_every_named_uid_is_in_the_graph(
         owner = base if base in declared else next((k for k in kafka if base.startswith(k + "-")), None)
         assert owner is not None, f"uid {uid!r} ({name}) is not derived from udfs/names.py"
         seen.add(owner)
-    feedback_only = {
+    optional = {
         names.UID_KAFKA_LABELS_IN, names.UID_KAFKA_DECISIONS_IN, names.UID_PARSE_LABELS,
-        names.UID_PARSE_DECISIONS, names.UID_LABEL_JOIN,
+        names.UID_PARSE_DECISIONS, names.UID_LABEL_JOIN, names.UID_KAFKA_OUT_EXACTLY_ONCE,
     }  # fmt: skip
     has_feedback = any(name.startswith("label join") for _, name in graph)
-    assert seen == (declared if has_feedback else declared - feedback_only)
+    assert seen == (declared if has_feedback else declared - optional)
     # The stateful Kafka ends by their full uid: the source (offsets) and each sink's writer.
     uids = {uid for uid, _ in graph}
     assert {f"{names.UID_KAFKA_REQUESTS_IN}-source", f"{names.UID_KAFKA_SCORES_IN}-source"} <= uids
-    assert f"{names.UID_KAFKA_RESULTS_OUT}-sink" in uids
+    assert f"{names.UID_KAFKA_OUT}-sink" in uids

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from jobs.rendezvous_job import build_pipeline
-from udfs import names
+from jobs.rendezvous_job import build_pipeline, kafka_rows
+from udfs import flink_fn, names
 from udfs.policy import parse_policy
 
 pytestmark = pytest.mark.integration
@@ -50,9 +50,18 @@ def _score(rid: str, model: str, p: float) -> bytes:
     ).encode()  # fmt: skip
 
 
+def _key(value: bytes) -> str | None:
+    try:
+        obj = json.loads(value)
+    except ValueError:
+        return None
+    return obj.get("request_id") if isinstance(obj, dict) else None
+
+
 def _run(requests: list[bytes], scores: list[bytes]) -> dict[str, list[Any]]:
     from pyflink.common import Configuration, Types
     from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.table import StreamTableEnvironment
 
     conf = Configuration()
     site_packages = next(p for p in sys.path if p.endswith("site-packages"))
@@ -65,26 +74,38 @@ def _run(requests: list[bytes], scores: list[bytes]) -> dict[str, list[Any]]:
     }.items():
         conf.set_string(k, v)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
-    raw_type = Types.ROW([Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING(), Types.INT(), Types.LONG()])
+    t_env = StreamTableEnvironment.create(env)
 
-    def rows(topic: str, values: list[bytes]) -> Any:
+    def rows(source: int, values: list[bytes]) -> Any:
         from pyflink.common import Row
 
-        return env.from_collection([Row(v, topic, 0, i) for i, v in enumerate(values)], type_info=raw_type)
-
-    out = build_pipeline(rows("requests", requests), rows("scores", scores), POLICY, clock=names.CLOCK_LOCAL)
-    tagged = (
-        out.results.map(lambda r: json.dumps(["result", r[2], json.loads(r[1])]), output_type=Types.STRING())
-        .union(
-            out.dead_letters.map(lambda r: json.dumps(["dead", None, json.loads(r[1])]), output_type=Types.STRING()),
-            out.archive.map(lambda s: json.dumps(["archive", None, json.loads(s)]), output_type=Types.STRING()),
+        # Keyed by request id as a producer of this project keys them; garbage has no key.
+        return env.from_collection(
+            [Row(_key(v), v, source, 0, i) for i, v in enumerate(values)], type_info=flink_fn.RECORD_TYPE
         )
+
+    out = build_pipeline(
+        rows(flink_fn.SOURCE_REQUESTS, requests),
+        rows(flink_fn.SOURCE_SCORES, scores),
+        POLICY,
+        clock=names.CLOCK_LOCAL,
+    )
+    # The job's own Kafka rows (k, v, topic) as its one Kafka sink gets them, and the archive.
+    kafka = t_env.to_data_stream(kafka_rows(t_env, out, None, names.TOPIC_DEAD_LETTERS))
+    tagged = (
+        kafka.map(lambda r: json.dumps([r[2], r[2], json.loads(r[1])]), output_type=Types.STRING())
+        .union(out.archive.map(lambda s: json.dumps(["archive", None, json.loads(s)]), output_type=Types.STRING()))
     )  # fmt: skip
     collected: dict[str, list[Any]] = {"result": [], "dead": [], "archive": []}
     with tagged.execute_and_collect() as it:
         for item in it:
             kind, topic, record = json.loads(item)
-            collected[kind].append((topic, record) if kind == "result" else record)
+            if kind == "archive":
+                collected["archive"].append(record)
+            elif kind == names.TOPIC_DEAD_LETTERS:
+                collected["dead"].append(record)
+            else:
+                collected["result"].append((topic, record))
     return collected
 
 

@@ -72,8 +72,12 @@ class FakeTimers:
 
 
 class FakeCtx:
-    def __init__(self, timers: FakeTimers) -> None:
+    def __init__(self, timers: FakeTimers, key: str = "r1") -> None:
         self.timers = timers
+        self.key = key
+
+    def get_current_key(self) -> str:
+        return self.key
 
     def timer_service(self) -> FakeTimers:
         return self.timers
@@ -91,8 +95,14 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Any:
     return fn, state, timers, clock
 
 
-def _row(kind: str, record: dict[str, Any]) -> tuple[Any, ...]:
-    return (kind, record["request_id"], json.dumps(record), "t", 0, 7)
+# What a test record is: which topic it comes from (ticks come back on the scores topic).
+REQUEST_RECORD, SCORE_RECORD, TICK_RECORD = "request", "score", "tick"
+
+
+def _row(kind: str, record: dict[str, Any], key: str | None = "") -> tuple[Any, ...]:
+    """A Kafka record as the source reads it (``flink_fn.RECORD_TYPE``), keyed by its request id."""
+    source = flink_fn.SOURCE_REQUESTS if kind == REQUEST_RECORD else flink_fn.SOURCE_SCORES
+    return (record["request_id"] if key == "" else key, json.dumps(record).encode(), source, 0, 7)
 
 
 REQUEST = {"request_id": "r1", "return_address": "answers", "sent_at_ms": 1, "features": {}}
@@ -113,8 +123,9 @@ def _fire_due(fn: Any, timers: FakeTimers, clock: dict[str, int], until: int) ->
 def test_timers_carry_a_silent_request_to_no_answer_then_close_then_expiry(harness: Any) -> None:
     fn, state, timers, clock = harness
     t0 = clock["now"]
-    out = list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST), FakeCtx(timers)))
-    assert [o[0] for o in out] == [mbx.ARCHIVE]
+    out = list(fn.process_element(_row(REQUEST_RECORD, REQUEST), FakeCtx(timers)))
+    assert [o[0] for o in out] == [flink_fn.ARCHIVE]  # the one side output
+    assert json.loads(out[0][1])["request_id"] == "r1"
     assert timers.pending == {t0 + 40}  # the incumbent's wait
 
     out = _fire_due(fn, timers, clock, t0 + 99)
@@ -127,7 +138,7 @@ def test_timers_carry_a_silent_request_to_no_answer_then_close_then_expiry(harne
     assert timers.pending == {t0 + 150}  # close after the late window
 
     out = _fire_due(fn, timers, clock, t0 + 150)
-    assert [o[0] for o in out] == [mbx.DECISION]
+    assert [(o[0], o[3]) for o in out] == [(mbx.DECISION, names.TOPIC_DECISIONS)]
     assert timers.pending == {t0 + 150 + 1000}  # tombstone expiry
     _fire_due(fn, timers, clock, t0 + 1150)
     assert state.v is None and timers.pending == set()
@@ -140,53 +151,50 @@ def test_the_log_clock_decides_when_its_tick_comes_back(monkeypatch: pytest.Monk
     fn = flink_fn.MailboxFunction(POLICY)  # the default clock: log
     fn.open(FakeRuntime(state))  # type: ignore[arg-type]
     t0 = clock["now"]
-    list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST), FakeCtx(timers)))
+    list(fn.process_element(_row(REQUEST_RECORD, REQUEST), FakeCtx(timers)))
 
     out = _fire_due(fn, timers, clock, t0 + 40)  # the incumbent's wait runs out: a tick, no decision
     assert [o[0] for o in out] == [mbx.TICK]
     tick = json.loads(out[0][2])
-    assert out[0][1] == "r1" and out[0][3] is None  # keyed by request id, for the scores topic
+    assert out[0][1] == "r1" and out[0][3] == names.TOPIC_SCORES  # keyed by request id, into the scores
     assert (tick["request_id"], tick["tick_due_ms"], tick["policy_version"]) == ("r1", 40, 1)
     assert timers.pending == {t0 + 40 + mbx.TICK_RESEND_MS}  # written again if it never comes back
 
     # The backstop's score reaches Kafka behind the tick: on time all the same, since the tick is read
     # later. Only the deadline's tick (due 100) ends the wait for it.
     clock["now"] = t0 + 45
-    assert list(fn.process_element(_row(flink_fn.KIND_TICK, tick), FakeCtx(timers))) == []
+    assert list(fn.process_element(_row(TICK_RECORD, tick), FakeCtx(timers))) == []
     assert timers.pending == {t0 + 100}
     score = {
         "request_id": "r1", "model_id": "tree", "model_version": "1", "status": "ok",
         "output": {"label": 0}, "scored_at_ms": 1, "latency_ms": 2,
     }  # fmt: skip
     clock["now"] = t0 + 130  # read late (the job fell behind), still before the deadline's tick
-    out = list(fn.process_element(_row(flink_fn.KIND_SCORE, score), FakeCtx(timers)))
+    out = list(fn.process_element(_row(SCORE_RECORD, score), FakeCtx(timers)))
     results = [json.loads(o[2]) for o in out if o[0] == mbx.RESULT]
     assert [(r["model_id"], r["reason"], r["trigger"]) for r in results] == [("tree", "backstop", "score")]
     # A tick read twice (written again, or by the job before a restart) changes nothing.
-    assert list(fn.process_element(_row(flink_fn.KIND_TICK, tick), FakeCtx(timers))) == []
+    assert list(fn.process_element(_row(TICK_RECORD, tick), FakeCtx(timers))) == []
 
 
-def test_a_tick_parses_as_a_tick_from_the_scores_topic() -> None:
-    fn = flink_fn.ParseFunction(flink_fn.KIND_SCORE)
-    fn.open(FakeRuntime(FakeState()))  # type: ignore[arg-type]
-    tick = {"request_id": "r1", "tick_due_ms": 40, "policy_version": 1, "written_at_ms": 5}
-    (row,) = fn.process_element((json.dumps(tick).encode(), "scores", 0, 9), None)  # type: ignore[arg-type]
-    assert (row[0], row[1], json.loads(row[2])) == (flink_fn.KIND_TICK, "r1", tick)
-    bad = dict(tick, tick_due_ms=-1)
-    ((tag, letter),) = fn.process_element((json.dumps(bad).encode(), "scores", 0, 10), None)  # type: ignore[arg-type]
-    assert tag is flink_fn.DEAD_LETTERS and json.loads(letter[1])["reason"] == "bad_field"
+def test_a_bad_tick_on_the_scores_topic_is_a_dead_letter(harness: Any) -> None:
+    fn, state, timers, _clock = harness
+    bad = {"request_id": "r1", "tick_due_ms": -1, "policy_version": 1, "written_at_ms": 5}
+    (row,) = fn.process_element(_row(TICK_RECORD, bad), FakeCtx(timers))
+    assert row[0] == mbx.DEAD_LETTER and json.loads(row[2])["reason"] == "bad_field"
+    assert state.v is None
 
 
 def test_an_early_answer_replaces_the_wait_timer(harness: Any) -> None:
     fn, _state, timers, clock = harness
     t0 = clock["now"]
-    list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST), FakeCtx(timers)))
+    list(fn.process_element(_row(REQUEST_RECORD, REQUEST), FakeCtx(timers)))
     clock["now"] = t0 + 5
     score = {
         "request_id": "r1", "model_id": "gbt", "model_version": "1", "status": "ok",
         "output": {"label": 1, "probability": 0.9}, "scored_at_ms": 1, "latency_ms": 1.0,
     }  # fmt: skip
-    out = list(fn.process_element(_row(flink_fn.KIND_SCORE, score), FakeCtx(timers)))
+    out = list(fn.process_element(_row(SCORE_RECORD, score), FakeCtx(timers)))
     assert out[0][0] == mbx.RESULT and json.loads(out[0][2])["model_id"] == "gbt"
     assert timers.pending == {t0 + 150}  # the 40 ms wait timer is gone; close is due
 
@@ -240,22 +248,32 @@ def metered(monkeypatch: pytest.MonkeyPatch) -> Any:
     return _metered(monkeypatch)
 
 
-def test_parse_function_counts_dead_letters_per_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_mailbox_parses_each_record_and_counts_dead_letters_per_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     clock = {"now": 5_000}
     monkeypatch.setattr(flink_fn, "_now_ms", lambda: clock["now"])
-    group = RecordingGroup()
-    fn = flink_fn.ParseFunction(flink_fn.KIND_REQUEST)
-    fn.open(type("R", (), {"get_metrics_group": lambda _self: group})())  # type: ignore[arg-type]
-    for value in (b"not json", b"[1]", None, b"{nope", json.dumps(REQUEST).encode()):
-        out = list(fn.process_element((value, "requests", 0, 3), None))  # type: ignore[arg-type]
-        assert len(out) == 1
-    # Batched: the very first increment flushed at once, the rest wait until the next flush is due.
-    assert group.counts() == {names.METRIC_DEAD_LETTERS: 1}
+    runtime = RecordingRuntime(FakeState())
+    group = runtime.group
+    fn = flink_fn.MailboxFunction(POLICY, topics=flink_fn.Topics("reqs", "scs", dead_letters="dl"))
+    fn.open(runtime)  # type: ignore[arg-type]
+    timers = FakeTimers()
+    for offset, value in enumerate((b"not json", b"[1]", None, b"{nope")):
+        out = list(fn.process_element((None, value, flink_fn.SOURCE_REQUESTS, 2, offset), FakeCtx(timers)))
+        assert [(o[0], o[3]) for o in out] == [(mbx.DEAD_LETTER, "dl")]
+        letter = json.loads(out[0][2])
+        assert (letter["source_topic"], letter["partition"], letter["offset"]) == ("reqs", 2, offset)
+    assert fn.state.value() is None and timers.pending == set()  # no mailbox for a bad record
+    # Batched: open() flushed the policy version; the rest waits until the next flush is due.
+    assert group.counts() == {names.METRIC_POLICY_VERSION: 1}
     clock["now"] += flink_fn._BatchedCounters.FLUSH_EVERY_MS
-    list(fn.process_element((b"\xff", "requests", 0, 4), None))  # type: ignore[arg-type]
+    out = list(fn.process_element((None, b"\xff", flink_fn.SOURCE_SCORES, 0, 4), FakeCtx(timers)))
+    assert json.loads(out[0][2])["source_topic"] == "scs"
     assert group.counts()[names.METRIC_DEAD_LETTERS] == 5  # flushed by the first add past the due time
-    fn.counters.flush(clock["now"])  # as the next due flush would
-    assert group.counts() == {
+    fn.counters.flush(clock["now"])
+    counts = group.counts()
+    assert counts == {
+        names.METRIC_POLICY_VERSION: 1,
         names.METRIC_DEAD_LETTERS: 5,
         names.dead_letter_metric("not_json"): 2,
         names.dead_letter_metric("not_object"): 1,
@@ -266,6 +284,21 @@ def test_parse_function_counts_dead_letters_per_reason(monkeypatch: pytest.Monke
     assert {names.dead_letter_metric(r) for r in names.PARSE_REASONS} <= set(group.counters)
 
 
+def test_a_record_keyed_by_another_id_is_a_dead_letter_and_a_keyless_one_is_used(harness: Any) -> None:
+    fn, state, timers, _clock = harness
+    out = list(fn.process_element(_row(REQUEST_RECORD, REQUEST, key="other"), FakeCtx(timers)))
+    assert [o[0] for o in out] == [mbx.DEAD_LETTER]
+    letter = json.loads(out[0][2])
+    assert (letter["reason"], letter["request_id"], json.loads(letter["raw"])) == (
+        "key_mismatch",
+        "r1",
+        REQUEST,
+    )
+    assert state.v is None
+    out = list(fn.process_element(_row(REQUEST_RECORD, REQUEST, key=None), FakeCtx(timers)))
+    assert [o[0] for o in out] == [flink_fn.ARCHIVE] and state.v is not None
+
+
 def test_mailbox_counts_reasons_duplicates_and_live_mailboxes(metered: Any) -> None:
     fn, group, timers, clock = metered
     t0 = clock["now"]
@@ -273,11 +306,11 @@ def test_mailbox_counts_reasons_duplicates_and_live_mailboxes(metered: Any) -> N
         "request_id": "r1", "model_id": "gbt", "model_version": "1", "status": "ok",
         "output": {"label": 1}, "scored_at_ms": 1, "latency_ms": 1.0,
     }  # fmt: skip
-    list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST), FakeCtx(timers)))
-    list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST), FakeCtx(timers)))  # duplicate
-    list(fn.process_element(_row(flink_fn.KIND_SCORE, score), FakeCtx(timers)))
-    list(fn.process_element(_row(flink_fn.KIND_SCORE, score), FakeCtx(timers)))  # duplicate score
-    list(fn.process_element(_row(flink_fn.KIND_SCORE, score | {"model_id": "ghost"}), FakeCtx(timers)))
+    list(fn.process_element(_row(REQUEST_RECORD, REQUEST), FakeCtx(timers)))
+    list(fn.process_element(_row(REQUEST_RECORD, REQUEST), FakeCtx(timers)))  # duplicate
+    list(fn.process_element(_row(SCORE_RECORD, score), FakeCtx(timers)))
+    list(fn.process_element(_row(SCORE_RECORD, score), FakeCtx(timers)))  # duplicate score
+    list(fn.process_element(_row(SCORE_RECORD, score | {"model_id": "ghost"}), FakeCtx(timers)))
     fn.counters.flush(clock["now"])
     counts = group.counts()
     assert counts[names.METRIC_MAILBOXES_LIVE] == counts[names.METRIC_MAILBOXES_OPENED] == 1
@@ -304,11 +337,11 @@ def test_the_adapter_registers_per_model_counters_and_adds_them_at_close(
     ids = [m.id for m in FOUR_MODELS.models]
     assert {names.model_metric(m, n) for m in ids for n in names.MODEL_METRICS} <= set(group.counters)
 
-    list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST), FakeCtx(timers)))
+    list(fn.process_element(_row(REQUEST_RECORD, REQUEST), FakeCtx(timers)))
     clock["now"] += 12
     score = {"request_id": "r1", "model_id": "gbt", "model_version": "1", "status": "ok",
              "output": {"label": 1, "probability": 0.9}, "scored_at_ms": 1, "latency_ms": 1.0}  # fmt: skip
-    list(fn.process_element(_row(flink_fn.KIND_SCORE, score), FakeCtx(timers)))
+    list(fn.process_element(_row(SCORE_RECORD, score), FakeCtx(timers)))
     _fire_due(fn, timers, clock, clock["now"] + 10**7)  # to the close (and past it)
     fn.counters.flush(clock["now"])
     got = {k: c.count for k, c in group.counters.items() if k.startswith("model_") and c.count}
@@ -403,21 +436,21 @@ def test_a_published_policy_decides_new_requests_while_open_ones_keep_theirs(liv
         return list(fn.process_element(_row(kind, record), ctx))
 
     # r-old arrives under v1 (gbt preferred, waits 40 ms for it); logreg has answered, gbt not yet.
-    element(flink_fn.KIND_REQUEST, REQUEST | {"request_id": "r-old"})
-    assert element(flink_fn.KIND_SCORE, _score("r-old", "logreg")) == []
+    element(REQUEST_RECORD, REQUEST | {"request_id": "r-old"})
+    assert element(SCORE_RECORD, _score("r-old", "logreg")) == []
 
     assert list(fn.process_broadcast_element(_doc(V2), ctx)) == []  # accepted: no output
     assert fn.registry.current.version == 2 and set(ctx.broadcast.entries) == {"2"}
 
     # A new request is decided under v2: logreg is now preferred and answers at once.
-    element(flink_fn.KIND_REQUEST, REQUEST | {"request_id": "r-new"})
-    out = element(flink_fn.KIND_SCORE, _score("r-new", "logreg"))
+    element(REQUEST_RECORD, REQUEST | {"request_id": "r-new"})
+    out = element(SCORE_RECORD, _score("r-new", "logreg"))
     new = json.loads(out[0][2])
     assert (new["model_id"], new["reason"], new["policy_version"]) == ("logreg", "preferred", 2)
 
     # The open request still waits for gbt (v1), and gbt's answer is the official one under v1.
     clock["now"] += 10
-    out = element(flink_fn.KIND_SCORE, _score("r-old", "gbt"))
+    out = element(SCORE_RECORD, _score("r-old", "gbt"))
     old = json.loads(out[0][2])
     assert (old["model_id"], old["reason"], old["policy_version"]) == ("gbt", "preferred", 1)
 
@@ -464,7 +497,7 @@ def test_only_the_first_subtask_reports_refused_documents(monkeypatch: pytest.Mo
 def test_accepted_policies_are_restored_from_broadcast_state_after_a_restart(live: Any) -> None:
     fn, runtime, ctx, clock = live
     list(fn.process_broadcast_element(_doc(V2), ctx))
-    list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST | {"request_id": "r9"}), ctx))
+    list(fn.process_element(_row(REQUEST_RECORD, REQUEST | {"request_id": "r9"}), ctx))
 
     # A restart: a new function instance with the same keyed and broadcast state.
     fresh = flink_fn.MailboxFunction(POLICY)
@@ -472,7 +505,7 @@ def test_accepted_policies_are_restored_from_broadcast_state_after_a_restart(liv
     fresh.open(runtime2)  # type: ignore[arg-type]
     assert fresh.registry.current.version == 1  # nothing read yet: state comes with the first callback
     ctx2 = BroadcastCtx(ctx.timers, ctx.broadcast)
-    out = list(fresh.process_element(_row(flink_fn.KIND_SCORE, _score("r9", "logreg")), ctx2))
+    out = list(fresh.process_element(_row(SCORE_RECORD, _score("r9", "logreg")), ctx2))
     assert fresh.registry.current.version == 2
     assert json.loads(out[0][2])["policy_version"] == 2
     # Counters for the models the restored policy deploys exist after the restore.
@@ -484,32 +517,13 @@ def test_a_deployed_model_gets_its_counters_and_a_decision_counts_its_own_policy
     assert names.model_metric("logreg", names.MODEL_METRIC_WINS) not in runtime.group.counters
     list(fn.process_broadcast_element(_doc(V2), ctx))
     assert names.model_metric("logreg", names.MODEL_METRIC_WINS) in runtime.group.counters
-    list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST | {"request_id": "r2"}), ctx))
-    list(fn.process_element(_row(flink_fn.KIND_SCORE, _score("r2", "logreg")), ctx))
+    list(fn.process_element(_row(REQUEST_RECORD, REQUEST | {"request_id": "r2"}), ctx))
+    list(fn.process_element(_row(SCORE_RECORD, _score("r2", "logreg")), ctx))
     _fire_due(fn, ctx.timers, clock, clock["now"] + 10_000)
     fn.counters.flush(clock["now"])
     counts = runtime.group.counts()
     assert counts[names.model_metric("logreg", names.MODEL_METRIC_WINS)] == 1
     assert counts[names.model_metric("gbt", names.MODEL_METRIC_TIMEOUTS)] == 1  # in v2 too
-
-
-def test_route_function_splits_results_and_side_outputs() -> None:
-    route = flink_fn.RouteFunction()
-    rows = [
-        (mbx.RESULT, "r1", '{"a":1}', "answers"),
-        (mbx.ARCHIVE, "r1", '{"b":2}', None),
-        (mbx.CANARY, "r1", '{"c":3}', None),
-        (mbx.DECISION, "r1", '{"d":4}', None),
-        (mbx.DEAD_LETTER, None, '{"e":5}', None),
-    ]
-    out = [o for r in rows for o in route.process_element(r, None)]  # type: ignore[arg-type]
-    assert tuple(out[0]) == ("r1", '{"a":1}', "answers")
-    assert out[1] == (flink_fn.ARCHIVE, '{"b":2}')
-    assert [(o[0], tuple(o[1])) for o in out[2:]] == [
-        (flink_fn.CANARY, ("r1", '{"c":3}')),
-        (flink_fn.DECISIONS, ("r1", '{"d":4}')),
-        (flink_fn.DEAD_LETTERS, (None, '{"e":5}')),
-    ]
 
 
 # --- label feedback: parse, join, rewards into the broadcast posteriors, a thompson choice ----------------
@@ -625,7 +639,7 @@ def test_rewards_update_the_broadcast_posteriors_and_steer_thompson_choices(
 
     def first_model(rid: str) -> str:
         fn.state = keyed.setdefault(rid, FakeState())
-        list(fn.process_element(_row(flink_fn.KIND_REQUEST, REQUEST | {"request_id": rid}), ctx))
+        list(fn.process_element(_row(REQUEST_RECORD, REQUEST | {"request_id": rid}), ctx))
         mb = mbx.Mailbox.from_json(fn.state.v)  # type: ignore[arg-type]
         assert mb.choice is not None
         return mb.choice
@@ -650,6 +664,6 @@ def test_rewards_update_the_broadcast_posteriors_and_steer_thompson_choices(
     fresh.open(RecordingRuntime(FakeState()))  # type: ignore[arg-type]
     assert fresh.posteriors is None
     fresh.state = FakeState()
-    list(fresh.process_element(_row(flink_fn.KIND_REQUEST, REQUEST | {"request_id": "c1"}), ctx))
+    list(fresh.process_element(_row(REQUEST_RECORD, REQUEST | {"request_id": "c1"}), ctx))
     assert fresh.posteriors == stored
     assert mbx.Mailbox.from_json(fresh.state.v).choice == "logreg"  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ import pytest
 
 from jobs import rendezvous_job as rj
 from ops import broker
+from udfs import mailbox as mbx
 from udfs import names
 
 POLICY = Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
@@ -18,9 +19,9 @@ def cfg(*args: str) -> rj.JobConfig:
     return rj.parse_args(["--policy", str(POLICY), "--bootstrap", "127.0.0.1:9", *args])
 
 
-def sink_ddl(c: rj.JobConfig, output: str, uid: str) -> str:
-    topic = None if output == names.OUTPUT_RESULTS else f"{output}-t"
-    return rj._kafka_sink_ddl(f"{output}_out", c, topic, uid, output)
+def sink_ddls(c: rj.JobConfig) -> dict[str, tuple[str, tuple[str, ...] | None]]:
+    """{sink uid: (its DDL, the mailbox output kinds it takes, None for all)}."""
+    return {uid: (rj._kafka_sink_ddl(uid, c, uid, d), kinds) for uid, d, kinds in rj.kafka_sinks(c)}
 
 
 def option(ddl: str, key: str) -> str | None:
@@ -28,22 +29,32 @@ def option(ddl: str, key: str) -> str | None:
     return m.group(1) if m else None
 
 
-def test_every_output_is_at_least_once_by_default() -> None:
+def test_every_output_is_at_least_once_by_default_through_one_sink() -> None:
     c = cfg()
     assert c.delivery == dict.fromkeys(names.KAFKA_OUTPUTS, names.DELIVERY_AT_LEAST_ONCE)
-    ddl = sink_ddl(c, names.OUTPUT_RESULTS, names.UID_KAFKA_RESULTS_OUT)
+    ((uid, (ddl, kinds)),) = sink_ddls(c).items()
+    assert (uid, kinds) == (names.UID_KAFKA_OUT, None)  # every kind, no filter
     assert option(ddl, "sink.delivery-guarantee") == "at-least-once"
     assert option(ddl, "sink.transactional-id-prefix") is None
+    assert option(ddl, "topic-pattern") is not None  # each row names its topic
 
 
 def test_exactly_once_results_use_transactions_within_the_brokers_timeout() -> None:
     c = cfg("--results-delivery", "exactly-once", "--group-id", "job-a")
     assert c.delivery[names.OUTPUT_RESULTS] == names.DELIVERY_EXACTLY_ONCE
     assert c.delivery[names.OUTPUT_DECISIONS] == names.DELIVERY_AT_LEAST_ONCE
-    ddl = sink_ddl(c, names.OUTPUT_RESULTS, names.UID_KAFKA_RESULTS_OUT)
+    sinks = sink_ddls(c)
+    ddl, kinds = sinks[names.UID_KAFKA_OUT_EXACTLY_ONCE]
+    assert kinds == (mbx.RESULT,)
     assert option(ddl, "sink.delivery-guarantee") == "exactly-once"
-    assert option(ddl, "sink.transactional-id-prefix") == f"job-a.{names.UID_KAFKA_RESULTS_OUT}"
-    timeout = int(option(ddl, "properties.transaction.timeout.ms") or 0)
+    assert option(ddl, "sink.transactional-id-prefix") == f"job-a.{names.UID_KAFKA_OUT_EXACTLY_ONCE}"
+    # The rest, ticks included (they have no flag), stay at-least-once.
+    ddl, kinds = sinks[names.UID_KAFKA_OUT]
+    assert option(ddl, "sink.delivery-guarantee") == "at-least-once"
+    assert kinds == (mbx.CANARY, mbx.DECISION, mbx.DEAD_LETTER, mbx.TICK)
+    timeout = int(
+        option(sinks[names.UID_KAFKA_OUT_EXACTLY_ONCE][0], "properties.transaction.timeout.ms") or 0
+    )
     props = broker.server_properties(Path("/tmp/x"), 1, 2)
     m = re.search(r"^transaction.max.timeout.ms=(\d+)$", props, re.M)
     assert m is not None
@@ -51,22 +62,24 @@ def test_exactly_once_results_use_transactions_within_the_brokers_timeout() -> N
     assert 0 < timeout <= broker_max  # above it, the broker refuses the producer
 
 
-def test_transactional_ids_differ_per_sink_and_per_job() -> None:
-    flags = [x for o in names.KAFKA_OUTPUTS for x in (f"--{o}-delivery", "exactly-once")]
-    uids = {
-        names.OUTPUT_RESULTS: names.UID_KAFKA_RESULTS_OUT,
-        names.OUTPUT_CANARY: names.UID_KAFKA_CANARY_OUT,
-        names.OUTPUT_DECISIONS: names.UID_KAFKA_DECISIONS_OUT,
-        names.OUTPUT_DEAD_LETTERS: names.UID_KAFKA_DEAD_LETTERS_OUT,
-    }
+def test_every_kind_goes_to_exactly_one_sink_whatever_the_flags() -> None:
+    everything = {mbx.RESULT, mbx.CANARY, mbx.DECISION, mbx.DEAD_LETTER, mbx.TICK}
+    for n in range(len(names.KAFKA_OUTPUTS) + 1):
+        flags = [x for o in names.KAFKA_OUTPUTS[:n] for x in (f"--{o}-delivery", "exactly-once")]
+        sinks = sink_ddls(cfg(*flags))
+        taken = [k for _, kinds in sinks.values() for k in (kinds or everything)]
+        assert sorted(taken) == sorted(everything), flags
+        if n == len(names.KAFKA_OUTPUTS):
+            assert sinks[names.UID_KAFKA_OUT][1] == (mbx.TICK,)  # ticks are never transactional
+
+
+def test_transactional_ids_differ_per_job() -> None:
     prefixes = set()
     for group in ("job-a", "job-b"):
-        c = cfg(*flags, "--group-id", group)
-        for output, uid in uids.items():
-            ddl = sink_ddl(c, output, uid)
-            assert option(ddl, "sink.delivery-guarantee") == "exactly-once"
-            prefixes.add(option(ddl, "sink.transactional-id-prefix"))
-    assert len(prefixes) == 2 * len(uids)
+        c = cfg("--canary-delivery", "exactly-once", "--group-id", group)
+        ddl, _ = sink_ddls(c)[names.UID_KAFKA_OUT_EXACTLY_ONCE]
+        prefixes.add(option(ddl, "sink.transactional-id-prefix"))
+    assert len(prefixes) == 2
 
 
 def test_an_unknown_guarantee_is_refused() -> None:

@@ -201,3 +201,38 @@ def test_totals_sum_over_decisions(n: int) -> None:
     t = model_metrics.totals([d] * n, ["gbt"])
     assert t["gbt"]["wins"] == n and t["gbt"]["latency_ms_sum"] == 30 * n
     assert set(t["gbt"]) == set(names.MODEL_METRICS)
+
+
+arrival_lists = st.lists(
+    st.tuples(
+        st.integers(min_value=990, max_value=8000),  # beyond the last bucket too
+        st.sampled_from(IDS + ["ghost"]),
+        st.sampled_from(["ok", "error"]),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(arrival_lists, max_size=4), st.integers(1, 3))
+def test_the_tally_drains_exactly_what_model_counts_add_up_to(
+    runs: list[list[tuple[int, str, str]]], drains: int
+) -> None:
+    """The adapter's cheap path (Tally, drained once a second) against the reference (model_counts)."""
+    decisions = [_run(a) for a in runs]
+    want: dict[tuple[str, str], int] = {}
+    for d in decisions:
+        for mid, counts in model_metrics.model_counts(d, IDS).items():
+            for metric, n in counts.items():
+                want[(mid, metric)] = want.get((mid, metric), 0) + n
+    tally = model_metrics.Tally()
+    got: dict[tuple[str, str], int] = {}
+    for i, d in enumerate(decisions):
+        tally.add(d, IDS)
+        if i % drains == 0:  # drained at any point, the sums still add up
+            for k, n in tally.drain().items():
+                got[k] = got.get(k, 0) + n
+    for k, n in tally.drain().items():
+        got[k] = got.get(k, 0) + n
+    assert got == want
+    assert tally.drain() == {}

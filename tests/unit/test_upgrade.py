@@ -44,7 +44,7 @@ def test_compat_records_mode_state_format_uids_and_state_names() -> None:
     assert c["python.execution-mode"] == "thread"
     assert c["mailbox_state_version"] == mailbox.STATE_VERSION
     assert c["operator_uids"]["UID_MAILBOX"] == names.UID_MAILBOX
-    assert set(c["operator_uids"]) >= {"UID_PARSE_REQUESTS", "UID_PARSE_SCORES", "UID_SINK_ARCHIVE"}
+    assert set(c["operator_uids"]) >= {"UID_KAFKA_OUT", "UID_KAFKA_REQUESTS_IN", "UID_SINK_ARCHIVE"}
     assert c["state_names"] == {
         "STATE_MAILBOX": names.STATE_MAILBOX,
         "STATE_POLICIES": names.STATE_POLICIES,
@@ -98,12 +98,24 @@ def test_state_format_uid_and_state_name_changes_are_refused() -> None:
 def test_added_operators_and_states_are_allowed_removed_ones_are_refused() -> None:
     """A savepoint from a job without the live-policy operators restores into one with them."""
     old = compat()
-    old["operator_uids"] = {k: v for k, v in old["operator_uids"].items() if k != "UID_ROUTE_MAILBOX"}
+    old["operator_uids"] = {k: v for k, v in old["operator_uids"].items() if k != "UID_TAG_POLICIES"}
     old["state_names"] = {"STATE_MAILBOX": names.STATE_MAILBOX}
     assert upgrade.compat_problems(old, compat()) == []
     problems = upgrade.compat_problems(compat(), old)  # the other way round orphans state
     assert [p.split(" ")[0] for p in problems] == ["operator_uids", "state_names"]
-    assert "UID_ROUTE_MAILBOX: 'route-mailbox-outputs' -> '(none)'" in problems[0]
+    assert "UID_TAG_POLICIES: 'tag-policies' -> '(none)'" in problems[0]
+
+
+def test_a_job_from_before_the_one_kafka_sink_is_refused() -> None:
+    """The per-output sinks and the parse and route operators of earlier versions are gone: their
+    savepoints are refused (README "Upgrading from an earlier version")."""
+    old = compat()
+    old["operator_uids"] = {k: v for k, v in old["operator_uids"].items() if k != "UID_KAFKA_OUT"} | {
+        "UID_KAFKA_RESULTS_OUT": "kafka-results-out",
+        "UID_PARSE_REQUESTS": "parse-requests",
+    }
+    (problem,) = upgrade.compat_problems(old, compat())
+    assert problem.startswith("operator_uids would change") and "kafka-results-out" in problem
 
 
 def test_uid_generation_max_parallelism_and_flink_version_changes_are_refused() -> None:

@@ -21,6 +21,8 @@ from udfs.wire import (
     MAX_ERROR_CHARS,
     MAX_RECORD_BYTES,
     RAW_PREFIX_CHARS,
+    REQUEST_FIELDS,
+    SCORE_FIELDS,
     DeadLetter,
     Request,
     Score,
@@ -662,3 +664,96 @@ def test_score_schema_refuses_unknown_fields_like_the_parser() -> None:
     d = good_score(confidence=0.3)
     dead(parse_score(enc(d), SRC_SCORE), "unknown_field")
     assert schema_errors("score", d)
+
+
+# --- the fast paths (udfs.wire._score_fast, _request_fast) agree with every rule -------------------
+
+# Values near every rule's edge, of every JSON type (and the Python types json.loads can give).
+_edgy = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.sampled_from([2**53, 2**53 + 1, -(2**53) - 1, 10**30, 600_000, 600_001]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, 1.0, 0.5, -0.0, 1.0000001, 1e308]),
+    st.text(max_size=3),
+    st.sampled_from(["ok", "error", "gbt", "r1", "a" * 129, "a" * 257, "bad id", "results.x", "x\n"]),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(
+        st.sampled_from(["label", "probability", "value", "other"]), st.integers(0, 1) | st.none()
+    ),
+)
+
+
+def _checked(build: Any, obj: dict[str, Any]) -> Any:
+    from udfs.wire import _Bad
+
+    try:
+        return build(obj)
+    except _Bad:
+        return "refused"
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    base=st.fixed_dictionaries(
+        {
+            "request_id": st.just("r1"), "model_id": st.just("gbt"), "model_version": st.just("v1"),
+            "status": st.just("ok"), "output": st.just({"label": 1, "probability": 0.5}),
+            "scored_at_ms": st.just(1), "latency_ms": st.just(1.0),
+        }
+    ),
+    changes=st.dictionaries(st.sampled_from(sorted(SCORE_FIELDS | {"extra"})), _edgy, max_size=2),
+    drop=st.sets(st.sampled_from(sorted(SCORE_FIELDS)), max_size=1),
+    # Mostly the valid output, so the other fields' edges reach the fast path.
+    output=st.none() | st.none() | st.dictionaries(
+        st.sampled_from(["label", "probability", "value", "x"]),
+        _edgy | st.sampled_from(["a" * 256, "a" * 257, 0.9999, -1e-9]),
+        max_size=2,
+    ),
+)  # fmt: skip
+def test_the_fast_score_path_accepts_only_what_every_rule_accepts_and_builds_the_same(
+    base: dict[str, Any], changes: dict[str, Any], drop: set[str], output: dict[str, Any] | None
+) -> None:
+    from udfs.wire import _score_checked, _score_fast
+
+    obj = {k: v for k, v in {**base, "output": output or base["output"], **changes}.items() if k not in drop}
+    fast = _score_fast(obj)
+    if fast is not None:
+        assert _checked(_score_checked, obj) == fast
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    changes=st.dictionaries(st.sampled_from(sorted(REQUEST_FIELDS | {"extra"})), _edgy, max_size=3),
+    drop=st.sets(st.sampled_from(sorted(REQUEST_FIELDS)), max_size=2),
+    features=st.dictionaries(st.text(max_size=2), _edgy, max_size=3),
+)
+def test_the_fast_request_path_accepts_only_what_every_rule_accepts_and_builds_the_same(
+    changes: dict[str, Any], drop: set[str], features: dict[str, Any]
+) -> None:
+    from udfs.wire import _request_checked, _request_fast
+
+    base = {"request_id": "r1", "return_address": "results", "sent_at_ms": 1, "features": features}
+    obj = {k: v for k, v in {**base, **changes}.items() if k not in drop}
+    fast = _request_fast(obj)
+    if fast is not None:
+        assert _checked(_request_checked, obj) == fast
+
+
+def test_well_formed_records_take_the_fast_paths() -> None:
+    from udfs.wire import _request_fast, _score_fast
+
+    score = {
+        "request_id": "r1", "model_id": "gbt", "model_version": "v1", "status": "ok",
+        "output": {"label": 1, "probability": 0.7, "value": -2.5}, "scored_at_ms": 1, "latency_ms": 0,
+    }  # fmt: skip
+    assert _score_fast(score) == Score("r1", "gbt", "v1", "ok", score["output"], None, 1, 0.0)
+    request = {
+        "request_id": "r1",
+        "return_address": "results",
+        "sent_at_ms": 0,
+        "features": {"a": 1, "b": None},
+    }
+    assert _request_fast(request) == Request("r1", "results", 0, request["features"])
+    assert _score_fast(score | {"status": "error", "error": "x", "output": None}) is None  # the checked path
