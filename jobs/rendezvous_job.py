@@ -444,7 +444,7 @@ def _archive_sink(lines: Any, archive_dir: Path) -> None:
         .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
         .build()
     )
-    lines.sink_to(sink).uid(names.UID_SINK_ARCHIVE).name("decoy archive")
+    lines.sink_to(sink).uid(names.UID_SINK_ARCHIVE).name("decoy archive").disable_chaining()
 
 
 def _uid_prefix(t_env: Any, prefix: str) -> None:
