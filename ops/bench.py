@@ -313,9 +313,7 @@ def _hops_confluent(bootstrap: str, count: int, warmup: int) -> dict[str, Any]:
             pass
 
     try:
-        name = (
-            f"confluent-kafka {confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]})"
-        )
+        name = f"confluent-kafka {confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]})"
         return _hop_loop(name, count, warmup, hop) | {"delivery_errors": producer.delivery_errors.count}
     finally:
         consumer.close()
@@ -1209,7 +1207,8 @@ def main(argv: list[str] | None = None) -> int:
         result["targets"] = targets(result)
     write_outputs(result)
     print((OUT_DIR / "results.md").read_text())
-    say(f"wrote {OUT_DIR.relative_to(REPO_ROOT)}/results.json, results.md, latency_vs_rate.png")
+    plot = ", latency_vs_rate.png" if result["stack"] else ""
+    say(f"wrote {OUT_DIR.relative_to(REPO_ROOT)}/results.json, results.md{plot}")
     return 0
 
 
