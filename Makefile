@@ -31,7 +31,7 @@ $(VENV)/.installed: pyproject.toml
 	    echo "       Install python3.11 or run: make setup PYTHON=/path/to/python3.11" >&2; exit 1; fi
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@touch $@
 
 $(JARS)/.fetched: deps/pom.xml

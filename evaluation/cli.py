@@ -488,7 +488,7 @@ def cmd_collect(a: argparse.Namespace) -> int:
     for kind, topic in topics.items():
         try:
             records = read_topic(a.bootstrap, topic, timeout_s=a.timeout_s)
-        except Exception as e:  # kafka-python raises many types for an unreachable broker
+        except Exception as e:  # an unreachable broker or a missing topic: one line, no traceback
             raise CliError(f"{a.bootstrap}: cannot read topic {topic!r}: {e}") from None
         unreadable = sum(1 for r in records if not isinstance(r, dict) or "request_id" not in r)
         kept = [

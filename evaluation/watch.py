@@ -150,17 +150,18 @@ def alert_publisher(bootstrap: str, topic: str) -> tuple[Callable[[list[Alert]],
     """(publish, close) for the alerts topic: one JSON record per alert, keyed by its subject."""
     import json
 
-    from kafka import KafkaProducer
-
-    from ops import kafka_admin
+    from ops import kafka_admin, kafka_client
 
     kafka_admin.require_broker(bootstrap, "drift watch")
     kafka_admin.create_topics(bootstrap, [topic])
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producer = kafka_client.producer(bootstrap, client_id="drift-watch", linger_ms=5)
 
     def publish(alerts: list[Alert]) -> None:
         for a in alerts:
-            producer.send(topic, key=a.subject.encode(), value=json.dumps(a.to_dict()).encode())
-        producer.flush(timeout=30)
+            producer.send(topic, json.dumps(a.to_dict()).encode(), a.subject.encode())
+        producer.flush(30)  # delivery failures are counted and printed by the producer
 
-    return publish, lambda: producer.close(timeout=10)
+    def close() -> None:
+        producer.finish(timeout_s=10)
+
+    return publish, close

@@ -2,6 +2,11 @@
 
 Each measurement runs on its own fresh broker so they do not disturb each other:
 
+0. ``clients`` (``--only clients``): one Kafka hop (produce a record, wait until it is consumed,
+   repeat ~2000 times after a warm-up) with each Python client in this one process, the project's
+   confluent-kafka and kafka-python (which it used before), p50/p99 and CPU per round trip; and
+   Kafka's own ``org.apache.kafka.tools.EndToEndLatency`` (Java, kafka-tools) on the same broker as
+   the bare floor.
 1. ``kafka_floor``: the physical floor. A request goes client -> topic -> echo -> topic -> echo ->
    topic -> client: the three Kafka hops a request takes (requests, scores, results), with the
    same Python clients as the stack, at fixed rates and producer lingers.
@@ -48,7 +53,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ops import kafka_admin, latency, loadgen, procs, stack
+from ops import kafka_admin, kafka_client, latency, loadgen, procs, stack
 from ops.broker import KafkaBroker
 from udfs import names
 
@@ -68,6 +73,7 @@ RUNNERS = (
     stack.RunnerSpec("base", seed=4),
 )
 DEFAULT_RATES = "25,50,100,250,500,833,1000,1500,2000,2500,3000,4000"
+DEFAULT_PARTS = "clients,floor,job,first_in_order,wait_for_all,delivery,clock"  # `make bench`
 # Settings compared by --tuning: (name, -D overrides). The first is the shipped flink-conf/.
 TUNING_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shipped: thread mode, buffer 5 ms, hashmap, checkpoint 2 s, parallelism 1", ()),
@@ -191,39 +197,34 @@ def kafka_floor(
 
 
 def _three_hops(bootstrap: str, rate: float, count: int, linger_ms: int) -> dict[str, Any]:
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
     tag = uuid.uuid4().hex[:6]
     topics = [f"floor-{tag}-{i}" for i in range(3)]
     kafka_admin.create_topics(bootstrap, topics)
 
-    def consumer(topic: str) -> Any:
-        # Assigned, not subscribed: no consumer group, so no group coordinator to wait for (kafka-python
-        # 3.0.12 was seen to lose it for good under load). The topics are new: start at the beginning.
-        c = KafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=100,
-            check_crcs=False,
-        )  # fmt: skip
-        c.assign([TopicPartition(topic, 0)])
+    def consumer(topic: str) -> kafka_client.Consumer:
+        # Assigned, not subscribed: no consumer group to join. The topics are new: from the beginning.
+        c = kafka_client.consumer(bootstrap, client_id="bench-floor")
+        c.assign_all([topic])
         return c
 
     echo_consumers = [consumer(topics[0]), consumer(topics[1])]
     client_in = consumer(topics[2])
-    producers = [KafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms) for _ in range(3)]
+    producers = [
+        kafka_client.producer(bootstrap, client_id="bench-floor", linger_ms=linger_ms) for _ in range(3)
+    ]
     stop = threading.Event()
     received: list[float] = []
 
-    def echo(c: Any, p: Any, to: str) -> None:
+    def echo(c: kafka_client.Consumer, p: kafka_client.Producer, to: str) -> None:
         while not stop.is_set():
-            for batch in c.poll(timeout_ms=50).values():
-                for m in batch:
-                    p.send(to, m.value)
+            for m in c.take(1000, 0.05):
+                p.send(to, m.value())
 
     def collect() -> None:
         while not stop.is_set() and len(received) < count:
-            for batch in client_in.poll(timeout_ms=50).values():
-                now = time.time() * 1000
-                received.extend(now - float(m.value) for m in batch)
+            batch = client_in.take(1000, 0.05)
+            now = time.time() * 1000
+            received.extend(now - float(m.value() or b"nan") for m in batch)
 
     threads = [
         threading.Thread(target=echo, args=(echo_consumers[0], producers[1], topics[1]), daemon=True),
@@ -234,7 +235,7 @@ def _three_hops(bootstrap: str, rate: float, count: int, linger_ms: int) -> dict
         t.start()
     cpu = CpuMeter({"bench": os.getpid()})
     took = _paced(count, rate, lambda i: producers[0].send(topics[0], repr(time.time() * 1000).encode()))
-    producers[0].flush()
+    producers[0].flush(30)
     end = time.monotonic() + 10
     while len(received) < count and time.monotonic() < end:
         time.sleep(0.05)
@@ -244,7 +245,7 @@ def _three_hops(bootstrap: str, rate: float, count: int, linger_ms: int) -> dict
     for c in (*echo_consumers, client_in):
         c.close()
     for p in producers:
-        p.close(timeout=5)
+        p.finish(timeout_s=5)
     return {
         "hops": 3,
         "rate": rate,
@@ -255,6 +256,172 @@ def _three_hops(bootstrap: str, rate: float, count: int, linger_ms: int) -> dict
         "latency_ms": latency.summarize(received).to_dict(),
         "cpu_percent": cpu.percent(),
     }
+
+
+# --- 1b. the Python Kafka clients side by side, and Kafka's own floor ---------------------------
+
+CLIENT_HOPS = 2000  # measured round trips per client, after CLIENT_WARMUP unrecorded ones
+CLIENT_WARMUP = 200
+CLIENT_RECORD_BYTES = 200
+KAFKA_JARS = REPO_ROOT / "build" / "jars" / "kafka"
+END_TO_END_LATENCY = "org.apache.kafka.tools.EndToEndLatency"
+
+
+def _process_cpu_s() -> float:
+    """User+system CPU of this process, every thread included (librdkafka's and kafka-python's)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _hop_loop(name: str, count: int, warmup: int, hop: Callable[[bytes], None]) -> dict[str, Any]:
+    """``hop(payload)`` (produce one record, return once it is consumed) ``warmup`` + ``count`` times;
+    latency per hop and the process's CPU per hop over the measured ones."""
+    payload = b"x" * CLIENT_RECORD_BYTES
+    for _ in range(warmup):
+        hop(payload)
+    lat: list[float] = []
+    cpu0, wall0 = _process_cpu_s(), time.perf_counter()
+    for _ in range(count):
+        t0 = time.perf_counter()
+        hop(payload)
+        lat.append((time.perf_counter() - t0) * 1000.0)
+    cpu, wall = _process_cpu_s() - cpu0, time.perf_counter() - wall0
+    return {
+        "client": name,
+        "count": count,
+        "latency_ms": latency.summarize(lat).to_dict(),
+        "cpu_us_per_hop": round(cpu / count * 1e6),
+        "cpu_percent": round(100 * cpu / wall) if wall > 0 else None,
+    }
+
+
+def _hops_confluent(bootstrap: str, count: int, warmup: int) -> dict[str, Any]:
+    """One hop with the project's client (ops.kafka_client: confluent-kafka), producer linger 0."""
+    import confluent_kafka
+
+    topic = f"hop-ck-{uuid.uuid4().hex[:6]}"
+    kafka_admin.create_topics(bootstrap, [topic])
+    producer = kafka_client.producer(bootstrap, client_id="bench-hop", linger_ms=0)
+    consumer = kafka_client.consumer(bootstrap, client_id="bench-hop")
+    consumer.assign_all([topic])
+
+    def hop(payload: bytes) -> None:
+        producer.send(topic, payload)
+        while not consumer.take(1, 0.1):
+            pass
+
+    try:
+        name = f"confluent-kafka {confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]})"
+        return _hop_loop(name, count, warmup, hop) | {"delivery_errors": producer.delivery_errors.count}
+    finally:
+        consumer.close()
+        producer.finish(timeout_s=5)
+
+
+def _hops_kafka_python(bootstrap: str, count: int, warmup: int) -> dict[str, Any]:
+    """The same hop with kafka-python (what the project used before confluent-kafka), linger 0."""
+    try:
+        import kafka  # the `bench` extra (pyproject.toml): kept only for this comparison
+    except ImportError:
+        return {"error": "kafka-python is not installed (pip install -e '.[bench]')"}
+
+    topic = f"hop-kp-{uuid.uuid4().hex[:6]}"
+    kafka_admin.create_topics(bootstrap, [topic])
+    producer = kafka.KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks="all")
+    consumer = kafka.KafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=100, check_crcs=False)
+    tp = kafka.TopicPartition(topic, 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    consumer.position(tp)
+
+    def hop(payload: bytes) -> None:
+        producer.send(topic, payload)
+        producer.flush()  # kafka-python's sender thread sends at once with linger 0; this waits for it
+        while not consumer.poll(timeout_ms=100):
+            pass
+
+    try:
+        return _hop_loop(f"kafka-python {kafka.__version__}", count, warmup, hop)
+    finally:
+        consumer.close()
+        producer.close(timeout=5)
+
+
+def parse_end_to_end_latency(text: str) -> dict[str, Any]:
+    """p50/p99/p99.9 and the mean from EndToEndLatency's output. It truncates each latency to whole
+    milliseconds before taking percentiles (``elapsed / 1000 / 1000``); the mean is exact."""
+    import re
+
+    pct = re.search(r"Percentiles: 50th = (\d+), 99th = (\d+), 99\.9th = (\d+)", text)
+    avg = re.search(r"Avg latency: ([0-9.]+) ms", text)
+    if pct is None or avg is None:
+        tail = " | ".join(line for line in text.strip().splitlines()[-3:])
+        raise RuntimeError(f"no percentiles in EndToEndLatency's output: {tail[:200]}")
+    p50, p99, p999 = (float(x) for x in pct.groups())
+    return {"latency_ms": {"p50": p50, "p99": p99, "p99.9": p999, "mean": float(avg.group(1))}}
+
+
+def _hops_java(bootstrap: str, count: int, warmup: int) -> dict[str, Any]:
+    """Kafka's own tool (kafka-tools, deps/pom.xml) on the same broker: the Java clients' one hop
+    (producer linger 0, send().get(), then the consumer's poll; consumer fetch wait 0)."""
+    import subprocess
+
+    if not any(KAFKA_JARS.glob("kafka-tools-*.jar")):
+        return {"error": f"kafka-tools jar not in {KAFKA_JARS}; run `make setup`"}
+    topic = f"hop-java-{uuid.uuid4().hex[:6]}"
+    kafka_admin.create_topics(bootstrap, [topic])
+    argv = ["java", "-cp", str(KAFKA_JARS / "*"), END_TO_END_LATENCY, bootstrap, topic]
+    # The tool has no warm-up of its own: a first run warms the broker's side, the second is measured
+    # (its JVM is new too: its first thousand records pay for the JIT; reported as Java sees them).
+    subprocess.run([*argv, str(warmup), "all", str(CLIENT_RECORD_BYTES)], capture_output=True, timeout=300)
+    done = subprocess.run(
+        [*argv, str(count), "all", str(CLIENT_RECORD_BYTES)], capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"EndToEndLatency exited with {done.returncode}: {done.stderr.strip()[-200:]}")
+    return {"client": f"EndToEndLatency (Java, kafka-tools {_kafka_version()})", "count": count} | (
+        parse_end_to_end_latency(done.stdout)
+    )
+
+
+def _kafka_version() -> str:
+    jar = next(KAFKA_JARS.glob("kafka-tools-*.jar"), None)
+    return jar.stem.removeprefix("kafka-tools-") if jar else "?"
+
+
+CLIENT_RUNS: tuple[tuple[str, Callable[[str, int, int], dict[str, Any]]], ...] = (
+    ("confluent-kafka", _hops_confluent),
+    ("kafka-python", _hops_kafka_python),
+    ("java", _hops_java),
+)
+
+
+def clients_floor(count: int = CLIENT_HOPS, warmup: int = CLIENT_WARMUP) -> dict[str, Any]:
+    """One Kafka hop (produce a record, wait until it is consumed, repeat) per client, each in this one
+    process, one after the other on one fresh broker: latency and CPU per round trip."""
+    broker = _fresh_broker("clients")
+    out: dict[str, Any] = {}
+    try:
+        for key, run in CLIENT_RUNS:
+            say(f"clients: one hop with {key}, {warmup} + {count} round trips ...")
+            try:
+                out[key] = run(broker.bootstrap, count, warmup)
+            except (RuntimeError, TimeoutError, OSError) as e:
+                out[key] = {"error": str(e).splitlines()[0] if str(e) else type(e).__name__}
+            r = out[key]
+            if "error" in r:
+                say(f"clients: {key} failed: {r['error']}")
+            else:
+                lat = r["latency_ms"]
+                say(
+                    f"clients: {r['client']}: p50 {_ms2(lat['p50'])} ms, p99 {_ms2(lat['p99'])} ms, "
+                    f"CPU {r.get('cpu_us_per_hop', '-')} µs per round trip"
+                )
+    finally:
+        broker.stop()
+    return {"count": count, "warmup": warmup, "record_bytes": CLIENT_RECORD_BYTES, "runs": out}
 
 
 # --- 2. job capacity and the job-only probe (also used by --tuning) ----------------------------
@@ -278,21 +445,20 @@ def _request_and_score(
 
 def drain_backlog(bootstrap: str, job: procs.ManagedProcess, requests: int) -> dict[str, Any]:
     """Preload `requests` request+score pairs, then time the job's results; rate over the last 2/3."""
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
     topic = f"results.capacity-{uuid.uuid4().hex[:6]}"
     kafka_admin.create_topics(bootstrap, [topic])
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
+    producer = kafka_client.producer(
+        bootstrap, client_id="bench-backlog", linger_ms=20, batch_size=256 * 1024
+    )
     now = int(time.time() * 1000)
     for i in range(requests):
         rid = f"c{i}-{topic[-6:]}"
         req, score = _request_and_score(rid, topic, now)
-        producer.send(names.TOPIC_REQUESTS, key=rid.encode(), value=req)
-        producer.send(names.TOPIC_SCORES, key=rid.encode(), value=score)
-    producer.flush()
-    producer.close()
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    tp = TopicPartition(topic, 0)
+        producer.send(names.TOPIC_REQUESTS, req, rid.encode())
+        producer.send(names.TOPIC_SCORES, score, rid.encode())
+    producer.finish(timeout_s=120)
+    consumer = kafka_client.consumer(bootstrap, client_id="bench-backlog")
+    tp = kafka_client.TopicPartition(topic, 0)
     cpu = CpuMeter({"job": job.pid})
     t0 = time.monotonic()
     mark: tuple[float, int] | None = None
@@ -301,7 +467,7 @@ def drain_backlog(bootstrap: str, job: procs.ManagedProcess, requests: int) -> d
         while time.monotonic() - t0 < 600 and done < requests:
             if not job.is_running():
                 raise RuntimeError(f"job exited:\n{job.log_tail(30)}")
-            done = consumer.end_offsets([tp])[tp]
+            done = kafka_client.end_offsets(consumer, [tp])[(topic, 0)]
             if mark is None and done >= requests // 3:
                 mark = (time.monotonic(), done)
             time.sleep(0.2)
@@ -324,19 +490,14 @@ def job_probe(
 ) -> dict[str, Any]:
     """The job alone: request+score pairs at `rate`, latency from send to result consumed; the score
     comes from ``model_id`` (the default policy's incumbent, or another model to make it wait)."""
-    from kafka import KafkaConsumer, KafkaProducer
-
     topic = f"results.probe-{uuid.uuid4().hex[:6]}"
     kafka_admin.create_topics(bootstrap, [topic])
     # read_committed: an exactly-once result counts when a client could see it, at its commit.
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=100,
-        isolation_level="read_committed",
+    consumer = kafka_client.consumer(
+        bootstrap, client_id="bench-probe", isolation=kafka_client.READ_COMMITTED
     )
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    consumer.assign_all([topic])
+    producer = kafka_client.producer(bootstrap, client_id="bench-probe")
     count = int(rate * seconds)
     sent: dict[str, float] = {}
     got: dict[str, float] = {}
@@ -344,24 +505,24 @@ def job_probe(
 
     def collect() -> None:
         while not stop.is_set():
-            for batch in consumer.poll(timeout_ms=50).values():
-                now = time.time() * 1000
-                for m in batch:
-                    got.setdefault(json.loads(m.value)["request_id"], now)
+            batch = consumer.take(1000, 0.05)
+            now = time.time() * 1000
+            for m in batch:
+                got.setdefault(json.loads(m.value() or b"{}")["request_id"], now)
 
     def send(i: int) -> None:
         rid = f"j{i}-{topic[-6:]}"
         now = time.time() * 1000
         sent[rid] = now
         req, score = _request_and_score(rid, topic, int(now), model_id)
-        producer.send(names.TOPIC_REQUESTS, key=rid.encode(), value=req)
-        producer.send(names.TOPIC_SCORES, key=rid.encode(), value=score)
+        producer.send(names.TOPIC_REQUESTS, req, rid.encode())
+        producer.send(names.TOPIC_SCORES, score, rid.encode())
 
     collector = threading.Thread(target=collect, daemon=True)
     collector.start()
     cpu = CpuMeter({"job": job.pid})
     took = _paced(count, rate, send)
-    producer.flush()
+    producer.flush(30)
     job_cpu = cpu.percent()["job"]
     end = time.monotonic() + 10
     while len(got) < count and time.monotonic() < end:
@@ -369,7 +530,7 @@ def job_probe(
     stop.set()
     collector.join(5)
     consumer.close()
-    producer.close(timeout=5)
+    producer.finish(timeout_s=5)
     return {
         "rate": rate,
         "achieved_rate": round(count / took) if took > 0 else None,
@@ -735,6 +896,11 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}" if v >= 10 else f"{v:.1f}"
 
 
+def _ms2(v: float | None) -> str:
+    """Sub-millisecond resolution for one-hop latencies."""
+    return "-" if v is None else f"{v:.0f}" if v >= 10 else f"{v:.2f}"
+
+
 def _probe_cells(probe: dict[str, Any]) -> str:
     """A probe's answered/sent and latency percentiles, as Markdown table cells."""
     lat = probe["latency_ms"]
@@ -779,6 +945,31 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{_ms(lat['p99'])} | {_ms(lat['p99.9'])} |"
             )
         lines.append("")
+    if result.get("clients"):
+        cl = result["clients"]
+        lines += [
+            f"## One Kafka hop per client ({cl['count']} round trips after {cl['warmup']}, "
+            f"{cl['record_bytes']}-byte records, one process each, one broker)",
+            "",
+            "| client | p50 ms | p99 ms | p99.9 ms | mean ms | CPU µs per round trip |",
+            "|---|---|---|---|---|---|",
+        ]
+        for key, r in cl["runs"].items():
+            if "error" in r:
+                lines.append(_failed_row(key, r["error"], 6))
+                continue
+            lat = r["latency_ms"]
+            cpu = r.get("cpu_us_per_hop")
+            lines.append(
+                f"| {r['client']} | {_ms2(lat['p50'])} | {_ms2(lat['p99'])} | {_ms2(lat['p99.9'])} | "
+                f"{_ms2(lat.get('mean'))} | {'-' if cpu is None else cpu} |"
+            )
+        lines += [
+            "",
+            "EndToEndLatency (Kafka's own tool) truncates each latency to whole milliseconds before its "
+            "percentiles; its mean is exact. Its CPU is not measured (its JVM's start-up would dominate).",
+            "",
+        ]
     c = result.get("job_capacity")
     if c and "error" in c:
         lines += ["## The job alone", "", f"Failed: {c['error']}", ""]
@@ -915,10 +1106,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backlog", type=int, default=20000, help="requests preloaded for the capacity run")
     ap.add_argument("--floor-rates", default="100,1000", help="rates of the bare Kafka floor")
     ap.add_argument(
+        "--client-hops", type=int, default=CLIENT_HOPS, help="round trips per client in the clients part"
+    )
+    ap.add_argument(
         "--only",
-        default="floor,job,first_in_order,wait_for_all,delivery,clock",
-        help="parts to run, comma-separated, of: floor, job, first_in_order, wait_for_all, delivery, clock, "
-        "state (not by default: it runs --state-minutes)",
+        default=DEFAULT_PARTS,
+        help="parts to run, comma-separated, of: clients, floor, job, first_in_order, wait_for_all, "
+        "delivery, clock, state (not by default: it runs --state-minutes)",
     )
     ap.add_argument("--clock-rate", type=float, default=25.0, help="requests/s of the clock part")
     ap.add_argument(
@@ -984,6 +1178,8 @@ def main(argv: list[str] | None = None) -> int:
         (OUT_DIR / "tuning.md").write_text(markdown(result))
         print((OUT_DIR / "tuning.md").read_text())
         return 0
+    if "clients" in parts:
+        result["clients"] = clients_floor(a.client_hops)
     if "floor" in parts:
         result["kafka_floor"] = kafka_floor(floats(a.floor_rates), a.seconds)
     if "job" in parts:
@@ -1011,7 +1207,8 @@ def main(argv: list[str] | None = None) -> int:
         result["targets"] = targets(result)
     write_outputs(result)
     print((OUT_DIR / "results.md").read_text())
-    say(f"wrote {OUT_DIR.relative_to(REPO_ROOT)}/results.json, results.md, latency_vs_rate.png")
+    plot = ", latency_vs_rate.png" if result["stack"] else ""
+    say(f"wrote {OUT_DIR.relative_to(REPO_ROOT)}/results.json, results.md{plot}")
     return 0
 
 

@@ -210,7 +210,7 @@ class KafkaBroker:
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Block until the broker answers a metadata call listing itself; on failure show its log tail."""
-        from ops.kafka_admin import cluster_brokers  # kafka-python is only needed once a broker runs
+        from ops.kafka_admin import cluster_brokers  # the Kafka client is only needed once a broker runs
 
         deadline = time.monotonic() + timeout_s
         try:

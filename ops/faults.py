@@ -389,7 +389,7 @@ class Reader(threading.Thread):
 
     def __init__(self, bootstrap: str, topics: Mapping[str, str]) -> None:
         super().__init__(daemon=True, name="faults-reader")
-        from kafka import KafkaConsumer, TopicPartition
+        from ops import kafka_client
 
         self.topics = dict(topics)  # role -> topic
         self.role_of = {t: role for role, t in self.topics.items()}
@@ -397,37 +397,25 @@ class Reader(threading.Thread):
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.error: BaseException | None = None
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=100,
-            check_crcs=False,
+        self.consumer = kafka_client.consumer(
+            bootstrap, client_id="faults-reader", isolation=kafka_client.READ_COMMITTED
         )
-        tps = []
-        for topic in self.topics.values():
-            parts = self.consumer.partitions_for_topic(topic) or {0}
-            tps += [TopicPartition(topic, p) for p in sorted(parts)]
-        self.consumer.assign(tps)
-        self.consumer.seek_to_beginning(*tps)
+        self.consumer.assign_all(self.topics.values())
 
     def run(self) -> None:
         try:
             while not self.stopping.is_set():
-                batches = self.consumer.poll(timeout_ms=100)
+                batch = self.consumer.take(1000, 0.1)
                 now = _now_ms()
                 with self.lock:
-                    for tp, batch in batches.items():
-                        role = self.role_of[tp.topic]
-                        for m in batch:
-                            try:
-                                rec = json.loads(m.value)
-                            except (ValueError, TypeError):
-                                rec = {"_unreadable": True}
-                            if isinstance(rec, dict):
-                                self.seen[role].append(Observed(now, rec))
+                    for m in batch:
+                        role = self.role_of[m.topic() or ""]
+                        try:
+                            rec = json.loads(m.value() or b"")
+                        except (ValueError, TypeError):
+                            rec = {"_unreadable": True}
+                        if isinstance(rec, dict):
+                            self.seen[role].append(Observed(now, rec))
         except BaseException as e:  # surfaced by the caller: a dead reader must not look like silence
             self.error = e
         finally:
@@ -454,9 +442,8 @@ class Traffic(threading.Thread):
     ) -> None:
         super().__init__(daemon=True, name=f"faults-traffic-{prefix}")
         import numpy as np
-        from kafka import KafkaProducer
 
-        from ops import loadgen
+        from ops import kafka_client, loadgen
         from runners.data import sample_many
 
         self.topics = topics
@@ -473,7 +460,7 @@ class Traffic(threading.Thread):
             requests_topic=topics["requests"],
             scores_topic=topics["scores"],
         )
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks="all")
+        self.producer = kafka_client.producer(bootstrap, client_id=f"faults-traffic-{prefix}")
         self.sent: dict[str, float] = {}
         self.bad: list[BadSent] = []
         self.send_errors = 0
@@ -488,14 +475,20 @@ class Traffic(threading.Thread):
         except BaseException as e:
             self.error = e
 
-    def _on_bad(self, kind: str) -> Callable[[Any], None]:
-        def done(meta: Any) -> None:
+    def _on_bad(self, kind: str) -> Callable[[Any, Any], None]:
+        def done(error: Any, msg: Any) -> None:
+            if error is not None:
+                self._on_error(error, msg)
+                return
             with self.lock:
-                self.bad.append(BadSent(meta.topic, meta.partition, meta.offset, kind))
+                self.bad.append(BadSent(msg.topic(), msg.partition(), msg.offset(), kind))
 
         return done
 
-    def _on_error(self, _exc: BaseException) -> None:
+    def _on_error(self, error: Any, msg: Any) -> None:
+        if error is None:
+            return
+        self.producer.delivery_errors(error, msg)  # printed (the first few) and counted there too
         with self.lock:
             self.send_errors += 1
 
@@ -523,18 +516,16 @@ class Traffic(threading.Thread):
             value = loadgen.encode_request(
                 rid, self.topics["results"], self.features[i % len(self.features)], int(now)
             )
-            fut = self.producer.send(self.topics["requests"], key=rid.encode(), value=value)
-            fut.add_errback(self._on_error)
+            self.producer.send(self.topics["requests"], value, rid.encode(), on_delivery=self._on_error)
             with self.lock:
                 self.sent[rid] = now
             if (i + 1) % BAD_EVERY == 0 and bi < len(self.bad_plan):
                 b = self.bad_plan[bi]
                 bi += 1
-                fut = self.producer.send(b.topic, key=b.key, value=b.value)
-                fut.add_callback(self._on_bad(b.kind)).add_errback(self._on_error)
+                self.producer.send(b.topic, b.value, b.key, on_delivery=self._on_bad(b.kind))
             i += 1
             next_at += 1.0 / self.rate
-        self.producer.flush(timeout=180)
+        self.producer.flush(180)
 
     def send_for(self, seconds: float) -> None:
         """From now on, send for ``seconds`` more, whatever was planned (a fault whose injection takes
@@ -546,7 +537,7 @@ class Traffic(threading.Thread):
         """Send what is planned (extensions included), then stop."""
         self.closing.set()
         self.join(300.0)
-        self.producer.close(timeout=30)
+        self.producer.finish(timeout_s=30)
         if self.error is not None:
             raise RuntimeError(f"traffic {self.prefix} failed") from self.error
 

@@ -1,78 +1,94 @@
-"""Topic administration on top of kafka-python's KafkaAdminClient, idempotent so scripts can re-run."""
+"""Topic administration on top of confluent-kafka's AdminClient, idempotent so scripts can re-run."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
-import kafka.errors as kerrors
-from kafka import KafkaAdminClient
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
 
+from ops import kafka_client
 from udfs.names import ALL_TOPICS
 
 DEFAULT_TIMEOUT_S = 30.0
 
 
+def _no_broker(bootstrap: str, timeout_s: float) -> str:
+    return (
+        f"no Kafka broker answered at {bootstrap} within {timeout_s:.0f}s; "
+        "is it running? (python -m ops.broker start --data-dir var/broker)"
+    )
+
+
 @contextmanager
-def admin_client(bootstrap: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[KafkaAdminClient]:
-    """An admin client that is always closed; a TimeoutError (not a kafka error) if nobody answers."""
+def admin_client(
+    bootstrap: str, timeout_s: float = DEFAULT_TIMEOUT_S, quiet: bool = False
+) -> Iterator[AdminClient]:
+    """An admin client that has reached the broker; a TimeoutError (not a Kafka error) if nobody
+    answers within ``timeout_s``. ``quiet``: librdkafka prints nothing meanwhile."""
+    client = kafka_client.admin(bootstrap, quiet=quiet)
     try:
-        client = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            client_id="rendezvous-admin",
-            bootstrap_timeout_ms=int(timeout_s * 1000),
-            request_timeout_ms=int(max(timeout_s, 5.0) * 1000),
-        )
-    except (kerrors.KafkaTimeoutError, kerrors.KafkaConnectionError) as exc:
-        raise TimeoutError(
-            f"no Kafka broker answered at {bootstrap} within {timeout_s:.0f}s; "
-            "is it running? (python -m ops.broker start --data-dir var/broker)"
-        ) from exc
-    try:
-        yield client
-    finally:
-        client.close()
+        client.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise TimeoutError(_no_broker(bootstrap, timeout_s)) from exc
+    yield client
 
 
-def cluster_brokers(bootstrap: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[int]:
+def cluster_brokers(bootstrap: str, timeout_s: float = DEFAULT_TIMEOUT_S, quiet: bool = False) -> list[int]:
     """Ids of the brokers the cluster reports as serving (empty while ours is still fenced)."""
-    with admin_client(bootstrap, timeout_s) as admin:
-        return [int(b["broker_id"]) for b in admin.describe_cluster()["brokers"]]
+    with admin_client(bootstrap, timeout_s, quiet) as admin:
+        try:
+            described = admin.describe_cluster(request_timeout=timeout_s).result()
+        except KafkaException as exc:
+            raise TimeoutError(_no_broker(bootstrap, timeout_s)) from exc
+        return [int(node.id) for node in described.nodes]
 
 
 def list_topics(bootstrap: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> set[str]:
     """Names of all topics, internal ones (like __consumer_offsets) included."""
     with admin_client(bootstrap, timeout_s) as admin:
-        return set(admin.list_topics())
+        return set(admin.list_topics(timeout=timeout_s).topics)
+
+
+def partition_counts(
+    bootstrap: str, names: Iterable[str], timeout_s: float = DEFAULT_TIMEOUT_S
+) -> dict[str, int]:
+    """Partitions per topic (0 for a topic that does not exist)."""
+    with admin_client(bootstrap, timeout_s) as admin:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        return {n: len(topics[n].partitions) if n in topics else 0 for n in names}
 
 
 def create_topics(
-    bootstrap: str, names: Iterable[str], partitions: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S
+    bootstrap: str,
+    names: Iterable[str],
+    partitions: int = 1,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    configs: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet and wait until all are usable; returns the new ones.
 
-    Topics that already exist are left as they are (even with another partition count).
+    Topics that already exist are left as they are (even with another partition count or configs).
     """
     wanted = list(dict.fromkeys(names))
     if not wanted:
         return []
     with admin_client(bootstrap, timeout_s) as admin:
-        response = admin.create_topics(
-            {name: {"num_partitions": partitions, "replication_factor": 1} for name in wanted},
-            timeout_ms=int(timeout_s * 1000),
-            raise_errors=False,
-        )
+        new = [NewTopic(n, partitions, 1, config=dict(configs or {})) for n in wanted]
+        futures = admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)
         created = []
-        for topic in response["topics"]:
-            error = kerrors.for_code(topic["error_code"])
-            if error is kerrors.NoError:
-                created.append(topic["name"])
-            elif error is not kerrors.TopicAlreadyExistsError:
-                raise RuntimeError(
-                    f"creating topic {topic['name']!r} on {bootstrap} failed: "
-                    f"{error.__name__}: {topic.get('error_message') or ''}"
-                )
+        for name in wanted:
+            try:
+                futures[name].result()
+                created.append(name)
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise RuntimeError(
+                        f"creating topic {name!r} on {bootstrap} failed: {error.name()}: {error.str()}"
+                    ) from None
         _wait_for_topics(admin, wanted, timeout_s, bootstrap)
     return created
 
@@ -83,29 +99,49 @@ def wait_topics(bootstrap: str, names: Iterable[str], timeout_s: float = DEFAULT
         _wait_for_topics(admin, list(names), timeout_s, bootstrap)
 
 
-def _wait_for_topics(admin: KafkaAdminClient, names: list[str], timeout_s: float, bootstrap: str) -> None:
-    try:
-        admin.wait_for_topics(names, timeout_ms=int(timeout_s * 1000))
-    except kerrors.KafkaTimeoutError as exc:
-        raise TimeoutError(f"topics not ready on {bootstrap} after {timeout_s:.0f}s: {exc}") from exc
+def _ready(admin: AdminClient, names: list[str], timeout_s: float) -> list[str]:
+    """The topics of ``names`` that are not usable yet (missing, or a partition without a leader)."""
+    topics = admin.list_topics(timeout=timeout_s).topics
+    missing = []
+    for name in names:
+        meta = topics.get(name)
+        if (
+            meta is None
+            or meta.error is not None
+            or not meta.partitions
+            or any(p.leader < 0 or p.error is not None for p in meta.partitions.values())
+        ):
+            missing.append(name)
+    return missing
+
+
+def _wait_for_topics(admin: AdminClient, names: list[str], timeout_s: float, bootstrap: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while missing := _ready(admin, names, timeout_s):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"topics not ready on {bootstrap} after {timeout_s:.0f}s: {missing}")
+        time.sleep(0.1)
 
 
 def delete_topics(bootstrap: str, names: Iterable[str], timeout_s: float = DEFAULT_TIMEOUT_S) -> list[str]:
     """Delete the topics that exist and wait until they are gone; returns the deleted ones."""
     with admin_client(bootstrap, timeout_s) as admin:
-        existing = set(admin.list_topics())
+        existing = set(admin.list_topics(timeout=timeout_s).topics)
         present = [name for name in dict.fromkeys(names) if name in existing]
         if not present:
             return []
-        response = admin.delete_topics(present, timeout_ms=int(timeout_s * 1000), raise_errors=False)
-        for topic in response["topics"]:
-            error = kerrors.for_code(topic["error_code"])
-            if error not in (kerrors.NoError, kerrors.UnknownTopicOrPartitionError):
-                raise RuntimeError(
-                    f"deleting topic {topic['name']!r} on {bootstrap} failed: {error.__name__}"
-                )
+        futures = admin.delete_topics(present, operation_timeout=timeout_s, request_timeout=timeout_s)
+        for name in present:
+            try:
+                futures[name].result()
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise RuntimeError(
+                        f"deleting topic {name!r} on {bootstrap} failed: {error.name()}"
+                    ) from None
         deadline = time.monotonic() + timeout_s
-        while set(present) & set(admin.list_topics()):
+        while set(present) & set(admin.list_topics(timeout=timeout_s).topics):
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"topics {present} still listed on {bootstrap} after {timeout_s:.0f}s")
             time.sleep(0.1)
@@ -127,21 +163,19 @@ def warm_up_group_coordinator(bootstrap: str, timeout_s: float = 60.0) -> None:
     groups at that moment (runners starting together) were seen to wait over a minute for a
     coordinator. Doing it once, alone, right after start-up avoids that.
     """
-    from kafka import KafkaConsumer
-
     create_topics(bootstrap, [WARM_UP_TOPIC], timeout_s=timeout_s)
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, group_id="rendezvous-warm-up", enable_auto_commit=False
-    )
+    consumer = kafka_client.consumer(
+        bootstrap, "rendezvous-warm-up", topics=[WARM_UP_TOPIC], client_id="rendezvous-warm-up",
+        enable_auto_commit=False,
+    )  # fmt: skip
     try:
-        consumer.subscribe([WARM_UP_TOPIC])
         deadline = time.monotonic() + timeout_s
         while not consumer.assignment():
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"no consumer-group assignment from the broker at {bootstrap} in {timeout_s:.0f} s"
                 )
-            consumer.poll(timeout_ms=200)
+            consumer.take(100, 0.2)
     finally:
         consumer.close()
 
@@ -154,10 +188,10 @@ def require_broker(bootstrap: str, who: str, timeout_s: float = STARTUP_PROBE_TI
 
     Called by the job, the runners and the load generator before they build anything, so an
     unreachable or mistyped address fails in ``timeout_s`` instead of retrying forever inside Kafka
-    or Flink clients.
+    or Flink clients. librdkafka says nothing meanwhile: the line below is all the output.
     """
     try:
-        cluster_brokers(bootstrap, timeout_s)
-    except (TimeoutError, OSError, kerrors.KafkaError, ValueError) as exc:
+        cluster_brokers(bootstrap, timeout_s, quiet=True)
+    except (TimeoutError, OSError, KafkaException, ValueError) as exc:
         message = str(exc) if bootstrap in str(exc) else f"cannot reach Kafka at {bootstrap}: {exc}"
         raise SystemExit(f"error: {who}: {' '.join(message.split())}") from None

@@ -100,14 +100,6 @@ def encode_request(
     ).encode()
 
 
-def partition_for(key: bytes, partitions: Sequence[int]) -> int:
-    """The partition Kafka's default partitioner picks for a key (murmur2), computed ahead of the loop."""
-    from kafka.partitioner.default import murmur2
-
-    ordered = sorted(partitions)
-    return ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)]
-
-
 def request_ids(run_id: str, count: int) -> list[str]:
     """`<run_id>-<seq>`: unique per run, and the run is visible in every request id."""
     return [f"{run_id}-{i}" for i in range(count)]
@@ -496,17 +488,10 @@ def _result_validator() -> Callable[[dict[str, Any]], bool] | None:
 
 
 def _create_topic(bootstrap: str, topic: str) -> None:
-    """Create the run's fresh return topic (broker-default partitions/replication); existing is fine."""
-    from kafka import KafkaAdminClient
-    from kafka.errors import TopicAlreadyExistsError
+    """Create the run's fresh return topic (one partition); an existing one is fine."""
+    from ops import kafka_admin
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="rendezvous-loadgen-admin")
-    try:
-        admin.create_topics({topic: {"num_partitions": -1, "replication_factor": -1}}, wait_for_metadata=True)
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        admin.close()
+    kafka_admin.create_topics(bootstrap, [topic])
 
 
 class _Collector:
@@ -515,7 +500,7 @@ class _Collector:
     def __init__(
         self, bootstrap: str, topic: str, expected: frozenset[str], from_beginning: bool, clock: _Clock
     ) -> None:
-        from kafka import KafkaConsumer, TopicPartition
+        from ops import kafka_client
 
         self.received: list[ReceivedResult] = []
         self._expected = expected
@@ -523,34 +508,14 @@ class _Collector:
         self._clock = clock
         self._stop = threading.Event()
         self.error: BaseException | None = None
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            client_id="rendezvous-loadgen-collector",
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            fetch_max_wait_ms=50,
-            # Without the C crc32c package kafka-python checks CRCs in pure Python, which caps a consumer
-            # at ~1-2k records/s on a small machine; the broker has validated every batch already.
-            check_crcs=False,
+        self._consumer = kafka_client.consumer(
+            bootstrap, client_id="rendezvous-loadgen-collector", isolation=kafka_client.READ_COMMITTED
         )
         try:
-            partitions: set[int] = set()
-            deadline = time.monotonic() + 30.0
-            while not partitions:
-                partitions = self._consumer.partitions_for_topic(topic)
-                if not partitions:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"return address {topic!r} has no partitions (does it exist?)")
-                    time.sleep(0.2)
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-            self._consumer.assign(tps)
             if from_beginning:
-                self._consumer.seek_to_beginning(*tps)
-            else:
-                self._consumer.seek_to_end(*tps)
-            for tp in tps:  # resolve the lazy seek now, so no answer sent later can be skipped
-                self._consumer.position(tp)
+                self._consumer.assign_all([topic])
+            else:  # the end offsets now, resolved: no answer sent later can be skipped
+                self._consumer.assign_at_end([topic])
         except BaseException:
             self._consumer.close()
             raise
@@ -565,15 +530,14 @@ class _Collector:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                batches = self._consumer.poll(timeout_ms=50)
+                batch = self._consumer.take(1000, 0.05)
                 now = self._clock.now_ms()
-                for records in batches.values():
-                    for rec in records:
-                        r = parse_result(rec.value, now)
-                        self.received.append(r)
-                        rid = r.request_id
-                        if rid in self._expected:
-                            self._answered.add(rid)
+                for rec in batch:
+                    r = parse_result(rec.value(), now)
+                    self.received.append(r)
+                    rid = r.request_id
+                    if rid in self._expected:
+                        self._answered.add(rid)
         except BaseException as e:  # surfaced by stop(); a dead collector must not look like silence
             self.error = e
         finally:
@@ -612,7 +576,8 @@ def run_load(
     `results.load-<run_id>` is created so that nothing else's answers mix in.
     """
     import numpy as np
-    from kafka import KafkaProducer
+
+    from ops import kafka_client
 
     if count < 0:
         raise ValueError("count must be >= 0")
@@ -648,23 +613,16 @@ def run_load(
 
     if fresh:
         _create_topic(bootstrap, address)
-    errors: list[BaseException] = []
     sent: list[SentRequest] = []
-    producer = KafkaProducer(bootstrap_servers=bootstrap, client_id="rendezvous-loadgen", linger_ms=linger_ms)
-
-    def send(topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
-        try:
-            producer.send(topic, key=key, value=value, partition=partition).add_errback(errors.append)
-        except Exception as e:  # e.g. buffer full past max_block_ms: count it, keep the schedule
-            errors.append(e)
+    # Keys are placed by librdkafka's murmur2_random partitioner: the partitions Java's picks.
+    producer = kafka_client.producer(bootstrap, client_id="rendezvous-loadgen", linger_ms=linger_ms)
+    send = producer.send
 
     try:
-        # Fetch topic metadata now: the first send() would otherwise block on it and start the run behind.
+        # Fetch topic metadata now: records sent before it arrives would wait for it, and the run
+        # would start behind.
         for topic in {requests_topic, *(b.topic for b in bad)}:
-            producer.partitions_for(topic)
-        # Hashing keys in pure Python is slow: do it before the clock starts, with Kafka's own placement.
-        request_partitions = sorted(producer.partitions_for(requests_topic))
-        parts = [partition_for(k, request_partitions) for k in keys]
+            kafka_client.partitions(producer, topic)
         collector = _Collector(bootstrap, address, frozenset(ids), from_beginning=fresh, clock=clock)
         start_ms = last_progress = clock.now_ms()
 
@@ -680,7 +638,7 @@ def run_load(
             t0 = clock.now_ms()
             for i, rid in enumerate(ids):
                 while bi < len(bad) and bad_at[bi] <= i:
-                    send(bad[bi].topic, bad[bi].key, bad[bi].value)
+                    send(bad[bi].topic, bad[bi].value, bad[bi].key)
                     bi += 1
                 target = t0 + times[i] * 1000.0
                 now = clock.now_ms()
@@ -688,12 +646,12 @@ def run_load(
                     time.sleep((target - now) / 1000.0)
                     now = clock.now_ms()
                 value = encode_request(rid, address, pool_json[i % len(pool_json)], int(now), deadline_ms)
-                send(requests_topic, keys[i], value, parts[i])
+                send(requests_topic, value, keys[i])
                 sent.append(SentRequest(rid, now, deadline_ms, lag_ms=now - target))
                 tick(now)
             for b in bad[bi:]:
-                send(b.topic, b.key, b.value)
-            producer.flush()
+                send(b.topic, b.value, b.key)
+            producer.flush(30)
 
             last_send = sent[-1].sent_ms if sent else clock.now_ms()
             give_up = max(clock.now_ms(), last_send + settle_ms + (deadline_ms or 0))
@@ -711,7 +669,7 @@ def run_load(
         finally:
             collector.stop()
     finally:
-        producer.close(timeout=10)
+        producer.finish(timeout_s=10)
     if collector.error is not None:
         raise RuntimeError("result collector failed") from collector.error
     end_ms = clock.now_ms()
@@ -724,7 +682,7 @@ def run_load(
         requests_topic=requests_topic,
         return_address=address,
         target_rate=rate,
-        send_errors=len(errors),
+        send_errors=producer.delivery_errors.count,
         bad=bad,
         elapsed_s=(end_ms - start_ms) / 1000.0,
         is_valid_result=_result_validator() if validate_results else None,

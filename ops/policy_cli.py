@@ -25,9 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import kafka.errors as kerrors
-
-from ops import kafka_admin
+from ops import kafka_admin, kafka_client
 from udfs import names
 from udfs.policy import Policy, PolicyError, load_policy
 from udfs.policy_registry import parse_document
@@ -41,17 +39,8 @@ def ensure_policies_topic(bootstrap: str, topic: str = names.TOPIC_POLICIES) -> 
     One partition keeps the documents in publication order for every reader.
     """
     configs = names.TOPIC_CONFIGS.get(names.TOPIC_POLICIES, {})
-    with kafka_admin.admin_client(bootstrap) as admin:
-        response = admin.create_topics(
-            {topic: {"num_partitions": 1, "replication_factor": 1, "configs": dict(configs)}},
-            timeout_ms=int(kafka_admin.DEFAULT_TIMEOUT_S * 1000),
-            raise_errors=False,
-        )
-        error = kerrors.for_code(response["topics"][0]["error_code"])
-        if error not in (kerrors.NoError, kerrors.TopicAlreadyExistsError):
-            raise RuntimeError(f"creating topic {topic!r} on {bootstrap} failed: {error.__name__}")
-    kafka_admin.wait_topics(bootstrap, [topic])
-    return error is kerrors.NoError
+    created = kafka_admin.create_topics(bootstrap, [topic], partitions=1, configs=dict(configs))
+    return topic in created
 
 
 def document(policy: Policy) -> bytes:
@@ -71,19 +60,15 @@ def publish(
     bootstrap: str, policy: Policy, topic: str = names.TOPIC_POLICIES, timeout_s: float = 30.0
 ) -> Published:
     """Write one policy document and wait for the broker's acknowledgement (acks=all)."""
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    producer = kafka_client.producer(bootstrap, client_id="rendezvous-policy", linger_ms=0)
     try:
-        meta = producer.send(
-            topic,
-            key=f"v{policy.version}".encode(),
-            value=document(policy),
-            timestamp_ms=int(time.time() * 1000),
-        ).get(timeout=timeout_s)
+        done = producer.send_tracked(
+            topic, document(policy), f"v{policy.version}".encode(), timestamp_ms=int(time.time() * 1000)
+        ).get(timeout_s)
     finally:
-        producer.close()
-    return Published(meta.topic, meta.partition, meta.offset, meta.timestamp)
+        producer.finish(timeout_s=5)
+    assert done.topic is not None and done.partition is not None and done.offset is not None
+    return Published(done.topic, done.partition, done.offset, done.timestamp_ms or 0)
 
 
 @dataclass(frozen=True)
@@ -97,32 +82,14 @@ def read_topic(
     bootstrap: str, topic: str = names.TOPIC_POLICIES, timeout_s: float = 30.0
 ) -> list[TopicRecord]:
     """Every document on the topic, in order, each validated as the job would (versions unchecked)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, isolation_level="read_committed"
-    )
+    if not kafka_admin.partition_counts(bootstrap, [topic], timeout_s)[topic]:
+        return []
     out: list[TopicRecord] = []
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return out
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} on {bootstrap} took over {timeout_s:.0f} s")
-            for batch in consumer.poll(timeout_ms=200).values():
-                for m in batch:
-                    try:
-                        out.append(TopicRecord(m.offset, parse_document(m.value).version, None))
-                    except PolicyError as e:
-                        out.append(TopicRecord(m.offset, None, str(e)))
-    finally:
-        consumer.close()
+    for m in kafka_client.read_to_end(bootstrap, [topic], timeout_s):
+        try:
+            out.append(TopicRecord(m.offset() or 0, parse_document(m.value()).version, None))
+        except PolicyError as e:
+            out.append(TopicRecord(m.offset() or 0, None, str(e)))
     return out
 
 

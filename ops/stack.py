@@ -138,24 +138,18 @@ def wait_until_answering(
 
     Returns (seconds waited, probes sent). Probes are ordinary requests with ids ``probe-…``.
     """
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
-    from ops import kafka_admin
+    from ops import kafka_admin, kafka_client
 
     return_address = f"results.probe-{uuid.uuid4().hex[:8]}"
     kafka_admin.create_topics(bootstrap, [return_address])
     # read_committed: with exactly-once results only committed answers count (ones from an aborted
     # transaction would otherwise make a job that then failed look ready).
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=500,
-        isolation_level="read_committed",
+    consumer = kafka_client.consumer(
+        bootstrap, client_id="rendezvous-probe", isolation=kafka_client.READ_COMMITTED
     )
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
-    # Assigned, not subscribed: the topic is new and has one partition, and an assignment involves no
-    # metadata-driven subscription that kafka-python could be slow to resolve.
-    consumer.assign([TopicPartition(return_address, 0)])
+    producer = kafka_client.producer(bootstrap, client_id="rendezvous-probe", linger_ms=0)
+    # Assigned, not subscribed: the topic is new and has one partition; no group to join.
+    consumer.assign_all([return_address])
     start = time.monotonic()
     sent = 0
     next_probe = start
@@ -171,49 +165,30 @@ def wait_until_answering(
                     "sent_at_ms": int(time.time() * 1000),
                     "features": {},
                 }
-                producer.send(requests_topic, key=rid.encode(), value=json.dumps(req).encode())
-                producer.flush()
+                producer.send(requests_topic, json.dumps(req).encode(), rid.encode())
+                producer.flush(10)
                 sent += 1
                 next_probe = time.monotonic() + 2.0
-            for _ in consumer:
+            if consumer.take(1, 0.5):
                 return time.monotonic() - start, sent
         raise TimeoutError(
             f"the rendezvous job did not answer a probe within {timeout_s:.0f} s; log: {job.log_path}"
         )
     finally:
         consumer.close()
-        producer.close()
+        producer.finish(timeout_s=5)
 
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[dict[str, Any]]:
     """Every JSON record now in a (single- or multi-partition) topic, from the beginning to the end."""
-    from kafka import KafkaConsumer, TopicPartition
+    from ops import kafka_admin, kafka_client
 
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        consumer_timeout_ms=1000,
-    )
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        records: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic} did not reach its end offsets within {timeout_s:.0f} s")
-            for batch in consumer.poll(timeout_ms=500).values():
-                for msg in batch:
-                    try:
-                        records.append(json.loads(msg.value))
-                    except ValueError:
-                        records.append({"_unreadable": True})
-        return records
-    finally:
-        consumer.close()
+    if not kafka_admin.partition_counts(bootstrap, [topic], timeout_s)[topic]:
+        return []
+    records: list[dict[str, Any]] = []
+    for msg in kafka_client.read_to_end(bootstrap, [topic], timeout_s):
+        try:
+            records.append(json.loads(msg.value() or b""))
+        except ValueError:
+            records.append({"_unreadable": True})
+    return records

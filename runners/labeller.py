@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
+from ops import kafka_client
 from runners.runner import MalformedRequest, now_ms, parse_request
 from udfs.names import TOPIC_LABELS, TOPIC_REQUESTS
 
@@ -104,33 +105,44 @@ def run(
     err: TextIO = sys.stderr,
 ) -> Counter[str]:
     """Poll requests, admit them, send due labels, until ``stop``; pending labels are sent at stop
-    (a label early is better than none for a scenario that is ending)."""
+    (a label early is better than none for a scenario that is ending).
+
+    ``consumer`` and ``producer`` are confluent-kafka clients (or fakes with consume/assignment and
+    produce/poll/flush); the producer is polled every turn, so failed deliveries are counted
+    (``send_errors``)."""
     counts = scheduler.counts
     ready = False
     last_stats = clock()
+    events = kafka_client.ClientErrors("labeller consumer", err)
+
+    def on_delivery(error: Any, msg: Any) -> None:
+        if error is not None:
+            counts["send_errors"] += 1
+            if counts["send_errors"] <= 5:
+                print(f"labeller: a label was not delivered: {error}", file=err, flush=True)
 
     def send(records: list[dict[str, Any]]) -> None:
         for rec in records:
             value = json.dumps(rec, separators=(",", ":")).encode()
-            producer.send(labels_topic, key=rec["request_id"].encode(), value=value)
+            producer.produce(labels_topic, value, rec["request_id"].encode(), on_delivery=on_delivery)
+        producer.poll(0)
 
     while not stop.is_set():
         due = scheduler.next_due_ms()
         wait = IDLE_POLL_MS if due is None else max(0, min(IDLE_POLL_MS, int(due - clock())))
-        batch = consumer.poll(timeout_ms=wait, max_records=1000)
+        batch = consumer.consume(1000, wait / 1000.0)
         if not ready and consumer.assignment():
             ready = True
             print("labeller ready", file=out, flush=True)
         received = clock()
-        for records in batch.values():
-            for record in records:
-                counts["consumed"] += 1
-                try:
-                    rid, features = parse_request(record.value)
-                except MalformedRequest:
-                    counts["malformed"] += 1
-                    continue
-                scheduler.admit(rid, features, received)
+        for record in kafka_client.records(batch, events):
+            counts["consumed"] += 1
+            try:
+                rid, features = parse_request(record.value())
+            except MalformedRequest:
+                counts["malformed"] += 1
+                continue
+            scheduler.admit(rid, features, received)
         send(scheduler.release(clock()))
         if clock() - last_stats >= STATS_EVERY_S * 1000.0:
             last_stats = clock()
@@ -142,7 +154,7 @@ def run(
 
 
 def _stats(counts: Mapping[str, int], pending: int) -> str:
-    keys = ("consumed", "malformed", "unlabellable", "labelled", "label_1")
+    keys = ("consumed", "malformed", "unlabellable", "labelled", "label_1", "send_errors")
     return " ".join(f"{k}={counts.get(k, 0)}" for k in keys) + f" pending={pending}"
 
 
@@ -160,8 +172,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.delay_s < 0:
         p.error("--delay-s must be >= 0")
 
-    from kafka import KafkaConsumer, KafkaProducer
-
     from ops import kafka_admin
 
     kafka_admin.require_broker(a.bootstrap, "labeller")
@@ -169,20 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    servers = [s.strip() for s in a.bootstrap.split(",") if s.strip()]
-    consumer = KafkaConsumer(
-        bootstrap_servers=servers,
-        group_id=a.group,
-        client_id="labeller",
-        auto_offset_reset="earliest",
-        enable_auto_commit=True,
-        fetch_max_wait_ms=100,
-        check_crcs=False,
-        metadata_max_age_ms=10_000,
+    bootstrap = ",".join(s.strip() for s in a.bootstrap.split(",") if s.strip())
+    consumer = kafka_client.consumer(
+        bootstrap, a.group, topics=[a.requests_topic], client_id="labeller", enable_auto_commit=True
     )
-    producer = KafkaProducer(bootstrap_servers=servers, client_id="labeller", acks="all", linger_ms=5)
+    producer = kafka_client.producer(bootstrap, client_id="labeller", linger_ms=5)
     try:
-        consumer.subscribe([a.requests_topic])
         run(
             consumer,
             producer,
@@ -191,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop=stop,
         )
     finally:
-        producer.close(timeout=10)
+        producer.finish(timeout_s=10)
         consumer.close()
     return 0
 

@@ -30,9 +30,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TextIO
 
-from kafka import KafkaConsumer, KafkaProducer
 from threadpoolctl import threadpool_limits
 
+from ops import kafka_client
 from runners.model import Scored, ScoringModel, load
 from udfs.names import TOPIC_REQUESTS, TOPIC_SCORES, runner_group
 
@@ -41,8 +41,9 @@ MAX_ERROR_CHARS = 1024  # score.error limit in schemas/README.md
 IDLE_POLL_MS = 50  # poll timeout when nothing is pending: bounds how long a stop signal waits
 STATS_EVERY_S = 5.0  # at most this often while requests flow
 STATS_IDLE_EVERY_S = 60.0  # a heartbeat when nothing happens
-WAIT_NOTE_EVERY_S = 10.0
-REJOIN_AFTER_S = 30.0  # a consumer still without partitions then is replaced (see run())  # how often a runner still waiting for its partitions says so
+WAIT_NOTE_EVERY_S = 10.0  # how often a runner still waiting for its partitions says so
+REJOIN_AFTER_S = 30.0  # a consumer still without partitions then is replaced (see run())
+SEND_ERRORS_SHOWN = 5  # the first failed score deliveries are printed, later ones only counted
 INJECTED_FAILURE = "injected failure"
 
 
@@ -301,11 +302,15 @@ def run(
     """The loop: poll, admit, release due scores, until `stop` is set or max_seconds pass.
 
     With `reconnect` (a function returning a new, subscribed consumer), a consumer that has no
-    partitions `rejoin_after_s` after it was made is closed and replaced: kafka-python 3.0.12 was
-    seen to stop finding its group coordinator for good, and a new client joins at once.
+    partitions `rejoin_after_s` after it was made is closed and replaced, so a consumer whose group
+    join went wrong does not leave the runner deaf for good (kafka-python 3.0.12 was seen to lose its
+    group coordinator; a new client joins at once).
 
-    `consumer` and `producer` are kafka-python objects (or fakes with poll/assignment and send/flush).
-    Returns the counters. Does not close the clients: the caller made them, the caller closes them.
+    `consumer` and `producer` are confluent-kafka clients (ops.kafka_client; or fakes with
+    consume/assignment/subscription and produce/poll/flush). The producer is polled every turn of the
+    loop, which serves its delivery callbacks: a failed delivery is counted (``send_errors``) and the
+    first few are printed. Returns the counters. Does not close the clients: the caller made them, the
+    caller closes them.
     """
     scheduler = Scheduler(model.model_id, model.model_version, faults)
     counts = scheduler.counts
@@ -318,23 +323,35 @@ def run(
     last_stats = started
     last_sent = last_consumed = 0
 
-    def on_send_error(exc: BaseException) -> None:
+    def on_delivery(error: Any, msg: Any) -> None:
+        if error is None:
+            return
         counts["send_errors"] += 1
+        if counts["send_errors"] <= SEND_ERRORS_SHOWN:
+            print(f"runner {model.model_id}: a score was not delivered: {error}", file=err, flush=True)
 
     def send_due(at_ms: float) -> None:
         for request_id, record in scheduler.release(at_ms):
-            future = producer.send(scores_topic, key=request_id.encode(), value=encode_score(record))
-            if hasattr(future, "add_errback"):
-                future.add_errback(on_send_error)
+            value = encode_score(record)
+            while True:
+                try:
+                    producer.produce(scores_topic, value, request_id.encode(), on_delivery=on_delivery)
+                    break
+                except BufferError:  # librdkafka's local queue is full: let it drain
+                    producer.poll(0.05)
             counts["sent"] += 1
+        producer.poll(0)  # serves delivery callbacks
+
+    # Consumer events (a missing topic, a lost connection: librdkafka recovers by itself), each kind
+    # printed at most once a minute.
+    events = kafka_client.ClientErrors(f"runner {model.model_id} consumer", err)
 
     while not stop.is_set():
         now = clock()
         if deadline is not None and now >= deadline:
             break
-        batch = consumer.poll(
-            timeout_ms=poll_timeout_ms(scheduler.next_due_ms(), now), max_records=max_records
-        )
+        timeout_s = poll_timeout_ms(scheduler.next_due_ms(), now) / 1000.0
+        batch = consumer.consume(max_records, timeout_s)
         if not ready:
             if consumer.assignment():
                 ready = True
@@ -363,13 +380,12 @@ def run(
         if batch:
             received = clock()
             requests: list[tuple[str, Any]] = []
-            for records in batch.values():
-                counts["consumed"] += len(records)
-                for record in records:
-                    try:
-                        requests.append(parse_request(record.value))
-                    except MalformedRequest:
-                        counts["malformed"] += 1
+            for record in kafka_client.records(batch, events):
+                counts["consumed"] += 1
+                try:
+                    requests.append(parse_request(record.value()))
+                except MalformedRequest:
+                    counts["malformed"] += 1
             scheduler.admit(requests, received, model.score_batch, clock)
         now = clock()
         send_due(now)
@@ -382,7 +398,7 @@ def run(
 
     send_due(clock())
     counts["discarded_at_stop"] += scheduler.discard()
-    producer.flush(timeout=10)
+    counts["undelivered_at_stop"] += producer.flush(10)
     for c in replaced:  # the caller closes the consumer it passed in; these ones are ours
         c.close()
     print(_stats_line(model.model_id, counts, 0, None, final=True), file=err, flush=True)
@@ -417,6 +433,7 @@ def _stats_line(
     parts = [f"{k}={counts.get(k, 0)}" for k in _STATS_KEYS]
     if final:
         parts.append(f"discarded_at_stop={counts.get('discarded_at_stop', 0)}")
+        parts.append(f"undelivered_at_stop={counts.get('undelivered_at_stop', 0)}")
     else:
         parts.append(f"pending={pending}")
     if rate is not None:
@@ -457,10 +474,6 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Faults]
     return args, faults
 
 
-def _split_servers(bootstrap: str) -> list[str]:
-    return [s.strip() for s in bootstrap.split(",") if s.strip()]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the flags, load the model, connect, run until a signal or --max-seconds."""
     args, faults = _parse_args(argv)
@@ -480,28 +493,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stop.is_set():
         return 0
 
-    servers = _split_servers(args.bootstrap)
+    bootstrap = ",".join(s.strip() for s in args.bootstrap.split(",") if s.strip())
     client_id = f"runner-{model.model_id}"
 
-    def new_consumer() -> KafkaConsumer:
-        consumer = KafkaConsumer(
-            bootstrap_servers=servers,
-            group_id=args.group or runner_group(model.model_id),
+    def new_consumer() -> kafka_client.Consumer:
+        return kafka_client.consumer(
+            bootstrap,
+            args.group or runner_group(model.model_id),
+            topics=[args.requests_topic],
             client_id=client_id,
-            auto_offset_reset="earliest",
             enable_auto_commit=True,
-            fetch_max_wait_ms=100,
-            check_crcs=False,
-            max_poll_records=1000,
-            # A topic missing from the first metadata answer would otherwise stay unassigned until
-            # the next refresh (5 min by default); 10 s bounds that wait for a few tiny requests.
-            metadata_max_age_ms=10_000,
         )
-        consumer.subscribe([args.requests_topic])
-        return consumer
 
     consumer = new_consumer()
-    producer = KafkaProducer(bootstrap_servers=servers, client_id=client_id, acks="all", linger_ms=1)
+    producer = kafka_client.producer(bootstrap, client_id=client_id)
     try:
         run(
             model,
@@ -514,8 +519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             reconnect=new_consumer,
         )
     finally:
-        producer.close(timeout=10)
-        consumer.close()
+        producer.finish(timeout_s=10)
+        consumer.close()  # commits the offsets of what was consumed, and leaves the group
     return 0
 
 

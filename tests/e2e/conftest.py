@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
-from kafka import KafkaConsumer, KafkaProducer
 
-from ops import kafka_admin, policy_cli, stack
+from ops import kafka_admin, kafka_client, policy_cli, stack
 
 
 def request_record(rid: str, return_address: str, **extra: Any) -> dict[str, Any]:
@@ -72,38 +71,37 @@ class RunningJob:
     archive_dir: Path
     job: Any
     processes: stack.Processes
-    producer: KafkaProducer
+    producer: kafka_client.Producer
     policies: str = ""  # its own live policies topic
 
     def send_request(self, rid: str, **extra: Any) -> dict[str, Any]:
         req = request_record(rid, self.results, **extra)
-        self.producer.send(self.requests, key=rid.encode(), value=json.dumps(req).encode())
-        self.producer.flush()
+        self.producer.send(self.requests, json.dumps(req).encode(), rid.encode())
+        self.producer.flush(30)
         return req
 
     def send_score(self, rid: str, model_id: str, probability: float = 0.9, status: str = "ok") -> None:
         score = score_record(rid, model_id, probability, status)
-        self.producer.send(self.scores, key=rid.encode(), value=json.dumps(score).encode())
-        self.producer.flush()
+        self.producer.send(self.scores, json.dumps(score).encode(), rid.encode())
+        self.producer.flush(30)
 
     def send_raw(self, topic: str, value: bytes) -> None:
-        self.producer.send(topic, value=value)
-        self.producer.flush()
+        self.producer.send(topic, value)
+        self.producer.flush(30)
 
 
 class TopicReader:
     """Reads one topic from the beginning and remembers everything, keyed by request id."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self.consumer = KafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-            enable_auto_commit=False, group_id=None, isolation_level="read_committed",
-        )  # fmt: skip
+        self.consumer = kafka_client.consumer(
+            bootstrap, client_id="test-reader", isolation=kafka_client.READ_COMMITTED
+        )
+        self.consumer.assign_all([topic])
         self.records: list[dict[str, Any]] = []
 
     def poll(self) -> None:
-        for batch in self.consumer.poll(timeout_ms=200).values():
-            self.records.extend(json.loads(m.value) for m in batch)
+        self.records.extend(json.loads(m.value() or b"") for m in self.consumer.take(1000, 0.2))
 
     def for_id(self, rid: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("request_id") == rid]
@@ -160,7 +158,7 @@ def rendezvous_job_factory(
         running = RunningJob(
             kafka_bootstrap, tag, topics["requests"], topics["scores"], topics["results"], topics["canary"],
             topics["decisions"], topics["dead-letters"], base / "archive", job, processes,
-            KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=0), topics["policies"],
+            kafka_client.producer(kafka_bootstrap, client_id="test-e2e", linger_ms=0), topics["policies"],
         )  # fmt: skip
         started.append(running)
         try:
@@ -172,5 +170,5 @@ def rendezvous_job_factory(
 
     yield start
     for running in started:
-        running.producer.close()
+        running.producer.finish()
         running.processes.stop_all()

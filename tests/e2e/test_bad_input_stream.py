@@ -23,8 +23,8 @@ from typing import Any
 
 import jsonschema
 import pytest
-from kafka import KafkaProducer
 
+from ops import kafka_client
 from tests.e2e.conftest import RunningJob, TopicReader, request_record
 from udfs.mailbox import MAX_EXTRA_SCORES
 from udfs.wire import MAX_RECORD_BYTES
@@ -136,18 +136,18 @@ def bad_scores(tag: str) -> list[tuple[str, bytes | None]]:
 class Sent:
     """Everything sent, with its offset once known, and what should become of it."""
 
-    producer: KafkaProducer
-    pending: list[tuple[Any, str, str]]  # (future, topic, expected outcome: a reason, or "ok"/"flagged")
+    producer: kafka_client.Producer
+    pending: list[tuple[Any, str, str]]  # (delivery, topic, expected outcome: a reason, or "ok"/"flagged")
 
     def send(self, topic: str, value: bytes | None, expect: str, key: str | None = None) -> None:
-        fut = self.producer.send(topic, key=key.encode() if key else None, value=value)
-        self.pending.append((fut, topic, expect))
+        delivery = self.producer.send_tracked(topic, value, key.encode() if key else None)
+        self.pending.append((delivery, topic, expect))
 
     def resolve(self) -> dict[tuple[str, int], str]:
-        self.producer.flush()
+        self.producer.flush(60)
         out = {}
-        for fut, topic, expect in self.pending:
-            meta = fut.get(timeout=30)
+        for delivery, topic, expect in self.pending:
+            meta = delivery.get(30)
             assert meta.partition == 0  # single-partition topics: (topic, offset) names a record
             out[(topic, meta.offset)] = expect
         return out
@@ -170,7 +170,10 @@ def test_thousands_of_mixed_records_every_good_one_answered_every_bad_one_accoun
     started = time.monotonic()
     tag = f"mix{uuid.uuid4().hex[:6]}"
     rng = random.Random(7)
-    sent = Sent(KafkaProducer(bootstrap_servers=job.bootstrap, linger_ms=5, max_request_size=2**20), [])
+    producer = kafka_client.producer(
+        job.bootstrap, client_id="test-bad-input", linger_ms=5, message_max_bytes=2**20
+    )
+    sent = Sent(producer, [])
     good = [f"{tag}-{i}" for i in range(GOOD)]
     dup_scores = set(rng.sample(good, 100))
     dup_requests = set(rng.sample(good, 50))
@@ -304,4 +307,4 @@ def test_thousands_of_mixed_records_every_good_one_answered_every_bad_one_accoun
         f"flagged in the decision log: {len(dup_scores)} duplicate scores, {len(late)} late, "
         f"{len(flooded) * MAX_EXTRA_SCORES} unknown-model"
     )
-    sent.producer.close()
+    sent.producer.finish()

@@ -31,9 +31,8 @@ from typing import Any
 
 import pytest
 import yaml
-from kafka import KafkaProducer
 
-from ops import procs, stack
+from ops import kafka_client, procs, stack
 from tests.e2e.conftest import TopicReader, fresh_topics, request_record, score_record, topic_args
 
 pytestmark = pytest.mark.e2e
@@ -64,7 +63,7 @@ class Feedback:
         self.topics = fresh_topics(bootstrap, tag, "labels")
         self.group = f"rendezvous-{tag}"
         (base / "policy.yaml").write_text(yaml.safe_dump(POLICY))
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+        self.producer = kafka_client.producer(bootstrap, client_id="test-bandit", linger_ms=0)
         self.processes = stack.Processes()
         self.job: procs.ManagedProcess | None = None
         self.rng = random.Random(42)
@@ -108,7 +107,7 @@ class Feedback:
         self.producer.flush()
 
     def close(self) -> None:
-        self.producer.close()
+        self.producer.finish()
         self.stop()
 
 

@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
-from kafka import KafkaProducer
 
-from ops import policy_cli
+from ops import kafka_client, policy_cli
 from tests.e2e.conftest import RunningJob, TopicReader, new_rid, one_result
 from udfs import names
 from udfs.policy import parse_policy
@@ -160,15 +159,15 @@ def test_bad_and_stale_documents_go_to_dead_letters_and_change_nothing(
     assert rc == 2 and "higher than the newest published version (v2)" in capsys.readouterr().err
 
     # Written anyway (another producer): the job refuses each one.
-    producer = KafkaProducer(bootstrap_servers=job.bootstrap, acks="all")
+    producer = kafka_client.producer(job.bootstrap, client_id="test-live-policy")
     bad_docs = [
         (b"not-json", b"{not json"),
         (b"v3", json.dumps({**V2, "version": 3, "deadline_ms": -1}).encode()),
         (b"v2", json.dumps(V2).encode()),
     ]
     for key, value in bad_docs:
-        producer.send(job.policies, key=key, value=value).get(timeout=30)
-    producer.close()
+        producer.send_tracked(job.policies, value, key).get(30)
+    producer.finish()
     dead_letters.wait_for(
         lambda recs: sum(r["source_topic"] == job.policies for r in recs) >= 3,
         30,

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kafka import KafkaProducer
 
-from ops import degrade_scenario, kafka_admin, procs, stack
+from ops import degrade_scenario, kafka_admin, kafka_client, procs, stack
 from tests.e2e.conftest import TopicReader, request_record, score_record
 from udfs import model_metrics
 
@@ -62,7 +61,7 @@ def job(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def test_per_model_counters_match_the_decision_log(kafka_bootstrap: str, job: dict) -> None:
     topics, port = job["topics"], job["port"]
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=0)
+    producer = kafka_client.producer(kafka_bootstrap, client_id="test-metrics", linger_ms=0)
 
     def send(topic: str, rec: dict) -> None:
         producer.send(topics[topic], key=rec["request_id"].encode(), value=json.dumps(rec).encode())
@@ -84,7 +83,7 @@ def test_per_model_counters_match_the_decision_log(kafka_bootstrap: str, job: di
     send("scores", score_record(rid, "logreg", probability=0.3))
     send("requests", request_record(f"{run}-r5", topics["results"]))
     producer.flush()
-    producer.close()
+    producer.finish()
 
     decisions = TopicReader(kafka_bootstrap, topics["decisions"])
     try:

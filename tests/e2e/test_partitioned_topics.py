@@ -2,8 +2,8 @@
 
 Under ``--clock log`` a decision depends only on the order of one request's scores and ticks, which
 holds only while both sit in one partition. Scores are keyed by request id and placed by Kafka's
-murmur2 partitioner (kafka-python's, like the runners'); the ticks sink uses the Flink connector's
-default partitioner on the same key. Here the job reads four-partition topics and every decision needs
+murmur2 partitioner (ops.kafka_client's producer: librdkafka's murmur2_random, like the runners'); the
+ticks sink uses the Flink connector's default partitioner (Java's murmur2) on the same key. Here the job reads four-partition topics and every decision needs
 ticks: the test checks the answers and where each tick went.
 """
 
@@ -16,9 +16,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer
-from kafka.partitioner.default import murmur2
 
+from ops import kafka_client
 from tests.e2e.conftest import RunningJob, TopicReader, new_rid
 
 pytestmark = pytest.mark.e2e
@@ -57,23 +56,20 @@ def results(job: RunningJob) -> Iterator[TopicReader]:
 
 
 def _key_partition(rid: str) -> int:
-    return (murmur2(rid.encode()) & 0x7FFFFFFF) % PARTITIONS
+    return kafka_client.java_partition(rid.encode(), PARTITIONS)
 
 
 def _scores_topic(
     job: RunningJob, want_ticks: set[str], timeout_s: float
 ) -> list[tuple[int, dict[str, Any]]]:
     """(partition, record) for everything in the scores topic, once every id in ``want_ticks`` has a tick."""
-    consumer = KafkaConsumer(
-        job.scores, bootstrap_servers=job.bootstrap, auto_offset_reset="earliest",
-        enable_auto_commit=False, group_id=None,
-    )  # fmt: skip
+    consumer = kafka_client.consumer(job.bootstrap, client_id="test-partitioned")
+    consumer.assign_all([job.scores])
     seen: list[tuple[int, dict[str, Any]]] = []
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            for tp, batch in consumer.poll(timeout_ms=200).items():
-                seen.extend((tp.partition, json.loads(m.value)) for m in batch)
+            seen.extend((m.partition() or 0, json.loads(m.value() or b"")) for m in consumer.take(1000, 0.2))
             if want_ticks <= {r["request_id"] for _, r in seen if "tick_due_ms" in r}:
                 return seen
     finally:

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kafka import KafkaProducer
 
 from ops import cluster as cluster_mod
-from ops import kafka_admin, procs
+from ops import kafka_admin, kafka_client, procs
 from tests.e2e.conftest import TopicReader, request_record, score_record
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +53,7 @@ def test_session_cluster_up_submit_answer_cancel_down(kafka_bootstrap: str, tmp_
     assert len(set(ports.values())) == len(ports)
     cl = cluster_mod.Cluster(tmp_path / "cluster")
     recorded: set[int] = set()
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=0)
+    producer = kafka_client.producer(kafka_bootstrap, client_id="test-session", linger_ms=0)
     results = TopicReader(kafka_bootstrap, topics["results"])
     timings: dict[str, float] = {}
     try:
@@ -118,7 +117,7 @@ def test_session_cluster_up_submit_answer_cancel_down(kafka_bootstrap: str, tmp_
         print(cl.log_tail(60))
         raise
     finally:
-        producer.close()
+        producer.finish()
         results.close()
         if any(cl.ours(p) for p in recorded):
             try:

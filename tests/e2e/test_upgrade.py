@@ -31,10 +31,9 @@ from typing import Any
 
 import pytest
 import yaml
-from kafka import KafkaConsumer, KafkaProducer
 
 from ops import cluster as cluster_mod
-from ops import policy_cli, procs, upgrade
+from ops import kafka_client, policy_cli, procs, upgrade
 from tests.e2e.conftest import fresh_topics, request_record, score_record, topic_args
 from udfs.policy import parse_policy
 
@@ -69,7 +68,7 @@ class Traffic(threading.Thread):
 
     def __init__(self, bootstrap: str, topics: dict[str, str], tag: str) -> None:
         super().__init__(daemon=True)
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+        self.producer = kafka_client.producer(bootstrap, client_id="test-upgrade", linger_ms=0)
         self.topics = topics
         self.tag = tag
         self.sent_ms: dict[str, int] = {}
@@ -111,7 +110,7 @@ class Traffic(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
         self.join(30.0)
-        self.producer.close()
+        self.producer.finish()
         if self.error is not None:
             raise self.error
 
@@ -121,21 +120,20 @@ class Results(threading.Thread):
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         super().__init__(daemon=True)
-        self.consumer = KafkaConsumer(
-            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-            enable_auto_commit=False, group_id=None, isolation_level="read_committed",
-        )  # fmt: skip
+        self.consumer = kafka_client.consumer(
+            bootstrap, client_id="test-upgrade", isolation=kafka_client.READ_COMMITTED
+        )
+        self.consumer.assign_all([topic])
         self.seen: list[tuple[int, dict[str, Any]]] = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            batches = self.consumer.poll(timeout_ms=100)
+            batch = self.consumer.take(1000, 0.1)
             now = _now_ms()
             with self.lock:
-                for batch in batches.values():
-                    self.seen.extend((now, json.loads(m.value)) for m in batch)
+                self.seen.extend((now, json.loads(m.value() or b"")) for m in batch)
 
     def snapshot(self) -> list[tuple[int, dict[str, Any]]]:
         with self.lock:

@@ -11,11 +11,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.consumer.fetcher import ConsumerRecord
+from confluent_kafka import Message
 
 from ops import broker as broker_mod
-from ops import kafka_admin, procs
+from ops import kafka_admin, kafka_client, procs
 from ops.broker import BrokerError, KafkaBroker
 from udfs.names import ALL_TOPICS
 
@@ -27,33 +26,34 @@ def _topic(prefix: str) -> str:
 
 
 def _produce(bootstrap: str, topic: str, value: bytes, key: bytes | None = None) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = kafka_client.producer(bootstrap, client_id="test-broker")
     try:
-        producer.send(topic, value=value, key=key).get(timeout=30)
+        producer.send_tracked(topic, value, key).get(30)
     finally:
-        producer.close()
+        producer.finish()
 
 
 def _consume(
     bootstrap: str, topic: str, expected: int, group: str | None = None, timeout_s: float = 30
-) -> list[ConsumerRecord]:
+) -> list[Message]:
     """Read from the beginning (through a consumer group if given) until `expected` records arrived."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest")
-    records: list[ConsumerRecord] = []
+    consumer = kafka_client.consumer(bootstrap, group, client_id="test-broker")
+    if group is None:
+        consumer.assign_all([topic])
+    else:
+        consumer.subscribe([topic])
+    records: list[Message] = []
     deadline = time.monotonic() + timeout_s
     try:
         while len(records) < expected and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
+            records.extend(consumer.take(100, 0.5))
     finally:
         consumer.close()
     return records
 
 
 def _partition_count(bootstrap: str, topic: str) -> int:
-    with kafka_admin.admin_client(bootstrap) as admin:
-        (described,) = admin.describe_topics([topic])
-    return len(described["partitions"])
+    return kafka_admin.partition_counts(bootstrap, [topic])[topic]
 
 
 def _gone(pid: int) -> bool:
@@ -74,7 +74,7 @@ def test_produce_and_consume_through_a_consumer_group(kafka_bootstrap):
 
     (record,) = _consume(kafka_bootstrap, topic, expected=1, group=_topic("group"))
 
-    assert (record.key, record.value) == (b"req-1", b'{"hello": "world"}')
+    assert (record.key(), record.value()) == (b"req-1", b'{"hello": "world"}')
 
 
 def test_producing_to_an_unknown_topic_creates_it_with_one_partition(kafka_bootstrap):
@@ -139,7 +139,7 @@ def test_restart_keeps_data_and_stop_leaves_no_process(tmp_path):
         assert second.pid != first.pid
         assert second.bootstrap == first.bootstrap
         assert (data_dir / "kraft-logs" / "meta.properties").read_text() == cluster_id  # not reformatted
-        assert [r.value for r in _consume(second.bootstrap, topic, expected=1)] == [b"kept across restarts"]
+        assert [r.value() for r in _consume(second.bootstrap, topic, expected=1)] == [b"kept across restarts"]
 
         # A later, separate call finds the broker through the data dir and stops it by PID.
         attached = KafkaBroker.attach(data_dir)

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import TopicPartition
 from jsonschema import Draft202012Validator
 
+from ops import kafka_admin, kafka_client
 from ops.loadgen import run_load
 
 pytestmark = pytest.mark.integration
@@ -34,25 +36,18 @@ def unique(prefix: str) -> str:
 
 
 def create_topic(bootstrap: str, topic: str) -> None:
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics({topic: {"num_partitions": 1, "replication_factor": 1}}, wait_for_metadata=True)
-    finally:
-        admin.close()
+    kafka_admin.create_topics(bootstrap, [topic])
 
 
 def count_records(bootstrap: str, topic: str) -> int:
-    """Records in a topic (all partitions), from the end offsets: what really reached the broker."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    """Records in a topic (all partitions), from the watermarks: what really reached the broker."""
+    consumer = kafka_client.consumer(bootstrap, client_id="test-loadgen")
     try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        ends = consumer.end_offsets(tps)
-        starts = consumer.beginning_offsets(tps)
-        return sum(ends[tp] - starts[tp] for tp in tps)
+        total = 0
+        for p in kafka_client.partitions(consumer, topic):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+            total += high - low
+        return total
     finally:
         consumer.close()
 
@@ -94,21 +89,13 @@ class EchoRendezvous:
         delay_every: int = 0,
         delay_ms: int = 0,
     ) -> None:
-        from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
         self.rules = (duplicate_every, conflict_every, skip_every, delay_every)
         self.delay_ms = delay_ms
         self.valid = self.invalid = self.results_sent = 0
         create_topic(bootstrap, requests_topic)
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=20,
-            check_crcs=False,
-        )  # fmt: skip
-        tp = TopicPartition(requests_topic, 0)
-        self._consumer.assign([tp])
-        self._consumer.seek_to_beginning(tp)
-        self._consumer.position(tp)
-        self._producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+        self._consumer = kafka_client.consumer(bootstrap, client_id="test-echo")
+        self._consumer.assign_all([requests_topic])
+        self._producer = kafka_client.producer(bootstrap, client_id="test-echo", linger_ms=0)
         self._stop = threading.Event()
         self._pending: list[tuple[float, int, str, bytes, bytes]] = []  # (due, tiebreak, topic, key, value)
         self.error: BaseException | None = None
@@ -121,7 +108,7 @@ class EchoRendezvous:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        self._producer.close(timeout=10)
+        self._producer.finish(timeout_s=10)
         self._consumer.close()
 
     def _hit(self, seq: int, every: int) -> bool:
@@ -134,9 +121,9 @@ class EchoRendezvous:
         heapq.heappush(self._pending, item)
         self.results_sent += 1
 
-    def _handle(self, raw: bytes) -> None:
+    def _handle(self, raw: bytes | None) -> None:
         try:
-            req = json.loads(raw.decode("utf-8"))
+            req = json.loads((raw or b"").decode("utf-8"))
         except ValueError:  # includes UnicodeDecodeError
             self.invalid += 1
             return
@@ -158,13 +145,13 @@ class EchoRendezvous:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                for records in self._consumer.poll(timeout_ms=10).values():
-                    for rec in records:
-                        self._handle(rec.value)
+                for rec in self._consumer.take(1000, 0.01):
+                    self._handle(rec.value())
                 now = time.monotonic()
                 while self._pending and self._pending[0][0] <= now:
                     _, _, topic, key, value = heapq.heappop(self._pending)
-                    self._producer.send(topic, key=key, value=value)
+                    self._producer.send(topic, value, key)
+                self._producer.poll(0)
         except BaseException as e:
             self.error = e
 
@@ -254,16 +241,13 @@ def test_missing_and_late_answers(bootstrap: str) -> None:
 
 
 def test_existing_return_address_reads_only_new_results(bootstrap: str) -> None:
-    from kafka import KafkaProducer
-
     requests_topic, results_topic = unique("lg-requests"), unique("lg-results")
     run_id = "it-" + uuid.uuid4().hex[:8]
     create_topic(bootstrap, results_topic)
     stale = echo_result({"request_id": f"{run_id}-0", "sent_at_ms": 0}, model="stale")
-    producer = KafkaProducer(bootstrap_servers=bootstrap)
-    producer.send(results_topic, value=json.dumps(stale).encode())
-    producer.flush()
-    producer.close()
+    producer = kafka_client.producer(bootstrap, client_id="test-loadgen")
+    producer.send_tracked(results_topic, json.dumps(stale).encode()).get(30)
+    producer.finish()
     with EchoRendezvous(bootstrap, requests_topic) as echo:
         report = run_load(
             bootstrap,

@@ -17,9 +17,8 @@ from typing import Any
 import jsonschema
 import numpy as np
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
 
-from ops import kafka_admin
+from ops import kafka_admin, kafka_client
 from runners.data import sample_many
 from runners.runner import INJECTED_FAILURE, Fate, Faults, decide
 from runners.train import train_all
@@ -132,33 +131,33 @@ def test_runner_answers_every_request_once(bootstrap: str, models: Path, tmp_pat
 
         ids = [f"it-{suffix}-{i}" for i in range(N_REQUESTS)]
         features = sample_many(np.random.default_rng(5), N_REQUESTS)
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        producer = kafka_client.producer(bootstrap, client_id="test-runner")
         try:
             now = int(time.time() * 1000)
             for rid, f in zip(ids, features, strict=True):
                 body = {"request_id": rid, "return_address": "results", "sent_at_ms": now, "features": f}
-                producer.send(requests_topic, key=rid.encode(), value=json.dumps(body).encode())
-            producer.send(requests_topic, value=b"this is not a request")  # skipped, never scored
+                producer.send(requests_topic, json.dumps(body).encode(), rid.encode())
+            producer.send(requests_topic, b"this is not a request")  # skipped, never scored
             # An id the seeded faults leave alone, so its error can only come from the features.
             bad_id = next(r for i in range(100) if decide(r := f"it-{suffix}-bad{i}", faults)[0] is Fate.OK)
             bad = {"request_id": bad_id, "sent_at_ms": now, "features": {"amount": "lots"}}
-            producer.send(requests_topic, value=json.dumps(bad).encode())
-            producer.flush(timeout=30)
+            producer.send(requests_topic, json.dumps(bad).encode())
+            assert producer.flush(30) == 0
         finally:
-            producer.close()
+            producer.finish()
+        assert producer.delivery_errors.count == 0
         expected_ids = {*ids, bad["request_id"]}
 
-        scores: list[tuple[bytes, dict[str, Any]]] = []
-        consumer = KafkaConsumer(scores_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        scores: list[tuple[bytes | None, dict[str, Any]]] = []
+        consumer = kafka_client.consumer(bootstrap, client_id="test-runner")
+        consumer.assign_all([scores_topic])
         try:
             deadline = time.monotonic() + 60
             while len(scores) < len(expected_ids) and time.monotonic() < deadline:
-                for batch in consumer.poll(timeout_ms=500).values():
-                    scores.extend((r.key, json.loads(r.value)) for r in batch)
+                scores.extend((r.key(), json.loads(r.value() or b"")) for r in consumer.take(100, 0.5))
             quiet_until = time.monotonic() + 2  # anything extra (duplicates, the malformed record) shows here
             while time.monotonic() < quiet_until:
-                for batch in consumer.poll(timeout_ms=200).values():
-                    scores.extend((r.key, json.loads(r.value)) for r in batch)
+                scores.extend((r.key(), json.loads(r.value() or b"")) for r in consumer.take(100, 0.2))
         finally:
             consumer.close()
     finally:

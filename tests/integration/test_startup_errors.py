@@ -2,7 +2,7 @@
 
 A port with nothing listening (ops.procs.free_port) stands in for a broker that is down or mistyped.
 Without the start-up check, the job retried inside the Flink Kafka source (a Java stack trace, or no
-exit at all) and the runner and load generator died with a kafka-python traceback.
+exit at all) and the runner and load generator died with a Kafka client traceback.
 """
 
 from __future__ import annotations

@@ -186,3 +186,47 @@ def test_markdown_reports_the_clock_cases_and_the_state_samples() -> None:
     assert "tombstones kept 120 s" in text
     assert "| 30 | 1500 | 1500 | 300 | 20 |" in text
     assert "| 60 | 3000 | 2999 | - | - |" in text
+
+
+def test_end_to_end_latency_output_is_parsed() -> None:
+    """org.apache.kafka.tools.EndToEndLatency (kafka-tools 3.9.2) prints progress, the mean, then
+    whole-millisecond percentiles."""
+    out = "0\t41.737069000000005\n1000\t0.91\nAvg latency: 1.2839 ms\nPercentiles: 50th = 1, 99th = 4, 99.9th = 12\n"
+    assert bench.parse_end_to_end_latency(out) == {
+        "latency_ms": {"p50": 1.0, "p99": 4.0, "p99.9": 12.0, "mean": 1.2839}
+    }
+    import pytest
+
+    with pytest.raises(RuntimeError, match="no percentiles"):
+        bench.parse_end_to_end_latency("USAGE: java org.apache.kafka.tools.EndToEndLatency broker_list ...")
+
+
+def test_markdown_reports_each_clients_hop_and_failures() -> None:
+    lat = {"p50": 0.531, "p99": 4.7, "p99.9": 9.0, "mean": 0.8}
+    result = {
+        "date": "d",
+        "machine": {"cpus": 2, "platform": "p", "python": "3.11"},
+        "clients": {
+            "count": 2000,
+            "warmup": 200,
+            "record_bytes": 200,
+            "runs": {
+                "confluent-kafka": {
+                    "client": "confluent-kafka 2.16.1",
+                    "latency_ms": lat,
+                    "cpu_us_per_hop": 140,
+                },
+                "kafka-python": {"error": "kafka-python is not installed"},
+                "java": {"client": "EndToEndLatency (Java)", "latency_ms": lat | {"p50": 1.0}},
+            },
+        },
+    }
+    md = bench.markdown(result)
+    assert "## One Kafka hop per client (2000 round trips after 200, 200-byte records" in md
+    assert "| confluent-kafka 2.16.1 | 0.53 | 4.70 | 9.00 | 0.80 | 140 |" in md
+    assert "| kafka-python | failed: kafka-python is not installed |" in md
+    assert "| EndToEndLatency (Java) | 1.00 | 4.70 | 9.00 | 0.80 | - |" in md
+
+
+def test_the_clients_part_runs_by_default() -> None:
+    assert "clients" in bench.DEFAULT_PARTS.split(",")

@@ -25,7 +25,6 @@ from ops.loadgen import (
     format_report,
     new_run_id,
     parse_result,
-    partition_for,
     progress_line,
     request_ids,
     schedule,
@@ -174,33 +173,6 @@ def test_fast_encoder_is_byte_identical_to_the_builder(
     got = encode_request(rid, topic, json.dumps(feats, separators=(",", ":")), now, deadline)
     assert got == want
     assert REQUEST_SCHEMA.is_valid(json.loads(got))
-
-
-def test_partition_for_matches_kafkas_default_partitioner() -> None:
-    """Same placement as the producer's own partitioner, and as the Java client (murmur2 test vector)."""
-    from kafka.partitioner.default import DefaultPartitioner
-
-    # Java: Utils.murmur2("21".getBytes()) == -973932308; toPositive() of it is 1173551340.
-    for n in (1, 3, 7, 12):
-        assert partition_for(b"21", list(range(n))) == 1173551340 % n
-
-    class Cluster:  # the two calls DefaultPartitioner makes
-        def __init__(self, n: int) -> None:
-            self.n = n
-
-        def topics(self) -> set[str]:
-            return {"t"}
-
-        def partitions_for_topic(self, topic: str) -> set[int]:
-            return set(range(self.n))
-
-        def available_partitions_for_topic(self, topic: str) -> set[int]:
-            return set(range(self.n))
-
-    for key in (b"a", b"run-0", b"run-1", b"20260101-000000-abcdef-12345"):
-        for n in (1, 3, 12):
-            want = DefaultPartitioner().partition("t", None, key, None, None, Cluster(n))
-            assert partition_for(key, list(range(n))[::-1]) == want
 
 
 def test_run_ids_and_request_ids_fit_the_wire_rules() -> None:

@@ -51,33 +51,44 @@ def test_scheduler_releases_after_the_delay_in_order_and_records_validate() -> N
 
 
 class _Record:
+    """A confluent-kafka Message as run() reads it."""
+
     def __init__(self, value: bytes) -> None:
-        self.value = value
+        self._value = value
+
+    def value(self) -> bytes:
+        return self._value
+
+    def error(self) -> None:
+        return None
 
 
 class _Consumer:
     def __init__(self, batches: list[list[bytes]], stop: threading.Event) -> None:
         self.batches, self.stop = batches, stop
 
-    def assignment(self) -> set[int]:
-        return {0}
+    def assignment(self) -> list[int]:
+        return [0]
 
-    def poll(self, timeout_ms: int, max_records: int) -> dict[str, list[_Record]]:
+    def consume(self, num_messages: int, timeout: float) -> list[_Record]:
         if not self.batches:
             self.stop.set()
-            return {}
-        return {"tp": [_Record(v) for v in self.batches.pop(0)]}
+            return []
+        return [_Record(v) for v in self.batches.pop(0)]
 
 
 class _Producer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes]] = []
 
-    def send(self, topic: str, key: bytes, value: bytes) -> None:
+    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any = None) -> None:
         self.sent.append((topic, key, value))
 
-    def flush(self, timeout: float) -> None:
-        pass
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        return 0
 
 
 def test_run_labels_requests_skips_junk_and_sends_pending_labels_at_stop() -> None:

@@ -342,12 +342,22 @@ def test_poll_timeout_waits_for_the_next_due_score_but_never_long() -> None:
 
 @dataclass
 class FakeRecord:
-    value: bytes | None
+    """A confluent-kafka Message as run() reads it: a record (no error) with a value."""
+
+    _value: bytes | None
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def error(self) -> None:
+        return None
 
 
 @dataclass
 class FakeConsumer:
-    """Serves scripted batches; each poll advances the fake clock by its timeout (an idle wait)."""
+    """Serves scripted batches; each consume advances the fake clock by its timeout (an idle wait).
+
+    ``timeouts`` are in ms (consume() takes seconds)."""
 
     clock: FakeClock
     batches: list[list[bytes | None]]
@@ -358,20 +368,21 @@ class FakeConsumer:
     polls: int = 0
     closed: bool = False
 
-    def poll(self, timeout_ms: int, max_records: int) -> dict[str, list[FakeRecord]]:
+    def consume(self, num_messages: int, timeout: float) -> list[FakeRecord]:
         self.polls += 1
+        timeout_ms = round(timeout * 1000)
         self.timeouts.append(timeout_ms)
         if self.batches:
             self.clock.t += self.batch_ms
-            return {"tp": [FakeRecord(v) for v in self.batches.pop(0)]}
+            return [FakeRecord(v) for v in self.batches.pop(0)]
         self.clock.t += timeout_ms
-        return {}
+        return []
 
-    def assignment(self) -> set[str]:
-        return {"tp"} if self.polls >= self.assigned_after else set()
+    def assignment(self) -> list[str]:
+        return ["tp"] if self.polls >= self.assigned_after else []
 
-    def subscription(self) -> set[str]:
-        return {"requests-t"}
+    def subscription(self) -> list[str]:
+        return ["requests-t"]
 
     def close(self) -> None:
         self.closed = True
@@ -379,15 +390,31 @@ class FakeConsumer:
 
 @dataclass
 class FakeProducer:
+    """produce/poll/flush as confluent-kafka's; ``fail`` keys get a failed delivery report at poll()."""
+
     clock: FakeClock
     sent: list[tuple[str, bytes, dict[str, Any], float]] = field(default_factory=list)
     flushed: bool = False
+    fail: set[bytes] = field(default_factory=set)
+    polls: int = 0
+    _reports: list[tuple[Any, bytes]] = field(default_factory=list)
 
-    def send(self, topic: str, key: bytes, value: bytes) -> None:
+    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any = None) -> None:
         self.sent.append((topic, key, json.loads(value), self.clock()))
+        self._reports.append((on_delivery, key))
 
-    def flush(self, timeout: float) -> None:
+    def poll(self, timeout: float) -> int:
+        self.polls += 1
+        reports, self._reports = self._reports, []
+        for callback, key in reports:
+            if callback is not None:
+                callback("Broker: Message timed out" if key in self.fail else None, None)
+        return len(reports)
+
+    def flush(self, timeout: float) -> int:
+        self.poll(0)
         self.flushed = True
+        return 0
 
 
 class TinyEstimator:
@@ -451,6 +478,22 @@ def test_run_scores_requests_skips_malformed_and_reports_ready_once() -> None:
     assert "runner tiny final:" in err and "malformed=3" in err
 
 
+def test_run_counts_and_shows_scores_that_were_not_delivered() -> None:
+    """librdkafka reports a failed delivery in a callback served by poll(): it is counted, not lost."""
+    clock = FakeClock()
+    stop = threading.Event()
+    consumer = FakeConsumer(clock, [[_request("r1"), _request("r2"), _request("r3")]], stop)
+    producer = FakeProducer(clock, fail={b"r2"})
+    err = io.StringIO()
+    model = ScoringModel("tiny", "tiny-v1", ("x",), TinyEstimator())
+    counts = run(model, consumer, producer, scores_topic="s", faults=Faults(), stop=stop, max_seconds=1,
+                 clock=clock, out=io.StringIO(), err=err)  # fmt: skip
+    assert counts["sent"] == 3 and counts["send_errors"] == 1
+    assert "runner tiny: a score was not delivered: Broker: Message timed out" in err.getvalue()
+    assert "send_errors=1" in err.getvalue().splitlines()[-1]
+    assert producer.polls >= consumer.polls  # every turn of the loop serves the delivery callbacks
+
+
 def test_run_says_it_is_still_waiting_for_partitions() -> None:
     """A runner that gets no assignment says so on stderr every 10 s, so a stalled start is visible."""
     # Idle polls advance the fake clock 50 ms each: 500 polls are 25 s without an assignment.
@@ -464,7 +507,8 @@ def test_run_says_it_is_still_waiting_for_partitions() -> None:
 
 
 def test_run_replaces_a_consumer_that_never_gets_partitions() -> None:
-    """kafka-python can lose its group coordinator for good: after 30 s a new consumer takes over."""
+    """A consumer whose group join went wrong (kafka-python lost its coordinator for good) is not
+    waited on forever: after 30 s without partitions a new consumer takes over."""
     clock = FakeClock()
     stop = threading.Event()
     stuck = FakeConsumer(clock, [], stop, assigned_after=10**9)
@@ -499,8 +543,8 @@ def test_run_returns_promptly_once_stop_is_set_and_flushes() -> None:
     stop = threading.Event()
 
     class StoppingConsumer(FakeConsumer):
-        def poll(self, timeout_ms: int, max_records: int) -> dict[str, list[FakeRecord]]:
-            batch = super().poll(timeout_ms, max_records)
+        def consume(self, num_messages: int, timeout: float) -> list[FakeRecord]:
+            batch = super().consume(num_messages, timeout)
             if self.polls == 2:
                 stop.set()  # as the SIGTERM handler would
             return batch

@@ -1,0 +1,128 @@
+"""The project's Kafka client settings and helpers (ops/kafka_client.py), without a broker."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ops import kafka_client
+
+# Java: org.apache.kafka.common.utils.Utils.murmur2(key.getBytes(UTF_8)) from kafka-clients 3.9.2 (the
+# first six are also Kafka's own UtilsTest vectors), and toPositive(h) % 4, % 7.
+JAVA_MURMUR2 = {
+    b"21": (-973932308, 0, 3),
+    b"foobar": (-790332482, 2, 0),
+    b"a-little-bit-long-string": (-985981536, 0, 1),
+    b"a-little-bit-longer-string": (-1486304829, 3, 0),
+    b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": (-58897971, 1, 3),
+    b"abc": (479470107, 3, 4),
+    b"": (275646681, 1, 2),
+    b"a": (-1563381124, 0, 5),
+    b"run-0": (979196777, 1, 6),
+    b"run-1": (637533037, 1, 1),
+    b"req-1": (-1653804885, 3, 4),
+    b"20260101-000000-abcdef-12345": (435488365, 1, 4),
+    b"tick-xyz-0123": (-185609995, 1, 5),
+}
+
+
+@pytest.mark.parametrize("key", sorted(JAVA_MURMUR2))
+def test_murmur2_and_the_partition_are_javas(key: bytes) -> None:
+    h, p4, p7 = JAVA_MURMUR2[key]
+    assert kafka_client.murmur2(key) == h
+    assert (kafka_client.java_partition(key, 4), kafka_client.java_partition(key, 7)) == (p4, p7)
+    assert kafka_client.java_partition(key, 1) == 0
+
+
+@given(st.binary(max_size=64))
+def test_murmur2_matches_kafka_pythons_for_any_key(key: bytes) -> None:
+    """kafka-python's DefaultPartitioner (the project's partitioner before) hashes the same way."""
+    default = pytest.importorskip("kafka.partitioner.default")
+    assert kafka_client.murmur2(key) & 0x7FFFFFFF == default.murmur2(key) & 0x7FFFFFFF
+
+
+def test_producer_settings_place_keys_like_java_and_linger_1_ms() -> None:
+    conf = kafka_client.producer_config("b:1", "runner-gbt")
+    assert conf["partitioner"] == "murmur2_random"  # librdkafka's default (CRC32) would not be Java's
+    assert conf["linger.ms"] == 1 and conf["acks"] == "all" and conf["client.id"] == "runner-gbt"
+    assert conf["bootstrap.servers"] == "b:1"
+    over = kafka_client.producer_config("b:1", linger_ms=0, message_max_bytes=2**20)
+    assert over["linger.ms"] == 0 and over["message.max.bytes"] == 2**20
+    assert over["partitioner"] == "murmur2_random"
+
+
+def test_consumer_settings() -> None:
+    conf = kafka_client.consumer_config("b:1", "runner-gbt")
+    assert conf["group.id"] == "runner-gbt" and conf["enable.auto.commit"] is True
+    assert conf["enable.partition.eof"] is False and conf["fetch.wait.max.ms"] == 100
+    assert conf["isolation.level"] == "read_uncommitted" and conf["auto.offset.reset"] == "earliest"
+    assigned = kafka_client.consumer_config("b:1", isolation="read_committed")
+    assert assigned["enable.auto.commit"] is False and assigned["group.id"].startswith("rendezvous-assigned-")
+    assert assigned["group.id"] != kafka_client.consumer_config("b:1")["group.id"]
+    assert assigned["isolation.level"] == "read_committed"
+    with pytest.raises(ValueError, match="isolation"):
+        kafka_client.consumer_config("b:1", isolation="committed")
+
+
+class _Msg:
+    def __init__(self, value: bytes | None = b"v", error: KafkaError | None = None) -> None:
+        self._value, self._error = value, error
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def error(self) -> KafkaError | None:
+        return self._error
+
+    def topic(self) -> str:
+        return "t"
+
+
+def test_records_keeps_records_and_hands_events_on() -> None:
+    eof = KafkaError(KafkaError._PARTITION_EOF)
+    missing = KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, "Subscribed topic not available")
+    seen: list[KafkaError] = []
+    got = kafka_client.records([_Msg(b"a"), _Msg(None, eof), _Msg(None, missing), _Msg(b"b")], seen.append)  # type: ignore[list-item]
+    assert [m.value() for m in got] == [b"a", b"b"]
+    assert [e.code() for e in seen] == [KafkaError.UNKNOWN_TOPIC_OR_PART]  # EOF is not an error
+    fatal = KafkaError(KafkaError._FATAL, "fenced", fatal=True)
+    with pytest.raises(KafkaException):
+        kafka_client.records([_Msg(None, fatal)])  # type: ignore[list-item]
+
+
+def test_client_errors_are_counted_and_each_kind_shown_once_a_minute(monkeypatch: Any) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(kafka_client.time, "monotonic", lambda: now[0])
+    out = io.StringIO()
+    errors = kafka_client.ClientErrors("runner-gbt", out)
+    down = KafkaError(KafkaError._TRANSPORT, "Connect to ipv4#127.0.0.1:9092 failed")
+    for _ in range(5):
+        errors(down)
+    errors(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+    now[0] += 61
+    errors(down)
+    lines = out.getvalue().splitlines()
+    assert errors.counts["_TRANSPORT"] == 6 and errors.total == 7
+    assert lines == [
+        "kafka runner-gbt: Connect to ipv4#127.0.0.1:9092 failed",
+        "kafka runner-gbt: 1/1 brokers are down",
+        "kafka runner-gbt: Connect to ipv4#127.0.0.1:9092 failed (5 of this kind since the last note)",
+    ]
+
+
+def test_failed_deliveries_are_counted_and_the_first_ones_shown() -> None:
+    out = io.StringIO()
+    errors = kafka_client.DeliveryErrors("loadgen", out)
+    timed_out = KafkaError(KafkaError._MSG_TIMED_OUT, "Message timed out")
+    errors(None, _Msg())  # type: ignore[arg-type]
+    for _ in range(kafka_client.DELIVERY_ERRORS_LOGGED + 3):
+        errors(timed_out, _Msg())  # type: ignore[arg-type]
+    assert errors.count == kafka_client.DELIVERY_ERRORS_LOGGED + 3
+    lines = out.getvalue().splitlines()
+    assert len(lines) == kafka_client.DELIVERY_ERRORS_LOGGED
+    assert lines[0] == "kafka loadgen: delivery to t failed: Message timed out (1 failed so far)"
