@@ -443,8 +443,16 @@ def _request_and_score(
     return json.dumps(req).encode(), json.dumps(score).encode()
 
 
-def drain_backlog(bootstrap: str, job: procs.ManagedProcess, requests: int) -> dict[str, Any]:
-    """Preload `requests` request+score pairs, then time the job's results; rate over the last 2/3."""
+# The default policy's models, incumbent first: what a backlog request brings into the job (issue 11: a
+# request with 4 scores, 5 records).
+BACKLOG_MODELS = ("gbt", "logreg", "tree", "base")
+
+
+def drain_backlog(
+    bootstrap: str, job: procs.ManagedProcess, requests: int, models: Sequence[str] = BACKLOG_MODELS
+) -> dict[str, Any]:
+    """Preload `requests` requests with one score per model each, then time the job's results; the rate
+    over the last 2/3, and the job's CPU over the whole drain."""
     topic = f"results.capacity-{uuid.uuid4().hex[:6]}"
     kafka_admin.create_topics(bootstrap, [topic])
     producer = kafka_client.producer(
@@ -453,9 +461,10 @@ def drain_backlog(bootstrap: str, job: procs.ManagedProcess, requests: int) -> d
     now = int(time.time() * 1000)
     for i in range(requests):
         rid = f"c{i}-{topic[-6:]}"
-        req, score = _request_and_score(rid, topic, now)
+        req, _ = _request_and_score(rid, topic, now)
         producer.send(names.TOPIC_REQUESTS, req, rid.encode())
-        producer.send(names.TOPIC_SCORES, score, rid.encode())
+        for model in models:
+            producer.send(names.TOPIC_SCORES, _request_and_score(rid, topic, now, model)[1], rid.encode())
     producer.finish(timeout_s=120)
     consumer = kafka_client.consumer(bootstrap, client_id="bench-backlog")
     tp = kafka_client.TopicPartition(topic, 0)
@@ -475,12 +484,14 @@ def drain_backlog(bootstrap: str, job: procs.ManagedProcess, requests: int) -> d
         consumer.close()
     t1 = time.monotonic()
     per_s = (done - mark[1]) / (t1 - mark[0]) if mark and t1 > mark[0] and done > mark[1] else None
+    per_request = 1 + len(models)
     return {
         "requests": requests,
+        "scores_per_request": len(models),
         "results": done,
         "drain_s": round(t1 - t0, 1),
         "results_per_s": round(per_s) if per_s else None,
-        "records_per_s": round(2 * per_s) if per_s else None,  # each result consumed a request and a score
+        "records_per_s": round(per_request * per_s) if per_s else None,  # a request and its scores each
         "job_cpu_percent": cpu.percent()["job"],
     }
 
@@ -977,7 +988,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "## The job alone",
             "",
-            f"Capacity on a preloaded backlog of {c['capacity']['requests']} requests (plus one score each): "
+            f"Capacity on a preloaded backlog of {c['capacity']['requests']} requests "
+            f"(plus {c['capacity'].get('scores_per_request', 1)} scores each): "
             f"{c['capacity']['records_per_s']} records/s in ({c['capacity']['results_per_s']} results/s), "
             f"job CPU {c['capacity']['job_cpu_percent']} %. Latency at {c['probe']['rate']:.0f} requests/s "
             f"(request + score sent together): p50 {_ms(c['probe']['latency_ms']['p50'])} ms, "
