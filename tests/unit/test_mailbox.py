@@ -4,18 +4,23 @@
 text from `Mailbox.to_json` (as the ValueState does), registers a timer at every step's `wake_at_ms`
 (and never deletes one, as Flink does not), and calls `on_timer` with now = the timer's time. Records
 arriving at the same millisecond as a timer are processed first.
+
+Under ``--clock log`` (``Flink(..., via_log=True)``) it also plays the request's partition of the scores
+topic: a tick the mailbox writes reaches the partition behind every score that reached it first, the job
+reads the partition in order, and ``on_tick`` acts on the tick when the job reads it back.
 """
 
 from __future__ import annotations
 
 import heapq
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from udfs import names
@@ -27,16 +32,19 @@ from udfs.mailbox import (
     MAX_EXTRA_SCORES,
     RESULT,
     STATE_VERSION,
+    TICK,
+    TICK_RESEND_MS,
     Mailbox,
     Out,
     Step,
     agreement,
     on_request,
     on_score,
+    on_tick,
     on_timer,
 )
 from udfs.policy import Decided, Policy, ScoreView, decide, load_policy, parse_policy
-from udfs.wire import Request, Score, Source
+from udfs.wire import Request, Score, Source, Tick
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = load_policy(ROOT / "policies" / "default.yaml")
@@ -59,6 +67,7 @@ SCHEMA_OF = {
     DECISION: "decision",
     CANARY: "canary",
     DEAD_LETTER: "dead_letter",
+    TICK: "tick",
 }
 _VALIDATORS = {n: _validator(n) for n in SCHEMA_OF.values()}
 
@@ -114,6 +123,13 @@ class Flink:
     counts: list[str] = field(default_factory=list)
     cleared: list[int] = field(default_factory=list)
     fired: list[int] = field(default_factory=list)
+    # --clock log: a timer's tick goes out to the scores partition and comes back through on_tick. Per tick
+    # written, in order: (ms until it reaches the partition, ms more until the job reads it); then (0, 0).
+    via_log: bool = False
+    tick_delays: Sequence[tuple[int, int]] = ()
+    in_flight: list[tuple[int, int, Tick]] = field(default_factory=list)  # (in the partition at, readable at)
+    partition: list[tuple[int, Score | Tick, Source | None]] = field(default_factory=list)  # unread, in order
+    ticks: list[tuple[int, int, int]] = field(default_factory=list)  # (written at, read at, due_ms) per tick
 
     def load(self) -> Mailbox | None:
         return None if self.state is None else Mailbox.from_json(self.state)
@@ -132,7 +148,15 @@ class Flink:
             if mb.wake_at_ms is not None:
                 assert mb.wake_at_ms >= t, (mb.wake_at_ms, t)
                 self.timers.add(mb.wake_at_ms)
-        self.outs.extend((t, o) for o in step.outputs)
+        for o in step.outputs:
+            if o.kind == TICK:
+                assert self.via_log, "a tick under the local clock"
+                k = sum(kind == TICK for kind in self.kinds())
+                to_kafka, to_read = self.tick_delays[k] if k < len(self.tick_delays) else (0, 0)
+                # One producer: ticks reach the partition in the order they were written.
+                at = max([t + to_kafka] + [a for a, _, _ in self.in_flight[-1:]])
+                self.in_flight.append((at, at + to_read, Tick.from_dict(o.record)))
+            self.outs.append((t, o))
         self.counts.extend(step.counts)
         # The live-mailbox metric (opened - cleared) is exactly the keyed state this key holds.
         live = self.counts.count(names.METRIC_MAILBOXES_OPENED) - self.counts.count(
@@ -141,35 +165,78 @@ class Flink:
         assert live == (self.state is not None), (live, self.state)
 
     def advance(self, t: int) -> None:
-        """Fire every timer before t (records at t come before timers at t)."""
-        while self.timers and min(self.timers) < t:
-            self.fire()
+        """Everything before t happens (records at t come before timers at t)."""
+        while self.next_thing(until=t - 1):
+            pass
         assert t >= self.now, "time only moves forward"
         self.now = t
+
+    def next_thing(self, until: int | None) -> bool:
+        """Do the next thing due by ``until`` (None: whatever comes next), False if none is: a tick reaches
+        the partition, the job reads the partition's next record, or a timer fires (in this order at one
+        ms: a tick that reaches the partition at t is read at t, after the scores of t, before the timers)."""
+        due = []
+        if self.in_flight:
+            due.append((self.in_flight[0][0], 0))
+        if self.partition:
+            due.append((max(self.partition[0][0], self.now), 1))
+        if self.timers:
+            due.append((min(self.timers), 2))
+        if not due or (until is not None and min(due)[0] > until):
+            return False
+        t, what = min(due)
+        if what == 0:
+            _, readable, tick = self.in_flight.pop(0)
+            self.partition.append((readable, tick, None))
+        elif what == 1:
+            self.now = t
+            self.read()
+        else:
+            self.fire()
+        return True
+
+    def read(self) -> None:
+        """The job reads the next record of the scores partition, now."""
+        _, rec, src = self.partition.pop(0)
+        if isinstance(rec, Tick):
+            self.ticks.append((rec.written_at_ms, self.now, rec.due_ms))
+            self.apply(self.now, on_tick(self.load(), rec, self.policy, self.now))
+        else:
+            assert src is not None
+            self.apply(self.now, on_score(self.load(), rec, src, self.policy, self.now))
 
     def fire(self) -> None:
         tm = min(self.timers)
         self.timers.discard(tm)
         self.fired.append(tm)
-        # A mailbox that keeps asking for a timer at a time already passed would spin Flink forever.
-        assert self.fired.count(tm) <= 3, f"timer at {tm} keeps firing: the mailbox never moves on"
+        # A mailbox that keeps asking for a timer at a time already passed would spin Flink forever. Under
+        # the log clock a timer may fire again at one ms for every due time passed and every score read then
+        # (each writes a tick, and a tick without delay is back within the ms).
+        assert self.fired.count(tm) <= 3 + 20 * self.via_log, (
+            f"timer at {tm} keeps firing: the mailbox never moves on"
+        )
+        assert len(self.fired) <= 1000, "timers keep coming: the mailbox never settles"
         now = max(tm, self.now)
         self.now = now
         mb = self.load()
         if mb is not None:  # as the adapter: a timer for state that is gone does nothing
-            self.apply(now, on_timer(mb, self.policy, now))
+            self.apply(now, on_timer(mb, self.policy, now, via_log=self.via_log))
 
     def request(self, t: int, req: Request, raw: str, src: Source) -> None:
         self.advance(t)
         self.apply(t, on_request(self.load(), req, raw, src, self.policy, t))
 
     def score(self, t: int, s: Score, src: Source | None = None) -> None:
+        """A score reaches the partition at t; the job reads it at once, unless a tick ahead of it is not
+        readable yet (under the local clock the partition holds nothing else: it is read at once)."""
         self.advance(t)
-        self.apply(t, on_score(self.load(), s, src or Source("scores", 2, t), self.policy, t))
+        self.partition.append((t, s, src or Source("scores", 2, t)))
+        while self.partition and self.partition[0][0] <= t:
+            self.read()
 
     def drain(self, until: int | None = None) -> None:
-        while self.timers and (until is None or min(self.timers) <= until):
-            self.fire()
+        while self.next_thing(until):
+            pass
 
     def of(self, kind: str) -> list[tuple[int, dict[str, Any]]]:
         return [(t, o.record) for t, o in self.outs if o.kind == kind]
@@ -552,7 +619,7 @@ OFFICIAL_ROLES = ("incumbent", "challenger", "backstop")
 
 
 @st.composite
-def policies(draw: st.DrawFn) -> Policy:
+def policies(draw: st.DrawFn, min_retention_ms: int = 21) -> Policy:
     deadline = draw(st.integers(1, 120))
     roles = draw(st.lists(st.sampled_from(["challenger", "challenger", "backstop"]), min_size=1, max_size=3))
     if draw(st.booleans()):
@@ -578,7 +645,8 @@ def policies(draw: st.DrawFn) -> Policy:
             "on_no_answer": draw(st.sampled_from([{"output": None}, {"output": {"label": "none"}}])),
             "late_window_ms": draw(st.integers(0, 150)),
             "orphan_timeout_ms": draw(st.integers(31, 10_000)),  # longer than any wait for the request below
-            "dedupe_retention_ms": draw(st.integers(21, 5_000)),  # the tombstone outlives every record below
+            # The tombstone outlives every record below (lifecycles: min_retention_ms).
+            "dedupe_retention_ms": draw(st.integers(min_retention_ms, 5_000)),
             "min_votes": draw(st.integers(1, sum(r in OFFICIAL_ROLES for r in roles))),
         }
     )
@@ -609,8 +677,13 @@ class Ev:
 
 
 @st.composite
-def lifecycles(draw: st.DrawFn) -> tuple[Policy, list[Ev]]:
-    policy = draw(policies())
+def lifecycles(
+    draw: st.DrawFn, min_retention_ms: int = 21, after_edges_ms: int = 0
+) -> tuple[Policy, list[Ev]]:
+    """One request, maybe duplicates of it, and scores (some before it) up to 20 ms after its close; the
+    tombstone outlives them all (``min_retention_ms``, at least 20), so nothing opens a second mailbox.
+    ``after_edges_ms``: some scores also come up to that long after a wait or the deadline ran out."""
+    policy = draw(policies(min_retention_ms))
     r = draw(st.integers(0, 30))
     own_deadline = draw(st.none() | st.integers(1, 150))
     horizon = r + (own_deadline or policy.deadline_ms) + policy.late_window_ms + 20
@@ -637,6 +710,11 @@ def lifecycles(draw: st.DrawFn) -> tuple[Policy, list[Ev]]:
     # which the tombstone (dedupe_retention_ms >= 21) is sized to outlive.
     edges = {e for e in edges if e <= horizon}
     times = st.integers(0, deadline_at) | st.sampled_from(sorted(edges)) | st.integers(0, horizon)
+    if after_edges_ms:  # --clock log: while the tick of a wait or the deadline is on its way
+        after = st.sampled_from(sorted(edges)).flatmap(
+            lambda e: st.integers(e, min(e + after_edges_ms, horizon))
+        )
+        times |= after | after  # twice: half the scores, most of them inside some tick's delay
     official = [m.id for m in policy.official]
     ids = [m.id for m in policy.models] + ["ghost"]
     for k in range(draw(st.integers(0, 8))):
@@ -682,8 +760,10 @@ def expect_agree(result: dict[str, Any], canary: dict[str, Any] | None) -> bool 
     return None
 
 
-def run(policy: Policy, evs: list[Ev]) -> Flink:
-    f = Flink(policy)
+def run(
+    policy: Policy, evs: list[Ev], via_log: bool = False, tick_delays: Sequence[tuple[int, int]] = ()
+) -> Flink:
+    f = Flink(policy, via_log=via_log, tick_delays=tick_delays)
     for e in evs:
         if e.kind == "request":
             assert e.req is not None
@@ -695,61 +775,192 @@ def run(policy: Policy, evs: list[Ev]) -> Flink:
     return f
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(lifecycles())
-def test_one_request_lifecycle(case: tuple[Policy, list[Ev]]) -> None:
-    policy, evs = case
-    f = run(policy, evs)
-    for _, o in f.outs:
-        assert_valid(o.kind, o.record)
+MAX_TICK_DELAY_MS = 30
 
-    # What should have happened, worked out from the events alone ------------------------------------
-    first = next(i for i, e in enumerate(evs) if e.kind == "request")
-    req = evs[first]
-    assert req.req is not None
-    r = req.t
-    deadline_at = r + (req.req.deadline_ms or policy.deadline_ms)
-    present: dict[str, ScoreView] = {}  # first score per model, as decide sees it
-    seen: list[tuple[int, Score]] = []  # every score in the mailbox, in order
-    decided: tuple[int, Decided, list[tuple[int, Score]]] | None = None
 
-    def add(e: Ev) -> bool:
-        assert e.score is not None
-        fresh = e.score.model_id not in present
+@st.composite
+def tick_delays(draw: st.DrawFn) -> list[tuple[int, int]]:
+    """--clock log, per tick written, in order: ms until it reaches the partition and ms more until the job
+    reads it (nothing behind it is read before). Mostly none; else up to MAX_TICK_DELAY_MS, split."""
+    delays = []
+    for _ in range(8):  # more than a request writes here but for a rare run of duplicate ticks: then none
+        total = draw(st.just(0) | st.integers(1, MAX_TICK_DELAY_MS))
+        to_kafka = draw(st.integers(0, total))
+        delays.append((to_kafka, total - to_kafka))
+    return delays
+
+
+class Verdicts:
+    """``decide`` over one request's scores as the mailbox reads them: the first score per model, every
+    score in order, and the first decision (when, what, and the scores it saw)."""
+
+    def __init__(self, policy: Policy, received_at: int, deadline_at: int) -> None:
+        self.policy, self.r, self.deadline_at = policy, received_at, deadline_at
+        self.present: dict[str, ScoreView] = {}  # first score per model, as decide sees it
+        self.seen: list[tuple[int, Score]] = []  # every score in the mailbox, in order
+        self.decided: tuple[int, Decided, list[tuple[int, Score]]] | None = None
+
+    def add(self, t: int, s: Score | None) -> bool:
+        """A score read at t; True if it is its model's first (a duplicate never triggers a decision)."""
+        assert s is not None
+        fresh = s.model_id not in self.present
         if fresh:
-            present[e.score.model_id] = ScoreView(e.score.ok, e.score.output, e.score.model_version)
-        seen.append((e.t, e.score))
+            self.present[s.model_id] = ScoreView(s.ok, s.output, s.model_version)
+        self.seen.append((t, s))
         return fresh
 
+    def decide(self, t: int, clock: int, by_timer: bool) -> int | None:
+        """Decide at wall time t, the policy's clock at ``clock``; None, or the due time it waits for."""
+        if self.decided is not None:
+            return None
+        v = decide(self.policy, self.present, self.r, self.deadline_at, clock, by_timer)
+        if isinstance(v, Decided):
+            self.decided = (t, v, list(self.seen))
+            return None
+        return v.wake_at_ms
+
+
+@dataclass
+class Expected:
+    """What should have happened, worked out from the events (and the ticks' delays) alone."""
+
+    decided_at: int
+    verdict: Decided
+    before: list[tuple[int, Score]]  # the scores the decision saw
+    read_at: list[int]  # per event: when the job read it (a score; a request: its time)
+    ticks: list[tuple[int, int, int]] = field(default_factory=list)  # (written at, read at, due_ms)
+    ticks_read: int = 0  # ticks that moved the clock; the others are ignored
+
+
+def the_request(policy: Policy, evs: list[Ev]) -> tuple[int, int, int]:
+    """The index of the request the mailbox takes (the first), its arrival, and its deadline."""
+    first = next(i for i, e in enumerate(evs) if e.kind == "request")
+    req = evs[first].req
+    assert req is not None
+    return first, evs[first].t, evs[first].t + (req.deadline_ms or policy.deadline_ms)
+
+
+def expect_local(policy: Policy, evs: list[Ev]) -> Expected:
+    """--clock local: a timer decides at once, at its own ms."""
+    first, r, deadline_at = the_request(policy, evs)
+    v = Verdicts(policy, r, deadline_at)
+
     def try_decide(t: int, by_timer: bool) -> None:
-        nonlocal decided
-        if decided is None:
-            # The policy's clock moves only by timers (ticks): a record at t sees the timers before t
-            # fired and those at t not yet (records first), i.e. the time t - 1, or the request's own.
-            clock = t if by_timer else max(t - 1, r)
-            v = decide(policy, present, r, deadline_at, clock, by_timer)
-            if isinstance(v, Decided):
-                decided = (t, v, list(seen))
+        # The policy's clock moves only by timers (ticks): a record at t sees the timers before t
+        # fired and those at t not yet (records first), i.e. the time t - 1, or the request's own.
+        v.decide(t, t if by_timer else max(t - 1, r), by_timer)
 
     # Scores held before the request count one by one, in the order they came, as if the request had
     # come first: where the request falls among them must not change the decision (a replay moves it).
     try_decide(r, False)
     for e in evs[:first]:
-        if add(e):
+        if v.add(e.t, e.score):
             try_decide(r, False)
     i = first + 1
     for t in range(r, deadline_at + 1):  # brute force: every record is a moment, and so is every ms
         while i < len(evs) and evs[i].t == t:
-            if evs[i].kind == "score" and add(evs[i]):
+            if evs[i].kind == "score" and v.add(t, evs[i].score):
                 try_decide(t, False)
             i += 1
         try_decide(t, True)
-    assert decided is not None
-    T, verdict, before = decided
-    close = deadline_at + policy.late_window_ms
-    in_box = [(t, e) for t, e in ((e.t, e) for e in evs if e.kind == "score") if t <= close]
-    after_close = [e for e in evs if e.kind == "score" and e.t > close]
+    assert v.decided is not None
+    return Expected(*v.decided, read_at=[e.t for e in evs])
+
+
+def expect_log(policy: Policy, evs: list[Ev], delays: Sequence[tuple[int, int]]) -> Expected:
+    """--clock log: the policy's clock moves only when the job reads a tick back from the scores partition.
+
+    A brute force over every ms of that partition: scores reach it at their times; a tick its delay after
+    the timer wrote it (ticks in the order written), behind every score that reached it by then; the job
+    reads it in order, a tick no sooner than its read delay and nothing behind a tick before the tick. So
+    the decision sees the scores ahead of the tick, at the time the job reads the tick.
+    """
+    first, r, deadline_at = the_request(policy, evs)
+    v = Verdicts(policy, r, deadline_at)
+    read_at = [e.t for e in evs]
+    clock = r  # the due time of the newest tick applied, or the request's arrival
+    due: int | None = None  # while undecided: the due time the mailbox waits for, and its timer
+    timer: int | None = None
+    ticks: list[list[int]] = []  # per tick written: [written at, read at, due_ms]
+    ticks_read = 0
+
+    def evaluate(t: int, by_timer: bool) -> None:
+        nonlocal due, timer
+        nxt = v.decide(t, clock, by_timer)
+        if nxt is not None:
+            # Each evaluation sets the timer: at the due time, or now if that passed (a tick for it may be
+            # in flight already: then another is written, and ignored when read).
+            due, timer = nxt, max(t, nxt)
+
+    # Before the request no tick exists: the scores held are read as they came, and count as above.
+    evaluate(r, False)
+    for e in evs[:first]:
+        if v.add(e.t, e.score):
+            evaluate(r, False)
+    coming = [i for i in range(first + 1, len(evs)) if evs[i].kind == "score"]
+    partition: list[tuple[int, int, bool]] = []  # unread: (readable at, event or tick index, is a tick)
+    in_flight: list[tuple[int, int, int]] = []  # ticks written: (reach the partition at, readable at, index)
+    t = r
+    while coming or in_flight or partition or v.decided is None:
+        assert t <= r + TICK_RESEND_MS, "the oracle never settles"
+        while coming and evs[coming[0]].t == t:
+            i = coming.pop(0)
+            partition.append((t, i, False))
+        while True:  # at t: ticks reach the partition (after the scores of t), records are read, timers fire
+            if in_flight and in_flight[0][0] <= t:
+                _, readable, k = in_flight.pop(0)
+                partition.append((readable, k, True))
+            elif partition and partition[0][0] <= t:
+                _, i, is_tick = partition.pop(0)
+                if not is_tick:
+                    read_at[i] = t
+                    if v.decided is None and v.add(t, evs[i].score):
+                        evaluate(t, False)
+                else:
+                    ticks[i][1] = t
+                    if v.decided is None and r + ticks[i][2] > clock:  # else ignored: decided, or passed
+                        clock = r + ticks[i][2]
+                        ticks_read += 1
+                        evaluate(t, True)
+            elif v.decided is None and timer is not None and timer <= t:
+                assert due is not None
+                to_kafka, to_read = delays[len(ticks)] if len(ticks) < len(delays) else (0, 0)
+                at = max([t + to_kafka] + [a for a, _, _ in in_flight[-1:]])
+                in_flight.append((at, at + to_read, len(ticks)))
+                ticks.append([t, -1, due - r])
+                timer = t + TICK_RESEND_MS  # until the tick is back (never needed here: none is lost)
+            else:
+                break
+        t += 1
+    assert v.decided is not None
+    return Expected(
+        *v.decided, read_at=read_at, ticks=[(w, rd, d) for w, rd, d in ticks], ticks_read=ticks_read
+    )
+
+
+def check_lifecycle(
+    policy: Policy, evs: list[Ev], via_log: bool = False, delays: Sequence[tuple[int, int]] = ()
+) -> Expected:
+    """Run one request's events through the mailbox and check every record, counter and the state against
+    what the events (and under the log clock the ticks' delays) alone say should happen."""
+    f = run(policy, evs, via_log, delays)
+    for _, o in f.outs:
+        assert_valid(o.kind, o.record)
+    exp = expect_log(policy, evs, delays) if via_log else expect_local(policy, evs)
+    first, r, deadline_at = the_request(policy, evs)
+    req = evs[first]
+    assert req.req is not None
+    T, verdict, before = exp.decided_at, exp.verdict, exp.before
+    # _evaluate: the late window runs from the decision or the deadline, whichever is later (under the log
+    # clock a tick read late can decide after the deadline).
+    close = max(T, deadline_at) + policy.late_window_ms
+    scores = [(exp.read_at[i], e) for i, e in enumerate(evs) if e.kind == "score"]
+    in_box = [(t, e) for t, e in scores if t <= close]
+    after_close = [(t, e) for t, e in scores if t > close]
     dup_requests = [e for j, e in enumerate(evs) if e.kind == "request" and j != first]
+    # What lifecycles() promises: the tombstone outlives every record and tick, nothing opens a second mailbox.
+    expiry = close + policy.dedupe_retention_ms
+    assert all(t <= expiry for t, _ in scores) and all(t <= expiry for _, t, _ in exp.ticks)
 
     # The result ---------------------------------------------------------------------------------------
     results = [(t, o) for t, o in f.outs if o.kind == RESULT]
@@ -810,11 +1021,23 @@ def test_one_request_lifecycle(case: tuple[Policy, list[Ev]]) -> None:
         assert can["official"] == {k: res[k] for k in ("model_id", "model_version", "output", "reason")}
         assert can["agree"] is expect_agree(res, c_first)
 
+    # Ticks: each written when its wait or the deadline ran out, read back after its delays ---------------
+    assert f.of(TICK) == [
+        (w, {"request_id": RID, "tick_due_ms": d, "policy_version": policy.version, "written_at_ms": w})
+        for w, _, d in exp.ticks
+    ]
+    assert f.ticks == exp.ticks
+    written, read, ignored = (
+        f.counts.count(m)
+        for m in (names.METRIC_TICKS_WRITTEN, names.METRIC_TICKS_READ, names.METRIC_TICKS_IGNORED)
+    )
+    assert (written, read, ignored) == (len(exp.ticks), exp.ticks_read, len(exp.ticks) - exp.ticks_read)
+
     # Dead letters: duplicates of the request, scores after close; nothing else --------------------------
     letters = f.of(DEAD_LETTER)
     want_letters = sorted(
         [(e.t, "duplicate_request", e.src.offset) for e in dup_requests]
-        + [(e.t, "score_after_close", e.src.offset) for e in after_close]
+        + [(t, "score_after_close", e.src.offset) for t, e in after_close]
     )
     assert sorted((t, d["reason"], d["offset"]) for t, d in letters) == want_letters
     assert all(d["request_id"] == RID for _, d in letters)
@@ -822,14 +1045,45 @@ def test_one_request_lifecycle(case: tuple[Policy, list[Ev]]) -> None:
         [RESULT, ARCHIVE, DECISION]
         + [CANARY] * (policy.canary is not None)
         + [DEAD_LETTER] * len(want_letters)
+        + [TICK] * len(exp.ticks)
     )
 
     # State: a tombstone until the retention ran out, then nothing --------------------------------------
-    assert f.cleared == [close + policy.dedupe_retention_ms]
+    assert f.cleared == [expiry]
     assert f.state is None
     assert f.counts.count(names.METRIC_RESULTS) == 1 and f.counts.count(names.METRIC_REQUESTS) == 1
     assert f.counts.count(names.METRIC_SCORES) == len(in_box)
     assert f.counts.count(names.METRIC_NO_ANSWER) == (verdict.reason == "no_answer")
+    return exp
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lifecycles())
+def test_one_request_lifecycle(case: tuple[Policy, list[Ev]]) -> None:
+    """--clock local: a due wait or deadline decides at once, when its timer fires."""
+    check_lifecycle(*case)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lifecycles(min_retention_ms=2 * MAX_TICK_DELAY_MS, after_edges_ms=MAX_TICK_DELAY_MS), tick_delays())
+def test_one_request_lifecycle_log_clock(
+    case: tuple[Policy, list[Ev]], delays: list[tuple[int, int]]
+) -> None:
+    """--clock log: a due wait or deadline writes a tick; the mailbox decides when it reads the tick back,
+    over the scores ahead of it in the partition. The tombstone outlives the ticks too: a tick is read at
+    most two delays after the decision (one tick's delay to the partition, the next one's to the job)."""
+    policy, evs = case
+    exp = check_lifecycle(policy, evs, via_log=True, delays=delays)
+    _, r, deadline_at = the_request(policy, evs)
+    if any(t > e.t for t, e in zip(exp.read_at, evs, strict=True)):
+        event("log: a score read later than it reached the partition (behind a tick)")
+    if any(w < t < rd for w, rd, _ in exp.ticks for t in exp.read_at):
+        event("log: a score read while a tick was in flight")
+    if exp.decided_at > deadline_at:
+        event("log: decided after the deadline")
+    if any(w < rd for w, rd, _ in exp.ticks):
+        event("log: a tick read back later than written")
+    event(f"log: ticks written {len(exp.ticks)}, ignored {len(exp.ticks) - exp.ticks_read}")
 
 
 @st.composite
