@@ -75,9 +75,12 @@ def replay_one(
     while i < len(arrivals) and arrivals[i][0] <= received:  # held in the mailbox before the request
         views[arrivals[i][1]] = arrivals[i][2]
         i += 1
-    now, by_timer = received, False
+    # As in the mailbox (udfs/mailbox.py): the policy's clock moves only when a timer fires, to the due
+    # time decide asked for; a record is read at its arrival and sees the clock of the last timer. A
+    # timer set for a time already passed fires at once, after the records of that millisecond.
+    now, clock, by_timer = received, received, False
     while True:
-        verdict = decide(policy, views, received, deadline_at, now, by_timer)
+        verdict = decide(policy, views, received, deadline_at, clock, by_timer)
         if isinstance(verdict, Decided):
             closed = decision.get("closed_at_ms")
             return Replayed(
@@ -90,13 +93,14 @@ def replay_one(
                 now,
                 closed is not None and now > closed,
             )
-        if i < len(arrivals) and arrivals[i][0] <= verdict.wake_at_ms:  # records before timers
+        fires_at = max(now, verdict.wake_at_ms)
+        if i < len(arrivals) and arrivals[i][0] <= fires_at:  # records before timers
             now = max(now, arrivals[i][0])
             views[arrivals[i][1]] = arrivals[i][2]
             i += 1
             by_timer = False
         else:
-            now, by_timer = verdict.wake_at_ms, True
+            now, clock, by_timer = fires_at, verdict.wake_at_ms, True
 
 
 @dataclass(frozen=True)

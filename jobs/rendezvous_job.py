@@ -82,13 +82,11 @@ class JobConfig:
 @dataclass(frozen=True)
 class Outputs:
     """What the pipeline emits. ``kafka``: every Kafka record of the mailbox, rows of
-    ``flink_fn.MAILBOX_OUT_TYPE`` (kind, key, value, topic); ``archive``: the decoy archive's JSON lines;
-    ``dead_letters``: the label join's parsers' bad records, rows of (key, value), for the dead-letters
-    topic."""
+    ``flink_fn.MAILBOX_OUT_TYPE`` (kind, key, value, topic),
+    with the label join's parsers' dead letters, if any; ``archive``: the decoy archive's JSON lines."""
 
     kafka: Any
     archive: Any
-    dead_letters: tuple[Any, ...] = ()
 
 
 def flatten_conf(data: Any, prefix: str = "") -> dict[str, str]:
@@ -211,7 +209,9 @@ def build_pipeline(
     broadcast_in = tagged_policies
     extra_dead_letters: tuple[Any, ...] = ()
     if feedback:
-        rewards, extra_dead_letters = _label_feedback(labels, decisions_in, label_join_ttl_ms)
+        rewards, extra_dead_letters = _label_feedback(
+            labels, decisions_in, label_join_ttl_ms, (topics or flink_fn.Topics()).dead_letters
+        )
         broadcast_in = tagged_policies.union(rewards)
     mailbox = (
         requests.union(scores)
@@ -227,27 +227,34 @@ def build_pipeline(
         .uid(names.UID_MAILBOX)
         .name("rendezvous mailbox")
     )
-    return Outputs(
-        kafka=mailbox, archive=mailbox.get_side_output(flink_fn.ARCHIVE), dead_letters=extra_dead_letters
-    )
+    # One stream for every Kafka record: the sink converts it to a table once (two conversions under one
+    # sink's uid prefix would share the uid "<prefix>-source" and fail the job graph).
+    kafka = mailbox.union(*extra_dead_letters) if extra_dead_letters else mailbox
+    return Outputs(kafka=kafka, archive=mailbox.get_side_output(flink_fn.ARCHIVE))
 
 
-def _parse(raw: Any, kind: str, uid: str, name: str) -> Any:
+def _parse(raw: Any, kind: str, uid: str, name: str, dead_letters_topic: str) -> Any:
     """Raw Kafka rows -> parsed labels or decisions; bad records to the DEAD_LETTERS side output."""
     from udfs import flink_fn
 
-    return raw.process(flink_fn.ParseFunction(kind), output_type=flink_fn.PARSED_TYPE).uid(uid).name(name)
+    fn = flink_fn.ParseFunction(kind, dead_letters_topic)
+    return raw.process(fn, output_type=flink_fn.PARSED_TYPE).uid(uid).name(name)
 
 
-def _label_feedback(labels: Any, decisions_in: Any, label_join_ttl_ms: int) -> tuple[Any, tuple[Any, ...]]:
-    """Labels and decisions read back, parsed and joined by request id: (reward events, dead letters)."""
+def _label_feedback(
+    labels: Any, decisions_in: Any, label_join_ttl_ms: int, dead_letters_topic: str
+) -> tuple[Any, tuple[Any, ...]]:
+    """Labels and decisions read back, parsed and joined by request id: (reward events, dead letters
+    as ``flink_fn.MAILBOX_OUT_TYPE`` rows)."""
     from pyflink.common import Types
 
     from udfs import flink_fn
 
-    parsed_labels = _parse(labels, flink_fn.KIND_LABEL, names.UID_PARSE_LABELS, "parse labels")
+    parsed_labels = _parse(
+        labels, flink_fn.KIND_LABEL, names.UID_PARSE_LABELS, "parse labels", dead_letters_topic
+    )
     parsed_decisions = _parse(
-        decisions_in, flink_fn.KIND_DECISION, names.UID_PARSE_DECISIONS, "parse decisions"
+        decisions_in, flink_fn.KIND_DECISION, names.UID_PARSE_DECISIONS, "parse decisions", dead_letters_topic
     )
     rewards = (
         parsed_labels.union(parsed_decisions)
@@ -375,7 +382,7 @@ def build_job(env: Any, cfg: JobConfig) -> None:
         t_env.execute_sql(_kafka_sink_ddl(table, cfg, uid, delivery))
         _uid_prefix(t_env, uid)  # one statement set per sink: each is translated under its own prefix
         statements = t_env.create_statement_set()
-        statements.add_insert(table, kafka_rows(t_env, out, kinds, cfg.dead_letters_topic))
+        statements.add_insert(table, kafka_rows(t_env, out, kinds))
         statements.attach_as_datastream()
     _archive_sink(out.archive, cfg.archive_dir)
 
@@ -412,23 +419,15 @@ def kafka_sinks(cfg: JobConfig) -> list[tuple[str, str, tuple[str, ...] | None]]
     ]
 
 
-def kafka_rows(t_env: Any, out: Outputs, kinds: tuple[str, ...] | None, dead_letters_topic: str) -> Any:
-    """The table (k, v, topic) one Kafka sink writes: the mailbox's records of ``kinds`` (None: all,
-    with no filter), converted to the table once, in Java; and the label join's bad records with the
-    dead letters."""
+def kafka_rows(t_env: Any, out: Outputs, kinds: tuple[str, ...] | None) -> Any:
+    """The table (k, v, topic) one Kafka sink writes: the Kafka records of ``kinds`` (None: all, with no
+    filter), converted to the table once, in Java."""
     from pyflink.table.expressions import col, lit
-
-    from udfs import mailbox as mbx
 
     table = t_env.from_data_stream(out.kafka)
     if kinds is not None:
         table = table.filter(col("tag").in_(*(lit(k) for k in kinds)))
-    table = table.select(col("k"), col("v"), col("topic"))
-    if kinds is None or mbx.DEAD_LETTER in kinds:
-        for stream in out.dead_letters:
-            letters = t_env.from_data_stream(stream).select(col("k"), col("v"), lit(dead_letters_topic))
-            table = table.union_all(letters)
-    return table
+    return table.select(col("k"), col("v"), col("topic"))
 
 
 def _archive_sink(lines: Any, archive_dir: Path) -> None:

@@ -7,8 +7,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import settings
 
 from ops.broker import KafkaBroker
+
+# No per-example deadline: the machine is shared, and a slow example is not a wrong one (speed is for
+# the benchmarks, never a timed assertion in a test).
+settings.register_profile("rendezvous", deadline=None)
+settings.load_profile("rendezvous")
 
 BOOTSTRAP_ENV = "RDV_TEST_BOOTSTRAP"
 

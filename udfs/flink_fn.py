@@ -62,8 +62,6 @@ PARSED_TYPE = Types.ROW_NAMED(
     ["kind", "request_id", "text", "topic", "partition", "offset"],
     [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.INT(), Types.LONG()],
 )
-# A Kafka record to write: key, value, and (for results) the topic.
-KEYED_RECORD_TYPE = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
 # Every Kafka record the mailbox emits, on its one main output: the output kind (udfs.mailbox RESULT,
 # CANARY, DECISION, DEAD_LETTER, TICK), key, value, and the topic it goes to (a result's return address,
 # else ``Topics``). One Kafka sink writes them all (jobs/rendezvous_job.py); the kind only picks the
@@ -84,8 +82,9 @@ POLICIES_STATE = MapStateDescriptor(names.STATE_POLICIES, Types.STRING(), Types.
 BANDIT_STATE = MapStateDescriptor(names.STATE_BANDIT, Types.STRING(), Types.STRING())
 POSTERIORS_KEY = "posteriors"
 
-# The label join's parsers' bad records (the mailbox emits its own dead letters on its main output).
-DEAD_LETTERS = OutputTag(names.TAG_DEAD_LETTERS, KEYED_RECORD_TYPE)
+# The label join's parsers' bad records, as the mailbox's dead letters (``MAILBOX_OUT_TYPE``): the job
+# unions them into the one Kafka stream, so the sink converts one stream (jobs/rendezvous_job.py).
+DEAD_LETTERS = OutputTag(names.TAG_DEAD_LETTERS, MAILBOX_OUT_TYPE)
 # The decoy archive's lines: a side output of the mailbox, yielded only from ``process_element`` (a
 # request arrives), where thread mode routes side outputs (``udfs.flink_compat``, item 3).
 ARCHIVE = OutputTag(names.TAG_ARCHIVE, Types.STRING())
@@ -198,10 +197,11 @@ class ParseFunction(ProcessFunction):
 
     KINDS = (KIND_LABEL, KIND_DECISION)
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, dead_letters_topic: str = names.TOPIC_DEAD_LETTERS) -> None:
         if kind not in self.KINDS:
             raise ValueError(f"kind must be one of {', '.join(self.KINDS)}")
         self.kind = kind
+        self.dead_letters_topic = dead_letters_topic
 
     def open(self, runtime_context: RuntimeContext) -> None:
         reasons = names.PARSE_REASONS + (names.FEEDBACK_REASONS if self.kind == KIND_DECISION else ())
@@ -219,7 +219,8 @@ class ParseFunction(ProcessFunction):
             now = _now_ms()
             self.counters.add(names.METRIC_DEAD_LETTERS, now)
             self.counters.add(names.dead_letter_metric(parsed.reason), now)
-            yield DEAD_LETTERS, Row(parsed.request_id, _json(parsed.to_dict(now)))
+            record = _json(parsed.to_dict(now))
+            yield DEAD_LETTERS, Row(mbx.DEAD_LETTER, parsed.request_id, record, self.dead_letters_topic)
             return
         yield Row(self.kind, parsed.request_id, _json(parsed.to_dict()), topic, partition, offset)
 

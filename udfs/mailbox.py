@@ -476,7 +476,10 @@ def agreement(official: Any, canary: dict[str, Any] | None) -> bool | None:
     if official.get("label") is not None and other.get("label") is not None:
         # As JSON values: 1, true and "1" are different labels (Python has 1 == True).
         a, b = official["label"], other["label"]
-        return type(a) is type(b) and a == b
+        if type(a) is not type(b) or a != b:
+            return False
+        # Equal scalars of one type are one JSON value; a list or object may hide 1 against true inside.
+        return isinstance(a, str | int | float) or fastjson.dumps(a) == fastjson.dumps(b)
     p, q = official.get("probability"), other.get("probability")
     if p is not None and q is not None:
         return (p >= 0.5) == (q >= 0.5)

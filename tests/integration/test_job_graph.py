@@ -35,7 +35,9 @@ cfg = rj.JobConfig(policy=load_policy(Path("policies/default.yaml")), bootstrap=
                    archive_dir=d / "archive", state_dir=d / "state", labels_topic=labels, delivery=delivery)
 env = rj.make_env(cfg)
 rj.build_job(env, cfg)
-nodes = env._j_stream_execution_environment.getStreamGraph(False).getStreamNodes().iterator()
+graph = env._j_stream_execution_environment.getStreamGraph(False)
+graph.getJobGraph()  # hashes every uid, as the JobMaster does: two equal uids fail here
+nodes = graph.getStreamNodes().iterator()
 while nodes.hasNext():
     n = nodes.next()
     print("NODE", n.getTransformationUID(), "|", n.getOperatorName())
@@ -60,6 +62,11 @@ def graph(request: pytest.FixtureRequest) -> list[tuple[str | None, str]]:
     return nodes
 
 
+def test_no_two_operators_share_a_uid(graph: list[tuple[str | None, str]]) -> None:
+    uids = [uid for uid, _ in graph if uid is not None]
+    assert sorted(u for u in set(uids) if uids.count(u) > 1) == []
+
+
 def test_no_operator_uid_carries_a_planner_number(graph: list[tuple[str | None, str]]) -> None:
     numbered = [(uid, name) for uid, name in graph if uid and re.search(r"(^|: )\d+_", uid)]
     assert numbered == []
@@ -77,7 +84,9 @@ def test_every_uid_comes_from_names_and_every_named_uid_is_in_the_graph(
             assert name in {"Map", "_stream_key_by_map_operator"}, name
             continue
         base = uid.removeprefix("Sink Committer: ")
-        owner = base if base in declared else next((k for k in kafka if base.startswith(k + "-")), None)
+        # The longest name that prefixes it: "kafka-out-exactly-once-sink" is not the "kafka-out" sink's.
+        prefixes = [k for k in kafka if base.startswith(k + "-")]
+        owner = base if base in declared else max(prefixes, key=len, default=None)
         assert owner is not None, f"uid {uid!r} ({name}) is not derived from udfs/names.py"
         seen.add(owner)
     optional = {

@@ -91,7 +91,7 @@ def _run(requests: list[bytes], scores: list[bytes]) -> dict[str, list[Any]]:
         clock=names.CLOCK_LOCAL,
     )
     # The job's own Kafka rows (k, v, topic) as its one Kafka sink gets them, and the archive.
-    kafka = t_env.to_data_stream(kafka_rows(t_env, out, None, names.TOPIC_DEAD_LETTERS))
+    kafka = t_env.to_data_stream(kafka_rows(t_env, out, None))
     tagged = (
         kafka.map(lambda r: json.dumps([r[2], r[2], json.loads(r[1])]), output_type=Types.STRING())
         .union(out.archive.map(lambda s: json.dumps(["archive", None, json.loads(s)]), output_type=Types.STRING()))

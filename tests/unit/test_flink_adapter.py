@@ -569,9 +569,10 @@ def test_bad_labels_and_decisions_are_dead_letters(monkeypatch: pytest.MonkeyPat
     (dead,) = _parsed(
         flink_fn.KIND_LABEL, b'{"request_id": "r1", "label": "yes", "labelled_at_ms": 1}', 3, group
     )
-    assert dead[0] == flink_fn.DEAD_LETTERS and json.loads(dead[1][1])["reason"] == "bad_field"
+    assert dead[0] == flink_fn.DEAD_LETTERS and json.loads(dead[1][2])["reason"] == "bad_field"
+    assert (dead[1][0], dead[1][1], dead[1][3]) == (mbx.DEAD_LETTER, "r1", names.TOPIC_DEAD_LETTERS)
     (dead,) = _parsed(flink_fn.KIND_DECISION, b'{"request_id": "r1"}', 4)
-    record = json.loads(dead[1][1])
+    record = json.loads(dead[1][2])
     assert (record["reason"], record["source_topic"], record["offset"]) == ("bad_decision", "decisions", 4)
     (good,) = _parsed(flink_fn.KIND_DECISION, _decision_text("r1", 1, 0), 5)
     assert good[0] == flink_fn.KIND_DECISION and json.loads(good[2])["answers"] == {"gbt": 1, "logreg": 0}

@@ -600,6 +600,10 @@ def test_state_version_is_checked() -> None:
         ({"label": "a"}, {"status": "ok", "output": {"label": "b"}}, False),
         ({"label": 1}, {"status": "ok", "output": {"label": True}}, False),  # JSON 1 is not true
         ({"label": "1"}, {"status": "ok", "output": {"label": 1}}, False),
+        ({"label": 1.0}, {"status": "ok", "output": {"label": 1}}, False),  # JSON 1.0 is written apart
+        ({"label": [1, "a"]}, {"status": "ok", "output": {"label": [1, "a"]}}, True),
+        ({"label": [1]}, {"status": "ok", "output": {"label": [True]}}, False),  # nested, as above
+        ({"label": {"k": 0}}, {"status": "ok", "output": {"label": {"k": False}}}, False),
         ({"probability": 0.7}, {"status": "ok", "output": {"probability": 0.5}}, True),
         ({"probability": 0.2}, {"status": "ok", "output": {"probability": 0.5}}, False),
         ({"label": 1, "probability": 0.2}, {"status": "ok", "output": {"probability": 0.1}}, True),
@@ -841,28 +845,37 @@ def the_request(policy: Policy, evs: list[Ev]) -> tuple[int, int, int]:
 
 
 def expect_local(policy: Policy, evs: list[Ev]) -> Expected:
-    """--clock local: a timer decides at once, at its own ms."""
+    """--clock local: the policy's clock moves only when a timer fires, to the due time it was set for
+    (a wait or the deadline that decide asked to be woken at), never by a record or a passing ms; a timer
+    at t fires after the records of t, and one set for a passed due time fires at once."""
     first, r, deadline_at = the_request(policy, evs)
     v = Verdicts(policy, r, deadline_at)
+    clock = r
+    due: int | None = None  # while undecided: the due time decide waits for; its timer at max(now, due)
+    timer: int | None = None
 
-    def try_decide(t: int, by_timer: bool) -> None:
-        # The policy's clock moves only by timers (ticks): a record at t sees the timers before t
-        # fired and those at t not yet (records first), i.e. the time t - 1, or the request's own.
-        v.decide(t, t if by_timer else max(t - 1, r), by_timer)
+    def evaluate(t: int, by_timer: bool) -> None:
+        nonlocal due, timer
+        nxt = v.decide(t, clock, by_timer)
+        if nxt is not None:
+            due, timer = nxt, max(t, nxt)
 
     # Scores held before the request count one by one, in the order they came, as if the request had
     # come first: where the request falls among them must not change the decision (a replay moves it).
-    try_decide(r, False)
+    evaluate(r, False)
     for e in evs[:first]:
         if v.add(e.t, e.score):
-            try_decide(r, False)
+            evaluate(r, False)
     i = first + 1
-    for t in range(r, deadline_at + 1):  # brute force: every record is a moment, and so is every ms
+    for t in range(r, deadline_at + 1):
         while i < len(evs) and evs[i].t == t:
             if evs[i].kind == "score" and v.add(t, evs[i].score):
-                try_decide(t, False)
+                evaluate(t, False)
             i += 1
-        try_decide(t, True)
+        while v.decided is None and timer is not None and timer <= t:
+            assert due is not None
+            clock = max(clock, due)
+            evaluate(t, True)
     assert v.decided is not None
     return Expected(*v.decided, read_at=[e.t for e in evs])
 
