@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 JARS   := build/jars
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-unit test-faults lint bench bench-tuning faults scenario-degrade clean distclean sql
+.PHONY: help setup demo test test-unit test-faults lint bench bench-tuning profile faults scenario-degrade clean distclean sql
 
 help:
 	@echo "make setup   - virtualenv + pinned Python deps + Kafka broker and Flink connector jars (idempotent)"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint    - ruff + mypy"
 	@echo "make bench   - Kafka floor, job alone, whole stack on a rate ladder (first_in_order vs wait-for-all) -> var/bench/"
 	@echo "make faults  - every fault scenario under load, both delivery modes; invariants checked -> var/faults/ (~25 min)"
+	@echo "make profile - where the job's and a runner's CPU goes, stage by stage (py-spy, JFR) -> var/profile/ (~4 min)"
 	@echo "make bench-tuning - the job alone under each candidate Flink setting -> var/bench/tuning.md (~15 min)"
 	@echo "make scenario-degrade - a model degrades mid-run: metrics, quality, drift/canary alerts, gate demotes it (var/degrade/)"
 	@echo "make sql Q='SELECT ...' - SQL over the decoy archive of the last demo"
@@ -69,6 +70,9 @@ faults: setup
 
 bench-tuning: setup
 	$(PY) -m ops.bench --tuning $(BENCH_ARGS)
+
+profile: setup
+	$(PY) -m ops.profile $(PROFILE_ARGS)
 
 scenario-degrade: setup
 	$(PY) -m ops.degrade_scenario $(SCENARIO_ARGS)

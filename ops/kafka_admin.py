@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -78,19 +79,29 @@ def create_topics(
     with admin_client(bootstrap, timeout_s) as admin:
         new = [NewTopic(n, partitions, 1, config=dict(configs or {})) for n in wanted]
         futures = admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)
-        created = []
-        for name in wanted:
-            try:
-                futures[name].result()
-                created.append(name)
-            except KafkaException as exc:
-                error = exc.args[0]
-                if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise RuntimeError(
-                        f"creating topic {name!r} on {bootstrap} failed: {error.name()}: {error.str()}"
-                    ) from None
+        created = _settle(
+            futures, wanted, KafkaError.TOPIC_ALREADY_EXISTS, f"creating topic {{}} on {bootstrap}"
+        )
         _wait_for_topics(admin, wanted, timeout_s, bootstrap)
     return created
+
+
+def _settle(futures: Mapping[str, Any], names: list[str], harmless: int, doing: str) -> list[str]:
+    """Wait for each topic's admin result; the topics it took effect on. The ``harmless`` error (the
+    topic already there, or already gone) is no failure; any other raises one line naming the topic
+    (``doing``: what was asked, with {} for the topic)."""
+    done = []
+    for name in names:
+        try:
+            futures[name].result()
+            done.append(name)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() != harmless:
+                raise RuntimeError(
+                    f"{doing.format(repr(name))} failed: {error.name()}: {error.str()}"
+                ) from None
+    return done
 
 
 def wait_topics(bootstrap: str, names: Iterable[str], timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
@@ -131,15 +142,7 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout_s: float = DEFAU
         if not present:
             return []
         futures = admin.delete_topics(present, operation_timeout=timeout_s, request_timeout=timeout_s)
-        for name in present:
-            try:
-                futures[name].result()
-            except KafkaException as exc:
-                error = exc.args[0]
-                if error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    raise RuntimeError(
-                        f"deleting topic {name!r} on {bootstrap} failed: {error.name()}"
-                    ) from None
+        _settle(futures, present, KafkaError.UNKNOWN_TOPIC_OR_PART, f"deleting topic {{}} on {bootstrap}")
         deadline = time.monotonic() + timeout_s
         while set(present) & set(admin.list_topics(timeout=timeout_s).topics):
             if time.monotonic() >= deadline:

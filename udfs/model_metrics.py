@@ -35,6 +35,15 @@ def latency_buckets(latency_ms: float) -> list[str]:
     return out
 
 
+def _first_scores(decision: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Each model's first score in the record (duplicates never count)."""
+    first: dict[str, Mapping[str, Any]] = {}
+    for s in decision.get("scores", ()):
+        if not s.get("duplicate") and s.get("model_id") not in first:
+            first[s["model_id"]] = s
+    return first
+
+
 def model_counts(decision: Mapping[str, Any], model_ids: Iterable[str]) -> dict[str, dict[str, int]]:
     """{model id: {metric: increment}} for one closed mailbox; only non-zero increments are listed.
 
@@ -45,10 +54,7 @@ def model_counts(decision: Mapping[str, Any], model_ids: Iterable[str]) -> dict[
         return {}
     received = decision.get("received_at_ms")
     winner = result.get("model_id") if result.get("reason") != "no_answer" else None
-    first: dict[str, Mapping[str, Any]] = {}
-    for s in decision.get("scores", ()):
-        if not s.get("duplicate") and s.get("model_id") not in first:
-            first[s["model_id"]] = s
+    first = _first_scores(decision)
     out: dict[str, dict[str, int]] = {}
     for mid in model_ids:
         c: dict[str, int] = {}
@@ -102,10 +108,7 @@ class Tally:
             return
         received = decision.get("received_at_ms")
         winner = result.get("model_id") if result.get("reason") != "no_answer" else None
-        first: dict[str, Mapping[str, Any]] = {}
-        for s in decision.get("scores", ()):
-            if not s.get("duplicate") and s.get("model_id") not in first:
-                first[s["model_id"]] = s
+        first = _first_scores(decision)
         counts = self._counts
         for mid in model_ids:
             s = first.get(mid)
