@@ -181,8 +181,9 @@ def build_pipeline(
     """Union, key by request id, run the mailbox (which parses each record once) with the policies
     broadcast.
 
-    ``requests`` and ``scores``: rows of ``flink_fn.RECORD_TYPE`` as read from Kafka (key, value bytes,
-    source, partition, offset), the source being ``SOURCE_REQUESTS`` or ``SOURCE_SCORES``; ``topics``
+    ``requests`` and ``scores``: rows of ``flink_fn.KEYED_RECORD_TYPE``: the routing key and the record
+    as read from Kafka (key, value bytes, source, partition, offset), the source being
+    ``SOURCE_REQUESTS`` or ``SOURCE_SCORES``; ``topics``
     (``flink_fn.Topics``, None: the defaults) names what they are read from and written to. ``policies`` carries policy documents (None:
     an empty stream, so only the startup ``policy`` applies). ``labels`` and ``decisions_in`` (the job's
     own decisions topic, read back) feed the label join, whose reward events share the broadcast input
@@ -190,10 +191,7 @@ def build_pipeline(
     caller must write the mailbox's ticks into the topic ``scores`` comes from (tests that feed
     collections use local, which needs no loop).
     """
-    from pyflink.common import Types
-
-    from udfs import flink_fn
-    from udfs.wire import routing_key
+    from udfs import flink_compat, flink_fn
 
     if policies is None:
         # No policies source (tests from collections): an empty stream in its place.
@@ -214,9 +212,8 @@ def build_pipeline(
         )
         broadcast_in = tagged_policies.union(rewards)
     mailbox = (
-        requests.union(scores)
-        # The Kafka key is the request id (schemas/README.md): no parse to find it.
-        .key_by(lambda row: routing_key(row[0], row[1]), key_type=Types.STRING())
+        # The routing key is a column of the sources' queries (Java): keyed without a Python call.
+        flink_compat.key_by_first_field(requests.union(scores), flink_fn.RECORD_TYPE)
         .connect(broadcast_in.broadcast(flink_fn.POLICIES_STATE, flink_fn.BANDIT_STATE))
         .process(
             flink_fn.MailboxFunction(
@@ -333,11 +330,20 @@ def _kafka_sink_ddl(table: str, cfg: JobConfig, uid: str, delivery: str) -> str:
         )"""
 
 
+# A record's routing key (flink_fn.KEYED_RECORD_TYPE): its Kafka key (the request id, as this project's
+# producers key), or for a record without one the request_id in its value, or "" (the mailbox then
+# makes it a dead letter). CASE, so the value is read as JSON only for a record without a key.
+ROUTING_KEY_SQL = (
+    "CASE WHEN `k` IS NOT NULL THEN `k` "
+    "ELSE COALESCE(JSON_VALUE(CAST(`value` AS STRING), '$.request_id'), '') END"
+)
+
+
 def build_job(env: Any, cfg: JobConfig) -> None:
     """The whole topology on ``env``: Kafka in, the pipeline, Kafka and files out."""
     from pyflink.table import StreamTableEnvironment
 
-    from udfs import flink_fn
+    from udfs import flink_compat, flink_fn
 
     t_env = StreamTableEnvironment.create(env)
 
@@ -351,11 +357,11 @@ def build_job(env: Any, cfg: JobConfig) -> None:
     def read_keyed(table: str, topic: str, uid: str, source: int) -> Any:
         t_env.execute_sql(_kafka_source_ddl(table, topic, cfg, keyed=True))
         _uid_prefix(t_env, uid)
-        return t_env.to_data_stream(
-            t_env.sql_query(
-                f"SELECT `k`, `value`, {source} AS `source`, `partition`, `offset` FROM `{table}`"
-            )
+        query = t_env.sql_query(
+            f"SELECT {ROUTING_KEY_SQL} AS `key`, "
+            f"ROW(`k`, `value`, {source}, `partition`, `offset`) AS `record` FROM `{table}`"
         )
+        return flink_compat.typed_rows(t_env.to_data_stream(query), flink_fn.KEYED_RECORD_TYPE)
 
     requests = read_keyed(
         "requests_in", cfg.requests_topic, names.UID_KAFKA_REQUESTS_IN, flink_fn.SOURCE_REQUESTS

@@ -9,6 +9,14 @@ test that pins that behaviour (tests/integration/test_flink_compat.py), so it ca
    mailbox decides deadlines, closes and orphans in ``on_timer``. So the mailbox emits every Kafka
    record on its main output, each row naming its topic, and only the archive, which is written when
    a request arrives (``process_element``), as a side output.
+3. ``key_by_first_field``: ``DataStream.key_by`` always runs a Python key selector (an operator of its
+   own, ``_stream_key_by_map_operator``: a Java/Python crossing and a thread hand-over per record). The
+   key is already a column of the Kafka source's query, so the stream is keyed by that field in Java,
+   exactly as key_by keys the rows its selector makes (``Row(key, value)``, key type ``Row(STRING)``:
+   the same keyed state, so savepoints keep their mailboxes).
+4. ``typed_rows``: the keyed Python operators cast their input's type to ``RowTypeInfo``
+   (``EmbeddedPythonKeyedProcessOperator.open``), and a Table's DataStream has an ``ExternalTypeInfo``;
+   the rows are the same ``Row`` objects, so the stream is declared with the equal ``RowTypeInfo``.
 """
 
 from __future__ import annotations
@@ -25,3 +33,20 @@ def subtask_index(runtime_context: Any) -> int:
         if java is None:
             return 0  # a context without the method at all (the unit tests' fakes): one instance
         return int(java.getTaskInfo().getIndexOfThisSubtask())
+
+
+def typed_rows(stream: Any, type_info: Any) -> Any:
+    """``stream`` (fresh from ``to_data_stream``, its type not read yet) declared as ``type_info``."""
+    stream._j_data_stream.getTransformation().setOutputType(type_info.get_java_type_info())
+    return stream
+
+
+def key_by_first_field(stream: Any, value_type: Any) -> Any:
+    """A stream of ``Row(key STRING, value)`` keyed by ``key`` in Java; its functions get ``value``."""
+    from pyflink.common import Types
+    from pyflink.datastream.data_stream import KeyedStream
+    from pyflink.java_gateway import get_gateway
+
+    selector = get_gateway().jvm.KeyByKeySelector()
+    j_keyed = stream._j_data_stream.keyBy(selector, Types.ROW([Types.STRING()]).get_java_type_info())
+    return KeyedStream(j_keyed, value_type, stream)

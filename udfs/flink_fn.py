@@ -56,6 +56,11 @@ RECORD_TYPE = Types.ROW_NAMED(
 )
 SOURCE_REQUESTS = 0
 SOURCE_SCORES = 1
+# The same record with the key it is routed to its mailbox by, worked out in the Kafka source's query
+# (Java): the Kafka key, or for a record without one (a foreign producer), the request_id in its value
+# ("" when there is none: it becomes a dead letter). The job keys the stream by that first field in
+# Java (``udfs.flink_compat.key_by_first_field``): no Python call per record to find the key.
+KEYED_RECORD_TYPE = Types.ROW_NAMED(["key", "record"], [Types.STRING(), RECORD_TYPE])
 # A parsed label or decision record on its way to the label join: kind, request id, the record's
 # compact JSON, and where it came from.
 PARSED_TYPE = Types.ROW_NAMED(

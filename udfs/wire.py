@@ -256,19 +256,6 @@ def key_mismatch(key: str | None, request_id: str, source: Source, text: str) ->
     return _dead("key_mismatch", detail, source, text, request_id)
 
 
-def routing_key(key: str | None, data: bytes | None) -> str:
-    """The key a record is routed to its mailbox by: its Kafka key, or for a record without one (a
-    foreign producer), the request_id in its value ("" when there is none: it becomes a dead letter)."""
-    if key is not None:
-        return key
-    try:
-        obj = orjson.loads(data) if data is not None else None
-    except orjson.JSONDecodeError:
-        return ""
-    rid = obj.get("request_id") if isinstance(obj, dict) else None
-    return rid if isinstance(rid, str) else ""
-
-
 def parse_request(data: bytes | str | None, source: Source) -> Request | DeadLetter:
     """A request record, or the reason it is not one."""
     return _parse(data, source, _request_from_obj)

@@ -79,9 +79,10 @@ def _run(requests: list[bytes], scores: list[bytes]) -> dict[str, list[Any]]:
     def rows(source: int, values: list[bytes]) -> Any:
         from pyflink.common import Row
 
-        # Keyed by request id as a producer of this project keys them; garbage has no key.
+        # Keyed by request id as a producer of this project keys them; garbage has no key (routed by "").
         return env.from_collection(
-            [Row(_key(v), v, source, 0, i) for i, v in enumerate(values)], type_info=flink_fn.RECORD_TYPE
+            [Row(_key(v) or "", Row(_key(v), v, source, 0, i)) for i, v in enumerate(values)],
+            type_info=flink_fn.KEYED_RECORD_TYPE,
         )
 
     out = build_pipeline(
