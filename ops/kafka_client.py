@@ -267,6 +267,21 @@ def producer(
     return Producer(producer_config(bootstrap, client_id, **overrides), client_id, errors_out)
 
 
+def consume_ready(consumer: Any, max_records: int, timeout_s: float) -> list[Message]:
+    """What ``consumer.consume(max_records, timeout_s)`` reads, but returned as soon as one record (or
+    event) is there, with whatever else is queued then. ``consume(n, t)`` itself waits until it has n
+    records or t has passed: with n = 1000 and t = 50 ms that added up to 50 ms to every hop whenever
+    fewer than 1000 records were waiting (measured: one hop p50 59 ms against 25 ms, and 206 ms at
+    t = 200 ms)."""
+    batch: list[Message] = consumer.consume(max_records, 0)
+    if batch or timeout_s <= 0:
+        return batch
+    batch = consumer.consume(1, timeout_s)
+    if batch and max_records > 1:
+        batch += consumer.consume(max_records - 1, 0)
+    return batch
+
+
 class Consumer(confluent_kafka.Consumer):
     """A confluent-kafka consumer with the project's settings; see ``consumer()``."""
 
@@ -285,8 +300,8 @@ class Consumer(confluent_kafka.Consumer):
         return list(self._subscribed)
 
     def take(self, max_records: int = 1000, timeout_s: float = 0.1) -> list[Message]:
-        """``consume()`` without the events: the records only (see ``records()``)."""
-        return records(self.consume(max_records, timeout_s), self.client_errors)
+        """``consume_ready()`` without the events: the records only (see ``records()``)."""
+        return records(consume_ready(self, max_records, timeout_s), self.client_errors)
 
     def assign_all(
         self, topics: Iterable[str], offset: int = OFFSET_BEGINNING, timeout_s: float = 30.0

@@ -245,7 +245,8 @@ RUNNER_PY_STAGES: tuple[Rule, ...] = tuple(
     Rule(*r)
     for r in (
         # A frame matches the first rule that fits: a call into librdkafka before the loop around it.
-        ("", "runners/runner.py", "Kafka consume (librdkafka)", ".consume("),
+        ("", "runners/runner.py", "Kafka consume (librdkafka)", "consume_ready("),
+        ("consume_ready", "ops/kafka_client.py", "Kafka consume (librdkafka)"),
         ("", "runners/runner.py", "Kafka produce (librdkafka)", ".produce("),
         ("", "runners/runner.py", "Kafka delivery reports (librdkafka)", ".poll("),
         ("run", "runners/runner.py", "runner loop"),
@@ -344,8 +345,9 @@ def _results_done(consumer: Any, topic: str) -> int:
     return int(kafka_client.end_offsets(consumer, [kafka_client.TopicPartition(topic, 0)])[(topic, 0)])
 
 
-def profile_job(backlog: int, seconds: float, warmup_s: float) -> dict[str, Any]:
-    """The job alone draining a backlog: per-thread CPU of its JVM and its Python's stages."""
+def profile_job(backlog: int, seconds: float, warmup_s: float, rate: float = 0.0) -> dict[str, Any]:
+    """The job alone draining a backlog (or, with ``rate``, under live request + score pairs at that
+    rate): per-thread CPU of its JVM and its Python's stages."""
     broker = bench._fresh_broker("profile-job")
     processes = stack.Processes()
     work = OUT_DIR / "work" / "job"
@@ -366,6 +368,8 @@ def profile_job(backlog: int, seconds: float, warmup_s: float) -> dict[str, Any]
         if warmup_s > 0:
             bench.say(f"profile: warm-up, {warmup_s:.0f} s at 300 requests/s ...")
             bench.job_probe(broker.bootstrap, job, 300, warmup_s)
+        if rate:
+            return _job_window_live(broker.bootstrap, job, jvm, rate, seconds)
         topic = f"results.profile-{uuid.uuid4().hex[:6]}"
         kafka_admin.create_topics(broker.bootstrap, [topic])
         bench.say(f"profile: preloading {backlog} requests with {len(bench.BACKLOG_MODELS)} scores each ...")
@@ -403,6 +407,42 @@ def profile_job(backlog: int, seconds: float, warmup_s: float) -> dict[str, Any]
 
 
 JOB_PY_DEFAULT = "PyFlink (operations, row conversion)"
+
+
+def _sample(jvm: int, seconds: float) -> tuple[dict[int, tuple[str, float]], dict[int, Any], Any, float]:
+    """One window: the JVM's thread CPU, py-spy's and JFR's samples; (threads, python, java, seconds)."""
+    raw, recording = OUT_DIR / "job-pyspy.txt", OUT_DIR / "job.jfr"
+    recording.unlink(missing_ok=True)
+    before, t0 = task_cpu_ms(jvm), time.monotonic()
+    spy = py_spy(jvm, seconds, raw)
+    jfr_start(jvm, seconds, recording)
+    time.sleep(seconds)
+    after, t1 = task_cpu_ms(jvm), time.monotonic()
+    names_by_tid = {tid: name for tid, (name, _) in jvm_threads(jvm).items()}
+    stacks = _finish(spy, raw)
+    procs.wait_for(recording.exists, 60, "the JFR recording")
+    threads = thread_cpu_percent(before, after, t1 - t0, names_by_tid)
+    python = {tid: python_split(st, JOB_PY_STAGES, JOB_PY_DEFAULT) for tid, st in stacks.items()}
+    return threads, python, jfr_samples(recording), t1 - t0
+
+
+def _job_window_live(bootstrap: str, job: procs.ManagedProcess, jvm: int, rate: float, seconds: float) -> Any:
+    """The window while request + score pairs arrive at ``rate`` (the bench's latency probe, alongside)."""
+    import threading
+
+    probe: dict[str, Any] = {}
+    load = threading.Thread(
+        target=lambda: probe.update(bench.job_probe(bootstrap, job, rate, seconds + 10)), daemon=True
+    )
+    bench.say(f"profile: live, {rate:.0f} request + score pairs/s; {seconds:.0f} s window after 5 s ...")
+    load.start()
+    time.sleep(5)
+    threads, python, java, window = _sample(jvm, seconds)
+    load.join(120)
+    report = job_report(threads, python, java, window, rate, 2)
+    report["live_rate"] = rate
+    report["probe_latency_ms"] = probe.get("latency_ms")
+    return report
 
 
 def job_report(
@@ -546,7 +586,12 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["## The job", "", f"Failed: {job['error']}", ""]
     elif job:
         lines += [
-            f"## The job alone, draining requests with 4 scores ({job['records_per_s']:,} records/s in, "
+            (
+                f"## The job alone under {job['live_rate']:.0f} request + score pairs/s ("
+                if job.get("live_rate")
+                else "## The job alone, draining requests with 4 scores ("
+            )
+            + f"{job['records_per_s']:,} records/s in, "
             f"{job['window_s']:.0f} s window, JVM {job['cpu_percent_total']:.0f} % of a core)",
             "",
             "| stage | CPU % of a core | µs per record in |",
@@ -588,6 +633,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=30.0, help="seconds of unrecorded load first")
     ap.add_argument("--backlog", type=int, default=120_000, help="requests preloaded for the job part")
     ap.add_argument("--runner-rate", type=float, default=500.0, help="requests/s sent to the runner")
+    ap.add_argument(
+        "--job-rate",
+        type=float,
+        default=0.0,
+        help="profile the job under live load at this rate instead of a backlog",
+    )
     a = ap.parse_args(argv)
     parts = {p.strip() for p in a.only.split(",") if p.strip()}
     if parts - {"job", "runner"}:
@@ -595,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(a)}
     for part, run in (
-        ("job", lambda: profile_job(a.backlog, a.seconds, a.warmup)),
+        ("job", lambda: profile_job(a.backlog, a.seconds, a.warmup, a.job_rate)),
         ("runner", lambda: profile_runner(a.runner_rate, a.seconds, a.warmup / 3)),
     ):
         if part in parts:

@@ -130,7 +130,7 @@ def run(
     while not stop.is_set():
         due = scheduler.next_due_ms()
         wait = IDLE_POLL_MS if due is None else max(0, min(IDLE_POLL_MS, int(due - clock())))
-        batch = consumer.consume(1000, wait / 1000.0)
+        batch = kafka_client.consume_ready(consumer, 1000, wait / 1000.0)
         if not ready and consumer.assignment():
             ready = True
             print("labeller ready", file=out, flush=True)

@@ -351,7 +351,7 @@ def run(
         if deadline is not None and now >= deadline:
             break
         timeout_s = poll_timeout_ms(scheduler.next_due_ms(), now) / 1000.0
-        batch = consumer.consume(max_records, timeout_s)
+        batch = kafka_client.consume_ready(consumer, max_records, timeout_s)
         if not ready:
             if consumer.assignment():
                 ready = True

@@ -126,3 +126,34 @@ def test_failed_deliveries_are_counted_and_the_first_ones_shown() -> None:
     lines = out.getvalue().splitlines()
     assert len(lines) == kafka_client.DELIVERY_ERRORS_LOGGED
     assert lines[0] == "kafka loadgen: delivery to t failed: Message timed out (1 failed so far)"
+
+
+class _Queued:
+    """A consumer whose records are all queued already, or arrive one per wait; logs each call."""
+
+    def __init__(self, queued: list[str], arriving: list[str]) -> None:
+        self.queued, self.arriving, self.calls = queued, arriving, []
+
+    def consume(self, num: int, timeout: float) -> list[str]:
+        self.calls.append((num, timeout))
+        if self.queued:
+            out, self.queued = self.queued[:num], self.queued[num:]
+            return out
+        if timeout > 0 and self.arriving:
+            self.queued = self.arriving[1:]  # the rest lands while the first is handed over
+            return [self.arriving[0]]
+        return []
+
+
+def test_consume_ready_returns_what_is_queued_without_waiting() -> None:
+    c = _Queued(["a", "b"], [])
+    assert kafka_client.consume_ready(c, 1000, 0.05) == ["a", "b"]
+    assert c.calls == [(1000, 0)]
+
+
+def test_consume_ready_waits_for_one_record_only_then_takes_the_rest_queued() -> None:
+    c = _Queued([], ["a", "b", "c"])
+    assert kafka_client.consume_ready(c, 1000, 0.05) == ["a", "b", "c"]
+    # Never consume(1000, 0.05): librdkafka would wait the whole 50 ms for 1000 records.
+    assert c.calls == [(1000, 0), (1, 0.05), (999, 0)]
+    assert kafka_client.consume_ready(_Queued([], []), 10, 0.05) == []

@@ -80,7 +80,7 @@ def test_the_innermost_known_frame_names_the_stage() -> None:
 
 def test_a_rule_with_code_matches_only_the_line_that_calls_it() -> None:
     src = Path(profile.REPO_ROOT / "runners" / "runner.py").read_text().splitlines()
-    consume = next(i for i, line in enumerate(src, 1) if ".consume(" in line)
+    consume = next(i for i, line in enumerate(src, 1) if "consume_ready(" in line)
     other = next(i for i, line in enumerate(src, 1) if "def run(" in line)
     rules = profile.RUNNER_PY_STAGES
     assert (
