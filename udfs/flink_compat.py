@@ -1,5 +1,6 @@
-"""PyFlink 2.2.1 workarounds, in one place. Each names the upstream behaviour it works around and has a
-test that pins that behaviour (tests/integration/test_flink_compat.py), so it can go the day it is fixed.
+"""PyFlink 2.2.1 workarounds, in one place. Each names the upstream behaviour it works around; items 3
+and 4 have tests that pin that behaviour on the mini cluster (tests/integration/test_flink_compat.py),
+so they can go the day it changes; items 1 and 2 have no pinning test yet.
 
 1. ``subtask_index``: the thread-mode runtime context calls ``getIndexOfThisSubtask``, which Flink 2
    moved to ``getTaskInfo()``.
