@@ -113,6 +113,11 @@ def connector_jars() -> list[Path]:
     return jars
 
 
+CHANGELOG_ENABLED_KEY = "state.changelog.enabled"
+CHANGELOG_STORAGE_KEY = "state.changelog.storage"
+CHANGELOG_PATH_KEY = "state.changelog.dstl.dfs.base-path"
+
+
 def flink_configuration(cfg: JobConfig) -> dict[str, str]:
     """The project's flink-conf, plus what only the running process knows (paths, interpreter)."""
     conf = flatten_conf(yaml.safe_load(cfg.flink_conf.read_text(encoding="utf-8")) or {})
@@ -129,6 +134,11 @@ def flink_configuration(cfg: JobConfig) -> dict[str, str]:
         }
     )
     conf.update(cfg.flink_overrides)
+    # The changelog state backend (a candidate against the full heap snapshot every checkpoint, see
+    # docs/performance.md) needs a place for its log; beside the checkpoints unless one is given.
+    if conf.get(CHANGELOG_ENABLED_KEY) == "true":
+        conf.setdefault(CHANGELOG_STORAGE_KEY, "filesystem")
+        conf.setdefault(CHANGELOG_PATH_KEY, (cfg.state_dir / "changelog").resolve().as_uri())
     return conf
 
 

@@ -360,3 +360,34 @@ def test_submitted_job_points_at_the_jobmanager(
     assert conf["python.execution-mode"] == "thread"
     assert conf["pipeline.jars"].endswith("flink-sql-connector-kafka-5.0.0-2.2.jar")
     assert '-D "rest.port=$rest_port"' in ENTRYPOINT.read_text(encoding="utf-8")
+
+
+def test_changelog_state_backend_gets_its_log_beside_the_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """-D state.changelog.enabled=true alone is enough: the job puts the changelog under its state
+    directory (Flink refuses to start the filesystem changelog without a base path)."""
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    (jars / "flink-sql-connector-kafka-5.0.0-2.2.jar").write_bytes(b"")
+    monkeypatch.setattr(rendezvous_job, "CONNECTOR_JARS_DIR", jars)
+    base = ["--policy", str(POLICY), "--bootstrap", "k:9092", "--state-dir", str(tmp_path / "st")]
+    off = rendezvous_job.flink_configuration(rendezvous_job.parse_args(base))
+    assert rendezvous_job.CHANGELOG_PATH_KEY not in off
+    on = rendezvous_job.flink_configuration(
+        rendezvous_job.parse_args([*base, "-D", "state.changelog.enabled=true"])
+    )
+    assert on[rendezvous_job.CHANGELOG_STORAGE_KEY] == "filesystem"
+    assert on[rendezvous_job.CHANGELOG_PATH_KEY] == (tmp_path / "st" / "changelog").resolve().as_uri()
+    given = rendezvous_job.flink_configuration(
+        rendezvous_job.parse_args(
+            [
+                *base,
+                "-D",
+                "state.changelog.enabled=true",
+                "-D",
+                "state.changelog.dstl.dfs.base-path=file:///x",
+            ]
+        )
+    )
+    assert given[rendezvous_job.CHANGELOG_PATH_KEY] == "file:///x"
