@@ -136,7 +136,7 @@ def flink_configuration(cfg: JobConfig) -> dict[str, str]:
     conf.update(cfg.flink_overrides)
     # The changelog state backend (a candidate against the full heap snapshot every checkpoint, see
     # docs/performance.md) needs a place for its log; beside the checkpoints unless one is given.
-    if conf.get(CHANGELOG_ENABLED_KEY) == "true":
+    if conf.get(CHANGELOG_ENABLED_KEY, "").lower() == "true":  # Flink reads booleans in any case
         conf.setdefault(CHANGELOG_STORAGE_KEY, "filesystem")
         conf.setdefault(CHANGELOG_PATH_KEY, (cfg.state_dir / "changelog").resolve().as_uri())
     return conf

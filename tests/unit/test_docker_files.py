@@ -338,18 +338,25 @@ def test_container_conf_refuses_to_lose_thread_mode(flink_conf: ModuleType) -> N
         flink_conf.build_config({}, project, {})
 
 
+@pytest.fixture
+def connector_jar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty stand-in for the fetched Kafka connector jar, so flink_configuration runs offline."""
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    jar = jars / "flink-sql-connector-kafka-5.0.0-2.2.jar"
+    jar.write_bytes(b"")
+    monkeypatch.setattr(rendezvous_job, "CONNECTOR_JARS_DIR", jars)
+    return jar
+
+
 def test_submitted_job_points_at_the_jobmanager(
-    flink_conf: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    flink_conf: ModuleType, tmp_path: Path, connector_jar: Path
 ) -> None:
     """Under `flink run` the job's configuration is laid over the cluster's; the entrypoint passes
     --flink-conf (the container conf) and -D rest.port so the submission goes to jobmanager:8081."""
     conf_dir = tmp_path / "flink-conf"
     flink_conf.main(["--app-dir", str(REPO), "--out", str(conf_dir), "--python", "/opt/venv/bin/python"])
     assert (conf_dir / "log4j-console.properties").is_file() and (conf_dir / "log4j-cli.properties").is_file()
-    jars = tmp_path / "jars"
-    jars.mkdir()
-    (jars / "flink-sql-connector-kafka-5.0.0-2.2.jar").write_bytes(b"")
-    monkeypatch.setattr(rendezvous_job, "CONNECTOR_JARS_DIR", jars)
     cfg = rendezvous_job.parse_args(
         ["--policy", str(POLICY), "--bootstrap", "kafka:9092", "--flink-conf", str(conf_dir / "config.yaml")]
         + ["-D", "rest.port=8081"]
@@ -363,14 +370,10 @@ def test_submitted_job_points_at_the_jobmanager(
 
 
 def test_changelog_state_backend_gets_its_log_beside_the_checkpoints(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, connector_jar: Path
 ) -> None:
     """-D state.changelog.enabled=true alone is enough: the job puts the changelog under its state
     directory (Flink refuses to start the filesystem changelog without a base path)."""
-    jars = tmp_path / "jars"
-    jars.mkdir()
-    (jars / "flink-sql-connector-kafka-5.0.0-2.2.jar").write_bytes(b"")
-    monkeypatch.setattr(rendezvous_job, "CONNECTOR_JARS_DIR", jars)
     base = ["--policy", str(POLICY), "--bootstrap", "k:9092", "--state-dir", str(tmp_path / "st")]
     off = rendezvous_job.flink_configuration(rendezvous_job.parse_args(base))
     assert rendezvous_job.CHANGELOG_PATH_KEY not in off
@@ -384,10 +387,11 @@ def test_changelog_state_backend_gets_its_log_beside_the_checkpoints(
             [
                 *base,
                 "-D",
-                "state.changelog.enabled=true",
+                "state.changelog.enabled=True",  # Flink reads booleans in any case
                 "-D",
                 "state.changelog.dstl.dfs.base-path=file:///x",
             ]
         )
     )
     assert given[rendezvous_job.CHANGELOG_PATH_KEY] == "file:///x"
+    assert given[rendezvous_job.CHANGELOG_STORAGE_KEY] == "filesystem"
