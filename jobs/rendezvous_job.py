@@ -315,7 +315,7 @@ def _delivery_options(delivery: str, transactional_id_prefix: str) -> str:
     if delivery != names.DELIVERY_EXACTLY_ONCE:
         raise ValueError(f"delivery must be one of {names.DELIVERIES}, got {delivery!r}")
     # POOLING reuses a few transactional ids per subtask instead of one new id per checkpoint (the
-    # default), which would pile up producer-id state on the broker every 2 s; it needs the
+    # default), which would pile up producer-id state on the broker at every checkpoint; it needs the
     # ListTransactions API (Kafka >= 3.0; the project's broker is 3.9).
     return f"""'sink.delivery-guarantee' = '{delivery}',
           'sink.transactional-id-prefix' = '{transactional_id_prefix}',

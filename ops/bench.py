@@ -13,7 +13,8 @@ Each measurement runs on its own fresh broker so they do not disturb each other:
 2. ``job_capacity``: the rendezvous job alone draining a preloaded backlog (one request and one
    score per id), records per second once it is warm.
 3. ``stack``: broker, runners (three models and a canary; the backstop straggles), job and
-   open-loop load. After a warm-up at 50/s (the JVM compiles its hot paths in the first ~30 s) each rate
+   open-loop load. After a warm-up at 50/s until the JIT compilers of the job and the broker are quiet
+   (a fresh JVM compiles its hot paths for a minute or two of load; ops.stack.warm_up) each rate
    of a ladder runs in turn, until the stack saturates: end-to-end latency (request produced ->
    result consumed), deadline misses, CPU per process, mailbox state size (the last checkpoint).
    Run twice: with the rendezvous ``first_in_order`` policy and with a wait-for-all ensemble
@@ -62,7 +63,7 @@ OUT_DIR = REPO_ROOT / "var" / "bench"
 MODELS_DIR = REPO_ROOT / "var" / "models"
 BENCH_POLICY = REPO_ROOT / "policies" / "default.yaml"
 WAIT_FOR_ALL_POLICY = REPO_ROOT / "policies" / "bench-wait-for-all.yaml"
-WARMUP_RATE = 50.0  # requests/s of the stack's unrecorded warm-up
+WARMUP_RATE = 50.0  # requests/s of the stack's unrecorded warm-up: below saturation even with a cold JIT
 BUDGET_MS = 100  # the seed example's answer budget; also the default policy's deadline
 STACK_LINGER_MS = 1  # the load generator's and the runners' producer linger (ops/kafka_client.py)
 # Three models and a canary. gbt (preferred) answers in ~2 ms of injected latency plus its scoring
@@ -77,7 +78,7 @@ DEFAULT_RATES = "25,50,100,250,500,833,1000,1500,2000,2500,3000,4000"
 DEFAULT_PARTS = "clients,floor,job,first_in_order,wait_for_all,delivery,clock"  # `make bench`
 # Settings compared by --tuning: (name, -D overrides). The first is the shipped flink-conf/.
 TUNING_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("shipped: thread mode, buffer 5 ms, hashmap, checkpoint 2 s, parallelism 1", ()),
+    ("shipped: thread mode, buffer 5 ms, hashmap, checkpoint 10 s, parallelism 1", ()),
     ("process mode, bundle 100 / 5 ms", ("python.execution-mode=process",)),
     (
         "process mode, bundle 1000 / 1000 ms (Flink defaults)",
@@ -90,9 +91,9 @@ TUNING_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("buffer timeout 0 ms (flush every record)", ("execution.buffer-timeout.interval=0ms",)),
     ("buffer timeout 100 ms (Flink default)", ("execution.buffer-timeout.interval=100ms",)),
     ("RocksDB state backend", ("state.backend.type=rocksdb",)),
-    ("checkpoint every 10 s", ("execution.checkpointing.interval=10s",)),
+    ("checkpoint every 2 s (shipped until 2026-12-03)", ("execution.checkpointing.interval=2s",)),
     # Checkpoints upload only the state changes since the last one; the heap is written whole once per
-    # materialization (1 min here) instead of at every checkpoint (2 s).
+    # materialization (1 min here) instead of at every checkpoint (10 s).
     (
         "changelog state backend, materialized every 1 min",
         ("state.changelog.enabled=true", "state.changelog.periodic-materialize.interval=1min"),
@@ -614,7 +615,11 @@ def job_alone(
 # that decides when a result becomes visible.
 DELIVERY_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("at-least-once", ("--results-delivery", names.DELIVERY_AT_LEAST_ONCE)),
-    ("exactly-once, checkpoint 2 s (shipped)", ("--results-delivery", names.DELIVERY_EXACTLY_ONCE)),
+    ("exactly-once, checkpoint 10 s (shipped)", ("--results-delivery", names.DELIVERY_EXACTLY_ONCE)),
+    (
+        "exactly-once, checkpoint 2 s",
+        ("--results-delivery", names.DELIVERY_EXACTLY_ONCE, "-D", "execution.checkpointing.interval=2s"),
+    ),
     (
         "exactly-once, checkpoint 500 ms",
         (
@@ -782,7 +787,13 @@ IDLE_S = 20.0  # the idle window: no traffic, after the warm-up and its pause
 
 
 def stack_ladder(
-    policy: Path, rates: Sequence[float], seconds: float, warmup_s: float, label: str, idle_s: float = 0.0
+    policy: Path,
+    rates: Sequence[float],
+    seconds: float,
+    warmup_s: float,
+    label: str,
+    idle_s: float = 0.0,
+    warmup_max_s: float = 0.0,
 ) -> dict[str, Any]:
     """Broker, runners, job; warm up, then (``idle_s``) the CPU each process uses with no traffic, then
     each rate in turn until saturation."""
@@ -802,17 +813,16 @@ def stack_ladder(
         watched = {"job": job.pid, "broker": broker.pid, "loadgen": os.getpid()} | {
             f"runner-{s.model_id}": p.pid for s, p in zip(RUNNERS, runners, strict=True)
         }
+        warmup: list[stack.WarmupRound] = []
         if warmup_s > 0:
-            # Below saturation (the stack saturates near 100/s here), then a pause: a backlog left by
-            # the warm-up would be measured as the first step's latency.
-            say(f"[{label}] warm-up: {warmup_s:.0f} s at {WARMUP_RATE:.0f}/s (not recorded) ...")
-            loadgen.run_load(
-                broker.bootstrap,
-                count=int(WARMUP_RATE * warmup_s),
-                rate=WARMUP_RATE,
-                settle_ms=3000,
-                validate_results=False,
-            )
+            # Below saturation, until the job's and the broker's JIT compilers are quiet (a fresh JVM's
+            # first minute or two of load is its compiler's), then a pause: a backlog left by the
+            # warm-up would be measured as the first step's latency.
+            jvms = {"job": job.pid, "broker": broker.pid}
+            warmup = stack.warm_up(
+                broker.bootstrap, WARMUP_RATE, warmup_s, max(warmup_max_s, warmup_s), jvms,
+                lambda m: say(f"[{label}] {m}"), budget_ms=BUDGET_MS,
+            )  # fmt: skip
             time.sleep(5)
         idle: dict[str, int] | None = None
         if idle_s > 0:
@@ -862,6 +872,12 @@ def stack_ladder(
                 say(f"[{label}] saturated at {rate:.0f}/s: the ladder stops here")
                 break
         out: dict[str, Any] = {"policy": str(policy.relative_to(REPO_ROOT)), "steps": steps}
+        if warmup:
+            out["warmup"] = {
+                "seconds": warmup[-1].elapsed_s,
+                "rate": WARMUP_RATE,
+                "last_jit_percent": warmup[-1].jit_percent,
+            }
         if idle is not None:
             out["idle"] = {"seconds": idle_s, "cpu_percent": idle}
         return out
@@ -1101,6 +1117,16 @@ def markdown(result: dict[str, Any]) -> str:
             f"Sustained with p99 <= {BUDGET_MS} ms: {f'{best:.0f} requests/s' if best else 'none'}.",
             "",
         ]
+        if run.get("warmup"):
+            w = run["warmup"]
+            jit = ", ".join(
+                f"{k} {'?' if v is None else round(v)} %" for k, v in w["last_jit_percent"].items()
+            )
+            lines += [
+                f"Warm-up before the ladder: {w['seconds']:.0f} s at {w['rate']:.0f}/s, until the JIT compilers "
+                f"were quiet (last round: {jit} of a core).",
+                "",
+            ]
         if run.get("idle"):
             cpu = run["idle"]["cpu_percent"]
             lines += [
@@ -1220,6 +1246,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--seconds", type=float, default=15.0, help="duration of each rate step")
     ap.add_argument("--warmup", type=float, default=30.0, help="seconds of unrecorded load before measuring")
+    ap.add_argument(
+        "--warmup-max", type=float, default=180.0,
+        help="the whole stack's warm-up goes on while the job's or broker's JIT is busy, at most this long",
+    )  # fmt: skip
     ap.add_argument("--backlog", type=int, default=20000, help="requests preloaded for the capacity run")
     ap.add_argument(
         "--floor-rates",
@@ -1310,16 +1340,17 @@ def main(argv: list[str] | None = None) -> int:
     result["stack"] = {}
     if "first_in_order" in parts:
         result["stack"]["first_in_order"] = stack_ladder(
-            BENCH_POLICY, floats(a.rates), a.seconds, a.warmup, "first_in_order", IDLE_S
+            BENCH_POLICY, floats(a.rates), a.seconds, a.warmup, "first_in_order", IDLE_S, a.warmup_max
         )
     elif "idle" in parts:
         result["stack"]["first_in_order"] = stack_ladder(
-            BENCH_POLICY, [], a.seconds, a.warmup, "first_in_order", IDLE_S
+            BENCH_POLICY, [], a.seconds, a.warmup, "first_in_order", IDLE_S, a.warmup_max
         )
     if "wait_for_all" in parts:
         result["stack"]["wait_for_all"] = stack_ladder(
-            WAIT_FOR_ALL_POLICY, floats(a.wait_for_all_rates), a.seconds, a.warmup, "wait_for_all"
-        )
+            WAIT_FOR_ALL_POLICY, floats(a.wait_for_all_rates), a.seconds, a.warmup, "wait_for_all",
+            warmup_max_s=a.warmup_max,
+        )  # fmt: skip
     if "delivery" in parts:
         result["delivery"] = delivery_cost(a.delivery_rate, max(a.seconds, 30.0), a.warmup / 2)
     if "clock" in parts:

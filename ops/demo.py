@@ -48,7 +48,15 @@ def _progress(total: int) -> loadgen.Progress:
     return show
 
 
-def run(count: int, rate: float, bad: int, policy_path: Path, keep: bool, warmup_s: float = 0.0) -> int:
+def run(
+    count: int,
+    rate: float,
+    bad: int,
+    policy_path: Path,
+    keep: bool,
+    warmup_s: float = 0.0,
+    warmup_max_s: float = 0.0,
+) -> int:
     from runners.train import ensure_trained
 
     policy = load_policy(policy_path)  # fail fast, before starting anything
@@ -97,7 +105,10 @@ def run(count: int, rate: float, bad: int, policy_path: Path, keep: bool, warmup
         say(f"job answering after {waited:.1f} s ({probes} probe request(s))")
 
         if warmup_s > 0:
-            _warm_up(broker.bootstrap, rate, warmup_s, policy.deadline_ms)
+            jvms = {"job": job.pid, "broker": broker.pid}
+            stack.warm_up(
+                broker.bootstrap, rate, warmup_s, max(warmup_max_s, warmup_s), jvms, say, policy.deadline_ms
+            )
 
         say(f"sending {count} requests at {rate:.0f}/s (+{bad} malformed records) ...")
         report = loadgen.run_load(
@@ -112,13 +123,8 @@ def run(count: int, rate: float, bad: int, policy_path: Path, keep: bool, warmup
         sys.stderr.write("\n")
 
         say("waiting for a checkpoint to commit the decoy archive and for mailboxes to close ...")
-        time.sleep(policy.late_window_ms / 1000 + 4.0)
-        _, rows = archive.query(
-            archive_dir,
-            f"SELECT count(*), count(DISTINCT request_id) FROM {archive.TABLE} "
-            f"WHERE request_id LIKE '{report.run_id}-%'",
-        )
-        archived, archived_distinct = rows[0]
+        time.sleep(policy.late_window_ms / 1000)
+        archived, archived_distinct = _archived(archive_dir, report.run_id, report.sent, ARCHIVE_WAIT_S)
         dead = stack.read_topic(broker.bootstrap, names.TOPIC_DEAD_LETTERS)
         canary = [c for c in stack.read_topic(broker.bootstrap, names.TOPIC_CANARY)
                   if str(c.get("request_id", "")).startswith(report.run_id)]  # fmt: skip
@@ -134,17 +140,23 @@ def run(count: int, rate: float, bad: int, policy_path: Path, keep: bool, warmup
                 broker.stop()
 
 
-def _warm_up(bootstrap: str, rate: float, seconds: float, deadline_ms: int) -> None:
-    """Traffic before the measured run: a fresh JVM spends its first ~45 s of load compiling the hot
-    path (the JIT takes half a core of this 2-core machine), so a deployment warms up before it serves."""
-    count = max(1, int(rate * seconds))
-    say(f"warming up: {count} requests at {rate:.0f}/s, not counted in the summary ...")
-    report = loadgen.run_load(bootstrap, count=count, rate=rate, deadline_ms=deadline_ms, progress=_progress(count),
-                              settle_ms=3000)  # fmt: skip
-    sys.stderr.write("\n")
-    lat = report.latency_ms
-    say(f"warm-up: {report.answered}/{report.sent} answered, p50 {_ms(lat.p50)}, p99 {_ms(lat.p99)}; "
-        + _misses(report, deadline_ms))  # fmt: skip
+# The archive's files are committed by the job's checkpoints (flink-conf/config.yaml: every 10 s).
+ARCHIVE_WAIT_S = 40.0
+
+
+def _archived(archive_dir: Path, run_id: str, expected: int, timeout_s: float) -> tuple[int, int]:
+    """(rows, distinct request ids) of the run in the decoy archive, once ``expected`` ids are there
+    or ``timeout_s`` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        _, rows = archive.query(
+            archive_dir,
+            f"SELECT count(*), count(DISTINCT request_id) FROM {archive.TABLE} WHERE request_id LIKE '{run_id}-%'",
+        )
+        got = (int(rows[0][0]), int(rows[0][1]))
+        if got[1] >= expected or time.monotonic() > deadline:
+            return got
+        time.sleep(1.0)
 
 
 def _print_summary(
@@ -171,6 +183,8 @@ def _print_summary(
         f"end-to-end latency      p50 {_ms(lat.p50)}  p90 {_ms(lat.p90)}  p99 {_ms(lat.p99)}  max {_ms(lat.max)}"
         "  (request produced -> result consumed)",
         f"deadline ({deadline_ms} ms)     {_misses(r, deadline_ms)}",
+        f"where the time went     {loadgen.format_legs(r.legs_ms)}",
+        f"... for the late ones   {loadgen.format_legs(r.late_legs_ms)}",
         f"decoy archive (SQL)     {archived} rows for this run, {archived_distinct} distinct request ids "
         f"(of {r.sent} sent; {probes} probe request(s) archived besides)",
         f"dead letters            {len(dead)}: " + ", ".join(f"{k} {v}" for k, v in sorted(dead_reasons.items()))
@@ -201,11 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", type=Path, default=DEFAULT_POLICY)
     ap.add_argument(
         "--warmup-s", type=float, default=45.0,
-        help="seconds of traffic at --rate before the measured run, while the JVM compiles the hot path (0: none)",
+        help="at least this many seconds of traffic at --rate before the measured run (0: no warm-up)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--warmup-max-s", type=float, default=180.0,
+        help="at most this many: the warm-up goes on while the job's or the broker's JIT compiler is busy",
     )  # fmt: skip
     ap.add_argument("--keep-running", action="store_true", help="leave broker, runners and job running")
     a = ap.parse_args(argv)
-    return run(a.count, a.rate, a.bad, a.policy, a.keep_running, a.warmup_s)
+    return run(a.count, a.rate, a.bad, a.policy, a.keep_running, a.warmup_s, a.warmup_max_s)
 
 
 if __name__ == "__main__":

@@ -90,11 +90,11 @@ def format_summary(summary: LatencySummary, unit: str = "ms") -> str:
         ("p99.9", summary.p99_9),
         ("max", summary.max),
     ):
-        parts.append(f"{name}={_fmt(v)}{unit}")
+        parts.append(f"{name}={format_ms(v)}{unit}")
     return " ".join(parts)
 
 
-def _fmt(v: float | None) -> str:
+def format_ms(v: float | None) -> str:
     """Three significant-ish digits: latencies span 0.1 ms to minutes."""
     if v is None:
         return "-"

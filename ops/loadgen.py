@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops.latency import LatencySummary, format_summary, percentile, summarize
+from ops.latency import LatencySummary, format_ms, format_summary, percentile, summarize
 from udfs.names import TOPIC_REQUESTS, TOPIC_SCORES
 from udfs.wire import MAX_DEADLINE_MS
 
@@ -316,12 +316,35 @@ class LoadReport:
     bad_sent_by_kind: dict[str, int] = field(default_factory=dict)  # "topic:kind"
     elapsed_s: float = 0.0
     over_budget: int | None = None  # answered later than budget_ms (None: no budget given)
+    # Where the end-to-end time went, from the result's own timestamps (LEGS; same machine, same clock):
+    # for every answer, and for the answers later than their deadline only.
+    legs_ms: dict[str, LatencySummary] = field(default_factory=dict)
+    late_legs_ms: dict[str, LatencySummary] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (the latency summary flattened to plain numbers)."""
+        """JSON-ready dict (the latency summaries flattened to plain numbers)."""
         d = asdict(self)
         d["latency_ms"] = self.latency_ms.to_dict()
+        d["legs_ms"] = {k: v.to_dict() for k, v in self.legs_ms.items()}
+        d["late_legs_ms"] = {k: v.to_dict() for k, v in self.late_legs_ms.items()}
         return d
+
+
+# The three legs of an answer's latency, from the timestamps a result carries (result.schema.json):
+# request produced (sent_at_ms) -> read by the job (received_at_ms) -> decided (decided_at_ms) ->
+# result consumed by the client. "in the job" includes the policy's own waits (by design).
+LEG_TO_JOB = "to the job"
+LEG_IN_JOB = "in the job"
+LEG_BACK = "back to the client"
+LEGS = (LEG_TO_JOB, LEG_IN_JOB, LEG_BACK)
+
+
+def result_legs(sent_ms: float, consumed_ms: float, record: dict[str, Any]) -> dict[str, float] | None:
+    """An answer's latency split into ``LEGS`` (None: the result lacks a timestamp)."""
+    received, decided = record.get("received_at_ms"), record.get("decided_at_ms")
+    if not isinstance(received, int | float) or not isinstance(decided, int | float):
+        return None
+    return {LEG_TO_JOB: received - sent_ms, LEG_IN_JOB: decided - received, LEG_BACK: consumed_ms - decided}
 
 
 def compute_report(
@@ -360,6 +383,8 @@ def compute_report(
             invalid += 1
 
     latencies: list[float] = []
+    legs: dict[str, list[float]] = {leg: [] for leg in LEGS}
+    late_legs: dict[str, list[float]] = {leg: [] for leg in LEGS}
     wins: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     triggers: Counter[str] = Counter()
@@ -376,10 +401,16 @@ def compute_report(
             duplicates += 1
             if len({_fingerprint(r.record or {}) for r in rs}) > 1:
                 conflicting += 1
+        split = result_legs(by_id[rid].sent_ms, first.consumed_ms, rec)
         deadline = by_id[rid].deadline_ms
+        late = deadline is not None and lat > deadline
+        for leg, ms in (split or {}).items():
+            legs[leg].append(ms)
+            if late:
+                late_legs[leg].append(ms)
         if deadline is not None:
             checked += 1
-            misses += lat > deadline
+            misses += late
 
     unanswered = [s.request_id for s in sent if s.request_id not in results]
     lags = sorted(s.lag_ms for s in sent)
@@ -419,6 +450,18 @@ def compute_report(
         bad_sent_by_kind=dict(sorted(bad_by_kind.items())),
         elapsed_s=elapsed_s,
         over_budget=None if budget_ms is None else sum(lat > budget_ms for lat in latencies),
+        legs_ms={leg: summarize(v) for leg, v in legs.items() if v},
+        late_legs_ms={leg: summarize(v) for leg, v in late_legs.items() if v},
+    )
+
+
+def format_legs(legs: dict[str, LatencySummary]) -> str:
+    """'to the job p50 2.1 / p99 9.0 ms; in the job ...' (or '-' with no timestamps)."""
+    return (
+        "; ".join(
+            f"{leg} p50 {format_ms(s.p50)} / p99 {format_ms(s.p99)} ms" for leg, s in legs.items() if s.count
+        )
+        or "-"
     )
 
 
@@ -438,6 +481,7 @@ def format_report(r: LoadReport) -> str:
         f"{r.malformed_results} malformed"
         + (f", {r.invalid_results} failing result.schema.json" if r.invalid_results is not None else ""),
         f"latency (client side): {format_summary(r.latency_ms)}",
+        f"where it went: {format_legs(r.legs_ms)}",
     ]
     if r.deadline_checked:
         share = 100.0 * r.deadline_misses / r.deadline_checked

@@ -117,6 +117,51 @@ def pid_alive(pid: int) -> bool:
     return False
 
 
+# The HotSpot JIT compilers' thread names (C1 and C2; /proc shows the first 15 characters).
+JIT_THREAD_PREFIXES = ("C1 CompilerThre", "C2 CompilerThre")
+
+
+def jvm_of(pid: int) -> int | None:
+    """``pid`` if it is a JVM, else its first JVM descendant (the mini cluster's JVM is a child of the
+    job's Python); None when there is none or no /proc to tell."""
+    todo = [pid]
+    while todo:
+        p = todo.pop(0)
+        try:
+            if Path(f"/proc/{p}/comm").read_text().strip() == "java":
+                return p
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def jit_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds the JIT compiler threads of ``pid``'s JVM have used so far (None: no JVM found).
+
+    A fresh JVM spends its first minute or two of load compiling the hot path; on a small machine that
+    takes a core away from the work, so a warm-up watches this until it levels off.
+    """
+    jvm = jvm_of(pid)
+    if jvm is None:
+        return None
+    ticks = 0
+    try:
+        tasks = list(Path(f"/proc/{jvm}/task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            if not (task / "comm").read_text().startswith(JIT_THREAD_PREFIXES):
+                continue
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     """Signal the process group led by pid, or just pid if it does not lead one."""
     try:

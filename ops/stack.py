@@ -11,12 +11,12 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops import procs
+from ops import loadgen, procs
 from udfs import names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -192,3 +192,91 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[dict
         except ValueError:
             records.append({"_unreadable": True})
     return records
+
+
+# A warm-up goes on in rounds until the JIT compilers of the stack's JVMs (the job's, the broker's) use
+# less than this share of a core over a round, or its maximum time is reached.
+JIT_QUIET_PERCENT = 10.0
+WARMUP_ROUND_S = 15.0
+
+
+@dataclass(frozen=True)
+class WarmupRound:
+    """One round of warm-up traffic: when it ended, what it saw, and each JVM's JIT CPU over it."""
+
+    elapsed_s: float
+    sent: int
+    answered: int
+    late: int
+    p50_ms: float | None
+    p99_ms: float | None
+    jit_percent: dict[str, float | None]  # % of a core; None: no JVM found (or no /proc)
+
+    @property
+    def quiet(self) -> bool:
+        return all(v is not None and v < JIT_QUIET_PERCENT for v in self.jit_percent.values())
+
+    def line(self) -> str:
+        jit = ", ".join(f"{k} {'?' if v is None else f'{v:.0f}'} %" for k, v in self.jit_percent.items())
+        p50 = "-" if self.p50_ms is None else f"{self.p50_ms:.1f}"
+        p99 = "-" if self.p99_ms is None else f"{self.p99_ms:.1f}"
+        return (
+            f"warm-up {self.elapsed_s:.0f} s: {self.answered}/{self.sent} answered, p50 {p50} ms, "
+            f"p99 {p99} ms, {self.late} late; JIT: {jit} of a core"
+        )
+
+
+def warm_up(
+    bootstrap: str,
+    rate: float,
+    min_s: float,
+    max_s: float,
+    jvms: Mapping[str, int],
+    say: Callable[[str], None],
+    deadline_ms: int | None = None,
+    budget_ms: float | None = None,
+) -> list[WarmupRound]:
+    """Unmeasured traffic before a measured run: a fresh JVM spends its first minute or two of load
+    compiling the hot path (on this 2-core machine the JIT takes half a core in the job's JVM, a
+    quarter in the broker's), so a deployment warms up before it serves. Rounds of ``WARMUP_ROUND_S``
+    for at least ``min_s``, then until every JVM's JIT is below ``JIT_QUIET_PERCENT``, at most ``max_s``.
+    Late: answers after the requests' ``deadline_ms`` (sent with them), else after ``budget_ms``.
+    """
+    say(
+        f"warming up at {rate:.0f}/s (not measured): at least {min_s:.0f} s, then until the JIT compilers "
+        f"of the {' and '.join(jvms)} use < {JIT_QUIET_PERCENT:.0f} % of a core, at most {max_s:.0f} s ..."
+    )
+    rounds: list[WarmupRound] = []
+    t0 = time.monotonic()
+    while True:
+        seconds = min(WARMUP_ROUND_S, max(max_s - (time.monotonic() - t0), 1.0))
+        before = {name: procs.jit_cpu_seconds(pid) for name, pid in jvms.items()}
+        started = time.monotonic()
+        report = loadgen.run_load(
+            bootstrap,
+            count=max(1, int(rate * seconds)),
+            rate=rate,
+            deadline_ms=deadline_ms,
+            settle_ms=1000,
+            validate_results=False,
+            budget_ms=budget_ms,
+        )
+        took = time.monotonic() - started
+        jit: dict[str, float | None] = {}
+        for name, pid in jvms.items():
+            now_s, was_s = procs.jit_cpu_seconds(pid), before[name]
+            jit[name] = None if now_s is None or was_s is None else 100 * (now_s - was_s) / took
+        late = report.deadline_misses if deadline_ms is not None else (report.over_budget or 0)
+        r = WarmupRound(
+            round(time.monotonic() - t0, 1),
+            report.sent,
+            report.answered,
+            late,
+            report.latency_ms.p50,
+            report.latency_ms.p99,
+            jit,
+        )
+        rounds.append(r)
+        say(r.line())
+        if r.elapsed_s >= max_s or (r.elapsed_s >= min_s and r.quiet):
+            return rounds

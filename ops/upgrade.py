@@ -60,6 +60,9 @@ FAILED_STATES = ("FAILED", "FAILING", "CANCELED", "CANCELLING", "FINISHED", "RES
 # What the savepoint's state depends on: a change in any of these is refused (see compat_problems).
 COMPAT_EXECUTION_MODE = "python.execution-mode"
 COMPAT_STATE_VERSION = "mailbox_state_version"
+# The state versions the new code reads (udfs.mailbox.READABLE_STATE_VERSIONS): a savepoint written in
+# any of them restores. Recorded in manifests since state version 2; absent: only its own version.
+COMPAT_STATE_READS = "mailbox_state_reads"
 COMPAT_UIDS = "operator_uids"
 COMPAT_STATE_NAMES = "state_names"
 COMPAT_UID_GENERATION = "table.exec.uid.generation"
@@ -77,8 +80,8 @@ _WHY = {
         "other, without any error (measured); every open mailbox would be lost"
     ),
     COMPAT_STATE_VERSION: (
-        "the mailboxes in the savepoint are stored in the old format, which the new code cannot read; "
-        "this needs a state migration, not a policy upgrade"
+        "the mailboxes in the savepoint are stored in a format the new code cannot read (it reads the "
+        "versions in mailbox_state_reads); this needs a state migration, not a policy upgrade"
     ),
     COMPAT_UIDS: "savepoint state is mapped to operators by uid; a renamed uid orphans its state",
     COMPAT_STATE_NAMES: "keyed state is looked up by name; a renamed state starts empty",
@@ -164,6 +167,7 @@ def compat_of(conf: Mapping[str, str], flink: str | None = None) -> dict[str, An
     return {
         COMPAT_EXECUTION_MODE: conf.get("python.execution-mode", "process").strip().lower(),
         COMPAT_STATE_VERSION: mailbox.STATE_VERSION,
+        COMPAT_STATE_READS: list(mailbox.READABLE_STATE_VERSIONS),
         COMPAT_UIDS: {k: v for k, v in sorted(vars(names).items()) if k.startswith("UID_")},
         COMPAT_STATE_NAMES: {k: v for k, v in sorted(vars(names).items()) if k.startswith("STATE_")},
         COMPAT_UID_GENERATION: conf.get("table.exec.uid.generation", "PLAN_ONLY").strip().upper(),
@@ -200,6 +204,8 @@ def compat_problems(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
         a, b = old.get(key), new.get(key)
         if a == b:
             continue
+        if key == COMPAT_STATE_VERSION and a in new.get(COMPAT_STATE_READS, [b]):
+            continue  # the new code reads the old format (and writes its own from then on)
         if isinstance(a, dict) and isinstance(b, dict):
             if key in ADDITIVE and all(b.get(k) == v for k, v in a.items()):
                 continue  # only additions: a new operator or state starts empty, nothing is orphaned

@@ -135,13 +135,20 @@ def _share(results: list[dict[str, Any]], model: str) -> float:
     return sum(r["model_id"] == model for r in results) / len(results)
 
 
-def _newest_checkpoint(state_dir: Path) -> Path:
-    done = sorted(
-        (p.parent for p in (state_dir / "checkpoints").glob("*/chk-*/_metadata")),
-        key=lambda p: int(p.name.split("-")[1]),
-    )
-    assert done, f"no completed checkpoint under {state_dir / 'checkpoints'}"
-    return done[-1]
+def _checkpoint_after(state_dir: Path, since: float, timeout_s: float) -> Path:
+    """The newest completed checkpoint whose metadata was written after ``since`` (epoch s)."""
+    end = time.monotonic() + timeout_s
+    while True:
+        done = sorted(
+            (m for m in (state_dir / "checkpoints").glob("*/chk-*/_metadata") if m.stat().st_mtime > since),
+            key=lambda m: int(m.parent.name.split("-")[1]),
+        )
+        if done:
+            return done[-1].parent
+        assert time.monotonic() < end, (
+            f"no checkpoint completed under {state_dir / 'checkpoints'} in {timeout_s} s"
+        )
+        time.sleep(0.5)
 
 
 def test_labels_move_official_answers_to_the_better_model_and_the_posteriors_survive_a_restart(
@@ -158,9 +165,8 @@ def test_labels_move_official_answers_to_the_better_model_and_the_posteriors_sur
 
         learned = _phase(fb, results, "learned", 50)
         fb.label([r["request_id"] for r in learned])
-        time.sleep(8)  # those rewards applied, and then checkpoints (every 2 s) taken after them
-
-        checkpoint = _newest_checkpoint(fb.base / "flink")
+        time.sleep(8)  # those rewards applied; then a checkpoint completed after them (every 10 s)
+        checkpoint = _checkpoint_after(fb.base / "flink", time.time(), timeout_s=40)
         fb.stop()
         fb.start(restore_from=checkpoint, log_name="job-restored.log")
         results.settle(1.0)

@@ -238,7 +238,7 @@ def test_every_request_is_in_the_decoy_archive(job: RunningJob, results: TopicRe
     for rid in rids:
         job.send_score(rid, "gbt", 0.5)
     results.wait_for(lambda _: all(results.for_id(r) for r in rids), 30, "results for 20 requests")
-    deadline_s = 20.0
+    deadline_s = 40.0  # a checkpoint (every 10 s) commits the part file
     found: dict[str, str] = {}
     end = time.monotonic() + deadline_s
     while time.monotonic() < end and len(found) < len(rids):

@@ -120,6 +120,18 @@ def test_markdown_has_a_row_per_step_and_the_targets() -> None:
     assert "| 250 |" in md
     assert "Sustained with p99 <= 100 ms: 250 requests/s." in md
     assert "| 833 requests/s sustained with p99 <= 100 ms | 833/s not reached | no |" in md
+    assert "Warm-up before the ladder" not in md  # none recorded
+
+
+def test_markdown_says_how_long_the_warm_up_ran_and_how_busy_the_jit_still_was() -> None:
+    warmup = {"seconds": 76.4, "rate": 100.0, "last_jit_percent": {"job": 6.4, "broker": None}}
+    run = {"policy": "policies/default.yaml", "steps": [_step(100, 30)], "warmup": warmup}
+    md = bench.markdown({"date": "d", "machine": {"cpus": 2, "platform": "p", "python": "3.11"},
+                         "stack": {"first_in_order": run}})  # fmt: skip
+    assert (
+        "Warm-up before the ladder: 76 s at 100/s, until the JIT compilers were quiet "
+        "(last round: job 6 %, broker ? % of a core)."
+    ) in md
 
 
 def test_checkpoint_bytes_sums_the_newest_completed_checkpoint(tmp_path: Path) -> None:
@@ -196,12 +208,12 @@ def test_markdown_reports_each_results_delivery_and_failures() -> None:
         "machine": {"cpus": 2, "platform": "p", "python": "3.11"},
         "delivery": {
             "at-least-once": {"args": [], "probe": probe},
-            "exactly-once, checkpoint 2 s (shipped)": {"args": [], "error": "the job did not answer"},
+            "exactly-once, checkpoint 10 s (shipped)": {"args": [], "error": "the job did not answer"},
         },
     }
     text = bench.markdown(result)
     assert "| at-least-once | 25 | 750/750 | 80 | 300 | 400 |" in text
-    assert "| exactly-once, checkpoint 2 s (shipped) | failed: the job did not answer |" in text
+    assert "| exactly-once, checkpoint 10 s (shipped) | failed: the job did not answer |" in text
 
 
 def test_markdown_reports_the_clock_cases_and_the_state_samples() -> None:

@@ -15,6 +15,10 @@ from jsonschema import Draft202012Validator
 
 from ops.latency import LatencySummary, format_summary, percentile, percentiles, quantile_label, summarize
 from ops.loadgen import (
+    LEG_BACK,
+    LEG_IN_JOB,
+    LEG_TO_JOB,
+    LEGS,
     ReceivedResult,
     SentRequest,
     bad_record_plan,
@@ -22,11 +26,13 @@ from ops.loadgen import (
     compute_report,
     default_return_address,
     encode_request,
+    format_legs,
     format_report,
     new_run_id,
     parse_result,
     progress_line,
     request_ids,
+    result_legs,
     schedule,
     spread_positions,
 )
@@ -405,3 +411,34 @@ def test_parse_result_counts_garbage_instead_of_failing() -> None:
 def test_progress_line() -> None:
     assert progress_line(10, 5, 10, 1.25, width=10) == "[#####.....] sent 10/10 answered 5 1.2s"
     assert progress_line(0, 0, 0, 0.0, width=4).startswith("[####]")
+
+
+def test_report_splits_each_answer_into_its_three_legs() -> None:
+    sent = [SentRequest("a", 100.0, deadline_ms=50), SentRequest("b", 100.0, deadline_ms=50)]
+    got = [
+        rec(130.0, {**result("a"), "received_at_ms": 104, "decided_at_ms": 120}),  # 30 ms: on time
+        rec(190.0, {**result("b"), "received_at_ms": 110, "decided_at_ms": 180}),  # 90 ms: late, in the job
+        rec(195.0, {**result("b"), "received_at_ms": 101, "decided_at_ms": 102}),  # a later copy: not used
+    ]
+    r = report(sent, got)
+    assert {leg: (s.min, s.max) for leg, s in r.legs_ms.items()} == {
+        LEG_TO_JOB: (4.0, 10.0),
+        LEG_IN_JOB: (16.0, 70.0),
+        LEG_BACK: (10.0, 10.0),
+    }
+    assert {leg: s.count for leg, s in r.late_legs_ms.items()} == dict.fromkeys(LEGS, 1)
+    assert r.late_legs_ms[LEG_IN_JOB].max == 70.0
+    assert format_legs(r.late_legs_ms) == (
+        "to the job p50 10.0 / p99 10.0 ms; in the job p50 70.0 / p99 70.0 ms; "
+        "back to the client p50 10.0 / p99 10.0 ms"
+    )
+    assert "where it went: to the job p50" in format_report(r)
+    assert r.to_dict()["legs_ms"][LEG_IN_JOB]["max"] == 70.0
+
+
+def test_a_result_without_timestamps_has_no_legs() -> None:
+    record = {k: v for k, v in result("a").items() if k != "decided_at_ms"}
+    assert result_legs(0.0, 10.0, record) is None
+    r = report([SentRequest("a", 0.0)], [rec(10.0, record)])
+    assert r.legs_ms == {} and r.latency_ms.count == 1
+    assert format_legs(r.legs_ms) == "-"

@@ -30,10 +30,12 @@ from udfs.mailbox import (
     DEAD_LETTER,
     DECISION,
     MAX_EXTRA_SCORES,
+    READABLE_STATE_VERSIONS,
     RESULT,
     STATE_VERSION,
     TICK,
     TICK_RESEND_MS,
+    TOMBSTONE_PREFIX,
     Mailbox,
     Out,
     Step,
@@ -1198,14 +1200,57 @@ def test_the_cap_applies_to_orphans_too() -> None:
     assert f.state is None
 
 
-def test_version_1_state_written_before_the_metrics_still_loads() -> None:
-    # What the job stored before this change: the state format did not change (still v1).
+def test_version_1_state_still_loads_and_is_written_as_version_2() -> None:
+    # What the job stored before state version 2 (a savepoint restores it: READABLE_STATE_VERSIONS).
     text = (
         '{"v":1,"id":"req-1","first":5,"pv":1,"ra":"results","sent":3,"dl":null,"recv":5,'
         '"scores":[],"result":null,"closed":false,"wake":45}'
     )
     mb = Mailbox.from_json(text)
-    assert mb.to_json() == text
+    assert mb.to_json() == text.replace('"v":1', '"v":2')
+    assert 1 in READABLE_STATE_VERSIONS and STATE_VERSION in READABLE_STATE_VERSIONS
+
+
+def test_a_version_1_tombstone_loads_and_is_written_compact() -> None:
+    text = (
+        '{"v":1,"id":"req-1","first":5,"pv":3,"ra":null,"sent":null,"dl":null,"recv":6,'
+        '"scores":[],"result":null,"closed":true,"wake":600106}'
+    )
+    mb = Mailbox.from_json(text)
+    assert mb.is_tombstone
+    assert mb.to_json() == "t2,req-1,5,3,6,600106"
+    assert Mailbox.from_json(mb.to_json()) == mb
+    # A duplicate request and a late score are refused by it as by the JSON one.
+    assert on_request(mb, *make_request(0), DEFAULT, 10).outputs[0].record["reason"] == "duplicate_request"
+    assert on_score(mb, make_score("gbt"), Source("scores"), DEFAULT, 10).outputs[0].record["reason"] == (
+        "score_after_close"
+    )
+
+
+def test_the_tombstone_a_close_keeps_is_a_short_line() -> None:
+    f = Flink(DEFAULT)
+    f.request(0, *make_request(0))
+    for model in ("gbt", "logreg", "tree", "base", "mlp"):
+        f.score(1, make_score(model))
+    closes_at = DEFAULT.deadline_ms + DEFAULT.late_window_ms  # the request came at 0
+    f.drain(until=closes_at + 1)
+    assert f.state is not None and f.state.startswith(TOMBSTONE_PREFIX)
+    assert len(f.state) < 60  # small times here; the JSON of the same tombstone: ~130 characters
+    mb = Mailbox.from_json(f.state)
+    assert (mb.closed, mb.received_at_ms, mb.wake_at_ms) == (True, 0, closes_at + DEFAULT.dedupe_retention_ms)
+
+
+def test_a_closed_mailbox_with_more_than_a_tombstone_stays_json() -> None:
+    mb = Mailbox("req-1", 5, closed=True, wake_at_ms=9, return_address="results")
+    assert not mb.is_tombstone and mb.to_json().startswith("{")
+    assert Mailbox.from_json(mb.to_json()) == mb
+    assert not Mailbox("req-1", 5, closed=True).is_tombstone  # no expiry: nothing to write in the line
+
+
+@pytest.mark.parametrize("line", ["t2,req-1,5,1,6", "t2,req-1,five,1,6,7", "t2,"])
+def test_a_broken_tombstone_line_is_refused_with_its_text(line: str) -> None:
+    with pytest.raises(ValueError, match="not a tombstone line"):
+        Mailbox.from_json(line)
 
 
 @st.composite

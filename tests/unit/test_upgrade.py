@@ -87,12 +87,28 @@ def test_execution_mode_change_is_refused_in_both_directions() -> None:
 
 def test_state_format_uid_and_state_name_changes_are_refused() -> None:
     new = compat()
-    new["mailbox_state_version"] = 2
+    new["mailbox_state_version"] = mailbox.STATE_VERSION + 1
+    new["mailbox_state_reads"] = [mailbox.STATE_VERSION + 1]
     new["operator_uids"] = {**new["operator_uids"], "UID_MAILBOX": "mailbox-v2"}
     new["state_names"] = {"STATE_MAILBOX": "mailbox2"}
     problems = upgrade.compat_problems(compat(), new)
     assert [p.split(" ")[0] for p in problems] == ["mailbox_state_version", "operator_uids", "state_names"]
     assert "UID_MAILBOX: 'rendezvous-mailbox' -> 'mailbox-v2'" in problems[1]
+
+
+def test_a_state_version_the_new_code_reads_is_allowed_one_it_does_not_is_refused() -> None:
+    v1 = compat()
+    v1["mailbox_state_version"] = 1
+    del v1["mailbox_state_reads"]  # manifests written before state version 2 do not record it
+    v2 = compat()
+    assert v2["mailbox_state_version"] == 2 and v2["mailbox_state_reads"] == [1, 2]
+    assert upgrade.compat_problems(v1, v2) == []  # 1 -> 2: the new code reads v1 mailboxes
+    back = upgrade.compat_problems(v2, v1)  # 2 -> 1: the old code cannot read compact tombstones
+    assert len(back) == 1 and back[0].startswith("mailbox_state_version would change (2 -> 1)")
+    v3 = compat()
+    v3["mailbox_state_version"], v3["mailbox_state_reads"] = 3, [2, 3]
+    assert upgrade.compat_problems(v2, v3) == []
+    assert [p.split(" ")[0] for p in upgrade.compat_problems(v1, v3)] == ["mailbox_state_version"]
 
 
 def test_added_operators_and_states_are_allowed_removed_ones_are_refused() -> None:
