@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,8 +26,15 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="re
 
 
 def test_no_jvm_is_none() -> None:
-    assert procs.jvm_of(os.getpid()) is None  # pytest's Python, with no JVM below it
-    assert procs.jit_cpu_seconds(os.getpid()) is None
+    # A process with no JVM below it (not pytest's own: earlier tests may have started PyFlink's JVM).
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert procs.jvm_of(sleeper.pid) is None
+        assert procs.jit_cpu_seconds(sleeper.pid) is None
+    finally:
+        sleeper.kill()
+        sleeper.wait(10)
+    assert procs.jvm_of(sleeper.pid) is None  # gone: nothing to read
 
 
 def test_the_jit_of_a_jvm_below_a_shell_is_found_and_counted(tmp_path: Path) -> None:
