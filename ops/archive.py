@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,23 @@ def query(archive_dir: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]
         return columns, cur.fetchall()
     finally:
         con.close()
+
+
+def requests_archived(
+    archive_dir: Path, id_prefix: str, expected: int, timeout_s: float, poll_s: float = 1.0
+) -> tuple[int, int]:
+    """(rows, distinct request ids) archived whose id starts with ``id_prefix``, once ``expected`` ids
+    are there or ``timeout_s`` has passed: rows appear when a checkpoint of the job commits their file."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        _, rows = query(
+            archive_dir,
+            f"SELECT count(*), count(DISTINCT request_id) FROM {TABLE} WHERE request_id LIKE '{id_prefix}%'",
+        )
+        got = (int(rows[0][0]), int(rows[0][1]))
+        if got[1] >= expected or time.monotonic() > deadline:
+            return got
+        time.sleep(poll_s)
 
 
 def flink_sql_ddl(archive_dir: Path, table: str = TABLE) -> str:

@@ -124,7 +124,9 @@ def run(
 
         say("waiting for a checkpoint to commit the decoy archive and for mailboxes to close ...")
         time.sleep(policy.late_window_ms / 1000)
-        archived, archived_distinct = _archived(archive_dir, report.run_id, report.sent, ARCHIVE_WAIT_S)
+        archived, archived_distinct = archive.requests_archived(
+            archive_dir, f"{report.run_id}-", report.sent, ARCHIVE_WAIT_S
+        )
         dead = stack.read_topic(broker.bootstrap, names.TOPIC_DEAD_LETTERS)
         canary = [c for c in stack.read_topic(broker.bootstrap, names.TOPIC_CANARY)
                   if str(c.get("request_id", "")).startswith(report.run_id)]  # fmt: skip
@@ -142,21 +144,6 @@ def run(
 
 # The archive's files are committed by the job's checkpoints (flink-conf/config.yaml: every 10 s).
 ARCHIVE_WAIT_S = 40.0
-
-
-def _archived(archive_dir: Path, run_id: str, expected: int, timeout_s: float) -> tuple[int, int]:
-    """(rows, distinct request ids) of the run in the decoy archive, once ``expected`` ids are there
-    or ``timeout_s`` has passed."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        _, rows = archive.query(
-            archive_dir,
-            f"SELECT count(*), count(DISTINCT request_id) FROM {archive.TABLE} WHERE request_id LIKE '{run_id}-%'",
-        )
-        got = (int(rows[0][0]), int(rows[0][1]))
-        if got[1] >= expected or time.monotonic() > deadline:
-            return got
-        time.sleep(1.0)
 
 
 def _print_summary(

@@ -678,16 +678,9 @@ class Rig:
         """(rows, distinct ids) archived for the scenario, once a checkpoint has committed them."""
         from ops import archive
 
-        deadline = time.monotonic() + timeout_s
-        while True:
-            _, rows = archive.query(
-                self.cluster.base / "archive",
-                f"SELECT count(*), count(DISTINCT request_id) FROM decoy WHERE request_id LIKE '{prefix}%'",
-            )
-            got = (int(rows[0][0]), int(rows[0][1]))
-            if got[1] >= expected or time.monotonic() > deadline:
-                return got
-            time.sleep(2.0)
+        return archive.requests_archived(
+            self.cluster.base / "archive", prefix, expected, timeout_s, poll_s=2.0
+        )
 
 
 # --- scenarios: each prepares, injects its fault at fault_at, and says how to check -----------------

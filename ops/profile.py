@@ -332,12 +332,6 @@ def _finish(spy: subprocess.Popen[bytes], out: Path) -> dict[int, list[tuple[lis
     return read_raw(out)
 
 
-def _children(pid: int) -> list[int]:
-    with contextlib.suppress(OSError):
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    return []
-
-
 # --- 1. the job -------------------------------------------------------------------------------
 
 
@@ -362,7 +356,7 @@ def profile_job(backlog: int, seconds: float, warmup_s: float, rate: float = 0.0
             processes,
         )
         stack.wait_until_answering(broker.bootstrap, job)
-        jvm = next(iter(_children(job.pid)), None)
+        jvm = procs.jvm_of(job.pid)
         if jvm is None:
             raise RuntimeError("the job's JVM (a child of the job's process) was not found")
         if warmup_s > 0:

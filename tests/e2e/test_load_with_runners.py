@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,14 +64,5 @@ def test_every_request_answered_exactly_once_and_archived(
     assert set(report.by_reason) <= {"preferred", "fallback", "backstop", "no_answer"}
     assert report.by_reason.get("no_answer", 0) <= COUNT * 0.02, report.by_reason
 
-    rows: list[tuple[Any, ...]] = []
-    end = time.monotonic() + 30
-    while time.monotonic() < end:
-        _, rows = archive.query(
-            job.archive_dir,
-            f"SELECT count(*), count(DISTINCT request_id) FROM decoy WHERE request_id LIKE '{report.run_id}-%'",
-        )
-        if rows[0][1] == COUNT:
-            break
-        time.sleep(1.0)
-    assert rows[0] == (COUNT, COUNT)  # every request archived exactly once
+    counts = archive.requests_archived(job.archive_dir, f"{report.run_id}-", COUNT, timeout_s=30)
+    assert counts == (COUNT, COUNT)  # every request archived exactly once
