@@ -45,7 +45,7 @@ $(JARS)/.fetched: deps/pom.xml
 	@touch $@
 
 demo: setup
-	$(PY) -m ops.demo
+	$(PY) -m harness.demo
 
 # Long fault scenarios (marker `slow`) are left to `make faults` / `make test-faults`.
 test: setup
@@ -63,19 +63,19 @@ lint: setup
 	$(VENV)/bin/mypy
 
 bench: setup
-	$(PY) -m ops.bench $(BENCH_ARGS)
+	$(PY) -m harness.bench $(BENCH_ARGS)
 
 faults: setup
-	$(PY) -m ops.faults $(FAULTS_ARGS)
+	$(PY) -m harness.faults $(FAULTS_ARGS)
 
 bench-tuning: setup
-	$(PY) -m ops.bench --tuning $(BENCH_ARGS)
+	$(PY) -m harness.bench --tuning $(BENCH_ARGS)
 
 profile: setup
-	$(PY) -m ops.profile $(PROFILE_ARGS)
+	$(PY) -m harness.profile $(PROFILE_ARGS)
 
 scenario-degrade: setup
-	$(PY) -m ops.degrade_scenario $(SCENARIO_ARGS)
+	$(PY) -m harness.degrade_scenario $(SCENARIO_ARGS)
 
 sql: setup
 	$(PY) -m ops.archive --archive-dir var/demo/archive "$(Q)"

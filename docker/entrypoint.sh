@@ -7,7 +7,7 @@
 #   submit [job flags]           submit jobs/rendezvous_job.py to the JobManager (flink run -py), detached;
 #                                does nothing if a rendezvous job is already running there
 #   train [train flags]          (re)train the models into /opt/rendezvous/models
-#   load [loadgen flags]         the load generator (python -m ops.loadgen) against the broker
+#   load [loadgen flags]         the load generator (python -m harness.loadgen) against the broker
 #   sql [SQL]                    SQL (DuckDB) over the decoy archive (python -m ops.archive)
 #   flink [args]                 the Flink CLI against the JobManager (list, stop --savepointPath, cancel, ...)
 #   help                         this text
@@ -129,7 +129,7 @@ case "$role" in
         exec python -m runners.train --out "$MODELS_DIR" "$@"
         ;;
     load)
-        exec python -m ops.loadgen --bootstrap "$KAFKA_BOOTSTRAP" "$@"
+        exec python -m harness.loadgen --bootstrap "$KAFKA_BOOTSTRAP" "$@"
         ;;
     sql)
         exec python -m ops.archive --archive-dir "$ARCHIVE_DIR" "$@"

@@ -475,7 +475,7 @@ def cmd_bandit_sim(a: argparse.Namespace) -> int:
 
 
 def cmd_collect(a: argparse.Namespace) -> int:
-    from ops.stack import read_topic
+    from ops.kafka_admin import read_json_topic
     from udfs import names
 
     topics = {
@@ -487,7 +487,7 @@ def cmd_collect(a: argparse.Namespace) -> int:
     out: dict[str, Any] = {}
     for kind, topic in topics.items():
         try:
-            records = read_topic(a.bootstrap, topic, timeout_s=a.timeout_s)
+            records = read_json_topic(a.bootstrap, topic, timeout_s=a.timeout_s)
         except Exception as e:  # an unreachable broker or a missing topic: one line, no traceback
             raise CliError(f"{a.bootstrap}: cannot read topic {topic!r}: {e}") from None
         unreadable = sum(1 for r in records if not isinstance(r, dict) or "request_id" not in r)

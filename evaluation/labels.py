@@ -13,11 +13,10 @@ pseudo-model ``official`` (what the caller actually got).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from udfs.feedback import LABEL_FIELDS, Label, parse_label  # the job parses labels the same way
@@ -170,19 +169,3 @@ def labelled_requests(
         for rid, y in zip(ids, truth.tolist(), strict=True)
     ]
     return ids, features, labels
-
-
-def truth_labels(features: Sequence[Mapping[str, Any]], rng: np.random.Generator) -> list[int]:
-    """0/1 labels drawn from the generator's true fraud probability for features already sent.
-
-    For requests whose features came from ``runners.data.sample_many`` (the load generator): the label
-    is a fresh draw from the same ground truth that ``generate`` uses, so the models' quality on these
-    labels is what it was on the holdout.
-    """
-    from runners.data import FEATURES, _logit
-
-    if not features:
-        return []
-    cols = {f: np.asarray([float(x[f]) for x in features]) for f in FEATURES}
-    p = 1.0 / (1.0 + np.exp(-_logit(cols)))
-    return [int(y) for y in (rng.random(len(p)) < p)]

@@ -38,8 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ops.flink_conf import FlinkConfError, read_conf
 from udfs import names
 from udfs.policy import Policy, PolicyError, load_policy
 from udfs.wire import TOPIC_PATTERN
@@ -89,21 +88,6 @@ class Outputs:
     archive: Any
 
 
-def flatten_conf(data: Any, prefix: str = "") -> dict[str, str]:
-    """Flink's YAML nests keys; Configuration wants 'a.b.c' strings."""
-    out: dict[str, str] = {}
-    if isinstance(data, dict):
-        for k, v in data.items():
-            out.update(flatten_conf(v, f"{prefix}{k}."))
-    elif isinstance(data, list):
-        out[prefix[:-1]] = ";".join(str(x) for x in data)
-    elif isinstance(data, bool):
-        out[prefix[:-1]] = "true" if data else "false"
-    elif data is not None:
-        out[prefix[:-1]] = str(data)
-    return out
-
-
 def connector_jars() -> list[Path]:
     jars = sorted(CONNECTOR_JARS_DIR.glob("flink-sql-connector-kafka-*.jar"))
     if not jars:
@@ -120,7 +104,10 @@ CHANGELOG_PATH_KEY = "state.changelog.dstl.dfs.base-path"
 
 def flink_configuration(cfg: JobConfig) -> dict[str, str]:
     """The project's flink-conf, plus what only the running process knows (paths, interpreter)."""
-    conf = flatten_conf(yaml.safe_load(cfg.flink_conf.read_text(encoding="utf-8")) or {})
+    try:
+        conf = read_conf(cfg.flink_conf)
+    except FlinkConfError as e:
+        raise SystemExit(f"error: {e}") from None
     site_packages = next(p for p in sys.path if p.endswith("site-packages"))
     conf.update(
         {

@@ -149,7 +149,7 @@ class KafkaBroker:
         controller_port = controller_port or _reuse_port(previous.get("controller_port"), avoid=port)
         for p in (port, controller_port):
             # The JVM binds with SO_REUSEADDR: a broker restarted on its ports right after a stop
-            # (ops/faults.py) must not wait a minute for the stop's TIME_WAIT connections to clear.
+            # (harness/faults.py) must not wait a minute for the stop's TIME_WAIT connections to clear.
             if not procs.port_is_free(p, reuse_addr=True):
                 raise BrokerError(f"port {p} is already in use; pick another one (or omit it for a free one)")
 

@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 
 from ops import procs
+from ops.flink_conf import FlinkConfError, effective_conf, read_conf
 
 REPO_ROOT = procs.repo_root()
 PROJECT_FLINK_CONF = REPO_ROOT / "flink-conf" / "config.yaml"
@@ -92,17 +93,6 @@ def flink_home() -> Path:
     return home
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested YAML -> {'a.b.c': scalar}; keys already written flat ('a.b: x') come out the same."""
-    out: dict[str, Any] = {}
-    if isinstance(data, dict):
-        for k, v in data.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-    elif data is not None:
-        out[prefix[:-1]] = data
-    return out
-
-
 def port_bindable(port: int) -> bool:
     """True if a server could listen on 127.0.0.1:port now (SO_REUSEADDR, as Flink's servers use,
     so connections in TIME_WAIT from a cluster stopped a moment ago do not count as taken)."""
@@ -135,7 +125,7 @@ class Cluster:
         path = self.conf_dir / "config.yaml"
         if not path.exists():
             raise ClusterError(f"no cluster configuration at {path}; run `python -m ops.cluster up` first")
-        return flatten(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+        return read_conf(path)
 
     def rest_url(self) -> str:
         conf = self.config()
@@ -143,8 +133,8 @@ class Cluster:
 
     def write_conf(self, ports: dict[str, int], flink_conf: Path = PROJECT_FLINK_CONF) -> dict[str, Any]:
         home = flink_home()
-        conf = flatten(yaml.safe_load((home / "conf" / "config.yaml").read_text(encoding="utf-8")) or {})
-        conf.update(flatten(yaml.safe_load(flink_conf.read_text(encoding="utf-8")) or {}))
+        conf: dict[str, Any] = read_conf(home / "conf" / "config.yaml")
+        conf.update(read_conf(flink_conf))
         conf.update(
             {
                 "python.executable": sys.executable,
@@ -379,15 +369,13 @@ class Cluster:
         if not any(a.startswith("--archive-dir") for a in job_args):
             job_args = [*job_args, "--archive-dir", str(self.base / "archive")]
         try:
-            compat = upgrade.compat_of(
-                upgrade.effective_conf(conf, upgrade.load_conf_file(flink_conf), job_args)
-            )
+            compat = upgrade.compat_of(effective_conf(conf, read_conf(flink_conf), job_args))
             if savepoint is not None:
                 taken_with = upgrade.read_manifest(upgrade.savepoint_manifest_path(savepoint))
                 problems = upgrade.compat_problems(taken_with["compat"], compat) if taken_with else []
                 if problems:
                     raise ClusterError(f"refusing to restore {savepoint}:\n  " + "\n  ".join(problems))
-        except upgrade.UpgradeRefused as e:
+        except (upgrade.UpgradeRefused, FlinkConfError) as e:
             raise ClusterError(str(e)) from None
         client = [f"-D{k}={conf[k]}" for k in CLIENT_KEYS if k in conf]
         return Submission(policy, policy_obj, bootstrap, list(job_args), flink_conf, compat, client)

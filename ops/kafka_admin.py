@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -198,3 +199,16 @@ def require_broker(bootstrap: str, who: str, timeout_s: float = STARTUP_PROBE_TI
     except (TimeoutError, OSError, KafkaException, ValueError) as exc:
         message = str(exc) if bootstrap in str(exc) else f"cannot reach Kafka at {bootstrap}: {exc}"
         raise SystemExit(f"error: {who}: {' '.join(message.split())}") from None
+
+
+def read_json_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    """Every JSON record now in a (single- or multi-partition) topic, from the beginning to the end."""
+    if not partition_counts(bootstrap, [topic], timeout_s)[topic]:
+        return []
+    records: list[dict[str, Any]] = []
+    for msg in kafka_client.read_to_end(bootstrap, [topic], timeout_s):
+        try:
+            records.append(json.loads(msg.value() or b""))
+        except ValueError:
+            records.append({"_unreadable": True})
+    return records

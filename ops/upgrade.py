@@ -37,9 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from ops import procs
+from ops.flink_conf import FlinkConfError, effective_conf, read_conf
 from udfs import mailbox, names
 from udfs.policy import Policy, PolicyError, load_policy
 
@@ -53,6 +52,8 @@ EXIT_REFUSED = 2
 STOP_TIMEOUT_S = 120.0
 RUNNING_TIMEOUT_S = 240.0
 HANDOFF_TIMEOUT_S = 600.0  # how long a staged client waits for its savepoint before giving up
+# What the staged client runs under `flink run -py`: an entry point of the job layer, above this module.
+STAGED_CLIENT_SCRIPT = procs.repo_root() / "jobs" / "staged_upgrade.py"
 TM_STOP_TIMEOUT_S = 60.0
 # Job states from which a job never becomes RUNNING again without outside help.
 FAILED_STATES = ("FAILED", "FAILING", "CANCELED", "CANCELLING", "FINISHED", "RESTARTING", "SUSPENDED")
@@ -107,50 +108,6 @@ class UpgradeFailed(RuntimeError):
 
 
 # --- pure: configuration, manifests, compatibility --------------------------------------------------
-
-
-def parse_overrides(job_args: Sequence[str]) -> dict[str, str]:
-    """The ``-D key=value`` / ``-Dkey=value`` items in job arguments, later ones winning (as the job does)."""
-    out: dict[str, str] = {}
-    items = list(job_args)
-    i = 0
-    while i < len(items):
-        arg = items[i]
-        item = None
-        if arg == "-D" and i + 1 < len(items):
-            item = items[i + 1]
-            i += 1
-        elif arg.startswith("-D") and len(arg) > 2:
-            item = arg[2:]
-        if item is not None:
-            key, sep, value = item.partition("=")
-            if sep:
-                out[key.strip()] = value
-        i += 1
-    return out
-
-
-def _flat(data: Any, prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    if isinstance(data, dict):
-        for k, v in data.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-    elif isinstance(data, bool):
-        out[prefix[:-1]] = "true" if data else "false"
-    elif data is not None:
-        out[prefix[:-1]] = str(data)
-    return out
-
-
-def effective_conf(
-    cluster_conf: Mapping[str, Any], flink_conf: Mapping[str, Any], job_args: Sequence[str]
-) -> dict[str, str]:
-    """What the job runs with: the cluster's conf, the job's --flink-conf over it, then its -D items
-    (the order jobs/rendezvous_job.py applies them)."""
-    conf = _flat(dict(cluster_conf))
-    conf.update(_flat(dict(flink_conf)))
-    conf.update(parse_overrides(job_args))
-    return conf
 
 
 def flink_version() -> str:
@@ -340,14 +297,11 @@ def savepoint_manifest_path(location: str) -> Path:
     return sp.parent / (sp.name + SAVEPOINT_MANIFEST_SUFFIX)
 
 
-def load_conf_file(path: Path) -> dict[str, Any]:
+def _read_conf(path: Path) -> dict[str, str]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise UpgradeRefused(f"cannot read Flink configuration {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise UpgradeRefused(f"{path}: a Flink configuration must be a YAML mapping")
-    return data
+        return read_conf(path)
+    except FlinkConfError as e:
+        raise UpgradeRefused(str(e)) from None
 
 
 # --- REST and processes ---------------------------------------------------------------------------
@@ -505,7 +459,7 @@ def prepare(
         raise UpgradeRefused(f"only -D key=value overrides may change in an upgrade, got {' '.join(bad)}")
     job_args = [*manifest.get("job_args", []), *overrides]
     conf_path = flink_conf or Path(str(manifest.get("flink_conf")))
-    new_compat = compat_of(effective_conf(cluster.config(), load_conf_file(conf_path), job_args))
+    new_compat = compat_of(effective_conf(cluster.config(), _read_conf(conf_path), job_args))
     problems = check_upgrade(manifest, policy, new_compat)
     live = newest_live_version(str(manifest.get("bootstrap")), policies_topic_of(job_args))
     live_problem = live_version_problem(policy.version, live)
@@ -520,7 +474,7 @@ class StagedClient:
     """The new job's ``flink run`` client, started while the old job still runs.
 
     Building the job graph (the Python program, the table planner) takes most of a submission's
-    time (~25 s on 2 busy cores). The client runs this module (``_staged_main``): it builds the
+    time (~25 s on 2 busy cores). The client runs ``jobs/staged_upgrade.py``: it builds the
     job, says so in ``<handoff>.ready``, then waits for the savepoint path in ``<handoff>`` and only
     then submits. A client that cannot build the job fails before the old job is touched.
     """
@@ -537,7 +491,7 @@ class StagedClient:
             f.unlink(missing_ok=True)
         argv = [
             str(cluster_mod.flink_home() / "bin" / "flink"),
-            *cluster.run_args(sub, [], Path(__file__).resolve(), "--handoff", str(handoff)),
+            *cluster.run_args(sub, [], STAGED_CLIENT_SCRIPT, "--handoff", str(handoff)),
         ]
         self.log_path = cluster.log_dir / f"submit-{handoff.stem}.log"
         self.proc = procs.ManagedProcess.start(argv, self.log_path, cwd=procs.repo_root(), env=cluster.env())
@@ -554,11 +508,11 @@ class StagedClient:
             time.sleep(0.1)
 
     def go(self, savepoint: str) -> None:
-        _write_atomic(self.handoff, json.dumps({"savepoint": savepoint}))
+        write_atomic(self.handoff, json.dumps({"savepoint": savepoint}))
 
     def abort(self, reason: str) -> None:
         if not self.handoff.exists():
-            _write_atomic(self.handoff, json.dumps({"abort": reason}))
+            write_atomic(self.handoff, json.dumps({"abort": reason}))
         if self.proc.is_running():
             try:
                 procs.wait_for(lambda: not self.proc.is_running(), 10.0, "the staged client to exit")
@@ -584,7 +538,8 @@ class StagedClient:
         return match.group(1)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file, so the staged client never reads half a handoff."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
@@ -739,34 +694,3 @@ def main_upgrade(
         return EXIT_REFUSED
     print(json.dumps(report.to_dict(), indent=1) if as_json else "\n".join(report.lines()), flush=True)
     return 0
-
-
-def _staged_main(argv: list[str]) -> None:
-    """Inside ``flink run -py ops/upgrade.py --handoff FILE <job args>``: build the rendezvous job,
-    write FILE.ready, wait for FILE, then submit it restoring the savepoint FILE names."""
-    if len(argv) < 2 or argv[0] != "--handoff":
-        raise SystemExit("usage: ops/upgrade.py --handoff FILE <rendezvous job arguments>")
-    handoff = Path(argv[1])
-    from pyflink.common import Configuration
-
-    from jobs import rendezvous_job as rj
-
-    env, cfg = rj.prepare(argv[2:])
-    _write_atomic(handoff.with_name(handoff.name + ".ready"), "ready\n")
-    deadline = time.monotonic() + HANDOFF_TIMEOUT_S
-    while not handoff.exists():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"no savepoint handed over in {HANDOFF_TIMEOUT_S:.0f} s; not submitting")
-        time.sleep(0.05)
-    msg = json.loads(handoff.read_text(encoding="utf-8"))
-    if not msg.get("savepoint"):
-        raise SystemExit(f"upgrade aborted ({msg.get('abort')}); not submitting")
-    conf = Configuration()
-    conf.set_string("execution.savepoint.path", str(msg["savepoint"]))
-    env.configure(conf)
-    print(f"rendezvous job: policy v{cfg.policy.version}, restoring {msg['savepoint']}", flush=True)
-    env.execute(f"rendezvous policy-v{cfg.policy.version}")
-
-
-if __name__ == "__main__":
-    _staged_main(sys.argv[1:])

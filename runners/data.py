@@ -7,6 +7,7 @@ that visibly differ in quality, not a realistic fraud model.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -112,3 +113,17 @@ def sample_many(rng: np.random.Generator, n: int) -> list[dict[str, Any]]:
     cols = _draw(rng, n)
     lists = {f: cols[f].tolist() for f in FEATURES}  # tolist() yields Python ints/floats
     return [{f: lists[f][i] for f in FEATURES} for i in range(n)]
+
+
+def truth_labels(features: Sequence[Mapping[str, Any]], rng: np.random.Generator) -> list[int]:
+    """0/1 labels drawn from the generator's true fraud probability for features already sent.
+
+    For requests whose features came from ``sample_many`` (the load generator): the label
+    is a fresh draw from the same ground truth that ``generate`` uses, so the models' quality on these
+    labels is what it was on the holdout.
+    """
+    if not features:
+        return []
+    cols = {f: np.asarray([float(x[f]) for x in features]) for f in FEATURES}
+    p = 1.0 / (1.0 + np.exp(-_logit(cols)))
+    return [int(y) for y in (rng.random(len(p)) < p)]

@@ -4,7 +4,7 @@ In production a label arrives when the world says so (a chargeback, a customer c
 traffic comes from ``runners.data``, whose generator knows the true fraud probability of any features,
 so the labeller reads every request from Kafka and, ``--delay-s`` later, writes
 ``{request_id, label, labelled_at_ms}`` (``schemas/label.schema.json``) to the labels topic. The label
-is a draw from that true probability (``evaluation.labels.truth_labels``) with a generator seeded by
+is a draw from that true probability (``runners.data.truth_labels``) with a generator seeded by
 (seed, request id): the same request always gets the same label, across restarts and replays.
 
 Requests whose features are not the generator's (probes, malformed records) get no label and are
@@ -41,8 +41,7 @@ def label_for(request_id: str, features: Any, seed: int) -> int | None:
     """
     import numpy as np
 
-    from evaluation.labels import truth_labels
-    from runners.data import FEATURES
+    from runners.data import FEATURES, truth_labels
 
     if not isinstance(features, Mapping):
         return None

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from ops import kafka_admin, kafka_client, policy_cli, stack
+from harness import stack
+from ops import kafka_admin, kafka_client, policy_cli
 
 
 def request_record(rid: str, return_address: str, **extra: Any) -> dict[str, Any]:

@@ -32,7 +32,8 @@ from typing import Any
 import pytest
 import yaml
 
-from ops import kafka_client, procs, stack
+from harness import stack
+from ops import kafka_client, procs
 from tests.e2e.conftest import TopicReader, fresh_topics, request_record, score_record, topic_args
 
 pytestmark = pytest.mark.e2e

@@ -1,4 +1,4 @@
-"""A model that degrades mid-run (ops/degrade_scenario.py, short): metrics, quality, alerts and the gate."""
+"""A model that degrades mid-run (harness/degrade_scenario.py, short): metrics, quality, alerts and the gate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ops import degrade_scenario
+from harness import degrade_scenario
 from udfs import names
 from udfs.policy import parse_policy
 

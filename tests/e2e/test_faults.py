@@ -1,4 +1,4 @@
-"""Fault injection under load (ops/faults.py) on a real broker, real runners and the real job on a Flink
+"""Fault injection under load (harness/faults.py) on a real broker, real runners and the real job on a Flink
 session cluster: every request answered, none twice, the archive and the dead letters complete, no
 restart caused by data, after each fault.
 
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from ops import faults, procs
+from harness import faults
+from ops import procs
 from udfs import names
 
 pytestmark = pytest.mark.e2e

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from ops import archive, loadgen, stack
+from harness import loadgen, stack
+from ops import archive
 from runners.train import ensure_trained
 from tests.e2e.conftest import RunningJob
 

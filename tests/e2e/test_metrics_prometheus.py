@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ops import degrade_scenario, kafka_admin, kafka_client, procs, stack
+from harness import degrade_scenario, stack
+from ops import kafka_admin, kafka_client, procs
 from tests.e2e.conftest import TopicReader, request_record, score_record
 from udfs import model_metrics
 

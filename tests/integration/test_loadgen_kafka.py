@@ -15,8 +15,8 @@ import pytest
 from confluent_kafka import TopicPartition
 from jsonschema import Draft202012Validator
 
+from harness.loadgen import run_load
 from ops import kafka_admin, kafka_client
-from ops.loadgen import run_load
 
 pytestmark = pytest.mark.integration
 
@@ -284,7 +284,7 @@ def _no_leftover_threads() -> Iterator[None]:
 
 @pytest.mark.usefixtures("_no_leftover_threads")
 def test_cli_prints_a_summary_and_writes_json(bootstrap: str, tmp_path: Path, capsys: Any) -> None:
-    from ops.loadgen import main
+    from harness.loadgen import main
 
     requests_topic = unique("lg-requests")
     out = tmp_path / "report.json"

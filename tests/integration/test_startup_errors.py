@@ -25,10 +25,10 @@ LIMIT_S = 30.0
 COMMANDS = {
     "job": ["-m", "jobs.rendezvous_job", "--policy", "policies/default.yaml", "--bootstrap", "{bs}"],
     "job via the rendezvous CLI": [
-        "-m", "ops.cli", "job", "--policy", "policies/default.yaml", "--bootstrap", "{bs}",
+        "-m", "harness.cli", "job", "--policy", "policies/default.yaml", "--bootstrap", "{bs}",
     ],
     "runner": ["-m", "runners.runner", "--model-dir", "var/no-such-model", "--bootstrap", "{bs}"],
-    "load generator": ["-m", "ops.loadgen", "--bootstrap", "{bs}", "--count", "10", "--quiet"],
+    "load generator": ["-m", "harness.loadgen", "--bootstrap", "{bs}", "--count", "10", "--quiet"],
 }  # fmt: skip
 WHO = {
     "job": "rendezvous job",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ops import bench
+from harness import bench
 
 
 def _step(

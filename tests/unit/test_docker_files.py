@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from jobs import rendezvous_job
+from ops.flink_conf import read_conf
 from udfs import names
 from udfs.policy import load_policy
 
@@ -306,7 +307,7 @@ def container_conf(flink_conf: ModuleType) -> dict[str, Any]:
 
 
 def test_container_conf_keeps_the_project_settings(container_conf: dict[str, Any]) -> None:
-    project = rendezvous_job.flatten_conf(yaml.safe_load((REPO / "flink-conf" / "config.yaml").read_text()))
+    project = read_conf(REPO / "flink-conf" / "config.yaml")
     overridden = {
         k for k in project if k.startswith(("jobmanager.", "taskmanager.", "rest.")) and "memory" not in k
     }

@@ -23,9 +23,8 @@ from evaluation.labels import (
     parse_label,
     prediction,
     read_labels,
-    truth_labels,
 )
-from runners.data import generate
+from runners.data import generate, truth_labels
 from udfs.wire import DeadLetter
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""The fault suite's verifier (ops/faults.py ``verify``): pure counting, checked with hand-made records."""
+"""The fault suite's verifier (harness/faults.py ``verify``): pure counting, checked with hand-made records."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from ops import faults
-from ops.faults import BadSent, Observed, verify
+from harness import faults
+from harness.faults import BadSent, Observed, verify
 from udfs import names
 
 EO = names.DELIVERY_EXACTLY_ONCE

@@ -13,8 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from ops.latency import LatencySummary, format_summary, percentile, percentiles, quantile_label, summarize
-from ops.loadgen import (
+from harness.loadgen import (
     LEG_BACK,
     LEG_IN_JOB,
     LEG_TO_JOB,
@@ -36,6 +35,7 @@ from ops.loadgen import (
     schedule,
     spread_positions,
 )
+from ops.latency import LatencySummary, format_summary, percentile, percentiles, quantile_label, summarize
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 REQUEST_SCHEMA = Draft202012Validator(json.loads((SCHEMAS / "request.schema.json").read_text()))
@@ -192,7 +192,7 @@ def test_run_ids_and_request_ids_fit_the_wire_rules() -> None:
 
 def test_default_features_come_from_runners_data() -> None:
     """The default feature function makes schema-valid requests (runners.data owns the distribution)."""
-    from ops.loadgen import _default_features_fn
+    from harness.loadgen import _default_features_fn
 
     fn = _default_features_fn()
     rng = np.random.default_rng(0)

@@ -603,10 +603,10 @@ def test_cli_rejects_impossible_fault_settings(capsys: pytest.CaptureFixture[str
 
 
 def test_every_runner_spec_flag_is_one_the_runner_accepts() -> None:
-    """ops.stack.RunnerSpec builds the runner's command line: the runner must parse it to the same faults."""
+    """harness.stack.RunnerSpec builds the runner's command line: the runner must parse it to the same faults."""
     from pathlib import Path
 
-    from ops.stack import RunnerSpec
+    from harness.stack import RunnerSpec
     from runners.runner import _parse_args
 
     spec = RunnerSpec(

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from ops.loadgen import build_request
+from harness.loadgen import build_request
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 NAMES = (

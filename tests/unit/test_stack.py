@@ -1,8 +1,8 @@
-"""The shared stack helpers' pure parts (ops/stack.py): the warm-up's rounds."""
+"""The shared stack helpers' pure parts (harness/stack.py): the warm-up's rounds."""
 
 from __future__ import annotations
 
-from ops.stack import JIT_QUIET_PERCENT, WarmupRound
+from harness.stack import JIT_QUIET_PERCENT, WarmupRound
 
 
 def test_a_warm_up_round_is_quiet_only_when_every_jit_is_measured_and_low() -> None:

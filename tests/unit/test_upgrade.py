@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from ops import upgrade
+from ops.flink_conf import effective_conf, read_conf
 from udfs import mailbox, names
 from udfs.policy import parse_policy
 
@@ -179,25 +180,8 @@ def test_every_problem_is_reported_at_once() -> None:
     assert len(problems) == 2
 
 
-def test_overrides_and_effective_conf_follow_the_jobs_order() -> None:
-    args = ["--group-id", "g", "-D", "a=1", "-Da=2", "-Db=x=y", "-D"]
-    assert upgrade.parse_overrides(args) == {"a": "2", "b": "x=y"}
-    conf = upgrade.effective_conf(
-        {"python": {"execution-mode": "process"}, "c": True},
-        {"python.execution-mode": "thread"},
-        ["-Dpython.execution-mode=process"],
-    )
-    assert conf["python.execution-mode"] == "process" and conf["c"] == "true"
-    assert (
-        upgrade.effective_conf(
-            {"python.execution-mode": "process"}, {"python": {"execution-mode": "thread"}}, []
-        )["python.execution-mode"]
-        == "thread"
-    )
-
-
 def test_project_flink_conf_is_thread_mode_with_planner_uids() -> None:
-    conf = upgrade.effective_conf({}, yaml.safe_load(Path("flink-conf/config.yaml").read_text()), [])
+    conf = effective_conf({}, read_conf(Path("flink-conf/config.yaml")), [])
     c = upgrade.compat_of(conf)
     assert c["python.execution-mode"] == "thread"
     assert c["table.exec.uid.generation"] == "ALWAYS"

@@ -11,13 +11,13 @@ COMMANDS = {
     "runner": ("runners.runner", "run one model runner (Kafka in, scores out)"),
     "labeller": ("runners.labeller", "publish each request's true label later (demo data; labels topic)"),
     "job": ("jobs.rendezvous_job", "run the rendezvous job on the embedded Flink mini cluster"),
-    "load": ("ops.loadgen", "open-loop load generator and result collector"),
+    "load": ("harness.loadgen", "open-loop load generator and result collector"),
     "sql": ("ops.archive", "SQL (DuckDB or Flink) over the decoy archive"),
     "policy": ("ops.policy_cli", "live policy changes: check, publish, show (the policies topic)"),
     "cluster": ("ops.cluster", "Flink session cluster: up, submit, status, cancel, down"),
-    "bench": ("ops.bench", "benchmarks (what `make bench` runs)"),
-    "faults": ("ops.faults", "fault injection under load, invariants checked (what `make faults` runs)"),
-    "demo": ("ops.demo", "the whole stack with load and a summary (what `make demo` runs)"),
+    "bench": ("harness.bench", "benchmarks (what `make bench` runs)"),
+    "faults": ("harness.faults", "fault injection under load, invariants checked (what `make faults` runs)"),
+    "demo": ("harness.demo", "the whole stack with load and a summary (what `make demo` runs)"),
     "eval": ("evaluation.cli", "model evaluation: quality, drift, gate, replay, report, bandit-sim"),
 }
 

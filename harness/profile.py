@@ -36,7 +36,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ops import bench, kafka_admin, kafka_client, loadgen, procs, stack
+from harness import bench, loadgen, stack
+from ops import kafka_admin, kafka_client, procs
 from udfs import names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

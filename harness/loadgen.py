@@ -746,8 +746,8 @@ def progress_line(sent: int, answered: int, total: int, elapsed_s: float, width:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m ops.loadgen --bootstrap HOST:PORT --count N --rate R [...]`."""
-    p = argparse.ArgumentParser(prog="python -m ops.loadgen", description=__doc__.split("\n\n")[0])
+    """`python -m harness.loadgen --bootstrap HOST:PORT --count N --rate R [...]`."""
+    p = argparse.ArgumentParser(prog="python -m harness.loadgen", description=__doc__.split("\n\n")[0])
     p.add_argument("--bootstrap", default="127.0.0.1:9092")
     p.add_argument("--count", type=int, default=2000)
     p.add_argument("--rate", type=float, default=500.0, help="requests per second (open loop)")

@@ -14,7 +14,7 @@ Each measurement runs on its own fresh broker so they do not disturb each other:
    score per id), records per second once it is warm.
 3. ``stack``: broker, runners (three models and a canary; the backstop straggles), job and
    open-loop load. After a warm-up at 50/s until the JIT compilers of the job and the broker are quiet
-   (a fresh JVM compiles its hot paths for a minute or two of load; ops.stack.warm_up) each rate
+   (a fresh JVM compiles its hot paths for a minute or two of load; harness.stack.warm_up) each rate
    of a ladder runs in turn, until the stack saturates: end-to-end latency (request produced ->
    result consumed), deadline misses, CPU per process, mailbox state size (the last checkpoint).
    Run twice: with the rendezvous ``first_in_order`` policy and with a wait-for-all ensemble
@@ -32,7 +32,7 @@ Each measurement runs on its own fresh broker so they do not disturb each other:
 7. ``--tuning``: the job alone under each candidate Flink setting (execution mode, bundles,
    buffer timeout, state backend, checkpoint interval, parallelism, object reuse), latency at a
    fixed rate and capacity on a backlog; and the encodings of records crossing between Java and
-   Python, measured alone (``ops/bench_crossing.py``).
+   Python, measured alone (``harness/bench_crossing.py``).
 
 Numbers are reported, never asserted: benchmarks are not tests.
 """
@@ -54,7 +54,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ops import kafka_admin, kafka_client, latency, loadgen, procs, stack
+from harness import loadgen, stack
+from ops import kafka_admin, kafka_client, latency, procs
 from ops.broker import KafkaBroker
 from udfs import names
 
@@ -1200,7 +1201,7 @@ def markdown(result: dict[str, Any]) -> str:
         )
     if result.get("crossing"):
         lines += _variant_table(
-            "Records crossing between Java and Python (ops/bench_crossing.py: parse, key_by, keyed map)",
+            "Records crossing between Java and Python (harness/bench_crossing.py: parse, key_by, keyed map)",
             ["encoding", "µs per record", "wall s (small / large run)"],
             result["crossing"],
             lambda variant, c: [
@@ -1319,7 +1320,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             result["tuning"][name] = r
             say(f"tuning: {name}: {json.dumps({k: v for k, v in r.items() if k != 'overrides'})[:300]}")
-        from ops import bench_crossing
+        from harness import bench_crossing
 
         result["crossing"] = {}
         for variant in () if a.no_crossing else bench_crossing.VARIANTS:

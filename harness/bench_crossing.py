@@ -69,7 +69,7 @@ def _run(n: int, variant: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """One run in its own process (a thread-mode mini cluster runs one Python job per JVM reliably)."""
-    ap = argparse.ArgumentParser(prog="python -m ops.bench_crossing", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m harness.bench_crossing", description=__doc__.split("\n")[0])
     ap.add_argument("--variant", choices=VARIANTS, required=True)
     ap.add_argument("--count", type=int, required=True)
     a = ap.parse_args(argv)
@@ -86,7 +86,7 @@ def measure(variant: str, small: int = 20_000, large: int = 120_000) -> dict[str
     times = {}
     for n in (small, large):
         out = subprocess.run(
-            [sys.executable, "-m", "ops.bench_crossing", "--variant", variant, "--count", str(n)],
+            [sys.executable, "-m", "harness.bench_crossing", "--variant", variant, "--count", str(n)],
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, check=False,
         )  # fmt: skip
         line = next((x for x in reversed(out.stdout.splitlines()) if x.startswith("{")), None)

@@ -1,6 +1,6 @@
 """`make faults`: inject faults into the running stack under load and check the invariants of design.md.
 
-    python -m ops.faults [--scenarios model-hang,taskmanager-kill] [--rate 20] [--seconds 30]
+    python -m harness.faults [--scenarios model-hang,taskmanager-kill] [--rate 20] [--seconds 30]
                          [--delivery both|exactly-once|at-least-once] [--out var/faults]
 
 One rig per delivery mode: a fresh KRaft broker, four model runners, a Flink session cluster (restart
@@ -43,7 +43,8 @@ from typing import Any
 
 import yaml
 
-from ops import procs, stack
+from harness import stack
+from ops import procs
 from udfs import names
 
 REPO_ROOT = procs.repo_root()
@@ -443,7 +444,8 @@ class Traffic(threading.Thread):
         super().__init__(daemon=True, name=f"faults-traffic-{prefix}")
         import numpy as np
 
-        from ops import kafka_client, loadgen
+        from harness import loadgen
+        from ops import kafka_client
         from runners.data import sample_many
 
         self.topics = topics
@@ -493,7 +495,7 @@ class Traffic(threading.Thread):
             self.send_errors += 1
 
     def _run(self) -> None:
-        from ops import loadgen
+        from harness import loadgen
 
         next_at = time.monotonic()
         self.started_ms = _now_ms()
@@ -670,7 +672,7 @@ class Rig:
         return list((exc.get("exceptionHistory") or {}).get("entries") or [])
 
     def state_bytes(self) -> int | None:
-        from ops.bench import checkpoint_bytes
+        from harness.bench import checkpoint_bytes
 
         return checkpoint_bytes(self.cluster.state_dir)
 

@@ -15,7 +15,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ops import archive, kafka_admin, loadgen, procs, stack
+from harness import loadgen, stack
+from ops import archive, kafka_admin, procs
 from ops.broker import KafkaBroker
 from udfs import names
 from udfs.policy import load_policy
@@ -127,8 +128,8 @@ def run(
         archived, archived_distinct = archive.requests_archived(
             archive_dir, f"{report.run_id}-", report.sent, ARCHIVE_WAIT_S
         )
-        dead = stack.read_topic(broker.bootstrap, names.TOPIC_DEAD_LETTERS)
-        canary = [c for c in stack.read_topic(broker.bootstrap, names.TOPIC_CANARY)
+        dead = kafka_admin.read_json_topic(broker.bootstrap, names.TOPIC_DEAD_LETTERS)
+        canary = [c for c in kafka_admin.read_json_topic(broker.bootstrap, names.TOPIC_CANARY)
                   if str(c.get("request_id", "")).startswith(report.run_id)]  # fmt: skip
         _print_summary(report, policy.deadline_ms, archived, archived_distinct, dead, canary, probes)
         say(f"done in {time.monotonic() - t0:.0f} s; logs and data in {DEMO_DIR.relative_to(REPO_ROOT)}/")

@@ -33,7 +33,8 @@ from typing import Any
 
 import yaml
 
-from ops import kafka_admin, loadgen, procs, stack
+from harness import loadgen, stack
+from ops import kafka_admin, procs
 from udfs import names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -152,7 +153,9 @@ def _wait_for_labels(bootstrap: str, topic: str, prefix: str, expected: int, tim
     n = 0
     while time.monotonic() < deadline:
         n = sum(
-            1 for r in stack.read_topic(bootstrap, topic) if str(r.get("request_id", "")).startswith(prefix)
+            1
+            for r in kafka_admin.read_json_topic(bootstrap, topic)
+            if str(r.get("request_id", "")).startswith(prefix)
         )
         if n >= expected:
             break
@@ -382,7 +385,9 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ops.degrade_scenario", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m harness.degrade_scenario", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--count", type=int, default=1000, help="requests per phase (healthy, then degraded)")
     ap.add_argument("--rate", type=float, default=50.0)
     ap.add_argument("--out", type=Path, default=OUT_DIR)

@@ -14,9 +14,9 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from ops import loadgen, procs
+from harness import loadgen
+from ops import procs
 from udfs import names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -177,21 +177,6 @@ def wait_until_answering(
     finally:
         consumer.close()
         producer.finish(timeout_s=5)
-
-
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[dict[str, Any]]:
-    """Every JSON record now in a (single- or multi-partition) topic, from the beginning to the end."""
-    from ops import kafka_admin, kafka_client
-
-    if not kafka_admin.partition_counts(bootstrap, [topic], timeout_s)[topic]:
-        return []
-    records: list[dict[str, Any]] = []
-    for msg in kafka_client.read_to_end(bootstrap, [topic], timeout_s):
-        try:
-            records.append(json.loads(msg.value() or b""))
-        except ValueError:
-            records.append({"_unreadable": True})
-    return records
 
 
 # A warm-up goes on in rounds until the JIT compilers of the stack's JVMs (the job's, the broker's) use
