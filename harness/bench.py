@@ -102,6 +102,10 @@ TUNING_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Two slots, or the second subtask is never scheduled (flink-conf gives the TaskManager one).
     ("parallelism 2", ("parallelism.default=2", "taskmanager.numberOfTaskSlots=2")),
     ("object reuse between chained operators", ("pipeline.object-reuse=true",)),
+    # The Kafka sink's producer: how long a record may wait for others to share a produce request.
+    ("sink linger 1 ms", ("--sink-linger-ms=1",)),
+    ("sink linger 5 ms", ("--sink-linger-ms=5",)),
+    ("sink linger 1 ms and object reuse", ("--sink-linger-ms=1", "pipeline.object-reuse=true")),
 )
 
 
@@ -570,6 +574,11 @@ def job_probe(
     }
 
 
+def job_args(override: str) -> tuple[str, ...]:
+    """A tuning variant's override as job arguments: ``--flag=value`` as it is, else a ``-D`` of Flink's."""
+    return (override,) if override.startswith("--") else ("-D", override)
+
+
 def job_alone(
     name: str, overrides: Sequence[str], probe_rate: float, seconds: float, backlog: int, warmup_s: float
 ) -> dict[str, Any]:
@@ -578,7 +587,7 @@ def job_alone(
     processes = stack.Processes()
     work = OUT_DIR / "work" / f"job-{name}"
     shutil.rmtree(work / "flink", ignore_errors=True)
-    extra = [x for o in overrides for x in ("-D", o)]
+    extra = [x for o in overrides for x in job_args(o)]
     try:
         job = stack.start_job(
             BENCH_POLICY,

@@ -49,6 +49,7 @@ SAMPLE_RATE_HZ = 250  # py-spy samples per second
 # One thread of `jcmd <pid> Thread.print`: its name, CPU so far and native id (JDK 17's format).
 _THREAD_LINE = re.compile(r'^"(?P<name>.*)" .*?cpu=(?P<cpu>[\d.]+)ms .*?nid=(?P<nid>0x[0-9a-fA-F]+|\d+)')
 
+JIT_STAGE = "JVM: JIT compiler"
 # Stage of a JVM thread, by its name: the first pattern that matches (re.search), else "other JVM".
 THREAD_STAGES: tuple[tuple[str, str], ...] = (
     (r"^Time Trigger for ", "timers: Flink's processing-time service"),
@@ -61,7 +62,7 @@ THREAD_STAGES: tuple[tuple[str, str], ...] = (
     (r"kafka-out|Sink: |Writer", "Kafka sink: task (table conversion, serialize)"),
     (r"[Cc]heckpoint|AsyncOperations|snapshot", "checkpoints"),
     (r"^G1 |^GC Thread|VM Periodic|^VM Thread", "JVM: GC and VM"),
-    (r"CompilerThread|Compiler", "JVM: JIT compiler"),
+    (r"CompilerThread|Compiler", JIT_STAGE),
     (r"kafka-coordinator|kafka-admin|adminclient", "Kafka clients: coordination"),
 )
 
@@ -143,15 +144,23 @@ JAVA_STAGES: tuple[tuple[tuple[str, ...], str], ...] = (
 _JFR_THREAD = re.compile(r'^\s*sampledThread = "(?P<name>.*)" \(javaThreadId = \d+\)')
 
 
-def jfr_start(pid: int, seconds: float, out: Path) -> None:
+def jfr_start(pid: int, seconds: float, out: Path, name: str = "rendezvous-profile") -> None:
     """A JFR recording of ``pid`` for ``seconds`` into ``out`` (JDK's 'profile' settings: a Java sample
     every 10 ms per running thread)."""
     jcmd = str(Path(procs.java_bin()).with_name("jcmd"))
-    argv = [jcmd, str(pid), "JFR.start", "name=rendezvous-profile", "settings=profile"]
+    argv = [jcmd, str(pid), "JFR.start", f"name={name}", "settings=profile"]
     argv += [f"duration={int(seconds)}s", f"filename={out}"]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if res.returncode != 0:
         raise RuntimeError(f"jcmd JFR.start failed: {res.stderr.strip() or res.stdout.strip()}")
+
+
+def warm_up_jfr(pid: int, warmup_s: float) -> None:
+    """A throw-away JFR recording over the warm-up: a JVM's first recording loads and compiles JFR's
+    own code, which took half a core of JIT inside the measured window when it started there (measured:
+    48-63 % of a core for the JIT, 2026-12-03). It ends before the window's own recording starts."""
+    seconds = max(int(warmup_s) - 2, 1)
+    jfr_start(pid, seconds, OUT_DIR / "warmup.jfr", name="rendezvous-warmup")
 
 
 def jfr_samples(recording: Path) -> dict[str, Counter[str]]:
@@ -361,7 +370,8 @@ def profile_job(backlog: int, seconds: float, warmup_s: float, rate: float = 0.0
         if jvm is None:
             raise RuntimeError("the job's JVM (a child of the job's process) was not found")
         if warmup_s > 0:
-            bench.say(f"profile: warm-up, {warmup_s:.0f} s at 300 requests/s ...")
+            bench.say(f"profile: warm-up, {warmup_s:.0f} s at 300 requests/s, JFR recording throughout ...")
+            warm_up_jfr(jvm, warmup_s)
             bench.job_probe(broker.bootstrap, job, 300, warmup_s)
         if rate:
             return _job_window_live(broker.bootstrap, job, jvm, rate, seconds)
@@ -603,6 +613,13 @@ def markdown(result: dict[str, Any]) -> str:
             "with no Python frame are its Java.",
             "",
         ]
+        jit = sum(st["cpu_percent"] for st in job["stages"] if st["stage"] == JIT_STAGE)
+        if jit >= stack.JIT_QUIET_PERCENT:
+            lines += [
+                f"The JIT compiler used {jit:.0f} % of a core inside the window: the JVM was still "
+                "compiling, and the other figures are above its steady state (a longer --warmup).",
+                "",
+            ]
     runner = result.get("runner")
     if runner and "error" in runner:
         lines += ["## A runner", "", f"Failed: {runner['error']}", ""]

@@ -55,6 +55,12 @@ KAFKA_TRANSACTION_TIMEOUT_MS = 900_000
 # at-least-once by default: an exactly-once result is visible only when the next checkpoint completes
 # (README "Guarantees": the measured latency cost and what each mode promises under faults).
 DEFAULT_DELIVERY = dict.fromkeys(names.KAFKA_OUTPUTS, names.DELIVERY_AT_LEAST_ONCE)
+# How long the Kafka sink's producer waits to fill a batch (linger.ms). 0 sends each record in a produce
+# request of its own whenever the sender thread is free; a short linger lets one request carry the
+# records a burst emits (a result, a decision, a canary record, ticks), which costs the job's producer
+# thread and the broker far less per record (docs/performance.md) and a result at most this long.
+DEFAULT_SINK_LINGER_MS = 1
+MAX_SINK_LINGER_MS = 1000  # a linger near the deadline would make every answer late
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ class JobConfig:
     flink_overrides: dict[str, str] = field(default_factory=dict)
     delivery: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DELIVERY))  # output -> guarantee
     clock: str = names.CLOCK_LOG
+    sink_linger_ms: int = DEFAULT_SINK_LINGER_MS
 
 
 @dataclass(frozen=True)
@@ -318,7 +325,7 @@ def _kafka_sink_ddl(table: str, cfg: JobConfig, uid: str, delivery: str) -> str:
           'connector' = 'kafka',
           'topic-pattern' = '{TOPIC_PATTERN}',
           'properties.bootstrap.servers' = '{cfg.bootstrap}',
-          'properties.linger.ms' = '0',
+          'properties.linger.ms' = '{cfg.sink_linger_ms}',
           'key.format' = 'raw',
           'key.fields' = 'k',
           'value.format' = 'raw',
@@ -520,6 +527,13 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         "off by default",
     )
     ap.add_argument(
+        "--sink-linger-ms",
+        type=int,
+        default=DEFAULT_SINK_LINGER_MS,
+        help="the Kafka sink's producer linger.ms: how long a record may wait for others to share its "
+        "produce request (default %(default)s)",
+    )
+    ap.add_argument(
         "-D",
         dest="overrides",
         action="append",
@@ -530,6 +544,8 @@ def parse_args(argv: list[str] | None) -> JobConfig:
     a = ap.parse_args(argv)
     if a.label_join_ttl_ms < 1:
         ap.error(f"--label-join-ttl-ms: must be positive, got {a.label_join_ttl_ms}")
+    if not 0 <= a.sink_linger_ms <= MAX_SINK_LINGER_MS:
+        ap.error(f"--sink-linger-ms: must be 0 to {MAX_SINK_LINGER_MS}, got {a.sink_linger_ms}")
     try:
         policy = load_policy(a.policy)
     except PolicyError as e:
@@ -569,6 +585,7 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         flink_overrides=overrides,
         delivery={o: getattr(a, f"{o.replace('-', '_')}_delivery") for o in names.KAFKA_OUTPUTS},
         clock=a.clock,
+        sink_linger_ms=a.sink_linger_ms,
     )
 
 

@@ -290,3 +290,14 @@ def test_markdown_reports_each_clients_hop_and_failures() -> None:
 
 def test_the_clients_part_runs_by_default() -> None:
     assert "clients" in bench.DEFAULT_PARTS.split(",")
+
+
+def test_a_tuning_override_is_a_job_flag_or_a_flink_setting() -> None:
+    from jobs import rendezvous_job
+
+    assert bench.job_args("--sink-linger-ms=1") == ("--sink-linger-ms=1",)
+    assert bench.job_args("pipeline.object-reuse=true") == ("-D", "pipeline.object-reuse=true")
+    policy = str(bench.BENCH_POLICY)
+    for _, overrides in bench.TUNING_VARIANTS:  # every variant's arguments parse as the job's
+        args = [x for o in overrides for x in bench.job_args(o)]
+        rendezvous_job.parse_args(["--policy", policy, "--bootstrap", "127.0.0.1:9", *args])

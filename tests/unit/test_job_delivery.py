@@ -87,3 +87,13 @@ def test_an_unknown_guarantee_is_refused() -> None:
         cfg("--results-delivery", "at-most-once")
     with pytest.raises(ValueError, match="delivery must be one of"):
         rj._delivery_options("at-most-once", "p")
+
+
+def test_the_sink_linger_is_the_flag_in_every_sink_and_bounded() -> None:
+    default = sink_ddls(cfg())[names.UID_KAFKA_OUT][0]
+    assert option(default, "properties.linger.ms") == str(rj.DEFAULT_SINK_LINGER_MS)
+    for ddl, _ in sink_ddls(cfg("--sink-linger-ms", "7", "--results-delivery", "exactly-once")).values():
+        assert option(ddl, "properties.linger.ms") == "7"
+    for bad in ("-1", str(rj.MAX_SINK_LINGER_MS + 1)):
+        with pytest.raises(SystemExit):
+            cfg("--sink-linger-ms", bad)

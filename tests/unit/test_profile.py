@@ -148,3 +148,12 @@ def test_a_python_thread_is_split_into_its_python_stages_and_its_java_by_jfr() -
     assert report["stages"][0]["stage"].startswith(mailbox)  # the Python tasks come first
     md = profile.markdown({"date": "d", "job": report})
     assert f"| {mailbox}: Java, state backend | 30.0 | 60.0 |" in md
+
+
+def test_the_report_says_when_the_jit_was_still_busy_inside_the_window() -> None:
+    def md(jit_pct: float) -> str:
+        threads = {1: ("rendezvous mailbox (1/1)#0", 50.0), 2: ("C2 CompilerThread0", jit_pct)}
+        return profile.markdown({"date": "d", "job": profile.job_report(threads, {}, {}, 10.0, 100.0, 2)})
+
+    assert "The JIT compiler used 40 % of a core inside the window" in md(40.0)
+    assert "JIT compiler used" not in md(2.0)
