@@ -321,7 +321,7 @@ def _kafka_sink_ddl(table: str, cfg: JobConfig, uid: str, delivery: str) -> str:
     """The Kafka sink of rows (k, v, topic): each record goes to the topic its row names."""
     options = _delivery_options(delivery, names.transactional_id_prefix(cfg.group_id, uid))
     return f"""
-        CREATE TEMPORARY TABLE `{table}` (`k` STRING, `v` STRING, `topic` STRING METADATA) WITH (
+        CREATE TEMPORARY TABLE `{table}` (`k` STRING, `v` BYTES, `topic` STRING METADATA) WITH (
           'connector' = 'kafka',
           'topic-pattern' = '{TOPIC_PATTERN}',
           'properties.bootstrap.servers' = '{cfg.bootstrap}',

@@ -68,11 +68,12 @@ PARSED_TYPE = Types.ROW_NAMED(
     [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.INT(), Types.LONG()],
 )
 # Every Kafka record the mailbox emits, on its one main output: the output kind (udfs.mailbox RESULT,
-# CANARY, DECISION, DEAD_LETTER, TICK), key, value, and the topic it goes to (a result's return address,
+# CANARY, DECISION, DEAD_LETTER, TICK), key, value (UTF-8 JSON bytes), and the topic it goes to (a result's return address,
 # else ``Topics``). One Kafka sink writes them all (jobs/rendezvous_job.py); the kind only picks the
 # rows of a second, transactional sink when some output is exactly-once.
 MAILBOX_OUT_TYPE = Types.ROW_NAMED(
-    ["tag", "k", "v", "topic"], [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING()]
+    ["tag", "k", "v", "topic"],
+    [Types.STRING(), Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING()],
 )
 # The mailbox's broadcast input: policy documents (as read: value bytes, topic, partition, offset) and
 # reward events from the label join (value: the event's JSON; where the label came from), told apart by
@@ -120,6 +121,13 @@ class Topics:
 
 def _json(record: dict[str, Any]) -> str:
     return fastjson.dumps(record)
+
+
+def _value(record: dict[str, Any]) -> bytes:
+    """A Kafka record's value (``MAILBOX_OUT_TYPE``'s ``v``): UTF-8 JSON, as bytes all the way to the
+    sink. As text it was decoded here, converted to a Java string, and encoded to UTF-8 again by the
+    table conversion and the sink's format, for every record out."""
+    return fastjson.dumps_bytes(record)
 
 
 def _now_ms() -> int:
@@ -224,7 +232,7 @@ class ParseFunction(ProcessFunction):
             now = _now_ms()
             self.counters.add(names.METRIC_DEAD_LETTERS, now)
             self.counters.add(names.dead_letter_metric(parsed.reason), now)
-            record = _json(parsed.to_dict(now))
+            record = _value(parsed.to_dict(now))
             yield DEAD_LETTERS, Row(mbx.DEAD_LETTER, parsed.request_id, record, self.dead_letters_topic)
             return
         yield Row(self.kind, parsed.request_id, _json(parsed.to_dict()), topic, partition, offset)
@@ -305,7 +313,7 @@ class LabelJoinFunction(KeyedProcessFunction):
         for name in step.counts:
             self.counters.add(name, now)
         for event in step.rewards:
-            yield Row(_json(event).encode("utf-8"), source[0], source[1], source[2], KIND_REWARD)
+            yield Row(_value(event), source[0], source[1], source[2], KIND_REWARD)
 
 
 class MailboxFunction(KeyedBroadcastProcessFunction):
@@ -452,7 +460,7 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
         self.counters.add(names.METRIC_DEAD_LETTERS, now)
         self.counters.add(names.dead_letter_metric(verdict.reason), now)
         record = policy_dead_letter(verdict, data, Source(topic, partition, offset), now)
-        yield Row(mbx.DEAD_LETTER, None, _json(record), self.topics.dead_letters)
+        yield Row(mbx.DEAD_LETTER, None, _value(record), self.topics.dead_letters)
 
     def _reward(self, data: bytes, ctx: Any) -> None:
         """One label's rewards into the posteriors, under the prior and discount of the policy in force."""
@@ -498,7 +506,7 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
             parsed = mismatch
         self.counters.add(names.METRIC_DEAD_LETTERS, now)
         self.counters.add(names.dead_letter_metric(parsed.reason), now)
-        yield Row(mbx.DEAD_LETTER, parsed.request_id, _json(parsed.to_dict(now)), self.topics.dead_letters)
+        yield Row(mbx.DEAD_LETTER, parsed.request_id, _value(parsed.to_dict(now)), self.topics.dead_letters)
 
     def _on_record(
         self, record: Request | Score | Tick, text: str, source: Source, now: int, ctx: Any
@@ -573,7 +581,7 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
                 model_ids = self._model_ids.get(policy.version) or tuple(m.id for m in policy.models)
                 counters.tally.add(out.record, model_ids)
             topic = out.topic if kind == mbx.RESULT else self._output_topics[kind]
-            yield Row(kind, out.record.get("request_id"), _json(out.record), topic)
+            yield Row(kind, out.record.get("request_id"), _value(out.record), topic)
 
 
 def _summary(state: dict[str, Any]) -> str:
