@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import pytest
+from pyflink.common import Types
 
 from tests.unit.test_model_metrics import POLICY as FOUR_MODELS
 from udfs import flink_fn, names
@@ -668,3 +669,22 @@ def test_rewards_update_the_broadcast_posteriors_and_steer_thompson_choices(
     list(fresh.process_element(_row(REQUEST_RECORD, REQUEST | {"request_id": "c1"}), ctx))
     assert fresh.posteriors == stored
     assert mbx.Mailbox.from_json(fresh.state.v).choice == "logreg"  # type: ignore[arg-type]
+
+
+def test_kafka_values_leave_the_mailbox_as_utf8_bytes_for_a_bytes_column(harness: Any) -> None:
+    """The value column is BYTES from the mailbox to the sink (no str round trip through Java); the
+    archive's line stays text for the file sink's string encoder."""
+    from jobs import rendezvous_job as rj
+
+    fn, _state, timers, _clock = harness
+    out = list(
+        fn.process_element(_row(REQUEST_RECORD, REQUEST | {"features": {"city": "Zürich"}}), FakeCtx(timers))
+    )
+    assert out[0][0] == flink_fn.ARCHIVE and isinstance(out[0][1], str)
+    letters = list(fn.process_element(_row(REQUEST_RECORD, {"request_id": "r2"}), FakeCtx(timers)))
+    value = letters[0][2]
+    assert letters[0][0] == mbx.DEAD_LETTER and isinstance(value, bytes)
+    assert json.loads(value.decode("utf-8"))["reason"] == "missing_field"
+    assert flink_fn.MAILBOX_OUT_TYPE.get_field_types()[2] == Types.PRIMITIVE_ARRAY(Types.BYTE())
+    cfg = rj.parse_args(["--policy", str(rj.REPO_ROOT / "policies" / "default.yaml"), "--bootstrap", "h:1"])
+    assert "`v` BYTES" in rj._kafka_sink_ddl("t", cfg, names.UID_KAFKA_OUT, names.DELIVERY_AT_LEAST_ONCE)
