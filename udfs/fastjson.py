@@ -4,9 +4,8 @@ library where it does not. Pure Python (no pyflink).
 orjson parses and writes the job's small records 5-10x faster than ``json`` (README "Versions, and
 why"), which matters at five parses and a dozen writes per request. Its few differences are kept out:
 it refuses lone surrogate escapes, valid for ``json``, so a document it refuses is parsed again by
-``json`` (which then accepts it, or refuses it with the message the dead
-letter has always carried); and a value it cannot write (an integer beyond 64 bits) is written by
-``json``. It writes non-ASCII characters as UTF-8 where ``json`` escapes them: the same JSON value.
+``json`` (which then accepts it, or refuses it with the message the dead letter has always carried);
+and a value it cannot write (an integer beyond 64 bits) is written by ``json``. It writes non-ASCII characters as UTF-8 where ``json`` escapes them: the same JSON value.
 One difference is not kept out: orjson 3.13 reads an integer beyond 64 bits as a float (``json``
 keeps it exact), so such a number in a score's output or a request's features loses precision.
 """
@@ -40,9 +39,9 @@ def loads(data: bytes | str) -> Any:
         return json.loads(text, parse_constant=_reject_constant)
 
 
-def dumps_bytes(obj: Any) -> bytes:
-    """Compact JSON of ``obj`` as UTF-8 bytes, keys in insertion order: what a Kafka record's value
-    carries, with no text decoded and encoded again on the way.
+def dumps_bytes(obj: Any, sort_keys: bool = False) -> bytes:
+    """Compact JSON of ``obj`` as UTF-8 bytes, keys in insertion order unless ``sort_keys``: what a Kafka
+    record's value carries, with no text decoded and encoded again on the way.
 
     >>> dumps_bytes({"b": 1, "a": [True, None]})
     b'{"b":1,"a":[true,null]}'
@@ -50,9 +49,10 @@ def dumps_bytes(obj: Any) -> bytes:
     b'{"big":1180591620717411303424}'
     """
     try:
-        return orjson.dumps(obj)
-    except TypeError:
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS if sort_keys else 0)
+    except TypeError:  # e.g. an integer beyond 64 bits, which json writes
+        text = json.dumps(obj, separators=(",", ":"), sort_keys=sort_keys, allow_nan=False)
+        return text.encode("utf-8")
 
 
 def dumps(obj: Any, sort_keys: bool = False) -> str:
@@ -63,7 +63,4 @@ def dumps(obj: Any, sort_keys: bool = False) -> str:
     >>> dumps({"b": 1, "a": 2}, sort_keys=True)
     '{"a":2,"b":1}'
     """
-    try:
-        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS if sort_keys else 0).decode("utf-8")
-    except TypeError:  # e.g. an integer beyond 64 bits, which json writes
-        return json.dumps(obj, separators=(",", ":"), sort_keys=sort_keys, allow_nan=False)
+    return dumps_bytes(obj, sort_keys).decode("utf-8")

@@ -68,8 +68,8 @@ PARSED_TYPE = Types.ROW_NAMED(
     [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.INT(), Types.LONG()],
 )
 # Every Kafka record the mailbox emits, on its one main output: the output kind (udfs.mailbox RESULT,
-# CANARY, DECISION, DEAD_LETTER, TICK), key, value (UTF-8 JSON bytes), and the topic it goes to (a result's return address,
-# else ``Topics``). One Kafka sink writes them all (jobs/rendezvous_job.py); the kind only picks the
+# CANARY, DECISION, DEAD_LETTER, TICK), key, value (UTF-8 JSON bytes), and the topic it goes to (a
+# result's return address, else ``Topics``). One Kafka sink writes them all (jobs/rendezvous_job.py); the kind only picks the
 # rows of a second, transactional sink when some output is exactly-once.
 MAILBOX_OUT_TYPE = Types.ROW_NAMED(
     ["tag", "k", "v", "topic"],
@@ -125,8 +125,7 @@ def _json(record: dict[str, Any]) -> str:
 
 def _value(record: dict[str, Any]) -> bytes:
     """A Kafka record's value (``MAILBOX_OUT_TYPE``'s ``v``): UTF-8 JSON, as bytes all the way to the
-    sink. As text it was decoded here, converted to a Java string, and encoded to UTF-8 again by the
-    table conversion and the sink's format, for every record out."""
+    sink (as text it would be decoded here, made a Java string, and encoded again per record out)."""
     return fastjson.dumps_bytes(record)
 
 
