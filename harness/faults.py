@@ -1,4 +1,4 @@
-"""`make faults`: inject faults into the running stack under load and check the invariants of design.md.
+"""`make faults`: inject faults into the running stack under load and check the invariants (docs/guarantees.md).
 
     python -m harness.faults [--scenarios model-hang,taskmanager-kill] [--rate 20] [--seconds 30]
                          [--delivery both|exactly-once|at-least-once] [--out var/faults]

@@ -13,7 +13,7 @@ Ticks (``--clock log``, the default): when a wait or deadline runs out, the mail
 the scores topic under the request's key, i.e. into the partition of its scores, and decides when it
 reads the tick back. A decision then depends only on the order of records in Kafka, so the replay after
 a restart (from the last checkpoint) decides every request as the first run did, and every score that
-reached Kafka before the tick counts, however far behind the job is (README "Guarantees").
+reached Kafka before the tick counts, however far behind the job is (docs/guarantees.md).
 
 Label feedback (``decide: thompson``): labels and the job's own decisions topic, read back, are parsed
 and joined by request id (``label join``); its reward events are unioned with the (tagged) policy
@@ -53,7 +53,7 @@ CONNECTOR_JARS_DIR = REPO_ROOT / "build" / "jars" / "flink"
 KAFKA_TRANSACTION_TIMEOUT_MS = 900_000
 # Which Kafka outputs are delivered how unless a --<output>-delivery flag says otherwise. Results are
 # at-least-once by default: an exactly-once result is visible only when the next checkpoint completes
-# (README "Guarantees": the measured latency cost and what each mode promises under faults).
+# (docs/guarantees.md: the measured latency cost and what each mode promises under faults).
 DEFAULT_DELIVERY = dict.fromkeys(names.KAFKA_OUTPUTS, names.DELIVERY_AT_LEAST_ONCE)
 # How long the Kafka sink's producer waits to fill a batch (linger.ms). 0 sends each record in a produce
 # request of its own whenever the sender thread is free; a short linger lets one request carry the

@@ -65,7 +65,7 @@ OUTPUT_TICKS = "ticks"
 # decision then depends only on the order of records in Kafka, so a replay after a crash decides every
 # request the same way; a job that falls behind answers late, from the queued scores. local: acted on
 # in the timer itself (a Kafka round trip sooner, `no_answer` at the deadline when the job is behind;
-# after a crash a replay can decide differently). README "Guarantees".
+# after a crash a replay can decide differently): docs/guarantees.md.
 CLOCK_LOG = "log"
 CLOCK_LOCAL = "local"
 CLOCKS = (CLOCK_LOG, CLOCK_LOCAL)

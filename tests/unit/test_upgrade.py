@@ -125,7 +125,7 @@ def test_added_operators_and_states_are_allowed_removed_ones_are_refused() -> No
 
 def test_a_job_from_before_the_one_kafka_sink_is_refused() -> None:
     """The per-output sinks and the parse and route operators of earlier versions are gone: their
-    savepoints are refused (README "Upgrading from an earlier version")."""
+    savepoints are refused (docs/operations.md, "Changing the policy on a running cluster")."""
     old = compat()
     old["operator_uids"] = {k: v for k, v in old["operator_uids"].items() if k != "UID_KAFKA_OUT"} | {
         "UID_KAFKA_RESULTS_OUT": "kafka-results-out",
