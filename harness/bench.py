@@ -796,6 +796,22 @@ def saturated(step: dict[str, Any]) -> bool:
 IDLE_S = 20.0  # the idle window: no traffic, after the warm-up and its pause
 
 
+def first_answer(bootstrap: str) -> tuple[str, float | None]:
+    """A new return address and the latency of the one request sent to it first.
+
+    The job's Kafka sink looks up a topic's partitions the first time it writes to it, with a Kafka
+    producer of its own made and closed for that (the connector's ``DefaultKafkaSinkContext``): the
+    task thread stops for ~30-300 ms once per return address (docs/performance.md). A step measures
+    the steady state on an address the job has answered once; this figure is that first answer.
+    """
+    address = f"results.bench-{uuid.uuid4().hex[:8]}"
+    kafka_admin.create_topics(bootstrap, [address])
+    first = loadgen.run_load(
+        bootstrap, count=1, rate=1.0, return_address=address, settle_ms=5000, validate_results=False
+    )
+    return address, first.latency_ms.max
+
+
 def stack_ladder(
     policy: Path,
     rates: Sequence[float],
@@ -804,9 +820,10 @@ def stack_ladder(
     label: str,
     idle_s: float = 0.0,
     warmup_max_s: float = 0.0,
+    job_overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Broker, runners, job; warm up, then (``idle_s``) the CPU each process uses with no traffic, then
-    each rate in turn until saturation."""
+    each rate in turn until saturation. ``job_overrides`` as in TUNING_VARIANTS (job_args)."""
     from runners.train import ensure_trained
 
     broker = _fresh_broker(f"stack-{label}")
@@ -816,8 +833,9 @@ def stack_ladder(
     try:
         ensure_trained(MODELS_DIR)
         runners = stack.start_runners(RUNNERS, MODELS_DIR, broker.bootstrap, work / "logs", processes)
+        extra = [x for o in job_overrides for x in job_args(o)]
         job = stack.start_job(
-            policy, broker.bootstrap, work / "archive", work / "flink", work / "job.log", processes
+            policy, broker.bootstrap, work / "archive", work / "flink", work / "job.log", processes, extra
         )
         stack.wait_until_answering(broker.bootstrap, job)
         watched = {"job": job.pid, "broker": broker.pid, "loadgen": os.getpid()} | {
@@ -849,10 +867,12 @@ def stack_ladder(
             # load generator ~1 ms of CPU per result on a machine with two cores.
             # No per-request deadline: it would override the policy's (a wait-for-all policy must
             # wait); answers later than the budget are counted on the client instead.
+            address, first_ms = first_answer(broker.bootstrap)
             report = loadgen.run_load(
                 broker.bootstrap,
                 count=int(rate * seconds),
                 rate=rate,
+                return_address=address,
                 settle_ms=3000,
                 validate_results=False,
                 budget_ms=BUDGET_MS,
@@ -864,8 +884,13 @@ def stack_ladder(
                 "answered": report.answered,
                 "conflicting": report.conflicting,
                 "latency_ms": report.latency_ms.to_dict(),
+                # Where the time went (loadgen.LEGS), for all answers and for the late ones: what
+                # bounds the step's tail.
+                "legs_ms": {k: v.to_dict() for k, v in report.legs_ms.items()},
+                "late_legs_ms": {k: v.to_dict() for k, v in report.late_legs_ms.items()},
                 "deadline_ms": BUDGET_MS,
                 "deadline_misses": report.over_budget,
+                "first_answer_ms": first_ms,
                 "by_reason": report.by_reason,
                 "by_trigger": report.by_trigger,
                 "wins_by_model": report.wins_by_model,
@@ -876,12 +901,17 @@ def stack_ladder(
             lat = report.latency_ms
             say(
                 f"[{label}] {rate:.0f}/s: answered {report.answered}/{report.sent}, "
-                f"{latency.format_summary(lat)}, CPU {step['cpu_percent']}"
+                f"{latency.format_summary(lat)}, CPU {step['cpu_percent']}; first answer to the "
+                f"step's new return address {_ms(first_ms)} ms; "
+                f"where it went: {loadgen.format_legs(report.legs_ms)}; "
+                f"the late ones: {loadgen.format_legs(report.late_legs_ms)}"
             )
             if saturated(step):
                 say(f"[{label}] saturated at {rate:.0f}/s: the ladder stops here")
                 break
         out: dict[str, Any] = {"policy": str(policy.relative_to(REPO_ROOT)), "steps": steps}
+        if job_overrides:
+            out["job_overrides"] = list(job_overrides)
         if warmup:
             out["warmup"] = {
                 "seconds": warmup[-1].elapsed_s,
@@ -1016,6 +1046,13 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}" if v >= 10 else f"{v:.1f}"
 
 
+def _legs_p99(legs: dict[str, Any] | None) -> str:
+    """'5.0 / 53 / 12': the p99 of each of loadgen.LEGS, or '-' for a step without them."""
+    if not legs:
+        return "-"
+    return " / ".join(_ms(legs[leg]["p99"]) if leg in legs else "-" for leg in loadgen.LEGS)
+
+
 def _ms2(v: float | None) -> str:
     """Sub-millisecond resolution for one-hop latencies."""
     return "-" if v is None else f"{v:.0f}" if v >= 10 else f"{v:.2f}"
@@ -1109,8 +1146,15 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             f"## Whole stack, `{label}` ({run['policy']}); runners: gbt 2 ms, logreg 1 ms, tree 40-80 ms, base (canary)",
             "",
-            "| rate (req/s) | achieved | answered | p50 ms | p99 ms | p99.9 ms | over 100 ms | no_answer | state KB | CPU % job / broker / runners / loadgen |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            *(
+                [f"The job with: `{'`, `'.join(run['job_overrides'])}` (`--stack-job-args`).", ""]
+                if run.get("job_overrides")
+                else []
+            ),
+            "| rate (req/s) | achieved | answered | p50 ms | p99 ms | p99.9 ms | over 100 ms | no_answer | "
+            "p99 ms to the job / in the job / back | first answer ms | state KB | "
+            "CPU % job / broker / runners / loadgen |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in run["steps"]:
             lat, cpu = s["latency_ms"], s["cpu_percent"]
@@ -1118,13 +1162,16 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {s['rate']:.0f} | {s['achieved_rate'] or 0:.0f} | {s['answered']}/{s['sent']} | "
                 f"{_ms(lat['p50'])} | {_ms(lat['p99'])} | {_ms(lat['p99.9'])} | {s['deadline_misses']} | "
-                f"{s['by_reason'].get('no_answer', 0)} | {_kb(s['state_bytes'])} | "
+                f"{s['by_reason'].get('no_answer', 0)} | {_legs_p99(s.get('legs_ms'))} | "
+                f"{_ms(s.get('first_answer_ms'))} | {_kb(s['state_bytes'])} | "
                 f"{cpu['job']} / {cpu['broker']} / {runners_cpu} / {cpu['loadgen']} |"
             )
         best = sustained_rate(run["steps"])
         lines += [
             "",
-            f"Sustained with p99 <= {BUDGET_MS} ms: {f'{best:.0f} requests/s' if best else 'none'}.",
+            f"Sustained with p99 <= {BUDGET_MS} ms: {f'{best:.0f} requests/s' if best else 'none'}. "
+            'Each step runs on a return address the job has answered once ("first answer": that one '
+            "request's latency, which holds the job's first write to a new topic).",
             "",
         ]
         if run.get("warmup"):
@@ -1299,6 +1346,12 @@ def main(argv: list[str] | None = None) -> int:
         help="--tuning: only the settings whose name contains one of these (comma-separated)",
     )
     ap.add_argument("--no-crossing", action="store_true", help="--tuning: skip the Java/Python crossing runs")
+    ap.add_argument(
+        "--stack-job-args",
+        default="",
+        help="the stack ladders' job with these settings, comma-separated, each a Flink key=value or a "
+        "job --flag=value (e.g. execution.buffer-timeout.interval=0ms); results.md names them",
+    )
     a = ap.parse_args(argv)
 
     def floats(text: str) -> list[float]:
@@ -1348,18 +1401,20 @@ def main(argv: list[str] | None = None) -> int:
         say(f"the job alone: probe at {a.probe_rate:.0f}/s, then a backlog of {a.backlog} ...")
         result["job_capacity"] = job_alone("capacity", (), a.probe_rate, a.seconds, a.backlog, a.warmup)
     result["stack"] = {}
+    stack_overrides = [o.strip() for o in a.stack_job_args.split(",") if o.strip()]
     if "first_in_order" in parts:
         result["stack"]["first_in_order"] = stack_ladder(
-            BENCH_POLICY, floats(a.rates), a.seconds, a.warmup, "first_in_order", IDLE_S, a.warmup_max
-        )
+            BENCH_POLICY, floats(a.rates), a.seconds, a.warmup, "first_in_order", IDLE_S, a.warmup_max,
+            stack_overrides,
+        )  # fmt: skip
     elif "idle" in parts:
         result["stack"]["first_in_order"] = stack_ladder(
-            BENCH_POLICY, [], a.seconds, a.warmup, "first_in_order", IDLE_S, a.warmup_max
+            BENCH_POLICY, [], a.seconds, a.warmup, "first_in_order", IDLE_S, a.warmup_max, stack_overrides
         )
     if "wait_for_all" in parts:
         result["stack"]["wait_for_all"] = stack_ladder(
             WAIT_FOR_ALL_POLICY, floats(a.wait_for_all_rates), a.seconds, a.warmup, "wait_for_all",
-            warmup_max_s=a.warmup_max,
+            warmup_max_s=a.warmup_max, job_overrides=stack_overrides,
         )  # fmt: skip
     if "delivery" in parts:
         result["delivery"] = delivery_cost(a.delivery_rate, max(a.seconds, 30.0), a.warmup / 2)

@@ -116,7 +116,8 @@ def test_markdown_has_a_row_per_step_and_the_targets() -> None:
     }
     result["targets"] = bench.targets(result)
     md = bench.markdown(result)
-    assert "| 100 | 100 | 100/100 | 15 | 30 | 30 | 0 | 0 | 2 | 50 / 20 / 10 / 10 |" in md
+    # A step of an older results file (no legs, no first answer) shows '-' in those columns.
+    assert "| 100 | 100 | 100/100 | 15 | 30 | 30 | 0 | 0 | - | - | 2 | 50 / 20 / 10 / 10 |" in md
     assert "| 250 |" in md
     assert "Sustained with p99 <= 100 ms: 250 requests/s." in md
     assert "| 833 requests/s sustained with p99 <= 100 ms | 833/s not reached | no |" in md
@@ -301,3 +302,38 @@ def test_a_tuning_override_is_a_job_flag_or_a_flink_setting() -> None:
     for _, overrides in bench.TUNING_VARIANTS:  # every variant's arguments parse as the job's
         args = [x for o in overrides for x in bench.job_args(o)]
         rendezvous_job.parse_args(["--policy", policy, "--bootstrap", "127.0.0.1:9", *args])
+
+
+def test_markdown_shows_where_a_steps_tail_went_and_its_first_answer() -> None:
+    step = _step(250, 40) | {
+        "legs_ms": {
+            "to the job": {"p99": 12.0},
+            "in the job": {"p99": 7.5},
+            "back to the client": {"p99": 3.25},
+        },
+        "first_answer_ms": 143.6,
+    }
+    result = {
+        "date": "2026-12-05 20:00",
+        "machine": {"cpus": 2, "platform": "linux", "python": "3.11"},
+        "stack": {"first_in_order": {"policy": "policies/default.yaml", "steps": [step]}},
+    }
+    md = bench.markdown(result)
+    assert "| 250 | 250 | 100/100 | 20 | 40 | 40 | 0 | 0 | 12 / 7.5 / 3.2 | 144 | 2 |" in md
+
+
+def test_markdown_names_the_settings_a_stack_ladder_ran_with() -> None:
+    run = {
+        "policy": "policies/default.yaml",
+        "steps": [_step(250, 40)],
+        "job_overrides": ["execution.buffer-timeout.interval=0ms", "--sink-linger-ms=5"],
+    }
+    result = {
+        "date": "2026-12-05 20:00",
+        "machine": {"cpus": 2, "platform": "linux", "python": "3.11"},
+        "stack": {"first_in_order": run},
+    }
+    md = bench.markdown(result)
+    assert "The job with: `execution.buffer-timeout.interval=0ms`, `--sink-linger-ms=5`" in md
+    del run["job_overrides"]
+    assert "The job with:" not in bench.markdown(result)
