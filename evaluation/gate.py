@@ -145,7 +145,7 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def gate(
+def gate(  # noqa: C901 - the gate's rules in order, one branch each (docs/evaluation.md)
     rows: pd.DataFrame,
     policy: Policy | Mapping[str, Any],
     config: GateConfig | None = None,

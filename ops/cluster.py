@@ -509,7 +509,7 @@ class Cluster:
         return res.stdout
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: C901 - argparse for each subcommand, and dispatch
     ap = argparse.ArgumentParser(prog="ops.cluster", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up", help="write the conf dir, start JobManager + TaskManager, wait for slots")

@@ -92,7 +92,7 @@ class LabelScheduler:
         return out
 
 
-def run(
+def run(  # noqa: C901 - the poll loop; the decisions are LabelScheduler's
     consumer: Any,
     producer: Any,
     *,

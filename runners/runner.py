@@ -163,7 +163,7 @@ class Scheduler:
         self._heap: list[tuple[float, int, _Pending]] = []
         self._seq = 0
 
-    def admit(
+    def admit(  # noqa: C901 - one pass over a batch: each request's fate, then one scoring call
         self,
         requests: Sequence[tuple[str, Any]],
         received_ms: float,
@@ -283,7 +283,7 @@ def now_ms() -> float:
 # --- the thin Kafka half ------------------------------------------------------------------------
 
 
-def run(
+def run(  # noqa: C901 - the poll loop with its faults and stats; the decisions are Runner's
     model: ScoringModel,
     consumer: Any,
     producer: Any,

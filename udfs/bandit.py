@@ -31,7 +31,11 @@ MAX_PSEUDO_COUNT = 1e12  # bounded, so a long-lived state can never overflow to 
 def new_state(
     models: Iterable[str] = (), prior: tuple[float, float] = (1.0, 1.0), discount: float = 1.0
 ) -> dict[str, Any]:
-    """A fresh state: every listed model at the prior (models first seen later start there too)."""
+    """A fresh state: every listed model at the prior (models first seen later start there too).
+
+    >>> new_state(["gbt"], prior=(2, 1))
+    {'v': 1, 'prior': [2.0, 1.0], 'discount': 1.0, 'updates': 0, 'arms': {'gbt': [2.0, 1.0]}}
+    """
     state = {
         "v": STATE_VERSION,
         "prior": [float(prior[0]), float(prior[1])],
@@ -54,11 +58,7 @@ def check_state(state: Any) -> dict[str, Any]:
         raise ValueError("state: must be a mapping")
     if state.get("v") != STATE_VERSION:
         raise ValueError(f"state.v: version {state.get('v')!r} is not supported (expected {STATE_VERSION})")
-    prior = state.get("prior")
-    if not isinstance(prior, list | tuple) or len(prior) != 2:
-        raise ValueError("state.prior: must be [alpha, beta]")
-    for i, x in enumerate(prior):
-        _positive(x, f"state.prior[{i}]")
+    _pair(state.get("prior"), "state.prior")
     d = state.get("discount")
     if not isinstance(d, int | float) or isinstance(d, bool) or not 0.0 < d <= 1.0:
         raise ValueError(f"state.discount: must be a number in (0, 1], got {d!r}")
@@ -71,11 +71,16 @@ def check_state(state: Any) -> dict[str, Any]:
     for mid, ab in arms.items():
         if not isinstance(mid, str) or not mid:
             raise ValueError(f"state.arms: model ids must be non-empty strings, got {mid!r}")
-        if not isinstance(ab, list | tuple) or len(ab) != 2:
-            raise ValueError(f"state.arms.{mid}: must be [alpha, beta]")
-        for i, x in enumerate(ab):
-            _positive(x, f"state.arms.{mid}[{i}]")
+        _pair(ab, f"state.arms.{mid}")
     return dict(state)
+
+
+def _pair(ab: Any, where: str) -> None:
+    """[alpha, beta], both positive and finite (a prior, or one model's posterior)."""
+    if not isinstance(ab, list | tuple) or len(ab) != 2:
+        raise ValueError(f"{where}: must be [alpha, beta]")
+    for i, x in enumerate(ab):
+        _positive(x, f"{where}[{i}]")
 
 
 def _arm(state: Mapping[str, Any], model_id: str) -> tuple[float, float]:
@@ -110,6 +115,13 @@ def update_many(state: Mapping[str, Any], rewards: Mapping[str, float | bool]) -
     One label is one step of forgetting: the discount is applied once, then every reward is added, so a
     request scored by five models fades old evidence as much as one scored by one. ``updates`` counts
     labels. Models are applied in sorted order, so the result does not depend on the mapping's order.
+
+    >>> state = update_many(new_state(), {"gbt": 1.0, "tree": 0.0})  # gbt was right, tree wrong
+    >>> state["arms"], state["updates"]
+    ({'gbt': [2.0, 1.0], 'tree': [1.0, 2.0]}, 1)
+    >>> faded = update_many(new_state(discount=0.5), {"gbt": 1.0})
+    >>> update_many(faded, {"tree": 1.0})["arms"]  # gbt's evidence halves, back towards the prior
+    {'gbt': [1.5, 1.0], 'tree': [2.0, 1.0]}
     """
     checked = {m: float(r) for m, r in sorted(rewards.items())}
     for m, r in checked.items():
@@ -146,11 +158,24 @@ def choose_for_request(
     state: Mapping[str, Any], eligible: Sequence[str], request_id: str, salt: str = ""
 ) -> str:
     """``choose`` with the draw seeded by the request id: given the same posteriors, a replay of the
-    request makes the same choice."""
+    request makes the same choice.
+
+    >>> state = new_state(["gbt", "tree"])
+    >>> choice = choose_for_request(state, ["gbt", "tree"], "r-1", salt="7")
+    >>> choice in ("gbt", "tree") and choice == choose_for_request(state, ["gbt", "tree"], "r-1", salt="7")
+    True
+    """
     return choose(state, eligible, request_rng(request_id, salt))
 
 
 def posterior_mean(state: Mapping[str, Any], model_id: str) -> float:
+    """alpha / (alpha + beta): the chance the model's answer is right, as the state sees it.
+
+    >>> posterior_mean(update_many(new_state(), {"gbt": 1.0}), "gbt")  # Beta(2, 1)
+    0.6666666666666666
+    >>> posterior_mean(new_state(), "never-seen")  # the prior's
+    0.5
+    """
     a, b = _arm(state, model_id)
     return a / (a + b)
 

@@ -29,7 +29,7 @@ def loads(data: bytes | str) -> Any:
 
     >>> loads(b'{"a": [1, 2.5, "x"]}')
     {'a': [1, 2.5, 'x']}
-    >>> loads(b'["\\ud800"]')  # a lone surrogate escape: orjson refuses, json reads it
+    >>> loads(b'["\\\\ud800"]')  # a lone surrogate escape: orjson refuses, json reads it
     ['\\ud800']
     """
     try:

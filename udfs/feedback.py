@@ -27,6 +27,7 @@ from typing import Any
 from udfs import names
 from udfs.wire import (
     DeadLetter,
+    RewardEvent,
     Source,
     _Bad,
     _check_unknown,
@@ -80,7 +81,13 @@ def _label_from_obj(obj: dict[str, Any]) -> Label:
 
 
 def parse_label(data: bytes | str | Mapping[str, Any], source: Source | None = None) -> Label | DeadLetter:
-    """A label record, or a dead letter saying why it is not one (the job's parse reason codes)."""
+    """A label record, or a dead letter saying why it is not one (the job's parse reason codes).
+
+    >>> parse_label(b'{"request_id": "r-1", "label": 1, "labelled_at_ms": 5}')
+    Label(request_id='r-1', label=1, labelled_at_ms=5)
+    >>> parse_label({"request_id": "r-1", "label": "1", "labelled_at_ms": 5}).reason
+    'bad_field'
+    """
     src = source or Source(names.TOPIC_LABELS)
     if isinstance(data, Mapping):
         data = json.dumps(dict(data), allow_nan=True)  # NaN survives the dump, so the parser rejects it
@@ -107,7 +114,13 @@ class Answers:
 
 
 def answered_label(output: Any) -> Any:
-    """A classifier's answer: its label, or probability >= 0.5 as 0/1; None when it has neither."""
+    """A classifier's answer: its label, or probability >= 0.5 as 0/1; None when it has neither.
+
+    >>> answered_label({"label": True, "probability": 0.2}), answered_label({"probability": 0.7})
+    (True, 1)
+    >>> answered_label({"value": 3.5}) is None
+    True
+    """
     if not isinstance(output, Mapping):
         return None
     label = output.get("label")
@@ -159,7 +172,13 @@ def _as_class(v: Any) -> float | None:
 
 def rewards(answers: Mapping[str, Any], truth: Any) -> dict[str, float]:
     """Per model: 1.0 if its answer matches the truth, 0.0 if not or if it failed; models whose answer
-    cannot be compared (a string label, a value label) are left out."""
+    cannot be compared (a string label, a value label) are left out.
+
+    >>> rewards({"gbt": 1, "tree": 0, "lr": ERROR, "txt": "fraud"}, True)
+    {'gbt': 1.0, 'tree': 0.0, 'lr': 0.0}
+    >>> rewards({"gbt": 1}, 0.5)  # a value model's truth: nothing to reward
+    {}
+    """
     t = _as_class(truth)
     if t is None:
         return {}
@@ -211,7 +230,7 @@ class JoinStep:
     """What one join transition did: the entry to keep (None: clear), reward events out, counters."""
 
     entry: JoinEntry | None
-    rewards: list[dict[str, Any]] = field(default_factory=list)
+    rewards: list[RewardEvent] = field(default_factory=list)
     counts: list[str] = field(default_factory=list)
 
 
@@ -222,7 +241,7 @@ def _match(entry: JoinEntry, now_ms: int, ttl_ms: int) -> JoinStep:
     entry.matched = True
     entry.wake_at_ms = now_ms + ttl_ms
     given = rewards(ans.answers, label["label"])
-    events = []
+    events: list[RewardEvent] = []
     if given:
         events.append(
             {

@@ -30,12 +30,25 @@ needs a timer; the Flink adapter only stores state, registers that timer and rou
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from udfs import bandit, fastjson, names
 from udfs.policy import Decided, Policy, ScoreView, decide
-from udfs.wire import DeadLetter, Request, Score, Source, Tick
+from udfs.wire import (
+    RAW_PREFIX_CHARS,
+    ArchiveRow,
+    CanaryRecord,
+    CanaryView,
+    DecisionRecord,
+    Request,
+    ResultRecord,
+    Score,
+    Source,
+    Tick,
+    dead_letter,
+)
 
 # The state format this code writes, and the ones it reads (a savepoint of any of them restores: the
 # upgrade's refusal rules, ops/upgrade.py, compare against READABLE_STATE_VERSIONS).
@@ -46,7 +59,6 @@ READABLE_STATE_VERSIONS = (1, 2)
 TOMBSTONE_PREFIX = "t2,"  # never the start of JSON; request ids hold no comma (udfs/wire.py)
 # Scores a mailbox keeps beyond the first one of each policy model: duplicates and unknown models.
 MAX_EXTRA_SCORES = 16
-RAW_PREFIX_CHARS = 4096
 UNKNOWN_ROLE = "unknown"  # Policy.role_of for a model id the policy does not list
 
 # Output kinds; the adapter maps each to a Kafka topic, side output or file sink.
@@ -67,7 +79,7 @@ MAX_BUFFERED_TICKS = 16
 @dataclass(frozen=True)
 class Out:
     kind: str
-    record: dict[str, Any]
+    record: Mapping[str, Any]  # the kind's record type in udfs.wire (ResultRecord, ...)
     topic: str | None = None  # only for results: the request's return address
 
 
@@ -81,7 +93,7 @@ class Mailbox:
     deadline_ms: int | None = None  # the request's own override, if any
     received_at_ms: int | None = None
     scores: list[dict[str, Any]] = field(default_factory=list)
-    result: dict[str, Any] | None = None
+    result: ResultRecord | None = None
     closed: bool = False
     wake_at_ms: int | None = None
     # decide: thompson: the model the bandit chose when the request arrived (fixed for the request, so
@@ -217,14 +229,8 @@ def on_request(
     request id and policy version.
     """
     if mb is not None and (mb.has_request or mb.closed):
-        dead = DeadLetter(
-            names.REASON_DUPLICATE_REQUEST,
-            "a request with this id was already received; the first one is answered",
-            source,
-            raw[:RAW_PREFIX_CHARS],
-            raw_truncated=len(raw) > RAW_PREFIX_CHARS,
-            request_id=req.request_id,
-        )
+        detail = "a request with this id was already received; the first one is answered"
+        dead = dead_letter(names.REASON_DUPLICATE_REQUEST, detail, source, raw, req.request_id)
         counts = [names.METRIC_DUPLICATES, names.METRIC_DUPLICATE_REQUESTS]
         return Step(mb, [Out(DEAD_LETTER, dead.to_dict(now_ms))], counts)
     opened = mb is None
@@ -319,15 +325,7 @@ def _refuse_score(
     mb: Mailbox, score: Score, source: Source, reason: str, detail: str, metrics: list[str], now_ms: int
 ) -> Step:
     """A score the mailbox does not keep: a dead letter; the mailbox is unchanged."""
-    text = json.dumps(score.to_dict())
-    dead = DeadLetter(
-        reason,
-        detail,
-        source,
-        text[:RAW_PREFIX_CHARS],
-        raw_truncated=len(text) > RAW_PREFIX_CHARS,
-        request_id=score.request_id,
-    )
+    dead = dead_letter(reason, detail, source, json.dumps(score.to_dict()), score.request_id)
     return Step(mb, [Out(DEAD_LETTER, dead.to_dict(now_ms))], metrics)
 
 
@@ -426,9 +424,7 @@ def _evaluate(
         mb.wake_at_ms = max(now_ms, mb.received_at_ms + verdict.wake_at_ms)
 
 
-def _result(
-    mb: Mailbox, d: Decided, policy: Policy, now_ms: int, held: list[dict[str, Any]]
-) -> dict[str, Any]:
+def _result(mb: Mailbox, d: Decided, policy: Policy, now_ms: int, held: list[dict[str, Any]]) -> ResultRecord:
     assert mb.received_at_ms is not None
     current = [s for s in held if not s["duplicate"]]
     return {
@@ -471,7 +467,7 @@ def _public_score(s: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in s.items() if k not in ("src", "request_id")}
 
 
-def _decision_record(mb: Mailbox, now_ms: int) -> dict[str, Any]:
+def _decision_record(mb: Mailbox, now_ms: int) -> DecisionRecord:
     assert mb.result is not None
     return {
         "request_id": mb.request_id,
@@ -484,11 +480,11 @@ def _decision_record(mb: Mailbox, now_ms: int) -> dict[str, Any]:
     }
 
 
-def _canary_record(mb: Mailbox, canary_id: str) -> dict[str, Any]:
+def _canary_record(mb: Mailbox, canary_id: str) -> CanaryRecord:
     assert mb.result is not None
     res = mb.result
     canary = next((s for s in mb.scores if s["model_id"] == canary_id and not s["duplicate"]), None)
-    canary_view = None
+    canary_view: CanaryView | None = None
     if canary is not None:
         canary_view = {
             "model_id": canary["model_id"],
@@ -513,7 +509,16 @@ def _canary_record(mb: Mailbox, canary_id: str) -> dict[str, Any]:
 
 
 def agreement(official: Any, canary: dict[str, Any] | None) -> bool | None:
-    """Same label, or probabilities on the same side of 0.5; None when there is nothing to compare."""
+    """Same label, or probabilities on the same side of 0.5; None when there is nothing to compare.
+
+    >>> canary = {"status": "ok", "output": {"label": 1, "probability": 0.4}}
+    >>> agreement({"label": 1}, canary), agreement({"label": True}, canary)  # 1 and true differ
+    (True, False)
+    >>> agreement({"probability": 0.3}, {"status": "ok", "output": {"probability": 0.45}})
+    True
+    >>> agreement({"label": 1}, {"status": "error", "output": None}) is None
+    True
+    """
     if canary is None or canary["status"] != "ok" or not isinstance(official, dict):
         return None
     other = canary["output"] or {}
@@ -526,7 +531,8 @@ def agreement(official: Any, canary: dict[str, Any] | None) -> bool | None:
         return isinstance(a, str | int | float) or fastjson.dumps(a) == fastjson.dumps(b)
     p, q = official.get("probability"), other.get("probability")
     if p is not None and q is not None:
-        return (p >= 0.5) == (q >= 0.5)
+        same_side: bool = (p >= 0.5) == (q >= 0.5)
+        return same_side
     return None
 
 
@@ -534,18 +540,18 @@ def _orphan_letters(mb: Mailbox, now_ms: int) -> list[Out]:
     outs = []
     for s in mb.scores:
         topic, partition, offset = s["src"]
-        dead = DeadLetter(
-            names.REASON_ORPHAN_SCORE,
-            f"no request with this id arrived within the orphan timeout (score from {s['model_id']})",
-            Source(topic, partition, offset),
-            json.dumps(_public_score(s))[:RAW_PREFIX_CHARS],
-            request_id=mb.request_id,
+        detail = f"no request with this id arrived within the orphan timeout (score from {s['model_id']})"
+        # Cut here, before the builder, as it always was: so raw_truncated stays false even for the rare
+        # score whose JSON is longer (an error text of non-ASCII characters, which json.dumps escapes).
+        raw = json.dumps(_public_score(s))[:RAW_PREFIX_CHARS]
+        dead = dead_letter(
+            names.REASON_ORPHAN_SCORE, detail, Source(topic, partition, offset), raw, mb.request_id
         )
         outs.append(Out(DEAD_LETTER, dead.to_dict(now_ms)))
     return outs
 
 
-def _archive_row(req: Request, raw: str, source: Source, now_ms: int) -> dict[str, Any]:
+def _archive_row(req: Request, raw: str, source: Source, now_ms: int) -> ArchiveRow:
     return {
         "request_id": req.request_id,
         "received_at_ms": now_ms,

@@ -29,7 +29,11 @@ from udfs import names
 
 
 def latency_buckets(latency_ms: float) -> list[str]:
-    """The cumulative bucket counters one observation increments (always ending with ``le_inf``)."""
+    """The cumulative bucket counters one observation increments (always ending with ``le_inf``).
+
+    >>> latency_buckets(900)
+    ['latency_ms_le_1000', 'latency_ms_le_2500', 'latency_ms_le_5000', 'latency_ms_le_inf']
+    """
     out = [names.latency_bucket_metric(b) for b in names.MODEL_LATENCY_BUCKETS_MS if latency_ms <= b]
     out.append(names.latency_bucket_metric(None))
     return out
@@ -48,6 +52,17 @@ def model_counts(decision: Mapping[str, Any], model_ids: Iterable[str]) -> dict[
     """{model id: {metric: increment}} for one closed mailbox; only non-zero increments are listed.
 
     ``decision`` is a decision record; a record without a result (never emitted by the mailbox) gives {}.
+
+    >>> decision = {
+    ...     "received_at_ms": 1000,
+    ...     "result": {"model_id": "gbt", "reason": "preferred"},
+    ...     "scores": [{"model_id": "gbt", "status": "ok", "late": False, "arrived_at_ms": 1030}],
+    ... }
+    >>> counts = model_counts(decision, ["gbt", "tree"])
+    >>> counts["tree"]
+    {'timeouts': 1}
+    >>> {k: v for k, v in counts["gbt"].items() if "_le_" not in k}
+    {'scores': 1, 'latency_ms_sum': 30, 'wins': 1}
     """
     result = decision.get("result")
     if result is None:
@@ -116,12 +131,13 @@ class Tally:
                 key = (mid, names.MODEL_METRIC_TIMEOUTS)
                 counts[key] = counts.get(key, 0) + 1
             else:
-                keys = [(mid, names.MODEL_METRIC_SCORES)]
+                key = (mid, names.MODEL_METRIC_SCORES)
+                counts[key] = counts.get(key, 0) + 1
                 if s.get("status") != "ok":
-                    keys.append((mid, names.MODEL_METRIC_ERRORS))
+                    key = (mid, names.MODEL_METRIC_ERRORS)
+                    counts[key] = counts.get(key, 0) + 1
                 if s.get("late"):
-                    keys.append((mid, names.MODEL_METRIC_LATE))
-                for key in keys:
+                    key = (mid, names.MODEL_METRIC_LATE)
                     counts[key] = counts.get(key, 0) + 1
                 if received is not None and s.get("arrived_at_ms") is not None:
                     latency = max(0, int(s["arrived_at_ms"]) - int(received))

@@ -173,7 +173,16 @@ def _int(data: Mapping[str, Any], name: str, lo: int, hi: int, default: int | No
 
 
 def parse_policy(data: Any) -> Policy:
-    """Validate a policy given as plain data (what YAML or JSON produced)."""
+    """Validate a policy given as plain data (what YAML or JSON produced).
+
+    >>> p = parse_policy({"version": 2, "deadline_ms": 100, "models": [{"id": "gbt", "role": "incumbent"}]})
+    >>> p.decide, p.late_window_ms, [m.id for m in p.official]
+    ('first_in_order', 1000, ['gbt'])
+    >>> parse_policy({"version": 2, "deadline_ms": 100, "models": [{"id": "gbt", "role": "boss"}]})
+    Traceback (most recent call last):
+    ...
+    udfs.policy.PolicyError: models[0].role: must be one of incumbent, challenger, backstop, canary, shadow, got 'boss'
+    """
     if not isinstance(data, dict):
         raise PolicyError("policy: must be a mapping with version, deadline_ms, decide and models")
     unknown = sorted(set(map(str, data)) - _TOP_FIELDS)
@@ -251,34 +260,7 @@ def _parse_models(raw: Any, deadline: int) -> tuple[ModelSpec, ...]:
     if not isinstance(raw, list) or not raw:
         raise PolicyError("models: must be a non-empty list")
     seen: set[str] = set()
-    out: list[ModelSpec] = []
-    for i, m in enumerate(raw):
-        where = f"models[{i}]"
-        if not isinstance(m, dict):
-            raise PolicyError(f"{where}: must be a mapping with id and role")
-        unknown = sorted(set(map(str, m)) - _MODEL_FIELDS)
-        if unknown:
-            raise PolicyError(f"{where}.{unknown[0]}: unknown field (allowed: id, role, wait_ms, weight)")
-        mid = m.get("id")
-        if not isinstance(mid, str) or not MODEL_ID_RE.match(mid):
-            # The same rule as a score's model_id: any other id could never match a score.
-            raise PolicyError(f"{where}.id: required, a string of 1-64 characters of [A-Za-z0-9._-]")
-        if mid in seen:
-            raise PolicyError(f"{where}.id: duplicate model id {mid!r}")
-        seen.add(mid)
-        role = m.get("role")
-        if role not in ROLES:
-            raise PolicyError(f"{where}.role: must be one of {', '.join(ROLES)}, got {role!r}")
-        wait = m.get("wait_ms")
-        if wait is not None:
-            if role not in OFFICIAL_ROLES:
-                raise PolicyError(f"{where}.wait_ms: only models that can answer officially wait ({role})")
-            if not isinstance(wait, int) or isinstance(wait, bool) or not 0 <= wait <= deadline:
-                raise PolicyError(f"{where}.wait_ms: must be an integer from 0 to deadline_ms ({deadline})")
-        weight = m.get("weight", 1.0)
-        if not isinstance(weight, int | float) or isinstance(weight, bool) or not 0 < weight <= MAX_WEIGHT:
-            raise PolicyError(f"{where}.weight: must be a number in (0, {MAX_WEIGHT:g}], got {weight!r}")
-        out.append(ModelSpec(mid, role, wait, float(weight)))
+    out = [_parse_model(m, f"models[{i}]", deadline, seen) for i, m in enumerate(raw)]
     if not any(m.official for m in out):
         raise PolicyError("models: needs at least one model with role incumbent, challenger or backstop")
     if sum(1 for m in out if m.role == "canary") > 1:
@@ -286,6 +268,36 @@ def _parse_models(raw: Any, deadline: int) -> tuple[ModelSpec, ...]:
     if sum(1 for m in out if m.role == "incumbent") > 1:
         raise PolicyError("models: at most one model may have role incumbent")
     return tuple(out)
+
+
+def _parse_model(m: Any, where: str, deadline: int, seen: set[str]) -> ModelSpec:
+    """One entry of ``models`` (``where``: its place, for the message); adds its id to ``seen``, the ids
+    of the entries before it."""
+    if not isinstance(m, dict):
+        raise PolicyError(f"{where}: must be a mapping with id and role")
+    unknown = sorted(set(map(str, m)) - _MODEL_FIELDS)
+    if unknown:
+        raise PolicyError(f"{where}.{unknown[0]}: unknown field (allowed: id, role, wait_ms, weight)")
+    mid = m.get("id")
+    if not isinstance(mid, str) or not MODEL_ID_RE.match(mid):
+        # The same rule as a score's model_id: any other id could never match a score.
+        raise PolicyError(f"{where}.id: required, a string of 1-64 characters of [A-Za-z0-9._-]")
+    if mid in seen:
+        raise PolicyError(f"{where}.id: duplicate model id {mid!r}")
+    seen.add(mid)
+    role = m.get("role")
+    if role not in ROLES:
+        raise PolicyError(f"{where}.role: must be one of {', '.join(ROLES)}, got {role!r}")
+    wait = m.get("wait_ms")
+    if wait is not None:
+        if role not in OFFICIAL_ROLES:
+            raise PolicyError(f"{where}.wait_ms: only models that can answer officially wait ({role})")
+        if not isinstance(wait, int) or isinstance(wait, bool) or not 0 <= wait <= deadline:
+            raise PolicyError(f"{where}.wait_ms: must be an integer from 0 to deadline_ms ({deadline})")
+    weight = m.get("weight", 1.0)
+    if not isinstance(weight, int | float) or isinstance(weight, bool) or not 0 < weight <= MAX_WEIGHT:
+        raise PolicyError(f"{where}.weight: must be a number in (0, {MAX_WEIGHT:g}], got {weight!r}")
+    return ModelSpec(mid, role, wait, float(weight))
 
 
 # --- Decisions ---------------------------------------------------------------------------------
@@ -328,6 +340,14 @@ def decide(
     ``chosen`` (``decide: thompson``): the model the bandit picked for this request when it arrived; it
     goes first, the rest follow in preference order (``first_in_order`` from there on). Without a
     choice (a mailbox from before the policy had a bandit, a replay) the preference order applies.
+
+    >>> p = parse_policy({"version": 1, "deadline_ms": 100, "models": [
+    ...     {"id": "gbt", "role": "incumbent", "wait_ms": 40}, {"id": "tree", "role": "backstop"}]})
+    >>> tree = ScoreView(ok=True, output={"label": 0}, model_version="3")
+    >>> decide(p, {"tree": tree}, 0, 100, now_ms=10, by_timer=False)  # gbt may still answer
+    Waiting(wake_at_ms=40)
+    >>> decide(p, {"tree": tree}, 0, 100, now_ms=40, by_timer=True)  # gbt's wait ran out
+    Decided(model_id='tree', model_version='3', output={'label': 0}, reason='backstop', trigger='wait_timer')
     """
     if policy.decide == "first_in_order":
         return _first_in_order(policy, scores, received_at_ms, deadline_at_ms, now_ms, by_timer)

@@ -1,7 +1,8 @@
 """Live policy versions: which published documents are accepted, and which policy decides a mailbox.
 
 Pure Python, no pyflink. The job starts with the policy file (the *base* policy, version N); policy
-documents published on the policies topic (``ops/policy_cli.py``) are offered here one by one:
+documents (``schemas/policy.schema.json``) published on the policies topic (``ops/policy_cli.py``) are
+offered here one by one:
 
 - a document is **accepted** only if it is UTF-8 JSON within ``MAX_DOCUMENT_BYTES``, passes
   ``udfs.policy.parse_policy`` (the same validation as the file, the same field-naming messages) and
@@ -24,15 +25,14 @@ The Flink adapter keeps the accepted versions in broadcast state (``to_state`` /
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from udfs import names
+from udfs import names, wire
 from udfs.policy import Policy, PolicyError, parse_policy
-from udfs.wire import RAW_PREFIX_CHARS, DeadLetter, Source
+from udfs.wire import DeadLetterRecord, Source
 
 MAX_DOCUMENT_BYTES = 64 * 1024
 MAX_KEPT_VERSIONS = 16
@@ -61,6 +61,13 @@ def parse_document(raw: bytes | bytearray | str | None) -> Policy:
     """A policy document as published (JSON text of the policy file's structure) -> Policy.
 
     Raises ``PolicyError`` with a message naming the problem (the field, for an invalid policy).
+
+    >>> parse_document(b'{"version": 3, "deadline_ms": 50, "models": [{"id": "gbt", "role": "incumbent"}]}').version
+    3
+    >>> parse_document(b'{"version": 3}')
+    Traceback (most recent call last):
+    ...
+    udfs.policy.PolicyError: deadline_ms: required
     """
     if raw is None:
         raise PolicyError("document: empty (a record without a value)")
@@ -135,7 +142,15 @@ class PolicyRegistry:
         return self.current
 
     def offer(self, raw: bytes | bytearray | str | None) -> Accepted | Refused:
-        """Validate a published document against the version in force; accept it or refuse it."""
+        """Validate a published document against the version in force; accept it or refuse it.
+
+        >>> doc = '{"version": %d, "deadline_ms": 50, "models": [{"id": "gbt", "role": "incumbent"}]}'
+        >>> registry = PolicyRegistry(parse_document(doc % 3))
+        >>> registry.offer(doc % 4).previous_version, registry.current.version
+        (3, 4)
+        >>> registry.offer(doc % 4).reason
+        'stale_policy_version'
+        """
         try:
             policy = parse_document(raw)
         except PolicyError as e:
@@ -181,22 +196,10 @@ class PolicyRegistry:
 
 def dead_letter(
     refused: Refused, raw: bytes | bytearray | str | None, source: Source, now_ms: int
-) -> dict[str, Any]:
-    """The dead-letter record (``schemas/dead_letter.schema.json``) for a refused document."""
-    if raw is None:
-        text, encoding, truncated = "", "utf-8", False
-    elif isinstance(raw, str):
-        text, encoding, truncated = raw[:RAW_PREFIX_CHARS], "utf-8", len(raw) > RAW_PREFIX_CHARS
-    else:
-        try:
-            full = bytes(raw).decode("utf-8")
-            text, encoding, truncated = full[:RAW_PREFIX_CHARS], "utf-8", len(full) > RAW_PREFIX_CHARS
-        except UnicodeDecodeError:
-            prefix = bytes(raw[: RAW_PREFIX_CHARS * 3 // 4])
-            text, encoding = base64.b64encode(prefix).decode("ascii"), "base64"
-            truncated = len(prefix) < len(raw)
-    dead = DeadLetter(refused.reason, refused.detail, source, text, truncated, encoding)
-    return dead.to_dict(now_ms)
+) -> DeadLetterRecord:
+    """The dead-letter record (``schemas/dead_letter.schema.json``) for a refused document: the document
+    as read (``udfs.wire.dead_letter``: its text cut, or base64 when it is not UTF-8), no request id."""
+    return wire.dead_letter(refused.reason, refused.detail, source, raw).to_dict(now_ms)
 
 
 def state_key(version: int) -> str:

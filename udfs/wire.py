@@ -1,7 +1,25 @@
-"""Parsing of the wire formats (see schemas/). Pure Python, no pyflink.
+"""The wire formats the job reads and writes (see schemas/). Pure Python, no pyflink.
+
+Three sections: the records read (one class per format: request, score, tick), inbound (parsing:
+bytes from a topic -> a record, or a ``DeadLetter``), outbound (the type of every record the job
+writes, one ``TypedDict`` per schema file with its fields in its order; the encoders; and
+``dead_letter``, the one builder of a dead letter for every part of the job). The records written are
+built where they are decided (``udfs.mailbox``, ``udfs.feedback``); labels are parsed in
+``udfs.feedback`` and policy documents in ``udfs.policy``, with the rules of this module.
+schemas/README.md lists every file and who writes it.
 
 Bad input is data: every parse returns either a record or a ``DeadLetter`` with a reason code,
 never raises. The rules mirror the JSON Schema files in ``schemas/``; tests hold the two together.
+
+>>> req = parse_request(b'{"request_id":"r-1","return_address":"results","sent_at_ms":5,"features":{}}',
+...                     Source("requests", 0, 7))
+>>> req.request_id, req.return_address, req.deadline_ms
+('r-1', 'results', None)
+>>> request_to_dict(req)
+{'request_id': 'r-1', 'return_address': 'results', 'sent_at_ms': 5, 'features': {}}
+>>> bad = parse_request(b'{"request_id":"r-1"}', Source("requests", 0, 8))
+>>> bad.reason, bad.detail, bad.request_id
+('missing_field', "missing field 'return_address'", 'r-1')
 """
 
 from __future__ import annotations
@@ -12,7 +30,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import orjson
 
@@ -23,9 +41,9 @@ MAX_ERROR_CHARS = 1024
 # can be due; schemas/request.schema.json and tick.schema.json carry the same maximum.
 MAX_DEADLINE_MS = 600_000
 
-# \Z, not $: "$" also matches before a trailing newline, so "abc\n" would pass.
 T = TypeVar("T")
 
+# \Z, not $: "$" also matches before a trailing newline, so "abc\n" would pass.
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 # Same character class as Kafka's own topic-name rule; the results sink is built with the
 # same pattern, so a request can never name a topic the sink would refuse.
@@ -44,6 +62,9 @@ OUTPUT_FIELDS = frozenset({"label", "probability", "value"})
 TICK_FIELDS = frozenset({"request_id", "tick_due_ms", "policy_version", "written_at_ms"})
 
 
+# --- Records: one typed class per format (schemas/<name>.schema.json) ---------------------------------
+
+
 @dataclass(frozen=True)
 class Source:
     """Where a record came from: kept so a dead letter can point back at it."""
@@ -55,6 +76,8 @@ class Source:
 
 @dataclass(frozen=True)
 class Request:
+    """A request (schemas/request.schema.json), read from the requests topic."""
+
     request_id: str
     return_address: str
     sent_at_ms: int
@@ -65,6 +88,8 @@ class Request:
 
 @dataclass(frozen=True)
 class Score:
+    """A model's score (schemas/score.schema.json), read from the scores topic."""
+
     request_id: str
     model_id: str
     model_version: str
@@ -109,7 +134,7 @@ class Tick:
         """A tick from ``to_dict``'s output, already validated (``tick_from_obj`` validates)."""
         return cls(d["request_id"], d["tick_due_ms"], d["policy_version"], d["written_at_ms"])
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> TickRecord:
         return {
             "request_id": self.request_id,
             "tick_due_ms": self.due_ms,
@@ -120,6 +145,11 @@ class Tick:
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """A record the job cannot use (schemas/dead_letter.schema.json), written to the dead-letters topic.
+
+    Made by ``dead_letter`` (which cuts or encodes ``raw``); ``to_dict`` is the record as it travels.
+    """
+
     reason: str
     detail: str
     source: Source
@@ -129,7 +159,7 @@ class DeadLetter:
     request_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self, at_ms: int) -> dict[str, Any]:
+    def to_dict(self, at_ms: int) -> DeadLetterRecord:
         return {
             "reason": self.reason,
             "detail": self.detail,
@@ -142,6 +172,9 @@ class DeadLetter:
             "raw_encoding": self.raw_encoding,
             "at_ms": at_ms,
         }
+
+
+# --- Inbound: parsing (bytes from a topic -> a record, or a DeadLetter) -----------------------------
 
 
 class _Bad(ValueError):
@@ -168,7 +201,7 @@ def _is_number(v: Any) -> bool:
 
 def _decode(data: bytes | str | None, source: Source) -> tuple[str | None, DeadLetter | None]:
     if data is None:  # a Kafka record without a value (a tombstone): the raw format gives null
-        return None, DeadLetter("null_value", "record has no value (null)", source, "")
+        return None, dead_letter("null_value", "record has no value (null)", source, None)
     if isinstance(data, str):
         text = data
         size = len(text.encode("utf-8", "surrogatepass"))
@@ -177,31 +210,12 @@ def _decode(data: bytes | str | None, source: Source) -> tuple[str | None, DeadL
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            prefix = data[: RAW_PREFIX_CHARS * 3 // 4]
-            return None, DeadLetter(
-                "not_utf8",
-                f"record is not UTF-8 ({e.reason} at byte {e.start})",
-                source,
-                base64.b64encode(prefix).decode("ascii"),
-                raw_truncated=len(prefix) < len(data),
-                raw_encoding="base64",
-            )
+            detail = f"record is not UTF-8 ({e.reason} at byte {e.start})"
+            return None, dead_letter("not_utf8", detail, source, data)
     if size > MAX_RECORD_BYTES:
-        return None, _dead(
-            "too_large", f"record is {size} bytes, the limit is {MAX_RECORD_BYTES}", source, text
-        )
+        detail = f"record is {size} bytes, the limit is {MAX_RECORD_BYTES}"
+        return None, dead_letter("too_large", detail, source, text)
     return text, None
-
-
-def _dead(reason: str, detail: str, source: Source, text: str, request_id: str | None = None) -> DeadLetter:
-    return DeadLetter(
-        reason,
-        detail,
-        source,
-        text[:RAW_PREFIX_CHARS],
-        raw_truncated=len(text) > RAW_PREFIX_CHARS,
-        request_id=request_id,
-    )
 
 
 def _load_object(text: str) -> dict[str, Any]:
@@ -249,11 +263,16 @@ def _safe_request_id(obj: Any) -> str | None:
 def key_mismatch(key: str | None, request_id: str, source: Source, text: str) -> DeadLetter | None:
     """A dead letter for a record whose Kafka key is not its request_id (None: the key fits, or the
     record has none). The key picks the record's partition and mailbox; another id's is the wrong one.
+
+    >>> key_mismatch("r-1", "r-1", Source("scores"), "{}") is None
+    True
+    >>> key_mismatch("r-2", "r-1", Source("scores"), "{}").reason
+    'key_mismatch'
     """
     if key is None or key == request_id:
         return None
     detail = f"the record's Kafka key {key[:128]!r} is not its request_id (the key must be the request id)"
-    return _dead("key_mismatch", detail, source, text, request_id)
+    return dead_letter("key_mismatch", detail, source, text, request_id)
 
 
 def parse_request(data: bytes | str | None, source: Source) -> Request | DeadLetter:
@@ -275,7 +294,9 @@ def _parse(data: bytes | str | None, source: Source, build: Callable[[dict[str, 
             try:
                 return build(obj)
             except _Bad as bad:  # orjson read it, so it is UTF-8
-                return _dead(bad.reason, bad.detail, source, data.decode("utf-8"), _safe_request_id(obj))
+                return dead_letter(
+                    bad.reason, bad.detail, source, data.decode("utf-8"), _safe_request_id(obj)
+                )
     return _parse_checked(data, source, build)
 
 
@@ -291,7 +312,7 @@ def _parse_checked(
         obj = _load_object(text)
         return build(obj)
     except _Bad as bad:
-        return _dead(bad.reason, bad.detail, source, text, _safe_request_id(obj))
+        return dead_letter(bad.reason, bad.detail, source, text, _safe_request_id(obj))
 
 
 def _request_fast(obj: dict[str, Any]) -> Request | None:
@@ -354,7 +375,16 @@ def parse_score(data: bytes | str | None, source: Source) -> Score | DeadLetter:
 
 
 def parse_score_or_tick(data: bytes | str | None, source: Source) -> Score | Tick | DeadLetter:
-    """A record of the scores topic: a model's score or the job's own tick (``--clock log``)."""
+    """A record of the scores topic: a model's score or the job's own tick (``--clock log``).
+
+    >>> parse_score_or_tick(b'{"request_id":"r-1","tick_due_ms":40,"policy_version":1,"written_at_ms":9}',
+    ...                     Source("scores", 0, 1))
+    Tick(request_id='r-1', due_ms=40, policy_version=1, written_at_ms=9)
+    >>> s = parse_score_or_tick(b'{"request_id":"r-1","model_id":"gbt","model_version":"3","status":"ok",'
+    ...                         b'"output":{"label":1},"scored_at_ms":5,"latency_ms":2}', Source("scores", 0, 2))
+    >>> s.ok, s.output, s.latency_ms, s.to_dict()["error"]
+    (True, {'label': 1}, 2.0, None)
+    """
     return _parse(data, source, score_or_tick_from_obj)
 
 
@@ -470,7 +500,16 @@ def _score_checked(obj: dict[str, Any]) -> Score:
 
 
 def check_output(output: Any) -> dict[str, Any]:
-    """An output object: label, probability in [0,1], finite value; at least one of them."""
+    """An output object: label, probability in [0,1], finite value; at least one of them.
+
+    >>> check_output({"label": "fraud", "probability": 0.9})
+    {'label': 'fraud', 'probability': 0.9}
+    >>> try:
+    ...     check_output({"probability": 1.5})
+    ... except ValueError as e:  # the parser turns it into a dead letter (bad_output)
+    ...     print(e)
+    output.probability must be a finite number in [0, 1]
+    """
     if not isinstance(output, dict):
         raise _Bad("bad_output", "output must be an object")
     unknown = set(output) - OUTPUT_FIELDS
@@ -495,7 +534,177 @@ def check_output(output: Any) -> dict[str, Any]:
     return dict(output)
 
 
+# --- Outbound: encoding (a record -> what goes on a topic) ------------------------------------------
+# Every record the job writes, typed once: the keys and their order are the schema file's (``required``,
+# which lists every property; tests/unit/test_schemas.py holds the two together). Types only: the
+# records are plain dicts, built where they are decided (udfs/mailbox.py, udfs/feedback.py).
+
+
+class TickRecord(TypedDict):
+    """schemas/tick.schema.json (topic scores): ``Tick.to_dict``."""
+
+    request_id: str
+    tick_due_ms: int
+    policy_version: int
+    written_at_ms: int
+
+
+class DeadLetterRecord(TypedDict):
+    """schemas/dead_letter.schema.json (topic dead-letters): ``DeadLetter.to_dict``."""
+
+    reason: str
+    detail: str
+    source_topic: str
+    partition: int | None
+    offset: int | None
+    request_id: str | None
+    raw: str
+    raw_truncated: bool
+    raw_encoding: str  # "utf-8" | "base64"
+    at_ms: int
+
+
+class ResultRecord(TypedDict):
+    """schemas/result.schema.json (topic: the request's return address): ``udfs.mailbox._result``."""
+
+    request_id: str
+    model_id: str | None
+    model_version: str | None
+    output: Any  # an output object, or on_no_answer's output (null too)
+    reason: str  # preferred | fallback | backstop | ensemble | no_answer
+    trigger: str  # score | wait_timer | deadline | all_failed
+    policy_version: int
+    sent_at_ms: int | None
+    received_at_ms: int
+    decided_at_ms: int
+    latency_ms: int
+    answered: list[str]
+    failed: list[str]
+
+
+class OfficialView(TypedDict):
+    """A canary record's ``official``: what the result said."""
+
+    model_id: str | None
+    model_version: str | None
+    output: Any
+    reason: str
+
+
+class CanaryView(TypedDict):
+    """A canary record's ``canary``: the canary model's first score."""
+
+    model_id: str
+    model_version: str
+    status: str
+    output: dict[str, Any] | None
+    arrived_at_ms: int
+
+
+class CanaryRecord(TypedDict):
+    """schemas/canary.schema.json (topic canary): ``udfs.mailbox._canary_record``."""
+
+    request_id: str
+    policy_version: int | None
+    decided_at_ms: int
+    official: OfficialView
+    canary: CanaryView | None
+    agree: bool | None
+
+
+class DecisionRecord(TypedDict):
+    """schemas/decision.schema.json (topic decisions): ``udfs.mailbox._decision_record``."""
+
+    request_id: str
+    policy_version: int | None
+    received_at_ms: int | None
+    decided_at_ms: int | None
+    closed_at_ms: int
+    result: ResultRecord | None
+    scores: list[dict[str, Any]]  # each: schemas/decision.schema.json $defs
+
+
+class ArchiveRow(TypedDict):
+    """schemas/archive_row.schema.json (the decoy archive's files): ``udfs.mailbox._archive_row``."""
+
+    request_id: str
+    received_at_ms: int
+    sent_at_ms: int
+    return_address: str
+    source_topic: str
+    partition: int | None
+    offset: int | None
+    features: str  # the features object as JSON text
+    raw: str
+
+
+class RewardEvent(TypedDict):
+    """schemas/reward.schema.json (inside the job: label join -> mailbox): ``udfs.feedback._match``."""
+
+    request_id: str
+    policy_version: int | None
+    labelled_at_ms: int
+    rewards: dict[str, float]
+
+
+def dead_letter(
+    reason: str,
+    detail: str,
+    source: Source,
+    raw: str | bytes | bytearray | None,
+    request_id: str | None = None,
+) -> DeadLetter:
+    """The one builder of a dead letter (parsing, the mailbox, policy documents, the label join).
+
+    ``raw`` is the record as it was read: its text, its bytes, or None for a record without a value.
+    The dead letter keeps the first ``RAW_PREFIX_CHARS`` characters of the text (of the bytes decoded
+    as UTF-8), or, for bytes that are not UTF-8, base64 of their first ``RAW_PREFIX_CHARS * 3 // 4``
+    bytes; ``raw_truncated`` says whether anything was cut. Only bad records come here: no hot path.
+
+    >>> d = dead_letter("not_json", "not valid JSON", Source("requests", 0, 7), '{"request_id": "r-1"')
+    >>> d.to_dict(at_ms=1_700_000_000_000)  # doctest: +NORMALIZE_WHITESPACE
+    {'reason': 'not_json', 'detail': 'not valid JSON', 'source_topic': 'requests', 'partition': 0,
+     'offset': 7, 'request_id': None, 'raw': '{"request_id": "r-1"', 'raw_truncated': False,
+     'raw_encoding': 'utf-8', 'at_ms': 1700000000000}
+    >>> d = dead_letter("not_utf8", "not UTF-8", Source("scores"), b"\\xff\\xfe{}")
+    >>> d.raw, d.raw_encoding, d.raw_truncated
+    ('//57fQ==', 'base64', False)
+    >>> d = dead_letter("too_large", "too large", Source("scores"), "x" * 5000, request_id="r-1")
+    >>> len(d.raw), d.raw_truncated, d.request_id
+    (4096, True, 'r-1')
+    >>> dead_letter("null_value", "no value", Source("requests"), None).raw
+    ''
+    """
+    if raw is None:
+        return DeadLetter(reason, detail, source, "", request_id=request_id)
+    if isinstance(raw, str):
+        text = raw
+    else:
+        try:
+            text = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            prefix = bytes(raw[: RAW_PREFIX_CHARS * 3 // 4])
+            return DeadLetter(
+                reason,
+                detail,
+                source,
+                base64.b64encode(prefix).decode("ascii"),
+                raw_truncated=len(prefix) < len(raw),
+                raw_encoding="base64",
+                request_id=request_id,
+            )
+    return DeadLetter(
+        reason,
+        detail,
+        source,
+        text[:RAW_PREFIX_CHARS],
+        raw_truncated=len(text) > RAW_PREFIX_CHARS,
+        request_id=request_id,
+    )
+
+
 def request_to_dict(req: Request) -> dict[str, Any]:
+    """A request as it travels on the requests topic (the fields it has; no nulls)."""
     d: dict[str, Any] = {
         "request_id": req.request_id,
         "return_address": req.return_address,

@@ -14,6 +14,12 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from harness.loadgen import build_request
+from ops.policy_cli import document as policy_document
+from udfs import fastjson, mailbox, wire
+from udfs.feedback import Answers, Label, on_answers, on_label, parse_decision, parse_label
+from udfs.policy import PolicyError, load_policy, parse_policy
+from udfs.policy_registry import Accepted, PolicyRegistry
+from udfs.wire import Request, Score, Source
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 NAMES = (
@@ -27,6 +33,8 @@ NAMES = (
     "archive_row",
     "label",
     "alert",
+    "policy",
+    "reward",
 )
 
 
@@ -103,11 +111,71 @@ def test_schema_is_self_contained(name: str) -> None:
 def test_shared_definitions_do_not_drift() -> None:
     """The output object is copied into several files, the result into decision: the copies must match."""
     output = load("score")["$defs"]["output"]
-    for name in ("result", "canary", "decision"):
+    for name in ("result", "canary", "decision", "policy"):
         assert load(name)["$defs"]["output"] == output, name
     result = load("result")
     body = {k: v for k, v in result.items() if not k.startswith("$") and k not in ("title", "description")}
     assert load("decision")["$defs"]["result"] == body
+
+
+# --- the types of the records the job writes (udfs/wire.py) ------------------------------------------
+
+RECORD_TYPES: dict[str, Any] = {
+    "tick": wire.TickRecord,
+    "dead_letter": wire.DeadLetterRecord,
+    "result": wire.ResultRecord,
+    "canary": wire.CanaryRecord,
+    "decision": wire.DecisionRecord,
+    "archive_row": wire.ArchiveRow,
+    "reward": wire.RewardEvent,
+}
+
+
+@pytest.mark.parametrize("name", RECORD_TYPES)
+def test_each_record_the_job_writes_is_typed_once_with_the_schema_fields(name: str) -> None:
+    schema = load(name)
+    record_type = RECORD_TYPES[name]
+    assert list(record_type.__annotations__) == schema["required"] == list(schema["properties"])
+    assert record_type.__required_keys__ == frozenset(schema["required"])
+
+
+def test_the_canary_record_views_are_typed_with_the_schema_fields() -> None:
+    props = load("canary")["properties"]
+    assert list(wire.OfficialView.__annotations__) == props["official"]["required"]
+    [view] = [v for v in props["canary"]["anyOf"] if v.get("type") == "object"]
+    assert list(wire.CanaryView.__annotations__) == view["required"]
+
+
+def test_the_records_the_mailbox_writes_have_the_fields_of_their_type_in_order() -> None:
+    """What goes on the topics: the keys of each record, in the order the type (and schema) lists them."""
+    policy = load_policy(Path(__file__).resolve().parents[2] / "policies" / "default.yaml")
+    src = Source("requests", 0, 1)
+    req = Request("r-1", "results", 5, {"x": 1})
+    step = mailbox.on_request(None, req, "{}", src, policy, 10)
+    outputs = list(step.outputs)
+    mb = step.mailbox
+    for model in ("gbt", "base", "gbt"):  # the incumbent, the canary, a duplicate
+        score = Score("r-1", model, "3", "ok", {"label": 1}, None, 10, 1.0)
+        step = mailbox.on_score(mb, score, Source("scores", 0, 2), policy, 20)
+        outputs += step.outputs
+        mb = step.mailbox
+    while mb is not None and not mb.closed:
+        assert mb.wake_at_ms is not None
+        step = mailbox.on_timer(mb, policy, mb.wake_at_ms)
+        outputs += step.outputs
+        mb = step.mailbox
+    step = mailbox.on_request(mb, req, "{}", src, policy, 5000)  # a duplicate: a dead letter
+    outputs += step.outputs
+    kinds = {mailbox.RESULT: "result", mailbox.CANARY: "canary", mailbox.DECISION: "decision",
+             mailbox.ARCHIVE: "archive_row", mailbox.DEAD_LETTER: "dead_letter"}  # fmt: skip
+    assert {o.kind for o in outputs} == set(kinds)
+    for out in outputs:
+        name = kinds[out.kind]
+        assert list(out.record) == list(RECORD_TYPES[name].__annotations__), name
+        ok(name, out.record)
+    tick = wire.Tick("r-1", 40, 1, 9).to_dict()
+    assert list(tick) == list(wire.TickRecord.__annotations__)
+    ok("tick", tick)
 
 
 # --- request -----------------------------------------------------------------------------------------
@@ -567,6 +635,284 @@ def test_alert_valid_examples() -> None:
 )
 def test_alert_invalid_examples(instance: Any) -> None:
     bad("alert", instance)
+
+
+# --- policy document (topic policies) ------------------------------------------------------------------
+
+POLICY_FILES = sorted((Path(__file__).resolve().parents[2] / "policies").glob("*.yaml"))
+POLICY = {
+    "version": 3,
+    "deadline_ms": 100,
+    "models": [
+        {"id": "gbt", "role": "incumbent", "wait_ms": 40},
+        {"id": "logreg", "role": "challenger", "wait_ms": 70, "weight": 2},
+        {"id": "tree", "role": "backstop"},
+        {"id": "base", "role": "canary"},
+        {"id": "mlp", "role": "shadow"},
+    ],
+}
+THOMPSON = {
+    **POLICY,
+    "decide": "thompson",
+    "bandit": {"prior": [2, 1.5], "discount": 0.999},
+    "models": [{"id": "gbt", "role": "incumbent"}, {"id": "logreg", "role": "challenger"}],
+}
+
+
+def accepted_by_the_job(doc: Any) -> bool:
+    """What the job does with the document (udfs.policy.parse_policy, as udfs.policy_registry calls it)."""
+    try:
+        parse_policy(doc)
+    except PolicyError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("path", POLICY_FILES, ids=[p.name for p in POLICY_FILES])
+def test_published_documents_of_the_policy_files_validate(path: Path) -> None:
+    """What `rendezvous policy publish` writes for every policy file in the repository."""
+    doc = json.loads(policy_document(load_policy(path)))
+    ok("policy", doc)
+    newer = policy_document(parse_policy({**doc, "version": doc["version"] + 1}))
+    assert isinstance(PolicyRegistry(parse_policy(doc)).offer(newer), Accepted)  # and the job takes it
+
+
+def test_policy_valid_examples() -> None:
+    for doc in (
+        POLICY,
+        THOMPSON,
+        {**THOMPSON, "bandit": None},
+        without(THOMPSON, "bandit"),
+        {**POLICY, "decide": "majority_vote", "min_votes": 3, "threshold": 0},
+        {**POLICY, "on_no_answer": {"output": {"label": 0, "probability": 0.5}}},
+        {**POLICY, "on_no_answer": {"output": None}, "late_window_ms": 0, "dedupe_retention_ms": 0},
+        {**POLICY, "on_no_answer": {}},
+        patched(POLICY, "models", [{"id": "gbt", "role": "backstop", "wait_ms": None}]),
+        patched(
+            POLICY,
+            "models",
+            [{"id": "gbt", "role": "incumbent"}, {"id": "x", "role": "shadow", "wait_ms": None}],
+        ),
+    ):
+        ok("policy", doc)
+        assert accepted_by_the_job(doc), doc
+        ok("policy", json.loads(policy_document(parse_policy(doc))))  # and as published, defaults explicit
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        pytest.param(without(POLICY, "version"), id="no version"),
+        pytest.param(without(POLICY, "deadline_ms"), id="no deadline_ms"),
+        pytest.param(without(POLICY, "models"), id="no models"),
+        pytest.param({**POLICY, "version": 0}, id="version 0"),
+        pytest.param({**POLICY, "version": "3"}, id="version string"),
+        pytest.param({**POLICY, "version": True}, id="version bool"),
+        pytest.param({**POLICY, "version": 2**31}, id="version beyond 32 bits"),
+        pytest.param({**POLICY, "deadline_ms": 600_001}, id="deadline too long"),
+        pytest.param({**POLICY, "decide": "fastest"}, id="unknown decide"),
+        pytest.param({**POLICY, "priority": 1}, id="unknown field"),
+        pytest.param({**POLICY, "models": []}, id="no model"),
+        pytest.param({**POLICY, "models": [{"id": "base", "role": "canary"}]}, id="no official model"),
+        pytest.param(
+            patched(POLICY, "models", POLICY["models"] + [{"id": "c2", "role": "canary"}]), id="two canaries"
+        ),
+        pytest.param(
+            patched(POLICY, "models", POLICY["models"] + [{"id": "i2", "role": "incumbent"}]),
+            id="two incumbents",
+        ),
+        pytest.param(patched(POLICY, "models", [{"id": "gbt"}]), id="model without role"),
+        pytest.param(patched(POLICY, "models", [{"id": "gbt", "role": "boss"}]), id="unknown role"),
+        pytest.param(patched(POLICY, "models", [{"id": "bad id!", "role": "incumbent"}]), id="bad model id"),
+        pytest.param(
+            patched(POLICY, "models", [{"id": "x" * 65, "role": "incumbent"}]), id="model id too long"
+        ),
+        pytest.param(
+            patched(POLICY, "models", [{"id": "gbt", "role": "incumbent", "prio": 1}]),
+            id="unknown model field",
+        ),
+        pytest.param(
+            patched(POLICY, "models", [{"id": "gbt", "role": "incumbent", "wait_ms": -1}]), id="negative wait"
+        ),
+        pytest.param(
+            patched(POLICY, "models", [{"id": "gbt", "role": "incumbent", "weight": 0}]), id="weight 0"
+        ),
+        pytest.param(
+            patched(POLICY, "models", [{"id": "gbt", "role": "incumbent", "weight": 1e7}]), id="weight 1e7"
+        ),
+        pytest.param(
+            patched(
+                POLICY,
+                "models",
+                [{"id": "gbt", "role": "incumbent"}, {"id": "m", "role": "shadow", "wait_ms": 5}],
+            ),
+            id="shadow with a wait",
+        ),
+        pytest.param({**POLICY, "on_no_answer": None}, id="on_no_answer null"),
+        pytest.param({**POLICY, "on_no_answer": {"output": {}}}, id="empty no-answer output"),
+        pytest.param(
+            {**POLICY, "on_no_answer": {"output": {"probability": 2}}}, id="no-answer probability 2"
+        ),
+        pytest.param({**POLICY, "on_no_answer": {"output": None, "label": 1}}, id="on_no_answer extra field"),
+        pytest.param({**POLICY, "late_window_ms": -1}, id="negative late window"),
+        pytest.param({**POLICY, "orphan_timeout_ms": 0}, id="orphan timeout 0"),
+        pytest.param({**POLICY, "dedupe_retention_ms": 7 * 86_400_000 + 1}, id="retention over a week"),
+        pytest.param({**POLICY, "min_votes": 0}, id="min_votes 0"),
+        pytest.param({**POLICY, "threshold": 1.5}, id="threshold 1.5"),
+        pytest.param({**POLICY, "threshold": True}, id="threshold bool"),
+        pytest.param({**POLICY, "bandit": {"prior": [1, 1]}}, id="bandit without thompson"),
+        pytest.param(
+            {**POLICY, "decide": "first_in_order", "bandit": None}, id="null bandit without thompson"
+        ),
+        pytest.param({**THOMPSON, "bandit": {"prior": [1]}}, id="prior of one number"),
+        pytest.param({**THOMPSON, "bandit": {"prior": [0, 1]}}, id="prior 0"),
+        pytest.param({**THOMPSON, "bandit": {"discount": 0.4}}, id="discount 0.4"),
+        pytest.param({**THOMPSON, "bandit": {"decay": 0.9}}, id="unknown bandit field"),
+        pytest.param({**THOMPSON, "bandit": []}, id="bandit a list"),
+    ],
+)
+def test_policy_invalid_examples(instance: Any) -> None:
+    bad("policy", instance)
+    assert not accepted_by_the_job(instance)
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        pytest.param(
+            patched(
+                POLICY, "models", [{"id": "gbt", "role": "incumbent"}, {"id": "gbt", "role": "backstop"}]
+            ),
+            id="an id twice",
+        ),
+        pytest.param(
+            patched(POLICY, "models", [{"id": "gbt", "role": "incumbent", "wait_ms": 101}]),
+            id="wait beyond the deadline",
+        ),
+        pytest.param({**POLICY, "min_votes": 4}, id="more votes than official models"),
+    ],
+)
+def test_what_only_the_parser_refuses(instance: Any) -> None:
+    """The schema cannot say these (its $comment lists them): the job refuses them all the same."""
+    ok("policy", instance)
+    assert not accepted_by_the_job(instance)
+
+
+POLICY_VALUES = (
+    None, True, 0, 1, 2, 40, 100, 600_000, 600_001, -1, 2**31, 0.5, 10**6, 10**7, "", "gbt", "a b", [], [2, 3],
+    [0.5, 0], {}, {"output": None}, {"output": {"label": 1}}, {"output": {"value": "x"}}, "thompson",
+    "majority_vote", "shadow", "canary", "incumbent", "backstop",
+)  # fmt: skip
+# No float with an integral value (1e6): JSON Schema counts it as an integer, the job's parsers (Python's
+# isinstance) do not. A difference shared by every schema here, and by no record the job writes.
+_DELETE = object()
+
+
+def _policy_gap(doc: Any) -> bool:
+    """A document the schema cannot judge (``test_what_only_the_parser_refuses``)."""
+    models = doc.get("models")
+    if not isinstance(models, list):
+        return False
+    ids = [m.get("id") for m in models if isinstance(m, dict)]
+    if len(ids) != len(set(map(repr, ids))):
+        return True
+    deadline = doc.get("deadline_ms")
+    waits = [m.get("wait_ms") for m in models if isinstance(m, dict)]
+    if isinstance(deadline, int) and any(isinstance(w, int) and w > deadline for w in waits):
+        return True
+    official = sum(
+        1 for m in models if isinstance(m, dict) and m.get("role") in ("incumbent", "challenger", "backstop")
+    )
+    votes = doc.get("min_votes")
+    return isinstance(votes, int) and not isinstance(votes, bool) and votes > max(1, official)
+
+
+@st.composite
+def mutated_policies(draw: st.DrawFn) -> dict[str, Any]:
+    doc = copy.deepcopy(draw(st.sampled_from([POLICY, THOMPSON, {**POLICY, "decide": "weighted_average"}])))
+    for _ in range(draw(st.integers(1, 3))):
+        value = draw(st.sampled_from((*POLICY_VALUES, _DELETE)))
+        where = draw(st.sampled_from(["top", "model", "bandit"]))
+        if where == "model" and isinstance(doc.get("models"), list) and doc["models"]:
+            target = doc["models"][draw(st.integers(0, len(doc["models"]) - 1))]
+            if not isinstance(target, dict):
+                continue
+            key = draw(st.sampled_from(["id", "role", "wait_ms", "weight", "extra"]))
+        elif where == "bandit" and isinstance(doc.get("bandit"), dict):
+            target, key = doc["bandit"], draw(st.sampled_from(["prior", "discount", "extra"]))
+        else:
+            target, key = doc, draw(st.sampled_from(sorted(load("policy")["properties"]) + ["extra"]))
+        if value is _DELETE:
+            target.pop(key, None)
+        else:
+            target[key] = copy.deepcopy(value)
+    return doc
+
+
+@settings(max_examples=500, deadline=None)
+@given(mutated_policies())
+def test_the_policy_schema_agrees_with_the_job(doc: dict[str, Any]) -> None:
+    """Any document: the schema accepts it exactly when the job does (bar what the schema cannot say)."""
+    if _policy_gap(doc):
+        assert not accepted_by_the_job(doc)
+        return
+    assert VALIDATORS["policy"].is_valid(doc) == accepted_by_the_job(doc), doc
+
+
+# --- reward event (inside the job: label join -> mailbox) ---------------------------------------------
+
+
+def _reward_events(decision: dict[str, Any], label: Any) -> list[dict[str, Any]]:
+    """What the job's label join makes of a decision record and a label (udfs/feedback.py)."""
+    answers = parse_decision(json.dumps(decision).encode(), Source("decisions", 0, 1))
+    parsed = parse_label({"request_id": decision["request_id"], "label": label, "labelled_at_ms": 5})
+    assert isinstance(answers, Answers) and isinstance(parsed, Label)
+    step = on_answers(None, answers, 0, 1000)
+    return on_label(step.entry, parsed, 1, 1000).rewards
+
+
+def test_reward_events_the_label_join_makes_validate() -> None:
+    events = _reward_events(DECISION, 1)  # gbm answered 1 (right), logreg failed (wrong)
+    assert events == [
+        {
+            "request_id": "r-1",
+            "policy_version": 7,
+            "labelled_at_ms": 5,
+            "rewards": {"gbm": 1.0, "logreg": 0.0},
+        }
+    ]
+    for label in (0, 1, True, False):
+        for decision in (DECISION, {**DECISION, "policy_version": None}, ORPHAN):
+            for event in _reward_events(decision, label):
+                assert list(event) == list(wire.RewardEvent.__annotations__)
+                ok("reward", event)
+                ok("reward", json.loads(fastjson.dumps_bytes(event)))  # as it travels
+
+
+def test_a_label_that_rewards_nobody_sends_no_event() -> None:
+    assert _reward_events(DECISION, 0.5) == []  # a value model's truth: no classifier reward
+
+
+REWARD = {"request_id": "r-1", "policy_version": 7, "labelled_at_ms": 5, "rewards": {"gbm": 1.0, "logreg": 0}}
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        pytest.param({**REWARD, "rewards": {}}, id="no model"),
+        pytest.param({**REWARD, "rewards": {"gbm": 1.5}}, id="reward above 1"),
+        pytest.param({**REWARD, "rewards": {"gbm": -0.5}}, id="negative reward"),
+        pytest.param({**REWARD, "rewards": {"gbm": True}}, id="boolean reward"),
+        pytest.param({**REWARD, "rewards": {"": 1}}, id="empty model id"),
+        pytest.param({**REWARD, "policy_version": "7"}, id="policy_version string"),
+        pytest.param({**REWARD, "request_id": "a b"}, id="bad request id"),
+        pytest.param({**REWARD, "labelled_at_ms": -1}, id="negative time"),
+        pytest.param({**REWARD, "label": 1}, id="extra field"),
+        *(pytest.param(without(REWARD, k), id=f"no {k}") for k in REWARD),
+    ],
+)
+def test_reward_invalid_examples(instance: Any) -> None:
+    bad("reward", instance)
 
 
 # --- the load generator's requests always satisfy the contract -----------------------------------------

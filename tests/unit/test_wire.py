@@ -627,9 +627,9 @@ def known_gray(d: Any, kind: str) -> bool:
     if (
         d.get("status") == "ok"
         and "error" in d
-        and not (err is None or isinstance(err, str) and len(err) <= 1024)
+        and not (err is None or isinstance(err, str) and 1 <= len(err) <= 1024)
     ):
-        return True  # the parser ignores `error` on an ok score
+        return True  # the parser ignores `error` on an ok score (the schema refuses "" there too)
     if d.get("status") == "error" and isinstance(err, str) and (err == "" or len(err) > MAX_ERROR_CHARS):
         return True  # the parser refuses an empty error and cuts a long one
     if _integral_float(d.get("scored_at_ms")):
