@@ -174,7 +174,7 @@ def _print_summary(
         f"where the time went     {loadgen.format_legs(r.legs_ms)}",
         f"... for the late ones   {loadgen.format_legs(r.late_legs_ms)}",
         f"decoy archive (SQL)     {archived} rows for this run, {archived_distinct} distinct request ids "
-        f"(of {r.sent} sent; {probes} probe request(s) archived besides)",
+        f"(of {r.sent} sent; not counting the {probes} probe request(s), archived if the job read them)",
         f"dead letters            {len(dead)}: " + ", ".join(f"{k} {v}" for k, v in sorted(dead_reasons.items()))
         + f"  (malformed records sent: {sum(r.bad_sent.values())})",
         f"canary agreement        {sum(agree)}/{len(agree)} official answers agree with the canary"

@@ -606,6 +606,11 @@ class Rig:
             "--dead-letters-topic", self.topics["dead-letters"], "--group-id", f"rendezvous-{self.tag}",
             *[x for o in names.KAFKA_OUTPUTS for x in (f"--{o}-delivery", self.delivery)],
             "--clock", self.clock,
+            # The rig's broker and topics are new and traffic starts once every task is RUNNING, which
+            # can be before the sources have found the end of the topics: from the beginning, nothing
+            # sent is missed (and there is no history to answer again). A restore (taskmanager-kill,
+            # savepoint-resume) continues from its checkpoint's offsets whatever this says.
+            "--start-from", names.START_EARLIEST,
         ]  # fmt: skip
         say(f"[{self.delivery}] submitting the job ...")
         self.job_id = self.cluster.submit(self.policy_path, self.broker.bootstrap, self.job_args)

@@ -25,7 +25,10 @@ return address) and key. Processing is DataStream Python with explicit uids.
 ``build_pipeline`` takes the raw streams and returns the outputs, so tests can swap the Kafka ends
 for collections. The policies topic is read from the earliest offset on a fresh start (so a job started
 without a savepoint still ends up on the newest valid published policy) and from its checkpointed
-offset on a restore, consistent with the broadcast state restored next to it.
+offset on a restore, consistent with the broadcast state restored next to it. The data topics
+(requests, scores, labels, decisions read back) start where ``--start-from`` says on a fresh start: by
+default the consumer group's committed offsets, else the end, so a new job does not answer history
+again (``earliest`` or a time replays it); a restore continues from the checkpoint's offsets.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ import argparse
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +69,65 @@ MAX_SINK_LINGER_MS = 1000  # a linger near the deadline would make every answer 
 
 
 @dataclass(frozen=True)
+class StartFrom:
+    """Where the data sources (requests, scores, labels, decisions read back) start reading when the job
+    has no restored state (``--start-from``): a restore from a checkpoint or savepoint always continues
+    from the offsets in it. ``position`` is one of ``names.START_POSITIONS``, or ``names.START_TIMESTAMP``
+    with ``timestamp_ms`` (the first record at or after it, by the records' Kafka timestamps)."""
+
+    position: str = names.START_COMMITTED
+    timestamp_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.position not in (*names.START_POSITIONS, names.START_TIMESTAMP):
+            raise ValueError(f"unknown start position {self.position!r}")
+        if (self.position == names.START_TIMESTAMP) != (self.timestamp_ms is not None):
+            raise ValueError(f"a time goes with the {names.START_TIMESTAMP} position only: {self!r}")
+
+    @property
+    def replays(self) -> bool:
+        """Whether a fresh start reads records written before it (and so answers requests again)."""
+        return self.position in (names.START_EARLIEST, names.START_TIMESTAMP)
+
+    def __str__(self) -> str:
+        if self.timestamp_ms is None:
+            return self.position
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+START_TIME_EXAMPLE = "2026-12-05T10:00:00Z"
+
+
+def parse_start_from(text: str, now_ms: int | None = None) -> StartFrom:
+    """``--start-from``'s value: a position name, or an ISO 8601 time with a zone (``Z`` or ``+01:00``)
+    that is not in the future. ValueError with a one-line reason otherwise."""
+    if text in names.START_POSITIONS:
+        return StartFrom(text)
+    expected = (
+        f"expected {', '.join(names.START_POSITIONS[:-1])} or {names.START_POSITIONS[-1]}, "
+        f"or an ISO 8601 time with a zone such as {START_TIME_EXAMPLE}"
+    )
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{expected}; got {text!r}") from None
+    if when.tzinfo is None or "T" not in text.upper():
+        raise ValueError(f"{expected} (a date and a time, with its zone); got {text!r}")
+    ms = int(when.timestamp() * 1000)
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    if ms < 0:
+        raise ValueError(f"{text!r} is before 1970")
+    if ms > now_ms:
+        raise ValueError(f"{text!r} is in the future: there is nothing to replay from it (use latest)")
+    return StartFrom(names.START_TIMESTAMP, ms)
+
+
+# The policies topic on a fresh start, whatever --start-from says: the newest valid published policy must
+# be found by a job started without a savepoint.
+POLICIES_START = StartFrom(names.START_EARLIEST)
+
+
+@dataclass(frozen=True)
 class JobConfig:
     policy: Policy
     bootstrap: str
@@ -83,6 +147,7 @@ class JobConfig:
     delivery: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DELIVERY))  # output -> guarantee
     clock: str = names.CLOCK_LOG
     sink_linger_ms: int = DEFAULT_SINK_LINGER_MS
+    start_from: StartFrom = StartFrom()  # the data sources' position on a fresh start (parse_start_from)
 
 
 @dataclass(frozen=True)
@@ -270,12 +335,29 @@ def _label_feedback(
     )
 
 
+def _startup_options(start: StartFrom) -> str:
+    """The Kafka source's WITH options for where it starts without restored state."""
+    if start.position == names.START_COMMITTED:
+        # The group's committed offsets; a partition without one starts at its end (Kafka's
+        # auto.offset.reset, which the connector reads for this mode only), not at its beginning.
+        return """'scan.startup.mode' = 'group-offsets',
+          'properties.auto.offset.reset' = 'latest'"""
+    if start.position == names.START_LATEST:
+        return "'scan.startup.mode' = 'latest-offset'"
+    if start.position == names.START_EARLIEST:
+        return "'scan.startup.mode' = 'earliest-offset'"
+    # names.START_TIMESTAMP, with its time (StartFrom checks): the first record at or after it, per
+    # partition (the end of a partition with none).
+    return f"""'scan.startup.mode' = 'timestamp',
+          'scan.startup.timestamp-millis' = '{start.timestamp_ms}'"""
+
+
 def _kafka_source_ddl(
-    table: str, topic: str, cfg: JobConfig, startup: str = "group-offsets", keyed: bool = False
+    table: str, topic: str, cfg: JobConfig, start: StartFrom | None = None, keyed: bool = False
 ) -> str:
     """A raw-bytes Kafka source; ``keyed`` adds the record's key as the STRING column ``k`` (and drops
-    the topic column: the query names its source). ``startup`` applies only without restored state: a
-    restore always continues from the offsets in the checkpoint or savepoint."""
+    the topic column: the query names its source). ``start`` (None: ``cfg.start_from``) applies only
+    without restored state: a restore always continues from the offsets in the checkpoint or savepoint."""
     if keyed:
         columns = "`k` STRING, `value` BYTES"
         formats = """'key.format' = 'raw',
@@ -296,8 +378,7 @@ def _kafka_source_ddl(
           'properties.bootstrap.servers' = '{cfg.bootstrap}',
           'properties.group.id' = '{cfg.group_id}',
           'properties.isolation.level' = 'read_committed',
-          'scan.startup.mode' = '{startup}',
-          'properties.auto.offset.reset' = 'earliest',
+          {_startup_options(cfg.start_from if start is None else start)},
           {formats}
         )"""
 
@@ -343,6 +424,26 @@ ROUTING_KEY_SQL = (
 )
 
 
+def source_ddls(cfg: JobConfig) -> dict[str, str]:
+    """The CREATE TABLE of every Kafka source the job reads, by table name.
+
+    Requests and scores (and, with label feedback, labels and the decisions read back) start at
+    ``cfg.start_from``, all at the same position: scores read from further back than their requests
+    would open mailboxes for requests that never come, and decisions from further back than their labels
+    would wait in the label join for nothing. Policies start from the earliest offset whatever
+    ``--start-from`` says: the newest valid published version wins (documents at or below the version in
+    force are refused as stale, again, as dead letters)."""
+    ddls = {
+        "requests_in": _kafka_source_ddl("requests_in", cfg.requests_topic, cfg, keyed=True),
+        "scores_in": _kafka_source_ddl("scores_in", cfg.scores_topic, cfg, keyed=True),
+        "policies_in": _kafka_source_ddl("policies_in", cfg.policies_topic, cfg, POLICIES_START),
+    }
+    if cfg.labels_topic is not None:
+        ddls["labels_in"] = _kafka_source_ddl("labels_in", cfg.labels_topic, cfg)
+        ddls["decisions_in"] = _kafka_source_ddl("decisions_in", cfg.decisions_topic, cfg)
+    return ddls
+
+
 def build_job(env: Any, cfg: JobConfig) -> None:
     """The whole topology on ``env``: Kafka in, the pipeline, Kafka and files out."""
     from pyflink.table import StreamTableEnvironment
@@ -350,16 +451,17 @@ def build_job(env: Any, cfg: JobConfig) -> None:
     from udfs import flink_compat, flink_fn
 
     t_env = StreamTableEnvironment.create(env)
+    ddls = source_ddls(cfg)
 
-    def read(table: str, topic: str, uid: str, startup: str = "group-offsets") -> Any:
-        t_env.execute_sql(_kafka_source_ddl(table, topic, cfg, startup))
+    def read(table: str, uid: str) -> Any:
+        t_env.execute_sql(ddls[table])
         _uid_prefix(t_env, uid)
         return t_env.to_data_stream(
             t_env.sql_query(f"SELECT `value`, `topic`, `partition`, `offset` FROM `{table}`")
         )
 
-    def read_keyed(table: str, topic: str, uid: str, source: int) -> Any:
-        t_env.execute_sql(_kafka_source_ddl(table, topic, cfg, keyed=True))
+    def read_keyed(table: str, uid: str, source: int) -> Any:
+        t_env.execute_sql(ddls[table])
         _uid_prefix(t_env, uid)
         query = t_env.sql_query(
             f"SELECT {ROUTING_KEY_SQL} AS `key`, "
@@ -367,19 +469,15 @@ def build_job(env: Any, cfg: JobConfig) -> None:
         )
         return flink_compat.typed_rows(t_env.to_data_stream(query), flink_fn.KEYED_RECORD_TYPE)
 
-    requests = read_keyed(
-        "requests_in", cfg.requests_topic, names.UID_KAFKA_REQUESTS_IN, flink_fn.SOURCE_REQUESTS
-    )
-    scores = read_keyed("scores_in", cfg.scores_topic, names.UID_KAFKA_SCORES_IN, flink_fn.SOURCE_SCORES)
-    # Policies from the earliest offset on a fresh start: the newest valid published version wins
-    # (documents at or below the version in force are refused as stale, again, as dead letters).
-    policies = read("policies_in", cfg.policies_topic, names.UID_KAFKA_POLICIES_IN, "earliest-offset")
+    requests = read_keyed("requests_in", names.UID_KAFKA_REQUESTS_IN, flink_fn.SOURCE_REQUESTS)
+    scores = read_keyed("scores_in", names.UID_KAFKA_SCORES_IN, flink_fn.SOURCE_SCORES)
+    policies = read("policies_in", names.UID_KAFKA_POLICIES_IN)  # from the earliest offset (source_ddls)
     # Label feedback for `decide: thompson`: labels, and the job's own decision records read back (the
     # mailbox cannot feed its own broadcast input inside one job graph; Kafka closes the loop).
     labels = decisions_in = None
     if cfg.labels_topic is not None:
-        labels = read("labels_in", cfg.labels_topic, names.UID_KAFKA_LABELS_IN)
-        decisions_in = read("decisions_in", cfg.decisions_topic, names.UID_KAFKA_DECISIONS_IN)
+        labels = read("labels_in", names.UID_KAFKA_LABELS_IN)
+        decisions_in = read("decisions_in", names.UID_KAFKA_DECISIONS_IN)
 
     topics = flink_fn.Topics(
         cfg.requests_topic, cfg.scores_topic, cfg.canary_topic, cfg.decisions_topic, cfg.dead_letters_topic
@@ -471,6 +569,14 @@ def make_env(cfg: JobConfig) -> Any:
     return StreamExecutionEnvironment.get_execution_environment(conf)
 
 
+def _start_from_or_exit(ap: argparse.ArgumentParser, text: str) -> StartFrom:
+    """``--start-from``, validated once, here; a bad value stops the job with one line naming the flag."""
+    try:
+        return parse_start_from(text)
+    except ValueError as e:
+        ap.exit(2, f"error: --start-from: {e}\n")
+
+
 def parse_args(argv: list[str] | None) -> JobConfig:
     ap = argparse.ArgumentParser(prog="rendezvous-job", description=__doc__.split("\n")[0])
     ap.add_argument("--policy", required=True, type=Path, help="policy YAML file")
@@ -534,6 +640,20 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         "produce request (default %(default)s)",
     )
     ap.add_argument(
+        "--start-from",
+        default=names.START_COMMITTED,
+        metavar="{" + ",".join(names.START_POSITIONS) + ",TIME}",
+        help="where the requests and scores topics (and, with --labels-topic, the labels and decisions "
+        "topics) are read from when the job starts WITHOUT a checkpoint or savepoint; a restore from one "
+        "always continues from the offsets in it. committed (default): the consumer group's committed "
+        "offsets (Flink commits them at each completed checkpoint), and the end of the topics for a group "
+        "without any, so a new --group-id answers only requests sent after the job is up; latest: the end, "
+        "whatever the group committed; earliest, or a TIME in ISO 8601 with a zone (e.g. "
+        f"{START_TIME_EXAMPLE}: the first records written at or after it): a REPLAY that answers the "
+        "requests already in the topics again, a second answer to each one a job answered before. The "
+        "policies topic is always read from its beginning",
+    )
+    ap.add_argument(
         "-D",
         dest="overrides",
         action="append",
@@ -546,6 +666,7 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         ap.error(f"--label-join-ttl-ms: must be positive, got {a.label_join_ttl_ms}")
     if not 0 <= a.sink_linger_ms <= MAX_SINK_LINGER_MS:
         ap.error(f"--sink-linger-ms: must be 0 to {MAX_SINK_LINGER_MS}, got {a.sink_linger_ms}")
+    start_from = _start_from_or_exit(ap, a.start_from)
     try:
         policy = load_policy(a.policy)
     except PolicyError as e:
@@ -586,6 +707,7 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         delivery={o: getattr(a, f"{o.replace('-', '_')}_delivery") for o in names.KAFKA_OUTPUTS},
         clock=a.clock,
         sink_linger_ms=a.sink_linger_ms,
+        start_from=start_from,
     )
 
 
@@ -620,8 +742,12 @@ def prepare(argv: list[str] | None) -> tuple[Any, JobConfig]:
 
 def main(argv: list[str] | None = None) -> None:
     env, cfg = prepare(argv)
+    replay = (
+        " (a replay: requests already in the topics are answered again)" if cfg.start_from.replays else ""
+    )
     print(
-        f"rendezvous job: policy v{cfg.policy.version} ({cfg.policy.decide}), Kafka {cfg.bootstrap}",
+        f"rendezvous job: policy v{cfg.policy.version} ({cfg.policy.decide}), Kafka {cfg.bootstrap}, "
+        f"start from {cfg.start_from} without restored state{replay}",
         flush=True,
     )
     env.execute(f"rendezvous policy-v{cfg.policy.version}")

@@ -70,6 +70,19 @@ CLOCK_LOG = "log"
 CLOCK_LOCAL = "local"
 CLOCKS = (CLOCK_LOG, CLOCK_LOCAL)
 
+# --- Where a job without restored state starts reading (jobs/rendezvous_job.py --start-from) --------
+# The requests, scores, labels and decisions-read-back sources, all from the same position. committed:
+# the consumer group's committed offsets (Flink commits them at each completed checkpoint), the end of
+# the topics for a partition without one, so a fresh job answers only requests sent after it is up.
+# latest: the end, whatever the group committed. earliest, or a time (START_TIMESTAMP): a replay, which
+# answers the requests already in the topics again. A restore from a checkpoint or savepoint always
+# continues from the offsets in it; the policies topic is always read from its earliest offset.
+START_COMMITTED = "committed"
+START_LATEST = "latest"
+START_EARLIEST = "earliest"
+START_TIMESTAMP = "timestamp"  # not a flag value: the flag takes the time itself
+START_POSITIONS = (START_COMMITTED, START_LATEST, START_EARLIEST)
+
 
 def transactional_id_prefix(group_id: str, sink_uid: str) -> str:
     """The Kafka transactional-id prefix of one exactly-once sink of one job.

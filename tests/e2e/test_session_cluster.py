@@ -70,12 +70,16 @@ def test_session_cluster_up_submit_answer_cancel_down(kafka_bootstrap: str, tmp_
             policy_path, kafka_bootstrap,
             ["--requests-topic", topics["requests"], "--scores-topic", topics["scores"],
              "--canary-topic", topics["canary"], "--decisions-topic", topics["decisions"],
-             "--dead-letters-topic", topics["dead-letters"], "--group-id", f"rendezvous-{tag}"],
+             "--dead-letters-topic", topics["dead-letters"], "--group-id", f"rendezvous-{tag}",
+             # Fresh topics, and the records below are sent before the job is RUNNING: a replay from
+             # the beginning (the default would start at the end of the topics and miss them).
+             "--start-from", "earliest"],
         )  # fmt: skip
         timings["submit"] = time.monotonic() - t0
         assert len(job_id) == 32
 
-        # The job reads from the earliest offset, so records sent before it is RUNNING still count.
+        # The job reads from the earliest offset (--start-from earliest), so records sent before it is
+        # RUNNING still count.
         preferred, fallback = f"preferred-{tag}", f"fallback-{tag}"
         producer.send(
             topics["requests"], key=preferred.encode(), value=_request(preferred, topics["results"])

@@ -188,10 +188,13 @@ def env(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             cl.up(ports)
         finally:
             e.record_pids()
+        # The traffic starts once every task is RUNNING, which can be before the sources have found the
+        # end of the topics; every request must be answered, so the job reads the (fresh) topics from
+        # their beginning. The upgrade reuses these arguments and restores the savepoint's offsets.
         e.job_id = cl.submit(
             v1,
             kafka_bootstrap,
-            topic_args(topics, f"rendezvous-{tag}"),
+            [*topic_args(topics, f"rendezvous-{tag}"), "--start-from", "earliest"],
         )
         upgrade.wait_running(cl, e.job_id, 180.0)
         yield e

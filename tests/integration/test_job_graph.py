@@ -99,3 +99,80 @@ def test_every_uid_comes_from_names_and_every_named_uid_is_in_the_graph(
     uids = {uid for uid, _ in graph}
     assert {f"{names.UID_KAFKA_REQUESTS_IN}-source", f"{names.UID_KAFKA_SCORES_IN}-source"} <= uids
     assert f"{names.UID_KAFKA_OUT}-sink" in uids
+
+
+# Each --start-from as the Kafka connector reads it: the starting-offsets initializer of every Kafka
+# source in the built graph (private fields, read by reflection: the connector has no getter for them).
+STARTS = """
+import sys, tempfile
+from pathlib import Path
+from jobs import rendezvous_job as rj
+from udfs.policy import load_policy
+
+def field(obj, name):
+    cls = obj.getClass()
+    while cls is not None:
+        try:
+            f = cls.getDeclaredField(name)
+        except Exception:
+            cls = cls.getSuperclass()
+            continue
+        f.setAccessible(True)
+        return f.get(obj)
+    raise AttributeError(name)
+
+for text in sys.argv[1:]:
+    d = Path(tempfile.mkdtemp())
+    cfg = rj.JobConfig(policy=load_policy(Path("policies/default.yaml")), bootstrap="127.0.0.1:9",
+                       archive_dir=d / "archive", state_dir=d / "state", labels_topic="labels",
+                       start_from=rj.parse_start_from(text))
+    env = rj.make_env(cfg)
+    rj.build_job(env, cfg)
+    nodes = env._j_stream_execution_environment.getStreamGraph(False).getStreamNodes().iterator()
+    while nodes.hasNext():
+        n = nodes.next()
+        uid = n.getTransformationUID()
+        if not (uid or "").startswith("kafka-") or not uid.endswith("-in-source"):
+            continue
+        init = field(field(n.getOperatorFactory(), "source"), "startingOffsetsInitializer")
+        kind = init.getClass().getSimpleName()
+        detail = ""
+        if kind == "ReaderHandledOffsetsInitializer":
+            detail = str(field(init, "startingOffset"))
+        elif kind == "TimestampOffsetsInitializer":
+            detail = str(field(init, "startingTimestamp"))
+        print("START", text, uid, kind, str(init.getAutoOffsetResetStrategy()).lower(), detail)
+"""
+# KafkaPartitionSplit's markers for an offset the reader resolves.
+EARLIEST_MARKER, COMMITTED_MARKER = "-2", "-3"
+
+
+def test_each_start_position_reaches_the_kafka_connector_and_policies_start_at_the_earliest() -> None:
+    when, when_ms = "2026-01-01T00:00:00Z", "1767225600000"
+    out = subprocess.run(
+        [sys.executable, "-c", STARTS, "committed", "latest", "earliest", when],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen: dict[tuple[str, str], tuple[str, ...]] = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("START "):
+            text, uid, *rest = line.split(" ")[1:]
+            seen[(text, uid.removesuffix("-source"))] = tuple(x for x in rest if x)
+    data = (
+        names.UID_KAFKA_REQUESTS_IN, names.UID_KAFKA_SCORES_IN,
+        names.UID_KAFKA_LABELS_IN, names.UID_KAFKA_DECISIONS_IN,
+    )  # fmt: skip
+    expected = {
+        # The group's committed offsets; without one, the end (auto.offset.reset latest), not the start.
+        "committed": ("ReaderHandledOffsetsInitializer", "latest", COMMITTED_MARKER),
+        "latest": ("LatestOffsetsInitializer", "latest"),
+        "earliest": ("ReaderHandledOffsetsInitializer", "earliest", EARLIEST_MARKER),
+        when: ("TimestampOffsetsInitializer", "latest", when_ms),
+    }
+    policies_earliest = ("ReaderHandledOffsetsInitializer", "earliest", EARLIEST_MARKER)
+    for text, want in expected.items():
+        for uid in data:
+            assert seen.get((text, uid)) == want, (text, uid, seen.get((text, uid)))
+        assert seen.get((text, names.UID_KAFKA_POLICIES_IN)) == policies_earliest, text
+    assert len(seen) == len(expected) * (len(data) + 1), sorted(seen)
