@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_mailbox import make_request, make_score, policies, policy_with
-from udfs.mailbox import RESULT, TICK, Mailbox, Step, on_request, on_score, on_tick, on_timer
+from udfs import names
+from udfs.mailbox import DEAD_LETTER, RESULT, TICK, Mailbox, Step, on_request, on_score, on_tick, on_timer
 from udfs.policy import Policy
 from udfs.wire import Score, Source, Tick
 
@@ -52,6 +53,7 @@ class World:
         self.job = Job()
         self.checkpoint = Job()
         self.results: list[tuple[int, dict[str, Any]]] = []  # (run, result)
+        self.orphaned_in_runs: set[int] = set()  # runs in which the orphan timeout dropped held scores
         self.run = 1
         self.tick_delay = lambda: 5
 
@@ -85,6 +87,8 @@ class World:
                 self.results.append((self.run, out.record))
             elif out.kind == TICK:
                 self.in_flight.append((self.now + self.tick_delay(), Tick.from_dict(out.record)))
+            elif out.kind == DEAD_LETTER and out.record["reason"] == names.REASON_ORPHAN_SCORE:
+                self.orphaned_in_runs.add(self.run)
 
     def can_read_score(self) -> bool:
         return self.job.scores_read < len(self.partition)
@@ -195,6 +199,11 @@ def test_a_replay_after_a_crash_gives_the_same_answer(data: st.DataObject) -> No
 
     got = answers(world)
     assert got, "the request was never answered"
+    # The known bug (test_known_bug_an_orphan_expiring_after_a_restore_changes_the_answer): scores held
+    # as an orphan in the checkpoint, the request answered with them, and after the crash the orphan
+    # timeout ran out before the request was read again. Left out here so that every other case is
+    # still checked; the strict xfail below pins it.
+    assume(not (got[0][0] == 1 and any(run > 1 for run in world.orphaned_in_runs)))
     first = got[0][1]
     assert all(a == first for _, a in got), got
     assert len(got) <= 2  # once, or once more by a replay of what the checkpoint did not hold
@@ -243,3 +252,31 @@ def test_log_clock_replays_the_first_answer(scores_first: bool) -> None:
         (1, "logreg", "fallback", "wait_timer"),
         (2, "logreg", "fallback", "wait_timer"),
     ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug (docs/guarantees.md): the orphan timeout is a processing-time timer, not ordered "
+    "in the log against the request, so a replay can drop scores the first run answered with",
+)
+def test_known_bug_an_orphan_expiring_after_a_restore_changes_the_answer() -> None:
+    """Hypothesis's counterexample of 2026-12-05: m0's ok score reaches the job before its request and
+    is in the checkpoint as an orphan; the request is read and answered with it; the job crashes, and
+    after the restore the orphan timeout (31 ms) runs out before the request is read again."""
+    policy = policy_with(deadline_ms=1, orphan_timeout_ms=31, models=[{"id": "m0", "role": "challenger"}])
+    plan = [
+        (0, make_score("m0", "ok", {"label": "a", "probability": 0.2}, t=0, version="v0")),
+        (0, make_score("m0", "error", None, t=0, version="v1")),
+    ]
+    world = World(policy, via_log=True, score_plan=plan)
+    world.advance(5)
+    world.read_score()  # the ok score, before its request: an orphan mailbox
+    world.advance(3)
+    world.take_checkpoint()
+    world.read_request()  # answered with m0's ok score
+    world.advance(2)
+    world.crash()
+    world.advance(26)  # past the orphan timeout, the request not read again yet
+    world.drain()
+    got = answers(world)
+    assert [a for _, a in got] == [got[0][1]] * len(got), got
