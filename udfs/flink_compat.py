@@ -1,6 +1,9 @@
-"""PyFlink 2.2.1 workarounds, in one place. Each names the upstream behaviour it works around; items 3
-and 4 have tests that pin that behaviour on the mini cluster (tests/integration/test_flink_compat.py),
-so they can go the day it changes; items 1 and 2 have no pinning test yet.
+"""PyFlink 2.2.1 workarounds, in one place. Each names the upstream behaviour it works around, and a test
+pins that behaviour, failing the day it changes, so the workaround can go then: items 1 and 2 from the
+installed PyFlink's source (tests/unit/test_flink_compat_pins.py:
+``test_thread_mode_get_index_of_this_subtask_calls_the_method_flink_2_moved_to_task_info``,
+``test_keyed_broadcast_on_timer_skips_the_side_output_filter_the_keyed_process_on_timer_has``), items 3
+and 4 on the mini cluster (tests/integration/test_flink_compat.py).
 
 1. ``subtask_index``: the thread-mode runtime context calls ``getIndexOfThisSubtask``, which Flink 2
    moved to ``getTaskInfo()``.

@@ -20,6 +20,8 @@ CORE = (
     "udfs.names",
     "udfs.policy",
     "udfs.policy_registry",
+    "udfs.rendezvous_logic",
+    "udfs.testing",
     "udfs.wire",
 )
 # Modules whose public functions carry examples (udfs.names holds names, not behaviour).

@@ -17,9 +17,8 @@ from hypothesis import strategies as st
 
 from evaluation.labels import Label
 from evaluation.replay import NO_MODEL, replay, replay_one
-from udfs.mailbox import DECISION, Mailbox, on_request, on_score, on_timer
 from udfs.policy import Policy, load_policy, parse_policy
-from udfs.wire import Request, Score, Source
+from udfs.testing import Harness
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = load_policy(ROOT / "policies" / "default.yaml")
@@ -182,45 +181,29 @@ def test_empty_log() -> None:
 def run_mailbox(
     policy: Policy, received: int, arrivals: list[tuple[int, str, bool, float]]
 ) -> dict[str, Any]:
-    """Drive udfs.mailbox like the Flink adapter: records in time order, timers at each wake_at_ms,
-    records at a timer's millisecond before it; return the decision record at close."""
+    """Drive the mailbox as the job does (``udfs.testing.Harness``): records in time order, timers at
+    each wake_at_ms, records at a timer's millisecond before it; return the decision record at close."""
     events: list[tuple[int, int, Any]] = [(received, 0, "request")]
     events += [(a[0], i + 1, a) for i, a in enumerate(arrivals)]
     events.sort(key=lambda e: (e[0], e[1]))
-    mb: Mailbox | None = None
-    timers: set[int] = set()
-    decisions: list[dict[str, Any]] = []
-
-    def apply(step: Any) -> None:
-        nonlocal mb
-        mb = step.mailbox
-        decisions.extend(o.record for o in step.outputs if o.kind == DECISION)
-        if mb is not None and mb.wake_at_ms is not None:
-            timers.add(mb.wake_at_ms)
-
-    def fire_before(t: int | None) -> None:
-        while timers and (t is None or min(timers) < t):
-            tm = min(timers)
-            timers.discard(tm)
-            if mb is not None:
-                apply(on_timer(mb, policy, tm))
-
-    for t, i, what in events:
-        fire_before(t)
+    h = Harness(policy, start_ms=min(e[0] for e in events))
+    for t, _i, what in events:
+        if t > h.now_ms:
+            h.advance_to(t - 1)  # the timers before t
+            h.set_clock(t)
         if what == "request":
-            req = Request("q-1", "results", received, {"x": 1})
-            apply(on_request(mb, req, json.dumps({"request_id": "q-1"}), Source("requests", 0, 0), policy, t))
+            h.send_request("q-1", return_address="results", features={"x": 1}, sent_at_ms=received)
         else:
             _, model, ok, p = what
             out = {"label": int(p >= 0.5), "probability": p} if ok else None
-            s = Score("q-1", model, f"{model}-v1", "ok" if ok else "error", out, None if ok else "x", t, 1.0)
-            apply(on_score(mb, s, Source("scores", 0, i), policy, t))
-        if decisions:
+            h.send_score("q-1", model, out, status="ok" if ok else "error", error=None if ok else "x",
+                         model_version=f"{model}-v1", scored_at_ms=t)  # fmt: skip
+        if h.decisions:
             break
-    while not decisions and timers:
-        fire_before(min(timers) + 1)
-    assert len(decisions) == 1
-    return decisions[0]
+    while not h.decisions and h.timers:
+        h.advance_to(h.timers[0][0])
+    assert len(h.decisions) == 1
+    return h.decisions[0]
 
 
 MODELS = ["gbt", "logreg", "tree", "base", "mlp"]
