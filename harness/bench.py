@@ -574,9 +574,10 @@ def job_probe(
     }
 
 
-def job_args(override: str) -> tuple[str, ...]:
-    """A tuning variant's override as job arguments: ``--flag=value`` as it is, else a ``-D`` of Flink's."""
-    return (override,) if override.startswith("--") else ("-D", override)
+def job_args(overrides: Sequence[str]) -> list[str]:
+    """Overrides (TUNING_VARIANTS, --stack-job-args) as job arguments: ``--flag=value`` as it is, else a
+    ``-D`` of Flink's."""
+    return [x for o in overrides for x in ((o,) if o.startswith("--") else ("-D", o))]
 
 
 def job_alone(
@@ -587,7 +588,7 @@ def job_alone(
     processes = stack.Processes()
     work = OUT_DIR / "work" / f"job-{name}"
     shutil.rmtree(work / "flink", ignore_errors=True)
-    extra = [x for o in overrides for x in job_args(o)]
+    extra = job_args(overrides)
     try:
         job = stack.start_job(
             BENCH_POLICY,
@@ -801,8 +802,8 @@ def first_answer(bootstrap: str) -> tuple[str, float | None]:
 
     The job's Kafka sink looks up a topic's partitions the first time it writes to it, with a Kafka
     producer of its own made and closed for that (the connector's ``DefaultKafkaSinkContext``): the
-    task thread stops for ~30-300 ms once per return address (docs/performance.md). A step measures
-    the steady state on an address the job has answered once; this figure is that first answer.
+    task thread stops once per return address (docs/performance.md). A step measures the steady state
+    on an address the job has answered once; this figure is that first answer.
     """
     address = f"results.bench-{uuid.uuid4().hex[:8]}"
     kafka_admin.create_topics(bootstrap, [address])
@@ -823,7 +824,7 @@ def stack_ladder(
     job_overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Broker, runners, job; warm up, then (``idle_s``) the CPU each process uses with no traffic, then
-    each rate in turn until saturation. ``job_overrides`` as in TUNING_VARIANTS (job_args)."""
+    each rate in turn until saturation. ``job_overrides``: see job_args."""
     from runners.train import ensure_trained
 
     broker = _fresh_broker(f"stack-{label}")
@@ -833,7 +834,7 @@ def stack_ladder(
     try:
         ensure_trained(MODELS_DIR)
         runners = stack.start_runners(RUNNERS, MODELS_DIR, broker.bootstrap, work / "logs", processes)
-        extra = [x for o in job_overrides for x in job_args(o)]
+        extra = job_args(job_overrides)
         job = stack.start_job(
             policy, broker.bootstrap, work / "archive", work / "flink", work / "job.log", processes, extra
         )

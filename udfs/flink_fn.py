@@ -112,8 +112,6 @@ def _now_ms() -> int:
 
 
 DEFAULT_TOPICS = Topics()
-# Metric counters batched in Python (pure Python, in the core so that udfs.testing reports them too).
-_BatchedCounters = BatchedCounters
 
 
 class ParseFunction(ProcessFunction):
@@ -132,7 +130,7 @@ class ParseFunction(ProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         reasons = names.PARSE_REASONS + (names.FEEDBACK_REASONS if self.kind == KIND_DECISION else ())
         per_reason = tuple(names.dead_letter_metric(r) for r in reasons)
-        self.counters = _BatchedCounters(
+        self.counters = BatchedCounters(
             runtime_context.get_metrics_group(), (names.METRIC_DEAD_LETTERS, *per_reason)
         )
 
@@ -172,7 +170,7 @@ class LabelJoinFunction(KeyedProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         self.state = runtime_context.get_state(ValueStateDescriptor(names.STATE_LABEL_JOIN, Types.STRING()))
         self.logic = LabelJoinLogic(self.ttl_ms, row=_reward_row)
-        self.counters = _BatchedCounters(runtime_context.get_metrics_group(), JOIN_METRICS)
+        self.counters = BatchedCounters(runtime_context.get_metrics_group(), JOIN_METRICS)
 
     def process_element(self, value: Row, ctx: Any) -> Iterator[Any]:
         kind, _rid, text, topic, partition, offset = value
@@ -269,7 +267,7 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
             archive=ARCHIVE,
         )
         self._restored = False
-        self.counters = _BatchedCounters(
+        self.counters = BatchedCounters(
             runtime_context.get_metrics_group(), MAILBOX_METRICS, self.logic.tally
         )
         self._policy_effects(self.logic.policies_changed(), _now_ms(), None)
@@ -341,17 +339,6 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
 
     def _carry_out(self, effects: Effects, ctx: Any, now: int) -> Iterator[Any]:
         """Keyed state, timers and counters as the logic says, now; its rows as the caller iterates."""
-        # _write, inlined: the per-record path (a Python call per record costs)
-        if effects.state is not None:
-            self.state.update(effects.state)
-        elif effects.clear:
-            self.state.clear()
-        delete, register = effects.delete_timer, effects.set_timer
-        if delete is not None or register is not None:
-            timers = ctx.timer_service()
-            if delete is not None:
-                timers.delete_processing_time_timer(delete)
-            if register is not None:
-                timers.register_processing_time_timer(register)
+        _write(self.state, effects, ctx)
         self.counters.add_each(effects.counts, now)
         return iter(effects.outputs)

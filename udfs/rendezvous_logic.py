@@ -372,7 +372,7 @@ class RendezvousLogic:
         step = mbx.on_timer(current, policy, now, via_log=self.via_log)
         return self._effects(step, previous_wake_ms, now, policy, request_id)
 
-    def _effects(  # noqa: C901 - the per-record path, one frame: a helper call per record costs
+    def _effects(
         self,
         step: mbx.Step,
         previous_wake_ms: int | None,
@@ -381,23 +381,16 @@ class RendezvousLogic:
         request_id: str,
     ) -> Effects:
         mb = step.mailbox
-        delete_timer = set_timer = None
         if mb is None:
             state, clear = None, True
             self._open.pop(request_id, None)
-            if previous_wake_ms is not None and previous_wake_ms > now:
-                delete_timer = previous_wake_ms
         else:
             state, clear = mb.to_json(), False
             if mb.closed:
                 self._open.pop(request_id, None)
             else:
                 self._open[request_id] = mb
-            if mb.wake_at_ms != previous_wake_ms:
-                if previous_wake_ms is not None and previous_wake_ms > now:
-                    # Deleting costs one call into the JVM; letting it fire costs a state read and a callback.
-                    delete_timer = previous_wake_ms
-                set_timer = mb.wake_at_ms
+        delete_timer, set_timer = _timer_change(previous_wake_ms, None if mb is None else mb.wake_at_ms, now)
         counts = step.counts
         outputs: list[Any] = []
         row = self._row
@@ -482,20 +475,27 @@ class LabelJoinLogic:
         partition: int | None,
         offset: int | None,
     ) -> Effects:
-        delete_timer = set_timer = None
-        if step.entry is None:
-            state, clear = None, True
-            if previous_wake is not None and previous_wake > now:
-                delete_timer = previous_wake
-        else:
-            state, clear = step.entry.to_json(), False
-            if step.entry.wake_at_ms != previous_wake:
-                if previous_wake is not None and previous_wake > now:
-                    delete_timer = previous_wake
-                set_timer = step.entry.wake_at_ms
+        entry = step.entry
+        state, clear = (None, True) if entry is None else (entry.to_json(), False)
+        delete_timer, set_timer = _timer_change(
+            previous_wake, None if entry is None else entry.wake_at_ms, now
+        )
         row = self._row
         outputs = [row(fastjson.dumps_bytes(event), topic, partition, offset) for event in step.rewards]
         return Effects(state, clear, delete_timer, set_timer, outputs, step.counts)
+
+
+def _timer_change(previous_wake: int | None, wake: int | None, now: int) -> tuple[int | None, int | None]:
+    """(timer to delete, timer to set) when a keyed entry's wake-up time goes from ``previous_wake`` to
+    ``wake`` (None: no timer, or the entry is gone). A timer still ahead is deleted: deleting costs one
+    call into the JVM, letting it fire a state read and a callback.
+
+    >>> _timer_change(150, 150, 100), _timer_change(150, 300, 100), _timer_change(150, None, 200)
+    ((None, None), (150, 300), (None, None))
+    """
+    if wake == previous_wake:
+        return None, None
+    return (previous_wake if previous_wake is not None and previous_wake > now else None), wake
 
 
 def _join_entry(text: str | None) -> feedback.JoinEntry | None:

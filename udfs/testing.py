@@ -54,7 +54,9 @@ class Output(NamedTuple):
     topic: str | None
 
 
-class _Counter:
+class RecordingCounter:
+    """A Flink counter that keeps its value."""
+
     def __init__(self) -> None:
         self.count = 0
 
@@ -65,14 +67,19 @@ class _Counter:
         self.count -= n
 
 
-class _Group:
-    """A metric group that keeps its counters (Flink's, in the job)."""
+class RecordingGroup:
+    """A metric group that keeps its counters (Flink's, in the job); like Flink's, it takes each name once."""
 
     def __init__(self) -> None:
-        self.counters: dict[str, _Counter] = {}
+        self.counters: dict[str, RecordingCounter] = {}
 
-    def counter(self, name: str) -> _Counter:
-        return self.counters.setdefault(name, _Counter())
+    def counter(self, name: str) -> RecordingCounter:
+        assert name not in self.counters, f"counter {name} registered twice"
+        return self.counters.setdefault(name, RecordingCounter())
+
+    def counts(self) -> dict[str, int]:
+        """The nonzero counters' values."""
+        return {k: c.count for k, c in self.counters.items() if c.count}
 
 
 class Harness:
@@ -108,7 +115,7 @@ class Harness:
         self._queue: list[tuple[int, int, str]] = []  # (time, order, key); deleted entries stay, skipped
         self._order = 0
         self._offsets = {SOURCE_REQUESTS: 0, SOURCE_SCORES: 0}
-        self._group = _Group()
+        self._group = RecordingGroup()
         self.counters = BatchedCounters(self._group, MAILBOX_METRICS, self.logic.tally)
         self._policy_effects(self.logic.policies_changed())
 
@@ -264,7 +271,7 @@ class Harness:
     def metrics(self) -> dict[str, int]:
         """Every counter's value now (nonzero ones), as the job's metric reporter would show them."""
         self.counters.flush(self.now_ms)
-        return {name: c.count for name, c in self._group.counters.items() if c.count}
+        return self._group.counts()
 
     # --- carrying out effects, as udfs.flink_fn does -------------------------------------------------
 

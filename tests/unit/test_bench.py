@@ -296,12 +296,14 @@ def test_the_clients_part_runs_by_default() -> None:
 def test_a_tuning_override_is_a_job_flag_or_a_flink_setting() -> None:
     from jobs import rendezvous_job
 
-    assert bench.job_args("--sink-linger-ms=1") == ("--sink-linger-ms=1",)
-    assert bench.job_args("pipeline.object-reuse=true") == ("-D", "pipeline.object-reuse=true")
+    assert bench.job_args(["--sink-linger-ms=1", "pipeline.object-reuse=true"]) == [
+        "--sink-linger-ms=1", "-D", "pipeline.object-reuse=true",
+    ]  # fmt: skip
     policy = str(bench.BENCH_POLICY)
     for _, overrides in bench.TUNING_VARIANTS:  # every variant's arguments parse as the job's
-        args = [x for o in overrides for x in bench.job_args(o)]
-        rendezvous_job.parse_args(["--policy", policy, "--bootstrap", "127.0.0.1:9", *args])
+        rendezvous_job.parse_args(
+            ["--policy", policy, "--bootstrap", "127.0.0.1:9", *bench.job_args(overrides)]
+        )
 
 
 def test_markdown_shows_where_a_steps_tail_went_and_its_first_answer() -> None:

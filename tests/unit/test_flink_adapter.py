@@ -16,6 +16,8 @@ from tests.unit.test_model_metrics import POLICY as FOUR_MODELS
 from udfs import flink_fn, names
 from udfs import mailbox as mbx
 from udfs.policy import parse_policy
+from udfs.rendezvous_logic import BatchedCounters
+from udfs.testing import RecordingGroup
 
 POLICY = parse_policy(
     {
@@ -203,29 +205,6 @@ def test_an_early_answer_replaces_the_wait_timer(harness: Any) -> None:
 # --- metrics: per-reason dead letters and live mailboxes ------------------------------------------------
 
 
-class RecordingCounter:
-    def __init__(self) -> None:
-        self.count = 0
-
-    def inc(self, n: int = 1) -> None:
-        self.count += n
-
-    def dec(self, n: int = 1) -> None:
-        self.count -= n
-
-
-class RecordingGroup:
-    def __init__(self) -> None:
-        self.counters: dict[str, RecordingCounter] = {}
-
-    def counter(self, name: str) -> RecordingCounter:
-        assert name not in self.counters, f"counter {name} registered twice"
-        return self.counters.setdefault(name, RecordingCounter())
-
-    def counts(self) -> dict[str, int]:
-        return {k: c.count for k, c in self.counters.items() if c.count}
-
-
 class RecordingRuntime(FakeRuntime):
     def __init__(self, state: FakeState) -> None:
         super().__init__(state)
@@ -267,7 +246,7 @@ def test_the_mailbox_parses_each_record_and_counts_dead_letters_per_reason(
     assert fn.state.value() is None and timers.pending == set()  # no mailbox for a bad record
     # Batched: open() flushed the policy version; the rest waits until the next flush is due.
     assert group.counts() == {names.METRIC_POLICY_VERSION: 1}
-    clock["now"] += flink_fn._BatchedCounters.FLUSH_EVERY_MS
+    clock["now"] += BatchedCounters.FLUSH_EVERY_MS
     out = list(fn.process_element((None, b"\xff", flink_fn.SOURCE_SCORES, 0, 4), FakeCtx(timers)))
     assert json.loads(out[0][2])["source_topic"] == "scs"
     assert group.counts()[names.METRIC_DEAD_LETTERS] == 5  # flushed by the first add past the due time
