@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 JARS   := build/jars
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-unit test-faults lint bench bench-tuning profile faults scenario-degrade clean distclean sql
+.PHONY: help setup demo test test-unit test-faults lint bench bench-tuning profile faults publish scenario-degrade clean distclean sql
 
 help:
 	@echo "make setup   - virtualenv + pinned Python deps + Kafka broker and Flink connector jars (idempotent)"
@@ -18,6 +18,7 @@ help:
 	@echo "make bench   - Kafka floor, job alone, whole stack on a rate ladder (first_in_order vs wait-for-all) -> var/bench/"
 	@echo "make faults  - every fault scenario under load, both delivery modes; invariants checked -> var/faults/ (~25 min)"
 	@echo "make profile - where the job's and a runner's CPU goes, stage by stage (py-spy, JFR) -> var/profile/ (~4 min)"
+	@echo "make publish - copy the runs' JSON from var/ into docs/results/ and render README.md/docs/performance.md from it"
 	@echo "make bench-tuning - the job alone under each candidate Flink setting -> var/bench/tuning.md (~15 min)"
 	@echo "make scenario-degrade - a model degrades mid-run: metrics, quality, drift/canary alerts, gate demotes it (var/degrade/)"
 	@echo "make sql Q='SELECT ...' - SQL over the decoy archive of the last demo"
@@ -35,7 +36,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@touch $@
 
-$(JARS)/.fetched: deps/pom.xml
+$(JARS)/.fetched: deps/pom.xml deps/kafka-sink-context/pom.xml $(shell find deps/kafka-sink-context/src -name '*.java')
 	@command -v java >/dev/null || { echo "error: Java 17+ is required (Debian: apt-get install openjdk-17-jdk-headless)." >&2; exit 1; }
 	@jv=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
 	  if [ -z "$$jv" ] || [ "$$jv" -lt 17 ]; then echo "error: Java 17+ is required, found version '$$jv'." >&2; exit 1; fi
@@ -73,6 +74,11 @@ bench-tuning: setup
 
 profile: setup
 	$(PY) -m harness.profile $(PROFILE_ARGS)
+
+# PUBLISH_ARGS: --bench/--profile/--demo/--faults [PATH] copy only those; empty: copy nothing, only render.
+PUBLISH_ARGS ?= --all
+publish: $(VENV)/.installed
+	$(PY) -m harness.publish $(PUBLISH_ARGS)
 
 scenario-degrade: setup
 	$(PY) -m harness.degrade_scenario $(SCENARIO_ARGS)

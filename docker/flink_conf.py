@@ -8,7 +8,8 @@ The directory holds one config.yaml, layered:
 3. the container overrides below: bind to all interfaces, reach the JobManager by its compose
    service name ``jobmanager``, use the image's Python, keep state on the shared volume;
 
-plus the log4j/logback files from ``pyflink/conf``. Usage (the Dockerfile does this)::
+plus the log4j/logback files from ``pyflink/conf``. Usage (the Dockerfile does this, once the project
+is installed: the files are read and flattened by the project's one reader, ``ops/flink_conf.py``)::
 
     python docker/flink_conf.py --app-dir /opt/rendezvous/app --out /opt/rendezvous/flink-conf
 """
@@ -25,6 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+try:
+    from ops.flink_conf import FlinkConfError, flatten, load_conf
+except ModuleNotFoundError:  # run from a source tree where the project is not installed: it is one up
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from ops.flink_conf import FlinkConfError, flatten, load_conf
 
 JOBMANAGER_HOST = "jobmanager"  # the compose service name; every container resolves it
 STATE_DIR = "/opt/rendezvous/state"  # named volume, same path on the JobManager and TaskManager
@@ -61,15 +68,16 @@ def python_settings(python: str, app_dir: str, site_packages: str) -> dict[str, 
     }
 
 
-def nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """{'a.b': 1} -> {'a': {'b': 1}}."""
+def nest(conf: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys as sections, at any depth, as Flink reads them: {'a.b': 1, 'c': {'d.e': 2}} ->
+    {'a': {'b': 1}, 'c': {'d': {'e': 2}}}. A key written both ways is one key (the later one wins, as in ``flatten``)."""
     out: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = out
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+    for key, value in conf.items():
+        *parents, leaf = str(key).split(".")
+        section: dict[str, Any] = {leaf: nest(value) if isinstance(value, dict) else value}
+        for part in reversed(parents):
+            section = {part: section}
+        out = merge(out, section)
     return out
 
 
@@ -103,28 +111,17 @@ def remove(conf: dict[str, Any], dotted: str) -> None:
         del parent[part]
 
 
-def flatten(conf: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}."""
-    out: dict[str, Any] = {}
-    for key, value in conf.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def build_config(
     distribution: dict[str, Any], project: dict[str, Any], python: dict[str, str]
 ) -> dict[str, Any]:
-    """The layered configuration (see the module docstring)."""
-    conf = merge(distribution, project)
+    """The layered configuration (see the module docstring); each layer may write keys nested or dotted."""
+    conf = merge(nest(distribution), nest(project))
     conf = merge(conf, nest({**CONTAINER_OVERRIDES, **python}))
     for key in REMOVED_KEYS:
         remove(conf, key)
     flat = flatten(conf)
     for key, want in REQUIRED.items():
-        if str(flat.get(key)) != want:
+        if flat.get(key) != want:
             raise ValueError(f"{key} must be {want!r}, the layered configuration has {flat.get(key)!r}")
     return conf
 
@@ -136,13 +133,6 @@ def pyflink_conf_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "conf"
 
 
-def load_yaml(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise SystemExit(f"error: {path}: expected a mapping at the top level")
-    return data
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--app-dir", type=Path, required=True, help="the project's source tree in the image")
@@ -152,11 +142,14 @@ def main(argv: list[str] | None = None) -> int:
 
     dist_dir = pyflink_conf_dir()
     site_packages = sysconfig.get_paths()["purelib"]
-    conf = build_config(
-        load_yaml(dist_dir / "config.yaml"),
-        load_yaml(a.app_dir / "flink-conf" / "config.yaml"),
-        python_settings(a.python, str(a.app_dir), site_packages),
-    )
+    try:
+        conf = build_config(
+            load_conf(dist_dir / "config.yaml"),
+            load_conf(a.app_dir / "flink-conf" / "config.yaml"),
+            python_settings(a.python, str(a.app_dir), site_packages),
+        )
+    except FlinkConfError as e:
+        raise SystemExit(f"error: {e}") from None
     a.out.mkdir(parents=True, exist_ok=True)
     header = "# Generated at image build time by docker/flink_conf.py: PyFlink defaults + flink-conf/config.yaml + container overrides.\n"
     body = yaml.safe_dump(conf, sort_keys=False, default_flow_style=False, width=100_000)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,8 +23,33 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from evaluation.bandit_sim import SimConfig, simulate
+from evaluation.drift import (
+    DriftConfig,
+    decision_pairs,
+    features_from_archive,
+    input_alerts,
+    input_drift,
+    model_scores,
+    score_alerts,
+    score_drift,
+    score_drift_pairs,
+    self_alerts,
+    self_drift,
+    self_drift_windows,
+)
+from evaluation.gate import GateConfig, gate
+from evaluation.labels import join_labels, read_labels
+from evaluation.quality import quality_by_model, quality_windows
+from evaluation.replay import replay
+from evaluation.report import latency_frame, wins_frame, write_report
+from evaluation.watch import ArchiveWindow, RoundResult, alert_publisher, parse_duration_ms, run_watch
 from ops.archive import format_table
+from ops.kafka_admin import read_json_topic
+from runners.data import FEATURES
+from udfs import names
 from udfs.names import TOPIC_ALERTS
+from udfs.policy import PolicyError, load_policy
 
 
 class CliError(Exception):
@@ -66,8 +93,6 @@ def read_decisions(path: Path) -> list[dict[str, Any]]:
 
 
 def read_labels_file(path: Path) -> list[Any]:
-    from evaluation.labels import read_labels
-
     try:
         good, bad = read_labels(path)
     except OSError as e:
@@ -83,8 +108,6 @@ def read_labels_file(path: Path) -> list[Any]:
 
 
 def read_policy(path: Path) -> Any:
-    from udfs.policy import PolicyError, load_policy
-
     try:
         return load_policy(path)
     except PolicyError as e:
@@ -170,9 +193,6 @@ def print_frame(df: pd.DataFrame, title: str | None = None, limit: int = 50) -> 
 
 
 def cmd_quality(a: argparse.Namespace) -> int:
-    from evaluation.labels import join_labels
-    from evaluation.quality import quality_by_model, quality_windows
-
     rows = join_labels(read_decisions(a.decisions), read_labels_file(a.labels))
     overall = quality_by_model(rows)
     print_frame(overall, f"quality over {rows['request_id'].nunique()} labelled requests")
@@ -187,8 +207,6 @@ def cmd_quality(a: argparse.Namespace) -> int:
 
 
 def _drift_config(a: argparse.Namespace) -> Any:
-    from evaluation.drift import DriftConfig
-
     data = read_yaml_mapping(a.config) or {}
     try:
         return DriftConfig.from_dict(data)
@@ -197,8 +215,6 @@ def _drift_config(a: argparse.Namespace) -> Any:
 
 
 def _input_frames(a: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, list[str]] | None:
-    from evaluation.drift import features_from_archive
-
     if a.reference is None and a.recent is None:
         return None
     if a.reference is None or a.recent is None:
@@ -209,18 +225,6 @@ def _input_frames(a: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, li
 
 
 def cmd_drift(a: argparse.Namespace) -> int:
-    from evaluation.drift import (
-        decision_pairs,
-        input_alerts,
-        input_drift,
-        model_scores,
-        score_alerts,
-        score_drift,
-        score_drift_pairs,
-        self_alerts,
-        self_drift_windows,
-    )
-
     cfg = _drift_config(a)
     if a.every is not None:
         return _drift_watch(a, cfg)
@@ -263,19 +267,6 @@ def cmd_drift(a: argparse.Namespace) -> int:
 
 def _drift_watch(a: argparse.Namespace, cfg: Any) -> int:  # noqa: C901 - the watch loop's set-up and signals
     """``drift --every``: the comparison as a periodic job over a sliding window (evaluation/watch.py)."""
-    import signal
-    import threading
-
-    from evaluation.drift import (
-        features_from_archive,
-        input_alerts,
-        input_drift,
-        model_scores,
-        self_alerts,
-        self_drift,
-    )
-    from evaluation.watch import ArchiveWindow, RoundResult, alert_publisher, parse_duration_ms, run_watch
-
     try:
         every_ms = parse_duration_ms(a.every)
         window_ms = parse_duration_ms(a.window) if a.window is not None else every_ms
@@ -341,8 +332,6 @@ def _feature_names(a: argparse.Namespace, reference: pd.DataFrame) -> list[str]:
     if a.features:
         features = [f.strip() for f in a.features.split(",") if f.strip()]
     else:
-        from runners.data import FEATURES
-
         features = [f for f in FEATURES if f in reference.columns]
     missing = [f for f in features if f not in reference.columns]
     if missing:
@@ -351,9 +340,6 @@ def _feature_names(a: argparse.Namespace, reference: pd.DataFrame) -> list[str]:
 
 
 def cmd_gate(a: argparse.Namespace) -> int:
-    from evaluation.gate import GateConfig, gate
-    from evaluation.labels import join_labels
-
     data = read_yaml_mapping(a.config) or {}
     for name in ("min_gain", "min_labelled", "auc_floor"):
         if getattr(a, name) is not None:
@@ -399,8 +385,6 @@ def read_jsonl_alerts(path: Path) -> list[dict[str, Any]]:
 
 
 def cmd_replay(a: argparse.Namespace) -> int:
-    from evaluation.replay import replay
-
     candidate = read_policy(a.policy)
     actual = read_policy(a.actual_policy) if a.actual_policy is not None else None
     labels = read_labels_file(a.labels) if a.labels is not None else []
@@ -415,11 +399,6 @@ def cmd_replay(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from evaluation.drift import input_drift, score_drift
-    from evaluation.labels import join_labels
-    from evaluation.quality import quality_windows
-    from evaluation.report import latency_frame, wins_frame, write_report
-
     cfg = _drift_config(a)
     frames: dict[str, Any] = {"psi_alert": cfg.psi_alert, "agreement_min": cfg.agreement_min}
     window = a.window_ms or cfg.window_ms
@@ -442,8 +421,6 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_bandit_sim(a: argparse.Namespace) -> int:
-    from evaluation.bandit_sim import SimConfig, simulate
-
     try:
         cfg = SimConfig(
             steps=a.steps,
@@ -475,9 +452,6 @@ def cmd_bandit_sim(a: argparse.Namespace) -> int:
 
 
 def cmd_collect(a: argparse.Namespace) -> int:
-    from ops.kafka_admin import read_json_topic
-    from udfs import names
-
     topics = {
         "decisions": a.decisions_topic or names.TOPIC_DECISIONS,
         "canary": a.canary_topic or names.TOPIC_CANARY,

@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from runners.data import FEATURES, generate
 from udfs.feedback import LABEL_FIELDS, Label, parse_label  # the job parses labels the same way
 from udfs.names import TOPIC_LABELS
 from udfs.wire import DeadLetter, Source
@@ -158,8 +159,6 @@ def labelled_requests(
     Ids follow the load generator's ``<run_id>-<seq>`` so a demo can send these features and publish
     these labels for the same ids; features are plain Python numbers (JSON-serialisable).
     """
-    from runners.data import FEATURES, generate
-
     frame, truth = generate(n, seed)
     ids = [f"{run_id}-{i}" for i in range(n)]
     cols = {f: frame[f].tolist() for f in FEATURES}

@@ -12,7 +12,9 @@ changed afterwards; or Parquet files) are parsed once and kept while they hold r
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +25,8 @@ from typing import TextIO
 import pandas as pd
 
 from evaluation.drift import Alert
+from ops import kafka_admin, kafka_client
+from ops.archive import finished_parts
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, None: 1000}
@@ -63,8 +67,6 @@ def run_watch(
 
     A round that fails (a file being rewritten, the broker away) is reported and the next one runs.
     """
-    import sys
-
     stream = out or sys.stdout
     stop = stop or threading.Event()
     rounds = alerts_total = 0
@@ -114,8 +116,6 @@ class ArchiveWindow:
     _cache: dict[Path, pd.DataFrame] = field(default_factory=dict)
 
     def files(self) -> list[Path]:
-        from ops.archive import finished_parts
-
         parquet = sorted(p for p in self.archive_dir.rglob("*.parquet") if not p.name.startswith("."))
         return finished_parts(self.archive_dir) + parquet
 
@@ -148,10 +148,6 @@ def _read_rows(path: Path) -> pd.DataFrame:
 
 def alert_publisher(bootstrap: str, topic: str) -> tuple[Callable[[list[Alert]], None], Callable[[], None]]:
     """(publish, close) for the alerts topic: one JSON record per alert, keyed by its subject."""
-    import json
-
-    from ops import kafka_admin, kafka_client
-
     kafka_admin.require_broker(bootstrap, "drift watch")
     kafka_admin.create_topics(bootstrap, [topic])
     producer = kafka_client.producer(bootstrap, client_id="drift-watch", linger_ms=5)

@@ -26,6 +26,9 @@ Each measurement runs on its own fresh broker so they do not disturb each other:
    incumbent's score sent with each request (decided when the score is read: no tick) and once with
    only the challenger's (decided when the incumbent's 40 ms wait runs out: under the log clock, after
    the tick's round trip through Kafka). The latency the log clock's reproducible decisions cost.
+5b. ``addresses``: the whole stack answering one request to each of several new return addresses and
+   then a second one to each, with the project's Kafka sink context (deps/kafka-sink-context) and with
+   the connector's own (one producer made and closed per new topic), runs alternating.
 6. ``state``: the job alone under sustained load for several minutes with a short tombstone retention
    (``--state-retention-ms``), the checkpoint size every 30 s: the mailbox state levels off once
    tombstones expire as fast as requests arrive.
@@ -43,8 +46,10 @@ import argparse
 import contextlib
 import json
 import os
-import platform
+import re
+import resource
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -54,7 +59,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from harness import loadgen, stack
+import confluent_kafka
+import yaml
+
+from harness import bench_crossing, loadgen, runinfo, stack
+from jobs import rendezvous_job
 from ops import kafka_admin, kafka_client, latency, procs
 from ops.broker import KafkaBroker
 from udfs import names
@@ -76,7 +85,7 @@ RUNNERS = (
     stack.RunnerSpec("base", seed=4),
 )
 DEFAULT_RATES = "25,50,100,250,500,833,1000,1500,2000,2500,3000,4000"
-DEFAULT_PARTS = "clients,floor,job,first_in_order,wait_for_all,delivery,clock"  # `make bench`
+DEFAULT_PARTS = "clients,floor,job,first_in_order,wait_for_all,delivery,clock,addresses"  # `make bench`
 # Settings compared by --tuning: (name, -D overrides). The first is the shipped flink-conf/.
 TUNING_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shipped: thread mode, buffer 5 ms, hashmap, checkpoint 10 s, parallelism 1", ()),
@@ -172,11 +181,10 @@ def checkpoint_bytes(state_dir: Path) -> int | None:
 
 
 def _fresh_broker(name: str) -> KafkaBroker:
+    """A broker with the default topics on a fresh ``work/<name>`` (harness/stack.py)."""
     data = OUT_DIR / "work" / name
     shutil.rmtree(data, ignore_errors=True)
-    broker = KafkaBroker.start(data / "broker", port=procs.free_port(), controller_port=procs.free_port())
-    kafka_admin.ensure_default_topics(broker.bootstrap)
-    return broker
+    return stack.start_broker(data / "broker")
 
 
 def _paced(count: int, rate: float, send: Callable[[int], None]) -> float:
@@ -282,8 +290,6 @@ END_TO_END_LATENCY = "org.apache.kafka.tools.EndToEndLatency"
 
 def _process_cpu_s() -> float:
     """User+system CPU of this process, every thread included (librdkafka's and kafka-python's)."""
-    import resource
-
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
@@ -312,8 +318,6 @@ def _hop_loop(name: str, count: int, warmup: int, hop: Callable[[bytes], None]) 
 
 def _hops_confluent(bootstrap: str, count: int, warmup: int) -> dict[str, Any]:
     """One hop with the project's client (ops.kafka_client: confluent-kafka), producer linger 0."""
-    import confluent_kafka
-
     topic = f"hop-ck-{uuid.uuid4().hex[:6]}"
     kafka_admin.create_topics(bootstrap, [topic])
     producer = kafka_client.producer(bootstrap, client_id="bench-hop", linger_ms=0)
@@ -365,8 +369,6 @@ def _hops_kafka_python(bootstrap: str, count: int, warmup: int) -> dict[str, Any
 def parse_end_to_end_latency(text: str) -> dict[str, Any]:
     """p50/p99/p99.9 and the mean from EndToEndLatency's output. It truncates each latency to whole
     milliseconds before taking percentiles (``elapsed / 1000 / 1000``); the mean is exact."""
-    import re
-
     pct = re.search(r"Percentiles: 50th = (\d+), 99th = (\d+), 99\.9th = (\d+)", text)
     avg = re.search(r"Avg latency: ([0-9.]+) ms", text)
     if pct is None or avg is None:
@@ -379,8 +381,6 @@ def parse_end_to_end_latency(text: str) -> dict[str, Any]:
 def _hops_java(bootstrap: str, count: int, warmup: int) -> dict[str, Any]:
     """Kafka's own tool (kafka-tools, deps/pom.xml) on the same broker: the Java clients' one hop
     (producer linger 0, send().get(), then the consumer's poll; consumer fetch wait 0)."""
-    import subprocess
-
     if not any(KAFKA_JARS.glob("kafka-tools-*.jar")):
         return {"error": f"kafka-tools jar not in {KAFKA_JARS}; run `make setup`"}
     topic = f"hop-java-{uuid.uuid4().hex[:6]}"
@@ -730,8 +730,6 @@ def state_over_time(rate: float, minutes: float, retention_ms: int) -> dict[str,
     """The job alone at ``rate`` for ``minutes`` with tombstones kept ``retention_ms``: the newest
     checkpoint's size every ``STATE_SAMPLE_S``. It should level off at about rate x retention x the
     bytes of one tombstone, once the first tombstones expire."""
-    import yaml
-
     broker = _fresh_broker("state-broker")  # not under work/state, which is cleared below
     processes = stack.Processes()
     work = OUT_DIR / "work" / "state"
@@ -811,6 +809,67 @@ def first_answer(bootstrap: str) -> tuple[str, float | None]:
         bootstrap, count=1, rate=1.0, return_address=address, settle_ms=5000, validate_results=False
     )
     return address, first.latency_ms.max
+
+
+CONNECTOR_CONTEXT = "connector's context"
+ADDRESS_VARIANTS: tuple[str, ...] = ("shipped", CONNECTOR_CONTEXT)
+
+
+def connector_only_jars() -> str:
+    """``pipeline.jars`` without the project's sink context: the connector's own class answers."""
+    return "pipeline.jars=" + ";".join(
+        p.resolve().as_uri()
+        for p in rendezvous_job.connector_jars()
+        if p.name != rendezvous_job.SINK_CONTEXT_JAR
+    )
+
+
+def new_addresses(count: int, rounds: int, warmup_s: float) -> dict[str, Any]:
+    """The first answer to each of ``count`` new return addresses, and the next answer to each, with
+    the project's sink context (``deps/kafka-sink-context``) and with the connector's own, alternating
+    ``rounds`` times (each run its own broker, runners and job, warmed up at 50/s)."""
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in ADDRESS_VARIANTS}
+    for r in range(rounds):
+        for variant in ADDRESS_VARIANTS:
+            label = f"addresses-{r}-{'shipped' if variant == 'shipped' else 'connector'}"
+            overrides = [] if variant == "shipped" else [connector_only_jars()]
+            runs[variant].append(_address_run(label, overrides, count, warmup_s))
+    return {"count": count, "rounds": rounds, "runs": runs}
+
+
+def _address_run(label: str, overrides: Sequence[str], count: int, warmup_s: float) -> dict[str, Any]:
+    from runners.train import ensure_trained
+
+    broker = _fresh_broker(label)
+    processes = stack.Processes()
+    work = OUT_DIR / "work" / label
+    shutil.rmtree(work / "flink", ignore_errors=True)
+    try:
+        ensure_trained(MODELS_DIR)
+        stack.start_runners(RUNNERS, MODELS_DIR, broker.bootstrap, work / "logs", processes)
+        job = stack.start_job(
+            BENCH_POLICY, broker.bootstrap, work / "archive", work / "flink", work / "job.log",
+            processes, job_args(overrides),
+        )  # fmt: skip
+        stack.wait_until_answering(broker.bootstrap, job)
+        stack.warm_up(
+            broker.bootstrap, WARMUP_RATE, warmup_s, warmup_s, {"job": job.pid},
+            lambda m: say(f"[{label}] {m}"), budget_ms=BUDGET_MS,
+        )  # fmt: skip
+        first, again = [], []
+        for _ in range(count):
+            address, first_ms = first_answer(broker.bootstrap)
+            second = loadgen.run_load(
+                broker.bootstrap, count=1, rate=1.0, return_address=address, settle_ms=5000,
+                validate_results=False,
+            )  # fmt: skip
+            first.append(first_ms)
+            again.append(second.latency_ms.max)
+        say(f"[{label}] first answers ms {first}; next answers ms {again}")
+        return {"first_ms": first, "again_ms": again}
+    finally:
+        processes.stop_all()
+        broker.stop()
 
 
 def stack_ladder(
@@ -948,8 +1007,14 @@ IDLE_MAX_PERCENT = 5  # of one core, per process, with no traffic
 JOB_MIN_RECORDS_PER_S = 10_000
 
 
-def _target(target: str, measured: str, met: bool) -> dict[str, Any]:
-    return {"target": target, "measured": measured, "met": met}
+def _target(target: str, measured: str, met: bool, parts: str = "first_in_order") -> dict[str, Any]:
+    """A target's row; ``command``: the parts of `make bench` that measure it."""
+    return {
+        "target": target,
+        "measured": measured,
+        "met": met,
+        "command": f'make bench BENCH_ARGS="--only {parts}"',
+    }
 
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -963,14 +1028,14 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         rps = cap["records_per_s"]
         out.append(_target(
             f"the job alone drains requests with 4 scores at >= {JOB_MIN_RECORDS_PER_S:,} records/s",
-            f"{rps:,} records/s", rps >= JOB_MIN_RECORDS_PER_S,
+            f"{rps:,} records/s", rps >= JOB_MIN_RECORDS_PER_S, "job",
         ))  # fmt: skip
     idle = first.get("idle")
     if idle:
         worst = max(idle["cpu_percent"].items(), key=lambda kv: kv[1])
         out.append(_target(
             f"idle: every process <= {IDLE_MAX_PERCENT} % of a core with no traffic",
-            f"highest {worst[1]} % ({worst[0]})", worst[1] <= IDLE_MAX_PERCENT,
+            f"highest {worst[1]} % ({worst[0]})", worst[1] <= IDLE_MAX_PERCENT, "idle",
         ))  # fmt: skip
     if not steps:
         return out
@@ -998,7 +1063,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     out.append(_target(
         "rendezvous p99 <= 3x the bare three Kafka hops' p99 at the same rate",
         ", ".join(f"{r['p99_ratio']:.1f}x at {r['rate']:.0f}/s" for r in ratios) or "no common rate",
-        bool(ratios) and all(r["p99_ratio"] <= 3 for r in ratios),
+        bool(ratios) and all(r["p99_ratio"] <= 3 for r in ratios), "floor,first_in_order",
     ))  # fmt: skip
     wfa = result.get("stack", {}).get("wait_for_all", {}).get("steps", [])
     pairs = [(s, _step_at(wfa, s["rate"])) for s in steps if not saturated(s)]
@@ -1010,7 +1075,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{_ms(b['latency_ms']['p99'])} vs {_ms(a['latency_ms']['p99'])} at {a['rate']:.0f}/s"
                 for a, b in shown
             ) or "no common unsaturated rate",
-            bool(shown),
+            bool(shown), "first_in_order,wait_for_all",
         ))  # fmt: skip
     return out
 
@@ -1086,166 +1151,240 @@ def _variant_table(
     return [*lines, ""]
 
 
-def markdown(result: dict[str, Any]) -> str:
-    m = result["machine"]
-    lines = [f"# Benchmark ({m['cpus']} CPUs, {m['platform']}, Python {m['python']}, {result['date']})", ""]
-    if result.get("kafka_floor"):
-        lines += [
-            "## Bare Kafka: three hops (client -> echo -> echo -> client), same Python clients",
-            "",
-            "| rate (msg/s) | linger ms | received | p50 ms | p99 ms | p99.9 ms |",
-            "|---|---|---|---|---|---|",
-        ]
-        for f in result["kafka_floor"]:
-            lat = f["latency_ms"]
-            lines.append(
-                f"| {f['rate']:.0f} | {f['linger_ms']} | {f['received']}/{f['count']} | {_ms(lat['p50'])} | "
-                f"{_ms(lat['p99'])} | {_ms(lat['p99.9'])} |"
-            )
-        lines.append("")
-    if result.get("clients"):
-        cl = result["clients"]
-        lines += [
-            f"## One Kafka hop per client ({cl['count']} round trips after {cl['warmup']}, "
-            f"{cl['record_bytes']}-byte records, one process each, one broker)",
-            "",
-            "| client | p50 ms | p99 ms | p99.9 ms | mean ms | CPU µs per round trip |",
-            "|---|---|---|---|---|---|",
-        ]
-        for key, r in cl["runs"].items():
-            if "error" in r:
-                lines.append(_failed_row(key, r["error"], 6))
-                continue
-            lat = r["latency_ms"]
-            cpu = r.get("cpu_us_per_hop")
-            lines.append(
-                f"| {r['client']} | {_ms2(lat['p50'])} | {_ms2(lat['p99'])} | {_ms2(lat['p99.9'])} | "
-                f"{_ms2(lat.get('mean'))} | {'-' if cpu is None else cpu} |"
-            )
-        lines += [
-            "",
-            "EndToEndLatency (Kafka's own tool) truncates each latency to whole milliseconds before its "
-            "percentiles; its mean is exact. Its CPU is not measured (its JVM's start-up would dominate).",
-            "",
-        ]
+def floor_section(result: dict[str, Any]) -> list[str]:
+    """The bare three Kafka hops, per rate and linger (none without a floor part)."""
+    if not result.get("kafka_floor"):
+        return []
+    lines = [
+        "## Bare Kafka: three hops (client -> echo -> echo -> client), same Python clients",
+        "",
+        "| rate (msg/s) | linger ms | received | p50 ms | p99 ms | p99.9 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in result["kafka_floor"]:
+        lat = f["latency_ms"]
+        lines.append(
+            f"| {f['rate']:.0f} | {f['linger_ms']} | {f['received']}/{f['count']} | {_ms(lat['p50'])} | "
+            f"{_ms(lat['p99'])} | {_ms(lat['p99.9'])} |"
+        )
+    return [*lines, ""]
+
+
+def clients_section(result: dict[str, Any]) -> list[str]:
+    """One Kafka hop per client (none without a clients part)."""
+    cl = result.get("clients")
+    if not cl:
+        return []
+    lines = [
+        f"## One Kafka hop per client ({cl['count']} round trips after {cl['warmup']}, "
+        f"{cl['record_bytes']}-byte records, one process each, one broker)",
+        "",
+        "| client | p50 ms | p99 ms | p99.9 ms | mean ms | CPU µs per round trip |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, r in cl["runs"].items():
+        if "error" in r:
+            lines.append(_failed_row(key, r["error"], 6))
+            continue
+        lat = r["latency_ms"]
+        cpu = r.get("cpu_us_per_hop")
+        lines.append(
+            f"| {r['client']} | {_ms2(lat['p50'])} | {_ms2(lat['p99'])} | {_ms2(lat['p99.9'])} | "
+            f"{_ms2(lat.get('mean'))} | {'-' if cpu is None else cpu} |"
+        )
+    return [
+        *lines,
+        "",
+        "EndToEndLatency (Kafka's own tool) truncates each latency to whole milliseconds before its "
+        "percentiles; its mean is exact. Its CPU is not measured (its JVM's start-up would dominate).",
+        "",
+    ]
+
+
+def job_section(result: dict[str, Any]) -> list[str]:
+    """The job alone: capacity on a backlog and latency at a fixed rate (none without a job part)."""
     c = result.get("job_capacity")
     if c and "error" in c:
-        lines += ["## The job alone", "", f"Failed: {c['error']}", ""]
-    elif c:
+        return ["## The job alone", "", f"Failed: {c['error']}", ""]
+    if not c:
+        return []
+    return [
+        "## The job alone",
+        "",
+        f"Capacity on a preloaded backlog of {c['capacity']['requests']} requests "
+        f"(plus {c['capacity'].get('scores_per_request', 1)} scores each): "
+        f"{c['capacity']['records_per_s']} records/s in ({c['capacity']['results_per_s']} results/s), "
+        f"job CPU {c['capacity']['job_cpu_percent']} %. Latency at {c['probe']['rate']:.0f} requests/s "
+        f"(request + score sent together): p50 {_ms(c['probe']['latency_ms']['p50'])} ms, "
+        f"p99 {_ms(c['probe']['latency_ms']['p99'])} ms, job CPU {c['probe']['job_cpu_percent']} %.",
+        "",
+    ]
+
+
+def stack_section(label: str, run: dict[str, Any]) -> list[str]:
+    """One whole-stack ladder: a row per rate, the sustained rate, its warm-up and the idle stack."""
+    lines = [
+        f"## Whole stack, `{label}` ({run['policy']}); runners: gbt 2 ms, logreg 1 ms, tree 40-80 ms, base (canary)",
+        "",
+        *(
+            [f"The job with: `{'`, `'.join(run['job_overrides'])}` (`--stack-job-args`).", ""]
+            if run.get("job_overrides")
+            else []
+        ),
+        "| rate (req/s) | achieved | answered | p50 ms | p99 ms | p99.9 ms | over 100 ms | no_answer | "
+        "p99 ms to the job / in the job / back | first answer ms | state KB | "
+        "CPU % job / broker / runners / loadgen |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in run["steps"]:
+        lat, cpu = s["latency_ms"], s["cpu_percent"]
+        runners_cpu = sum(v for k, v in cpu.items() if k.startswith("runner"))
+        lines.append(
+            f"| {s['rate']:.0f} | {s['achieved_rate'] or 0:.0f} | {s['answered']}/{s['sent']} | "
+            f"{_ms(lat['p50'])} | {_ms(lat['p99'])} | {_ms(lat['p99.9'])} | {s['deadline_misses']} | "
+            f"{s['by_reason'].get('no_answer', 0)} | {_legs_p99(s.get('legs_ms'))} | "
+            f"{_ms(s.get('first_answer_ms'))} | {_kb(s['state_bytes'])} | "
+            f"{cpu['job']} / {cpu['broker']} / {runners_cpu} / {cpu['loadgen']} |"
+        )
+    best = sustained_rate(run["steps"])
+    lines += [
+        "",
+        f"Sustained with p99 <= {BUDGET_MS} ms: {f'{best:.0f} requests/s' if best else 'none'}. "
+        'Each step runs on a return address the job has answered once ("first answer": that one '
+        "request's latency, which holds the job's first write to a new topic).",
+        "",
+    ]
+    if run.get("warmup"):
+        w = run["warmup"]
+        jit = ", ".join(f"{k} {'?' if v is None else round(v)} %" for k, v in w["last_jit_percent"].items())
         lines += [
-            "## The job alone",
-            "",
-            f"Capacity on a preloaded backlog of {c['capacity']['requests']} requests "
-            f"(plus {c['capacity'].get('scores_per_request', 1)} scores each): "
-            f"{c['capacity']['records_per_s']} records/s in ({c['capacity']['results_per_s']} results/s), "
-            f"job CPU {c['capacity']['job_cpu_percent']} %. Latency at {c['probe']['rate']:.0f} requests/s "
-            f"(request + score sent together): p50 {_ms(c['probe']['latency_ms']['p50'])} ms, "
-            f"p99 {_ms(c['probe']['latency_ms']['p99'])} ms, job CPU {c['probe']['job_cpu_percent']} %.",
+            f"Warm-up before the ladder: {w['seconds']:.0f} s at {w['rate']:.0f}/s, until the JIT compilers "
+            f"were quiet (last round: {jit} of a core).",
             "",
         ]
-    for label, run in result.get("stack", {}).items():
+    if run.get("idle"):
+        cpu = run["idle"]["cpu_percent"]
         lines += [
-            f"## Whole stack, `{label}` ({run['policy']}); runners: gbt 2 ms, logreg 1 ms, tree 40-80 ms, base (canary)",
-            "",
-            *(
-                [f"The job with: `{'`, `'.join(run['job_overrides'])}` (`--stack-job-args`).", ""]
-                if run.get("job_overrides")
-                else []
-            ),
-            "| rate (req/s) | achieved | answered | p50 ms | p99 ms | p99.9 ms | over 100 ms | no_answer | "
-            "p99 ms to the job / in the job / back | first answer ms | state KB | "
-            "CPU % job / broker / runners / loadgen |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for s in run["steps"]:
-            lat, cpu = s["latency_ms"], s["cpu_percent"]
-            runners_cpu = sum(v for k, v in cpu.items() if k.startswith("runner"))
-            lines.append(
-                f"| {s['rate']:.0f} | {s['achieved_rate'] or 0:.0f} | {s['answered']}/{s['sent']} | "
-                f"{_ms(lat['p50'])} | {_ms(lat['p99'])} | {_ms(lat['p99.9'])} | {s['deadline_misses']} | "
-                f"{s['by_reason'].get('no_answer', 0)} | {_legs_p99(s.get('legs_ms'))} | "
-                f"{_ms(s.get('first_answer_ms'))} | {_kb(s['state_bytes'])} | "
-                f"{cpu['job']} / {cpu['broker']} / {runners_cpu} / {cpu['loadgen']} |"
-            )
-        best = sustained_rate(run["steps"])
-        lines += [
-            "",
-            f"Sustained with p99 <= {BUDGET_MS} ms: {f'{best:.0f} requests/s' if best else 'none'}. "
-            'Each step runs on a return address the job has answered once ("first answer": that one '
-            "request's latency, which holds the job's first write to a new topic).",
+            f"Idle ({run['idle']['seconds']:.0f} s with no traffic, after the warm-up), CPU % of a core: "
+            + ", ".join(f"{k} {v}" for k, v in cpu.items())
+            + ".",
             "",
         ]
-        if run.get("warmup"):
-            w = run["warmup"]
-            jit = ", ".join(
-                f"{k} {'?' if v is None else round(v)} %" for k, v in w["last_jit_percent"].items()
-            )
-            lines += [
-                f"Warm-up before the ladder: {w['seconds']:.0f} s at {w['rate']:.0f}/s, until the JIT compilers "
-                f"were quiet (last round: {jit} of a core).",
-                "",
-            ]
-        if run.get("idle"):
-            cpu = run["idle"]["cpu_percent"]
-            lines += [
-                f"Idle ({run['idle']['seconds']:.0f} s with no traffic, after the warm-up), CPU % of a core: "
-                + ", ".join(f"{k} {v}" for k, v in cpu.items())
-                + ".",
-                "",
-            ]
+    return lines
+
+
+def floor_ratio_section(result: dict[str, Any]) -> list[str]:
+    """The rendezvous' p50 and p99 over the bare floor's at the same rate (none without both parts)."""
     ratios = floor_ratios(result)
-    if ratios:
-        lines += [
-            f"## The rendezvous over the floor (three bare Kafka hops, linger {STACK_LINGER_MS} ms, same rate)",
-            "",
-            "| rate (req/s) | p50 ms (floor) | p50 ratio | p99 ms (floor) | p99 ratio |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
+    if not ratios:
+        return []
+    return [
+        f"## The rendezvous over the floor (three bare Kafka hops, linger {STACK_LINGER_MS} ms, same rate)",
+        "",
+        "| rate (req/s) | p50 ms (floor) | p50 ratio | p99 ms (floor) | p99 ratio |",
+        "|---|---|---|---|---|",
+        *(
             f"| {r['rate']:.0f} | {_ms(r['p50_ms'])} ({_ms(r['floor_p50_ms'])}) | {r['p50_ratio']:.1f}x | "
             f"{_ms(r['p99_ms'])} ({_ms(r['floor_p99_ms'])}) | {r['p99_ratio']:.1f}x |"
             for r in ratios
-        ]
-        lines.append("")
-    if result.get("targets"):
-        lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
-        lines += [
-            f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |" for t in result["targets"]
-        ]
-        lines.append("")
-    if result.get("delivery"):
-        lines += _variant_table(
-            "Results delivery: at-least-once vs exactly-once (the job alone, read_committed client)",
-            ["results delivery", "rate (req/s)", "answered", "p50 ms", "p99 ms", "p99.9 ms"],
-            result["delivery"],
-            lambda name, d: [f"| {name} | {d['probe']['rate']:.0f} | {_probe_cells(d['probe'])} |"],
-        )
-    if result.get("clock"):
-        lines += _variant_table(
-            "The log clock's cost (the job alone; request and one score sent together)",
-            ["clock", "case", "answered", "p50 ms", "p99 ms", "p99.9 ms", "job CPU %"],
-            result["clock"],
-            lambda clock, d: [
-                f"| {clock} | {case} | {_probe_cells(pr)} | {pr['job_cpu_percent']} |"
-                for case, pr in d["cases"].items()
-            ],
-        )
-    if result.get("state"):
-        st = result["state"]
-        lines += [
-            f"## Mailbox state under sustained load ({st['rate']:.0f} requests/s, tombstones kept "
-            f"{st['retention_ms'] / 1000:.0f} s)",
-            "",
-            "| elapsed s | sent | answered | checkpoint KB | p99 ms |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {x['elapsed_s']} | {x['sent']} | {x['answered']} | {_kb(x['state_bytes'])} | {_ms(x['p99_ms'])} |"
-            for x in st["samples"]
-        ]
-        if "error" in st:
-            lines.append(f"\nFailed: {st['error']}")
-        lines.append("")
+        ),
+        "",
+    ]
+
+
+def targets_section(result: dict[str, Any], commands: bool = False) -> list[str]:
+    """The targets this run measured, with the figure and whether it was met (``commands``: and the
+    command that measures each, a column of its own)."""
+    if not result.get("targets"):
+        return []
+    return [
+        "## Targets",
+        "",
+        "| target | measured | met |" + (" reproduce with |" if commands else ""),
+        "|---|---|---|" + ("---|" if commands else ""),
+        *(
+            f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |"
+            + (f" `{t.get('command', 'make bench')}` |" if commands else "")
+            for t in result["targets"]
+        ),
+        "",
+    ]
+
+
+def delivery_section(result: dict[str, Any]) -> list[str]:
+    if not result.get("delivery"):
+        return []
+    return _variant_table(
+        "Results delivery: at-least-once vs exactly-once (the job alone, read_committed client)",
+        ["results delivery", "rate (req/s)", "answered", "p50 ms", "p99 ms", "p99.9 ms"],
+        result["delivery"],
+        lambda name, d: [f"| {name} | {d['probe']['rate']:.0f} | {_probe_cells(d['probe'])} |"],
+    )
+
+
+def clock_section(result: dict[str, Any]) -> list[str]:
+    if not result.get("clock"):
+        return []
+    return _variant_table(
+        "The log clock's cost (the job alone; request and one score sent together)",
+        ["clock", "case", "answered", "p50 ms", "p99 ms", "p99.9 ms", "job CPU %"],
+        result["clock"],
+        lambda clock, d: [
+            f"| {clock} | {case} | {_probe_cells(pr)} | {pr['job_cpu_percent']} |"
+            for case, pr in d["cases"].items()
+        ],
+    )
+
+
+def addresses_section(result: dict[str, Any]) -> list[str]:
+    ad = result.get("addresses")
+    if not ad:
+        return []
+    lines = [
+        f"## The first answer to a new return address ({ad['count']} addresses per run, "
+        f"{ad['rounds']} alternating runs per variant, each warmed up at {WARMUP_RATE:.0f}/s)",
+        "",
+        "The job's Kafka sink looks up each new topic's partitions; the connector's own context makes "
+        "and closes a producer for it on the task thread, the project's asks one long-lived producer. "
+        "'next' is the next request to the same address: the steady state.",
+        "",
+        "| sink context | run | first answer ms: p50 / max | next answer ms: p50 / max |",
+        "|---|---|---|---|",
+    ]
+    for variant, runs in ad["runs"].items():
+        for i, run in enumerate(runs):
+            first = [x for x in run["first_ms"] if x is not None]
+            again = [x for x in run["again_ms"] if x is not None]
+            cells = [
+                f"{latency.percentile(sorted(xs), 50):.1f} / {max(xs):.1f}" if xs else "no answer"
+                for xs in (first, again)
+            ]
+            lines.append(f"| {variant} | {i + 1} | {cells[0]} | {cells[1]} |")
+    return lines + [""]
+
+
+def state_section(result: dict[str, Any]) -> list[str]:
+    st = result.get("state")
+    if not st:
+        return []
+    lines = [
+        f"## Mailbox state under sustained load ({st['rate']:.0f} requests/s, tombstones kept "
+        f"{st['retention_ms'] / 1000:.0f} s)",
+        "",
+        "| elapsed s | sent | answered | checkpoint KB | p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {x['elapsed_s']} | {x['sent']} | {x['answered']} | {_kb(x['state_bytes'])} | {_ms(x['p99_ms'])} |"
+        for x in st["samples"]
+    ]
+    if "error" in st:
+        lines.append(f"\nFailed: {st['error']}")
+    return [*lines, ""]
+
+
+def tuning_section(result: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     if result.get("tuning"):
         lines += _variant_table(
             "Tuning: the job alone under each setting",
@@ -1265,6 +1404,20 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {variant} | {c['us_per_record']} | {' / '.join(str(v) for v in c['seconds'].values())} |"
             ],
         )
+    return lines
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """results.md (tuning.md): every part the run measured, a section each."""
+    m = result["machine"]
+    lines = [f"# Benchmark ({m['cpus']} CPUs, {m['platform']}, Python {m['python']}, {result['date']})", ""]
+    lines += floor_section(result) + clients_section(result) + job_section(result)
+    for label, run in result.get("stack", {}).items():
+        lines += stack_section(label, run)
+    lines += floor_ratio_section(result) + targets_section(result) + delivery_section(result)
+    lines += (
+        clock_section(result) + addresses_section(result) + state_section(result) + tuning_section(result)
+    )
     return "\n".join(lines)
 
 
@@ -1297,7 +1450,8 @@ def _plot(result: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """`make bench`'s options (harness.publish reads their defaults to name a run's command)."""
     ap = argparse.ArgumentParser(prog="rendezvous bench", description=__doc__.split("\n")[0])
     ap.add_argument(
         "--rates", default=DEFAULT_RATES, help="ladder of offered loads (requests/s), comma-separated"
@@ -1321,8 +1475,15 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         default=DEFAULT_PARTS,
         help="parts to run, comma-separated, of: clients, floor, job, first_in_order (with the idle "
-        "stack's CPU), idle (that alone), wait_for_all, delivery, clock, state (not by default: it runs "
-        "--state-minutes)",
+        "stack's CPU), idle (that alone), wait_for_all, delivery, clock, addresses (the first answer to "
+        "new return addresses, the project's Kafka sink context against the connector's), state (not by "
+        "default: it runs --state-minutes)",
+    )
+    ap.add_argument(
+        "--addresses", type=int, default=8, help="new return addresses per run of the addresses part"
+    )
+    ap.add_argument(
+        "--address-rounds", type=int, default=2, help="alternating runs of the addresses part per variant"
     )
     ap.add_argument("--clock-rate", type=float, default=25.0, help="requests/s of the clock part")
     ap.add_argument(
@@ -1353,19 +1514,18 @@ def main(argv: list[str] | None = None) -> int:
         help="the stack ladders' job with these settings, comma-separated, each a Flink key=value or a "
         "job --flag=value (e.g. execution.buffer-timeout.interval=0ms); results.md names them",
     )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
     a = ap.parse_args(argv)
 
     def floats(text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
 
     parts = {p.strip() for p in a.only.split(",") if p.strip()}
-    result: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-        },
+    result: dict[str, Any] = runinfo.run_info() | {
         "runners": [asdict(s) for s in RUNNERS],
         "budget_ms": BUDGET_MS,
         "args": vars(a) | {"only": sorted(parts)},
@@ -1383,7 +1543,6 @@ def main(argv: list[str] | None = None) -> int:
             )
             result["tuning"][name] = r
             say(f"tuning: {name}: {json.dumps({k: v for k, v in r.items() if k != 'overrides'})[:300]}")
-        from harness import bench_crossing
 
         result["crossing"] = {}
         for variant in () if a.no_crossing else bench_crossing.VARIANTS:
@@ -1424,6 +1583,8 @@ def main(argv: list[str] | None = None) -> int:
         if not clocks or set(clocks) - set(names.CLOCKS):
             ap.error(f"--clocks: a comma-separated list of {', '.join(names.CLOCKS)}, got {a.clocks!r}")
         result["clock"] = clock_cost(a.clock_rate, max(a.seconds, 30.0), a.warmup / 2, clocks)
+    if "addresses" in parts:
+        result["addresses"] = new_addresses(a.addresses, a.address_rounds, a.warmup)
     if "state" in parts:
         result["state"] = state_over_time(a.state_rate, a.state_minutes, a.state_retention_ms)
     if result["stack"]:  # the targets are about the whole stack; without it they would all read "no"

@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,6 @@ VARIANTS = ("typed", "pickled", "string")
 
 def _run(n: int, variant: str) -> float:
     """Seconds env.execute() took for n records through the pipeline in this variant."""
-    import sysconfig
-
     from pyflink.common import Configuration, Row, Types, WatermarkStrategy
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.datastream.connectors.number_seq import NumberSequenceSource
@@ -81,8 +81,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure(variant: str, small: int = 20_000, large: int = 120_000) -> dict[str, Any]:
     """Wall time per record for one variant: two runs in subprocesses, the difference of the two."""
-    import subprocess
-
     times = {}
     for n in (small, large):
         out = subprocess.run(

@@ -33,6 +33,10 @@ from typing import Any
 
 import yaml
 
+from evaluation.cli import main as eval_main
+from evaluation.cli import read_decisions
+from evaluation.labels import join_labels, read_labels
+from evaluation.quality import quality_by_model
 from harness import loadgen, stack
 from ops import kafka_admin, procs
 from udfs import names
@@ -164,8 +168,6 @@ def _wait_for_labels(bootstrap: str, topic: str, prefix: str, expected: int, tim
 
 
 def _evaluation(argv: list[str]) -> None:
-    from evaluation.cli import main as eval_main
-
     print(f"\n$ rendezvous eval {' '.join(argv)}", flush=True)
     code = eval_main(argv)
     if code != 0:
@@ -187,9 +189,6 @@ def run(
     train_rows: int | None = None,
 ) -> dict[str, Any]:
     """Run the scenario (count requests per phase); returns the summary (also in summary.json)."""
-    from evaluation.labels import join_labels, read_labels
-    from evaluation.quality import quality_by_model
-    from ops.broker import KafkaBroker
     from runners.train import ensure_trained
 
     if out_dir.exists():
@@ -208,9 +207,7 @@ def run(
     try:
         if bootstrap is None:
             say("starting a single-node Kafka broker ...")
-            broker = KafkaBroker.start(
-                out_dir / "broker", port=procs.free_port(), controller_port=procs.free_port()
-            )
+            broker = stack.start_broker(out_dir / "broker", topics=())
             bootstrap = broker.bootstrap
         kafka_admin.create_topics(bootstrap, list(topics.values()))
         trained = ensure_trained(models_dir, **({"rows": train_rows} if train_rows else {}))
@@ -247,22 +244,11 @@ def run(
             specs, models_dir, bootstrap, out_dir / "logs", processes,
             requests_topic=topics["requests"], scores_topic=topics["scores"],
         )  # fmt: skip
-        labeller = processes.add(
-            procs.ManagedProcess.start(
-                [sys.executable, "-m", "runners.labeller", "--bootstrap", bootstrap,
-                 "--requests-topic", topics["requests"], "--labels-topic", topics["labels"],
-                 "--group", f"labeller-{tag}", "--delay-s", "2", "--seed", "7"],
-                out_dir / "logs" / "labeller.log", cwd=REPO_ROOT,
-            )
+        stack.start_labeller(
+            bootstrap, out_dir / "logs" / "labeller.log", processes,
+            ["--requests-topic", topics["requests"], "--labels-topic", topics["labels"],
+             "--group", f"labeller-{tag}", "--delay-s", "2", "--seed", "7"],
         )  # fmt: skip
-        procs.wait_for(
-            lambda: (
-                labeller.log_path.exists()
-                and "labeller ready" in labeller.log_path.read_text(errors="replace")
-            ),
-            60.0,
-            "the labeller to start",
-        )
 
         def phase(run_id: str) -> dict[str, dict[str, float]]:
             say(f"phase {run_id.rsplit('-', 1)[1]}: {count} requests at {rate:.0f}/s ...")
@@ -301,7 +287,6 @@ def run(
         decisions, canary, labels = data / "decisions.jsonl", data / "canary.jsonl", data / "labels.jsonl"
 
         # Quality per phase (the labels say which model was right).
-        from evaluation.cli import read_decisions
 
         good_labels, _ = read_labels(labels)
         rows = join_labels(read_decisions(decisions), good_labels)

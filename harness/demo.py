@@ -9,20 +9,24 @@ started, by PID, whatever happens.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from harness import loadgen, stack
-from ops import archive, kafka_admin, procs
+from harness import loadgen, runinfo, stack
+from ops import archive, kafka_admin
 from ops.broker import KafkaBroker
 from udfs import names
 from udfs.policy import load_policy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = REPO_ROOT / "var" / "demo"
+SUMMARY_JSON = DEMO_DIR / "summary.json"  # the summary's figures; `make publish --demo` commits a copy
+TARGET_WITHIN_DEADLINE = 0.99  # the demo's target: this share of answers within the policy's deadline
 MODELS_DIR = REPO_ROOT / "var" / "models"
 DEFAULT_POLICY = REPO_ROOT / "policies" / "default.yaml"
 
@@ -57,6 +61,7 @@ def run(
     keep: bool,
     warmup_s: float = 0.0,
     warmup_max_s: float = 0.0,
+    args: dict[str, Any] | None = None,
 ) -> int:
     from runners.train import ensure_trained
 
@@ -69,10 +74,7 @@ def run(
     t0 = time.monotonic()
     try:
         say("starting a single-node Kafka broker (KRaft) ...")
-        broker = KafkaBroker.start(
-            DEMO_DIR / "broker", port=procs.free_port(), controller_port=procs.free_port()
-        )
-        kafka_admin.ensure_default_topics(broker.bootstrap)
+        broker = stack.start_broker(DEMO_DIR / "broker")
         say(f"broker ready at {broker.bootstrap} (pid {broker.pid}); topics: {', '.join(names.ALL_TOPICS)}")
 
         say(f"models in {MODELS_DIR.relative_to(REPO_ROOT)} (training them the first time) ...")
@@ -132,7 +134,22 @@ def run(
         canary = [c for c in kafka_admin.read_json_topic(broker.bootstrap, names.TOPIC_CANARY)
                   if str(c.get("request_id", "")).startswith(report.run_id)]  # fmt: skip
         _print_summary(report, policy.deadline_ms, archived, archived_distinct, dead, canary, probes)
-        say(f"done in {time.monotonic() - t0:.0f} s; logs and data in {DEMO_DIR.relative_to(REPO_ROOT)}/")
+        summary = runinfo.run_info() | {
+            "args": args or {"count": count, "rate": rate, "bad": bad},
+            "deadline_ms": policy.deadline_ms,
+            "target_within_deadline": TARGET_WITHIN_DEADLINE,
+            "report": report.to_dict(),
+            "archived": archived,
+            "archived_distinct": archived_distinct,
+            "dead_letters": dict(Counter(str(d.get("reason")) for d in dead)),
+            "canary_agree": sum(1 for c in canary if c.get("agree") is True),
+            "canary_compared": sum(1 for c in canary if c.get("agree") is not None),
+        }
+        SUMMARY_JSON.write_text(json.dumps(summary, indent=2) + "\n")
+        say(
+            f"done in {time.monotonic() - t0:.0f} s; logs and data in {DEMO_DIR.relative_to(REPO_ROOT)}/, "
+            f"the summary in {SUMMARY_JSON.relative_to(REPO_ROOT)}"
+        )
         ok = report.answered == report.sent and report.conflicting == 0 and archived_distinct == report.sent
         return 0 if ok else 1
     finally:
@@ -195,7 +212,8 @@ def _misses(r: loadgen.LoadReport, deadline_ms: int) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """`make demo`'s options (harness.publish reads their defaults to name a run's command)."""
     ap = argparse.ArgumentParser(prog="rendezvous demo", description=__doc__.split("\n")[0])
     ap.add_argument("--count", type=int, default=3000)
     ap.add_argument("--rate", type=float, default=100.0)
@@ -210,8 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         help="at most this many: the warm-up goes on while the job's or the broker's JIT compiler is busy",
     )  # fmt: skip
     ap.add_argument("--keep-running", action="store_true", help="leave broker, runners and job running")
-    a = ap.parse_args(argv)
-    return run(a.count, a.rate, a.bad, a.policy, a.keep_running, a.warmup_s, a.warmup_max_s)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    args = runinfo.plain_args(a)
+    return run(a.count, a.rate, a.bad, a.policy, a.keep_running, a.warmup_s, a.warmup_max_s, args)
 
 
 if __name__ == "__main__":

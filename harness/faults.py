@@ -41,10 +41,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
-from harness import stack
-from ops import procs
+from harness import loadgen, runinfo, stack
+from harness.bench import checkpoint_bytes
+from ops import archive, kafka_client, procs, upgrade
+from ops import cluster as cluster_mod
+from ops.broker import KafkaBroker
+from runners.data import sample_many
 from udfs import names
 
 REPO_ROOT = procs.repo_root()
@@ -390,7 +395,6 @@ class Reader(threading.Thread):
 
     def __init__(self, bootstrap: str, topics: Mapping[str, str]) -> None:
         super().__init__(daemon=True, name="faults-reader")
-        from ops import kafka_client
 
         self.topics = dict(topics)  # role -> topic
         self.role_of = {t: role for role, t in self.topics.items()}
@@ -442,11 +446,6 @@ class Traffic(threading.Thread):
         self, bootstrap: str, topics: Mapping[str, str], prefix: str, rate: float, seconds: float
     ) -> None:
         super().__init__(daemon=True, name=f"faults-traffic-{prefix}")
-        import numpy as np
-
-        from harness import loadgen
-        from ops import kafka_client
-        from runners.data import sample_many
 
         self.topics = topics
         self.prefix = prefix
@@ -495,8 +494,6 @@ class Traffic(threading.Thread):
             self.send_errors += 1
 
     def _run(self) -> None:
-        from harness import loadgen
-
         next_at = time.monotonic()
         self.started_ms = _now_ms()
         bi = 0
@@ -568,22 +565,16 @@ class Rig:
 
     # --- life cycle --------------------------------------------------------------------------
     def start(self) -> None:
-        from ops import cluster as cluster_mod
-        from ops import kafka_admin
-        from ops.broker import KafkaBroker
         from runners.train import ensure_trained
 
         shutil.rmtree(self.base, ignore_errors=True)
         self.base.mkdir(parents=True)
         say(f"[{self.delivery}] broker ...")
-        self.broker = KafkaBroker.start(
-            self.base / "broker", port=procs.free_port(), controller_port=procs.free_port()
-        )
         self.topics = {
             k: f"{k}-{self.tag}"
             for k in ("requests", "scores", "results", "canary", "decisions", "dead-letters")
         }
-        kafka_admin.create_topics(self.broker.bootstrap, list(self.topics.values()))
+        self.broker = stack.start_broker(self.base / "broker", self.topics.values())
         ensure_trained(self.models_dir, rows=self.train_rows)
         say(f"[{self.delivery}] runners ...")
         started = stack.start_runners(
@@ -642,8 +633,6 @@ class Rig:
             self.cluster_pids.update(p for ps in self.cluster.pids().values() for p in ps)
 
     def wait_running(self, timeout_s: float = 240.0) -> None:
-        from ops import upgrade
-
         upgrade.wait_running(self.cluster, self.job_id, timeout_s)
 
     # --- runners -----------------------------------------------------------------------------
@@ -677,14 +666,10 @@ class Rig:
         return list((exc.get("exceptionHistory") or {}).get("entries") or [])
 
     def state_bytes(self) -> int | None:
-        from harness.bench import checkpoint_bytes
-
         return checkpoint_bytes(self.cluster.state_dir)
 
     def archive_counts(self, prefix: str, expected: int, timeout_s: float = 60.0) -> tuple[int, int]:
         """(rows, distinct ids) archived for the scenario, once a checkpoint has committed them."""
-        from ops import archive
-
         return archive.requests_archived(
             self.cluster.base / "archive", prefix, expected, timeout_s, poll_s=2.0
         )
@@ -720,9 +705,6 @@ def _before(rig: Rig, name: str, rate: float, fault_at_s: float, plan: Plan) -> 
 
 def _inject(rig: Rig, name: str, plan: Plan, traffic: Traffic) -> None:
     """The fault itself, at its moment in the traffic; returns when the stack was set going again."""
-    from ops import upgrade
-    from ops.broker import KafkaBroker
-
     t0 = time.monotonic()
     plan.fault_ms = _now_ms()
     if name == "runner-crash":
@@ -1025,9 +1007,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes = (
         [names.DELIVERY_EXACTLY_ONCE, names.DELIVERY_AT_LEAST_ONCE] if a.delivery == "both" else [a.delivery]
     )
-    result: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": {"cpus": os.cpu_count()},
+    result: dict[str, Any] = runinfo.run_info() | {
         "rate": a.rate,
         "seconds": a.seconds,
         "policy": policy,

@@ -24,6 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ops import kafka_admin, kafka_client
 from ops.latency import LatencySummary, format_ms, format_summary, percentile, summarize
 from udfs.names import TOPIC_REQUESTS, TOPIC_SCORES
 from udfs.wire import MAX_DEADLINE_MS
@@ -533,8 +536,6 @@ def _result_validator() -> Callable[[dict[str, Any]], bool] | None:
 
 def _create_topic(bootstrap: str, topic: str) -> None:
     """Create the run's fresh return topic (one partition); an existing one is fine."""
-    from ops import kafka_admin
-
     kafka_admin.create_topics(bootstrap, [topic])
 
 
@@ -544,8 +545,6 @@ class _Collector:
     def __init__(
         self, bootstrap: str, topic: str, expected: frozenset[str], from_beginning: bool, clock: _Clock
     ) -> None:
-        from ops import kafka_client
-
         self.received: list[ReceivedResult] = []
         self._expected = expected
         self._answered: set[str] = set()
@@ -619,10 +618,6 @@ def run_load(
     `settle_ms` + the deadline after the last send. Without `return_address` a fresh topic
     `results.load-<run_id>` is created so that nothing else's answers mix in.
     """
-    import numpy as np
-
-    from ops import kafka_client
-
     if count < 0:
         raise ValueError("count must be >= 0")
     if bad_records < 0:
@@ -766,7 +761,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--check", action="store_true", help="exit 1 on unanswered, duplicated or malformed results"
     )
     a = p.parse_args(argv)
-    from ops import kafka_admin
 
     kafka_admin.require_broker(a.bootstrap, "load generator")  # fail fast with one line, no traceback
 

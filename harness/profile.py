@@ -29,6 +29,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -36,8 +37,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from harness import bench, loadgen, stack
+import numpy as np
+
+from harness import bench, loadgen, runinfo, stack
 from ops import kafka_admin, kafka_client, procs
+from runners.data import sample_features
 from udfs import names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -436,8 +440,6 @@ def _sample(jvm: int, seconds: float) -> tuple[dict[int, tuple[str, float]], dic
 
 def _job_window_live(bootstrap: str, job: procs.ManagedProcess, jvm: int, rate: float, seconds: float) -> Any:
     """The window while request + score pairs arrive at ``rate`` (the bench's latency probe, alongside)."""
-    import threading
-
     probe: dict[str, Any] = {}
     load = threading.Thread(
         target=lambda: probe.update(bench.job_probe(bootstrap, job, rate, seconds + 10)), daemon=True
@@ -517,9 +519,6 @@ def _written(bootstrap: str, consumer: Any, topic: str) -> int:
 
 def profile_runner(rate: float, seconds: float, warmup_s: float) -> dict[str, Any]:
     """One runner (the bench's preferred model, no injected latency) at ``rate`` requests/s."""
-    import numpy as np
-
-    from runners.data import sample_features
     from runners.train import ensure_trained
 
     broker = bench._fresh_broker("profile-runner")
@@ -587,61 +586,70 @@ def profile_runner(rate: float, seconds: float, warmup_s: float) -> dict[str, An
 # --- report -----------------------------------------------------------------------------------
 
 
-def markdown(result: dict[str, Any]) -> str:
-    lines = [f"# Profile ({result['date']})", ""]
+def job_section(result: dict[str, Any]) -> list[str]:
+    """The job's stages: CPU % of a core and µs per record in (none without a job part)."""
     job = result.get("job")
     if job and "error" in job:
-        lines += ["## The job", "", f"Failed: {job['error']}", ""]
-    elif job:
+        return ["## The job", "", f"Failed: {job['error']}", ""]
+    if not job:
+        return []
+    lines = [
+        (
+            f"## The job alone under {job['live_rate']:.0f} request + score pairs/s ("
+            if job.get("live_rate")
+            else "## The job alone, draining requests with 4 scores ("
+        )
+        + f"{job['records_per_s']:,} records/s in, "
+        f"{job['window_s']:.0f} s window, JVM {job['cpu_percent_total']:.0f} % of a core)",
+        "",
+        "| stage | CPU % of a core | µs per record in |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {s['stage']} | {s['cpu_percent']:.1f} | {'-' if s['us_per_record'] is None else s['us_per_record']} |"
+        for s in job["stages"]
+    ]
+    lines += [
+        "",
+        f"Python (py-spy's samples of the threads that run it): {job['python_percent']:.0f} % of a core. "
+        "A thread's CPU (jcmd) is split by the share of its samples in each stage; the samples "
+        "with no Python frame are its Java.",
+        "",
+    ]
+    jit = sum(st["cpu_percent"] for st in job["stages"] if st["stage"] == JIT_STAGE)
+    if jit >= stack.JIT_QUIET_PERCENT:
         lines += [
-            (
-                f"## The job alone under {job['live_rate']:.0f} request + score pairs/s ("
-                if job.get("live_rate")
-                else "## The job alone, draining requests with 4 scores ("
-            )
-            + f"{job['records_per_s']:,} records/s in, "
-            f"{job['window_s']:.0f} s window, JVM {job['cpu_percent_total']:.0f} % of a core)",
-            "",
-            "| stage | CPU % of a core | µs per record in |",
-            "|---|---|---|",
-        ]
-        lines += [
-            f"| {s['stage']} | {s['cpu_percent']:.1f} | {'-' if s['us_per_record'] is None else s['us_per_record']} |"
-            for s in job["stages"]
-        ]
-        lines += [
-            "",
-            f"Python (py-spy's samples of the threads that run it): {job['python_percent']:.0f} % of a core. "
-            "A thread's CPU (jcmd) is split by the share of its samples in each stage; the samples "
-            "with no Python frame are its Java.",
+            f"The JIT compiler used {jit:.0f} % of a core inside the window: the JVM was still "
+            "compiling, and the other figures are above its steady state (a longer --warmup).",
             "",
         ]
-        jit = sum(st["cpu_percent"] for st in job["stages"] if st["stage"] == JIT_STAGE)
-        if jit >= stack.JIT_QUIET_PERCENT:
-            lines += [
-                f"The JIT compiler used {jit:.0f} % of a core inside the window: the JVM was still "
-                "compiling, and the other figures are above its steady state (a longer --warmup).",
-                "",
-            ]
+    return lines
+
+
+def runner_section(result: dict[str, Any]) -> list[str]:
+    """A runner's stages: CPU % of a core and µs per request (none without a runner part)."""
     runner = result.get("runner")
     if runner and "error" in runner:
-        lines += ["## A runner", "", f"Failed: {runner['error']}", ""]
-    elif runner:
-        lines += [
-            f"## A runner at {runner['rate']:.0f} requests/s (CPU {runner['cpu_percent_total']} % of a core, "
-            "split by py-spy's samples)",
-            "",
-            "| stage | CPU % of a core | µs per request |",
-            "|---|---|---|",
-        ]
-        lines += [
-            f"| {s['stage']} | {s['cpu_percent']:.1f} | {s['us_per_request']} |" for s in runner["stages"]
-        ]
-        lines.append("")
-    return "\n".join(lines)
+        return ["## A runner", "", f"Failed: {runner['error']}", ""]
+    if not runner:
+        return []
+    return [
+        f"## A runner at {runner['rate']:.0f} requests/s (CPU {runner['cpu_percent_total']} % of a core, "
+        "split by py-spy's samples)",
+        "",
+        "| stage | CPU % of a core | µs per request |",
+        "|---|---|---|",
+        *(f"| {s['stage']} | {s['cpu_percent']:.1f} | {s['us_per_request']} |" for s in runner["stages"]),
+        "",
+    ]
 
 
-def main(argv: list[str] | None = None) -> int:
+def markdown(result: dict[str, Any]) -> str:
+    return "\n".join([f"# Profile ({result['date']})", "", *job_section(result), *runner_section(result)])
+
+
+def parser() -> argparse.ArgumentParser:
+    """`make profile`'s options (harness.publish reads their defaults to name a run's command)."""
     ap = argparse.ArgumentParser(prog="rendezvous profile", description=__doc__.split("\n")[0])
     ap.add_argument("--only", default="job,runner", help="parts, comma-separated, of: job, runner")
     ap.add_argument("--seconds", type=float, default=20.0, help="the sampling window of each part")
@@ -654,12 +662,17 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="profile the job under live load at this rate instead of a backlog",
     )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
     a = ap.parse_args(argv)
     parts = {p.strip() for p in a.only.split(",") if p.strip()}
     if parts - {"job", "runner"}:
         ap.error(f"--only: a comma-separated list of job, runner; got {a.only!r}")
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "args": vars(a)}
+    result: dict[str, Any] = runinfo.run_info() | {"args": vars(a)}
     for part, run in (
         ("job", lambda: profile_job(a.backlog, a.seconds, a.warmup, a.job_rate)),
         ("runner", lambda: profile_runner(a.runner_rate, a.seconds, a.warmup / 3)),

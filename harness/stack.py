@@ -1,7 +1,9 @@
-"""Start and stop the moving parts (model runners, the rendezvous job) as processes we own.
+"""Start and stop the moving parts (the broker, model runners, the labeller, the rendezvous job) as
+processes we own.
 
-Used by the demo, the benchmarks and the end-to-end tests: every process runs in its own
-session with a log file and is stopped by its PID, never by name.
+The one start sequence of the demo, the benchmarks, the profile, the fault suite, the degrading-model
+scenario and the end-to-end tests: every process runs in its own session with a log file and is
+stopped by its PID, never by name.
 """
 
 from __future__ import annotations
@@ -16,11 +18,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import loadgen
-from ops import procs
+from ops import kafka_admin, kafka_client, procs
+from ops.broker import KafkaBroker
 from udfs import names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB_READY_TIMEOUT_S = 180.0
+
+
+def start_broker(data_dir: Path, topics: Iterable[str] | None = None) -> KafkaBroker:
+    """A single-node Kafka broker (KRaft) on ``data_dir``, on free ports, once it answers, with ``topics``
+    created (None: every default topic, ``udfs.names.ALL_TOPICS``). The caller stops it (``stop()``)."""
+    broker = KafkaBroker.start(data_dir, port=procs.free_port(), controller_port=procs.free_port())
+    try:
+        if topics is None:
+            kafka_admin.ensure_default_topics(broker.bootstrap)
+        elif wanted := list(topics):
+            kafka_admin.create_topics(broker.bootstrap, wanted)
+    except BaseException:
+        broker.stop()
+        raise
+    return broker
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,24 @@ def start_runners(
     return [p for _, p in started]
 
 
+def start_labeller(
+    bootstrap: str,
+    log_path: Path,
+    processes: Processes,
+    extra_args: Sequence[str] = (),
+    timeout_s: float = 60.0,
+) -> procs.ManagedProcess:
+    """The labeller (runners/labeller.py: each request's true label, later), once it has its partitions."""
+    argv = [sys.executable, "-m", "runners.labeller", "--bootstrap", bootstrap, *extra_args]
+    p = processes.add(procs.ManagedProcess.start(argv, log_path, cwd=REPO_ROOT))
+    procs.wait_for(
+        functools.partial(_ready_or_dead, p, "labeller ready"),
+        timeout_s,
+        f"the labeller to start (log: {log_path})",
+    )
+    return p
+
+
 def _ready_or_dead(p: procs.ManagedProcess, marker: str) -> bool:
     if not p.is_running():
         raise RuntimeError(f"process exited early; last log lines:\n{p.log_tail(30)}")
@@ -138,8 +174,6 @@ def wait_until_answering(
 
     Returns (seconds waited, probes sent). Probes are ordinary requests with ids ``probe-…``.
     """
-    from ops import kafka_admin, kafka_client
-
     return_address = f"results.probe-{uuid.uuid4().hex[:8]}"
     kafka_admin.create_topics(bootstrap, [return_address])
     # read_committed: with exactly-once results only committed answers count (ones from an aborted

@@ -43,8 +43,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ops import kafka_admin, policy_cli
 from ops.flink_conf import FlinkConfError, read_conf
-from udfs import names
+from udfs import flink_compat, names
+from udfs import mailbox as mbx
 from udfs.policy import Policy, PolicyError, load_policy
 from udfs.wire import TOPIC_PATTERN
 
@@ -160,13 +162,22 @@ class Outputs:
     archive: Any
 
 
+SINK_CONTEXT_JAR = "rendezvous-kafka-sink-context.jar"
+
+
 def connector_jars() -> list[Path]:
-    jars = sorted(CONNECTOR_JARS_DIR.glob("flink-sql-connector-kafka-*.jar"))
-    if not jars:
-        raise SystemExit(
-            f"error: no Flink Kafka connector jar in {CONNECTOR_JARS_DIR}; run `make setup` first"
-        )
-    return jars
+    """The job's ``pipeline.jars``: the project's sink-context class first, then the Kafka connector.
+
+    The job's class loader looks through them in this order, so the connector's
+    ``DefaultKafkaSinkContext`` (a new producer per new topic, on the task thread) gives way to the
+    project's (deps/kafka-sink-context: one lookup producer; docs/performance.md).
+    """
+    connector = sorted(CONNECTOR_JARS_DIR.glob("flink-sql-connector-kafka-*.jar"))
+    fix = CONNECTOR_JARS_DIR / SINK_CONTEXT_JAR
+    if not connector or not fix.is_file():
+        missing = fix.name if connector else "flink-sql-connector-kafka-*.jar"
+        raise SystemExit(f"error: no {missing} in {CONNECTOR_JARS_DIR}; run `make setup` first")
+    return [fix, *connector]
 
 
 CHANGELOG_ENABLED_KEY = "state.changelog.enabled"
@@ -260,7 +271,7 @@ def build_pipeline(
     caller must write the mailbox's ticks into the topic ``scores`` comes from (tests that feed
     collections use local, which needs no loop).
     """
-    from udfs import flink_compat, flink_fn
+    from udfs import flink_fn  # imports pyflink
 
     if policies is None:
         # No policies source (tests from collections): an empty stream in its place.
@@ -448,7 +459,7 @@ def build_job(env: Any, cfg: JobConfig) -> None:
     """The whole topology on ``env``: Kafka in, the pipeline, Kafka and files out."""
     from pyflink.table import StreamTableEnvironment
 
-    from udfs import flink_compat, flink_fn
+    from udfs import flink_fn  # imports pyflink
 
     t_env = StreamTableEnvironment.create(env)
     ddls = source_ddls(cfg)
@@ -499,8 +510,6 @@ def build_job(env: Any, cfg: JobConfig) -> None:
 # no flag: always at-least-once (a tick in a transaction would wait for the next checkpoint, and one
 # written twice changes nothing).
 def _kinds_of(output: str) -> str:
-    from udfs import mailbox as mbx
-
     return {
         names.OUTPUT_RESULTS: mbx.RESULT,
         names.OUTPUT_CANARY: mbx.CANARY,
@@ -517,8 +526,6 @@ def kafka_sinks(cfg: JobConfig) -> list[tuple[str, str, tuple[str, ...] | None]]
     )
     if not exactly_once:
         return [(names.UID_KAFKA_OUT, names.DELIVERY_AT_LEAST_ONCE, None)]
-    from udfs import mailbox as mbx
-
     everything = (mbx.RESULT, mbx.CANARY, mbx.DECISION, mbx.DEAD_LETTER, mbx.TICK)
     at_least_once = tuple(k for k in everything if k not in exactly_once)
     return [
@@ -718,13 +725,9 @@ def prepare(argv: list[str] | None) -> tuple[Any, JobConfig]:
     the new job while the old one still serves and submits it later.
     """
     cfg = parse_args(argv)
-    from ops import kafka_admin
-
     kafka_admin.require_broker(cfg.bootstrap, "rendezvous job")  # one clear line, not a Java stack trace
     # The Kafka source fails on a topic that does not exist; nobody may have published a policy yet.
-    from ops.policy_cli import ensure_policies_topic
-
-    ensure_policies_topic(cfg.bootstrap, cfg.policies_topic)
+    policy_cli.ensure_policies_topic(cfg.bootstrap, cfg.policies_topic)
     # The label join's two sources, likewise: nobody may have labelled or decided anything yet.
     if cfg.labels_topic is not None:
         kafka_admin.create_topics(cfg.bootstrap, [cfg.labels_topic, cfg.decisions_topic])

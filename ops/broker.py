@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ops import procs
+from ops import kafka_admin, procs
 
 JARS_DIR = procs.repo_root() / "build" / "jars" / "kafka"
 STATE_FILE = "broker.json"
@@ -185,9 +185,7 @@ class KafkaBroker:
         broker._write_state()
         try:
             broker.wait_ready(timeout_s)
-            from ops.kafka_admin import warm_up_group_coordinator
-
-            warm_up_group_coordinator(broker.bootstrap, timeout_s)
+            kafka_admin.warm_up_group_coordinator(broker.bootstrap, timeout_s)
         except BaseException:
             broker.stop(timeout_s=10)
             raise
@@ -215,8 +213,6 @@ class KafkaBroker:
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Block until the broker answers a metadata call listing itself; on failure show its log tail."""
-        from ops.kafka_admin import cluster_brokers  # the Kafka client is only needed once a broker runs
-
         deadline = time.monotonic() + timeout_s
         try:
             procs.wait_for(
@@ -227,7 +223,9 @@ class KafkaBroker:
             brokers: list[int] = []
             while not brokers:
                 self._check_alive()
-                brokers = cluster_brokers(self.bootstrap, timeout_s=max(1.0, deadline - time.monotonic()))
+                brokers = kafka_admin.cluster_brokers(
+                    self.bootstrap, timeout_s=max(1.0, deadline - time.monotonic())
+                )
                 if not brokers and time.monotonic() >= deadline:
                     raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for the broker to register")
                 time.sleep(0.1)
@@ -333,13 +331,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "start":
-        from ops.kafka_admin import ensure_default_topics
-
         try:
             broker = KafkaBroker.start(
                 args.data_dir, args.port, args.controller_port, args.heap, timeout_s=args.timeout
             )
-            ensure_default_topics(broker.bootstrap)
+            kafka_admin.ensure_default_topics(broker.bootstrap)
         except (BrokerError, RuntimeError, TimeoutError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

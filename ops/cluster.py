@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from ops import procs
+from ops import procs, upgrade
 from ops.flink_conf import FlinkConfError, effective_conf, read_conf
 
 REPO_ROOT = procs.repo_root()
@@ -216,10 +216,21 @@ class Cluster:
     def live_pids(self) -> list[int]:
         return [p for ps in self.pids().values() for p in ps if self.ours(p)]
 
+    @staticmethod
+    def bin(name: str) -> Path:
+        """One of PyFlink's ``bin/`` scripts (``flink``, ``start-cluster.sh``, ...)."""
+        return flink_home() / "bin" / name
+
+    @staticmethod
+    def job_id_in(output: str) -> str | None:
+        """The JobID ``bin/flink run`` printed in ``output`` (None: it printed none)."""
+        match = JOBID_RE.search(output)
+        return match.group(1) if match else None
+
     def script(self, name: str, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
         daemons = name.endswith("-cluster.sh") or name in ("taskmanager.sh", "jobmanager.sh")
         return subprocess.run(
-            [str(flink_home() / "bin" / name), *args],
+            [str(self.bin(name)), *args],
             env=self.env(daemons=daemons),
             cwd=REPO_ROOT,
             capture_output=True,
@@ -339,10 +350,10 @@ class Cluster:
         res = self.script("flink", *self.run_args(sub, restore, JOB_SCRIPT), timeout_s=timeout_s)
         out = res.stdout + res.stderr
         (self.log_dir / "submit.log").write_text(out)
-        match = JOBID_RE.search(out)
-        if res.returncode != 0 or not match:
+        job_id = self.job_id_in(out)
+        if res.returncode != 0 or not job_id:
             raise ClusterError(f"bin/flink run failed (exit {res.returncode}):\n{out[-4000:]}")
-        return self.record_submission(sub, match.group(1), savepoint, previous_job_id)
+        return self.record_submission(sub, job_id, savepoint, previous_job_id)
 
     def prepare_submission(
         self,
@@ -353,8 +364,6 @@ class Cluster:
         savepoint: str | None = None,
     ) -> Submission:
         """Everything a submission needs, checked: the policy, the final job args, the compat facts."""
-        from ops import upgrade
-
         if self.overview() is None:
             raise ClusterError(
                 f"no Flink cluster answering at {self.rest_url()}; run `python -m ops.cluster up`"
@@ -392,8 +401,6 @@ class Cluster:
         self, sub: Submission, job_id: str, savepoint: str | None, previous_job_id: str | None
     ) -> str:
         """Write the job manifest of a submitted job (what ``upgrade`` checks against); the JobID."""
-        from ops import upgrade
-
         manifest = upgrade.build_manifest(
             job_id=job_id,
             policy_path=sub.policy_path,
@@ -576,8 +583,6 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - argparse for eac
             cluster.cancel(a.job_id)
             print(f"cancelled {a.job_id}")
         elif a.cmd == "upgrade":
-            from ops import upgrade
-
             return upgrade.main_upgrade(cluster, a.policy, a.flink_conf, extra, a.check, a.json)
     except (ClusterError, RuntimeError, TimeoutError, subprocess.TimeoutExpired) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,9 +1,10 @@
 """Flink's configuration as the project reads it, in one place.
 
-The job, the session cluster and the savepoint upgrade's compatibility check all read the same YAML
-files; one reader means the check sees the configuration the job really runs with. Flink's YAML may
-nest keys or write them dotted (``a: {b: 1}`` and ``a.b: 1`` are one key); Flink's ``Configuration``
-takes strings, lists as ``;``-separated items and booleans as ``true``/``false``.
+The job, the session cluster, the savepoint upgrade's compatibility check and the image's
+configuration (docker/flink_conf.py) all read the same YAML files here; one reader means the check
+sees the configuration the job really runs with. Flink's YAML may nest keys or write them dotted
+(``a: {b: 1}`` and ``a.b: 1`` are one key); Flink's ``Configuration`` takes strings, lists as
+``;``-separated items and booleans as ``true``/``false``.
 """
 
 from __future__ import annotations
@@ -38,15 +39,22 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def read_conf(path: Path) -> dict[str, str]:
-    """One YAML configuration file, flattened; an empty file is an empty configuration."""
+def load_conf(path: Path) -> dict[str, Any]:
+    """One YAML configuration file as written (nested or dotted, values as YAML typed them); an empty
+    file is an empty configuration. For a writer that lays files over each other; readers take
+    ``read_conf``."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as e:
         raise FlinkConfError(f"cannot read Flink configuration {path}: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise FlinkConfError(f"{path}: a Flink configuration must be a YAML mapping")
-    return flatten(data)
+    return data
+
+
+def read_conf(path: Path) -> dict[str, str]:
+    """One YAML configuration file, flattened (``flatten``); an empty file is an empty configuration."""
+    return flatten(load_conf(path))
 
 
 def parse_overrides(job_args: Sequence[str]) -> dict[str, str]:

@@ -34,15 +34,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ops import procs
+from ops import policy_cli, procs
 from ops.flink_conf import FlinkConfError, effective_conf, read_conf
 from udfs import mailbox, names
 from udfs.policy import Policy, PolicyError, load_policy
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # ops.cluster imports this module; here its Cluster is only handed in and annotated
     from ops.cluster import Cluster, Submission
 
 MANIFEST_NAME = "job-manifest.json"
@@ -111,8 +112,6 @@ class UpgradeFailed(RuntimeError):
 
 
 def flink_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("apache-flink")
     except PackageNotFoundError:
@@ -186,8 +185,6 @@ def live_version_problem(new_version: int, newest_live: int | None) -> str | Non
 
 def newest_live_version(bootstrap: str, topic: str) -> int | None:
     """The newest valid version on the job's policies topic (None: nothing published)."""
-    from ops import policy_cli
-
     return policy_cli.newest_version(policy_cli.read_topic(bootstrap, topic))
 
 
@@ -480,8 +477,6 @@ class StagedClient:
     """
 
     def __init__(self, cluster: Cluster, sub: Submission, handoff: Path) -> None:
-        from ops import cluster as cluster_mod
-
         self.cluster = cluster
         self.sub = sub
         self.handoff = handoff
@@ -490,7 +485,7 @@ class StagedClient:
         for f in (handoff, self.ready_file):
             f.unlink(missing_ok=True)
         argv = [
-            str(cluster_mod.flink_home() / "bin" / "flink"),
+            str(cluster.bin("flink")),
             *cluster.run_args(sub, [], STAGED_CLIENT_SCRIPT, "--handoff", str(handoff)),
         ]
         self.log_path = cluster.log_dir / f"submit-{handoff.stem}.log"
@@ -520,22 +515,20 @@ class StagedClient:
                 self.proc.stop(grace_s=5.0)
 
     def job_id(self, timeout_s: float = 120.0) -> str:
-        from ops.cluster import JOBID_RE
-
         deadline = time.monotonic() + timeout_s
         while self.proc.is_running() and time.monotonic() < deadline:
             time.sleep(0.05)
-            match = JOBID_RE.search(procs.tail(self.log_path, 200))
-            if match:
-                return match.group(1)
+            job_id = self.cluster.job_id_in(procs.tail(self.log_path, 200))
+            if job_id:
+                return job_id
         if self.proc.is_running():
             self.proc.stop(grace_s=5.0)
-        match = JOBID_RE.search(procs.tail(self.log_path, 200))
-        if not match:
+        job_id = self.cluster.job_id_in(procs.tail(self.log_path, 200))
+        if not job_id:
             raise UpgradeFailed(
                 f"the new job was not submitted (log {self.log_path}):\n{procs.tail(self.log_path, 25)}"
             )
-        return match.group(1)
+        return job_id
 
 
 def write_atomic(path: Path, text: str) -> None:

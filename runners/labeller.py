@@ -25,7 +25,10 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from ops import kafka_client
+import numpy as np
+
+from ops import kafka_admin, kafka_client
+from runners.data import FEATURES, truth_labels
 from runners.runner import MalformedRequest, now_ms, parse_request
 from udfs.names import TOPIC_LABELS, TOPIC_REQUESTS
 
@@ -39,10 +42,6 @@ def label_for(request_id: str, features: Any, seed: int) -> int | None:
 
     None when the features are not the generator's (missing or non-numeric fields).
     """
-    import numpy as np
-
-    from runners.data import FEATURES, truth_labels
-
     if not isinstance(features, Mapping):
         return None
     for f in FEATURES:
@@ -170,8 +169,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.delay_s < 0:
         p.error("--delay-s must be >= 0")
-
-    from ops import kafka_admin
 
     kafka_admin.require_broker(a.bootstrap, "labeller")
     kafka_admin.create_topics(a.bootstrap, [a.labels_topic])

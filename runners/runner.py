@@ -32,7 +32,7 @@ from typing import Any, TextIO
 
 from threadpoolctl import threadpool_limits
 
-from ops import kafka_client
+from ops import kafka_admin, kafka_client
 from runners.model import Scored, ScoringModel, load
 from udfs.names import TOPIC_REQUESTS, TOPIC_SCORES, runner_group
 
@@ -477,8 +477,6 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Faults]
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the flags, load the model, connect, run until a signal or --max-seconds."""
     args, faults = _parse_args(argv)
-    from ops import kafka_admin
-
     kafka_admin.require_broker(args.bootstrap, "runner")  # fail fast with one line if Kafka is unreachable
     # Handlers first: a stop during the slow start-up (imports, model load) then ends run() at once.
     stop = threading.Event()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import settings
 
+from harness import stack
 from ops.broker import KafkaBroker
 
 # No per-example deadline: the machine is shared, and a slow example is not a wrong one (speed is for
@@ -37,7 +38,7 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
     if external:
         yield ExternalBroker(external)
         return
-    broker = KafkaBroker.start(tmp_path_factory.mktemp("kafka-broker"))
+    broker = stack.start_broker(tmp_path_factory.mktemp("kafka-broker"), topics=())  # tests make their own
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv(BOOTSTRAP_ENV, broker.bootstrap)

@@ -21,6 +21,11 @@ and 4 on the mini cluster (tests/integration/test_flink_compat.py).
 4. ``typed_rows``: the keyed Python operators cast their input's type to ``RowTypeInfo``
    (``EmbeddedPythonKeyedProcessOperator.open``), and a Table's DataStream has an ``ExternalTypeInfo``;
    the rows are the same ``Row`` objects, so the stream is declared with the equal ``RowTypeInfo``.
+5. (JVM side, no Python code.) The Kafka connector's table sink (flink-connector-kafka 5.0.0) asks for
+   every record's topic's partitions, and its ``DefaultKafkaSinkContext`` makes and closes a producer
+   for each topic it has not seen, on the task thread. ``deps/kafka-sink-context`` replaces that class
+   (one lookup producer), and ``jobs.rendezvous_job.connector_jars`` puts it first in ``pipeline.jars``;
+   tests/integration/test_sink_context.py pins the upstream behaviour.
 """
 
 from __future__ import annotations

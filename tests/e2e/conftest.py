@@ -20,6 +20,11 @@ from harness import stack
 from ops import kafka_admin, kafka_client, policy_cli
 
 
+def now_ms() -> int:
+    """This machine's wall clock in whole milliseconds (what the producer stamps records with)."""
+    return time.time_ns() // 1_000_000
+
+
 def request_record(rid: str, return_address: str, **extra: Any) -> dict[str, Any]:
     """A well-formed request, as a client would send it."""
     return {"request_id": rid, "return_address": return_address, "sent_at_ms": int(time.time() * 1000),
@@ -124,6 +129,32 @@ class TopicReader:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+@dataclass
+class Readers:
+    """A job's results, decisions and dead letters, each read from the beginning (``TopicReader``)."""
+
+    results: TopicReader
+    decisions: TopicReader
+    dead_letters: TopicReader
+
+    @classmethod
+    def open(cls, bootstrap: str, results: str, decisions: str, dead_letters: str) -> Readers:
+        return cls(*(TopicReader(bootstrap, t) for t in (results, decisions, dead_letters)))
+
+    def poll(self) -> None:
+        for r in (self.results, self.decisions, self.dead_letters):
+            r.poll()
+
+    def settle(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.poll()
+
+    def close(self) -> None:
+        for r in (self.results, self.decisions, self.dead_letters):
+            r.close()
 
 
 def new_rid(name: str) -> str:

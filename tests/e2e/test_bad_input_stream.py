@@ -25,7 +25,7 @@ import jsonschema
 import pytest
 
 from ops import kafka_client
-from tests.e2e.conftest import RunningJob, TopicReader, request_record
+from tests.e2e.conftest import Readers, RunningJob, request_record
 from udfs.mailbox import MAX_EXTRA_SCORES
 from udfs.wire import MAX_RECORD_BYTES
 
@@ -154,18 +154,14 @@ class Sent:
 
 
 @pytest.fixture(scope="module")
-def readers(job: RunningJob) -> Iterator[dict[str, TopicReader]]:
-    r = {
-        name: TopicReader(job.bootstrap, getattr(job, name))
-        for name in ("results", "decisions", "dead_letters")
-    }
+def readers(job: RunningJob) -> Iterator[Readers]:
+    r = Readers.open(job.bootstrap, job.results, job.decisions, job.dead_letters)
     yield r
-    for reader in r.values():
-        reader.close()
+    r.close()
 
 
 def test_thousands_of_mixed_records_every_good_one_answered_every_bad_one_accounted(
-    job: RunningJob, readers: dict[str, TopicReader]
+    job: RunningJob, readers: Readers
 ) -> None:
     started = time.monotonic()
     tag = f"mix{uuid.uuid4().hex[:6]}"
@@ -210,7 +206,7 @@ def test_thousands_of_mixed_records_every_good_one_answered_every_bad_one_accoun
     phase1 = sent.resolve()
     sent_s = time.monotonic() - started
 
-    results, decisions, dead = readers["results"], readers["decisions"], readers["dead_letters"]
+    results, decisions, dead = readers.results, readers.decisions, readers.dead_letters
     goods = set(good)
     results.wait_for(lambda recs: len({r["request_id"] for r in recs} & goods) == GOOD, 90, "2000 results")
     answered_s = time.monotonic() - started

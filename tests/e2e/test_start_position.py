@@ -32,7 +32,15 @@ import yaml
 
 from harness import stack
 from ops import kafka_client, procs
-from tests.e2e.conftest import TopicReader, fresh_topics, one_result, request_record, score_record, topic_args
+from tests.e2e.conftest import (
+    Readers,
+    fresh_topics,
+    now_ms,
+    one_result,
+    request_record,
+    score_record,
+    topic_args,
+)
 from udfs import names
 
 pytestmark = pytest.mark.e2e
@@ -60,10 +68,6 @@ def policy(version: int) -> dict[str, Any]:
         "late_window_ms": 300,
         "orphan_timeout_ms": ORPHAN_TIMEOUT_MS,
     }
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass
@@ -105,7 +109,7 @@ def history(kafka_bootstrap: str) -> History:
             send("scores", score_record(rid, "logreg", 0.4))
         first = batch("a")
         time.sleep(1.5)  # record timestamps are the producer's clock (CreateTime): this machine's
-        between_ms = _now_ms()
+        between_ms = now_ms()
         time.sleep(1.5)
         second = batch("b")
     finally:
@@ -113,30 +117,10 @@ def history(kafka_bootstrap: str) -> History:
     return History(kafka_bootstrap, tag, topics, first, second, orphans, between_ms)
 
 
-@dataclass
-class Readers:
-    results: TopicReader
-    decisions: TopicReader
-    dead_letters: TopicReader
-
-    def poll(self) -> None:
-        for r in (self.results, self.decisions, self.dead_letters):
-            r.poll()
-
-    def settle(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.poll()
-
-    def close(self) -> None:
-        for r in (self.results, self.decisions, self.dead_letters):
-            r.close()
-
-
 @pytest.fixture
 def readers(history: History) -> Iterator[Readers]:
-    r = Readers(
-        *(TopicReader(history.bootstrap, history.topics[k]) for k in ("results", "decisions", "dead-letters"))
+    r = Readers.open(
+        history.bootstrap, *(history.topics[k] for k in ("results", "decisions", "dead-letters"))
     )
     yield r
     r.close()
@@ -158,7 +142,7 @@ def start_job(history: History, tmp_path_factory: pytest.TempPathFactory) -> Ite
     def start(version: int, *extra: str) -> Job:
         base: Path = tmp_path_factory.mktemp(f"start-v{version}")
         (base / "policy.yaml").write_text(yaml.safe_dump(policy(version)))
-        started_ms = _now_ms()
+        started_ms = now_ms()
         p = stack.start_job(
             base / "policy.yaml", history.bootstrap, base / "archive", base / "flink", base / "job.log", processes,
             extra_args=[*topic_args(history.topics, f"rendezvous-{history.tag}-v{version}"), *extra],

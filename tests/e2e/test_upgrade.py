@@ -34,7 +34,7 @@ import yaml
 
 from ops import cluster as cluster_mod
 from ops import kafka_client, policy_cli, procs, upgrade
-from tests.e2e.conftest import fresh_topics, request_record, score_record, topic_args
+from tests.e2e.conftest import fresh_topics, now_ms, request_record, score_record, topic_args
 from udfs.policy import parse_policy
 
 pytestmark = pytest.mark.e2e
@@ -57,10 +57,6 @@ def policy(version: int, preferred: str, other: str) -> dict[str, Any]:
         "on_no_answer": {"output": None},
         "orphan_timeout_ms": 300_000,
     }
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Traffic(threading.Thread):
@@ -92,7 +88,7 @@ class Traffic(threading.Thread):
                 i += 1
                 req = request_record(rid, self.topics["results"])
                 self.producer.send(self.topics["requests"], key=rid.encode(), value=json.dumps(req).encode())
-                self.sent_ms[rid] = _now_ms()
+                self.sent_ms[rid] = now_ms()
                 heapq.heappush(due, (now + GBT_DELAY_S, rid, "gbt"))
                 heapq.heappush(due, (now + LOGREG_DELAY_S, rid, "logreg"))
                 next_req += 1.0 / RATE_PER_S
@@ -131,7 +127,7 @@ class Results(threading.Thread):
     def run(self) -> None:
         while not self.stopping.is_set():
             batch = self.consumer.take(1000, 0.1)
-            now = _now_ms()
+            now = now_ms()
             with self.lock:
                 self.seen.extend((now, json.loads(m.value() or b"")) for m in batch)
 
@@ -373,7 +369,7 @@ def test_a_live_policy_survives_stop_with_savepoint_and_resume(env: Env) -> None
         restored = ((checkpoints.get("latest") or {}).get("restored") or {}).get("external_path", "")
         assert upgrade.savepoint_local_path(restored) == upgrade.savepoint_local_path(savepoint)
 
-        resumed_ms = _now_ms()
+        resumed_ms = now_ms()
         traffic = Traffic(env.bootstrap, env.topics, f"{env.tag}-resumed")
         traffic.start()
         try:

@@ -1,9 +1,12 @@
 """udfs.wire.dead_letter: the one builder of a dead letter, and every part of the job that makes one.
 
-Each part used to build its dead letters by hand (parsing, the mailbox, policy documents). The
-``legacy_*`` functions below are those hand-built versions, copied as they were; the builder must give
-byte for byte the same record (the same fields, in the same order, with the same values), so the
-dead-letters topic does not change.
+Each part used to build its dead letters by hand (parsing, the mailbox, policy documents); the builder
+keeps the records they made. Its rules, asserted directly: the record has the schema's fields in the
+schema's order; a text is cut to its first 4096 characters, ``raw_truncated`` saying whether anything was
+cut; bytes are decoded as UTF-8, and bytes that are not UTF-8 travel as base64 of their first 3072 bytes
+(4096 base64 characters), ``raw_encoding`` ``base64``; a record without a value has an empty ``raw``. One
+oddity is pinned too: an orphan score's dead letter is cut before the builder sees it, so it is never
+flagged as truncated.
 """
 
 from __future__ import annotations
@@ -41,56 +44,60 @@ VALIDATOR = Draft202012Validator(SCHEMA)
 DEFAULT = load_policy(ROOT / "policies" / "default.yaml")
 AT = 1_700_000_000_000
 SRC = Source("requests", 3, 1234)
+TEXT_CHARS = 4096  # what a dead letter keeps of a text
+BASE64_BYTES = 3072  # what it keeps of bytes that are not UTF-8: 4096 characters once in base64
 
 
-# --- the hand-built dead letters, as they were --------------------------------------------------------
+# --- the rules, as assertions -------------------------------------------------------------------------
 
 
-def legacy_text(reason: str, detail: str, source: Source, text: str, request_id: str | None) -> DeadLetter:
-    """wire._dead, mailbox.on_request (duplicate) and mailbox._refuse_score: the text cut to 4096."""
-    return DeadLetter(
+def assert_record(
+    record: Any, reason: str, detail: str, source: Source, request_id: str | None, at_ms: int
+) -> None:
+    """The schema's fields in its order, with what the dead letter is about."""
+    assert list(record) == SCHEMA["required"]
+    assert VALIDATOR.is_valid(record), record
+    assert (record["reason"], record["detail"], record["request_id"], record["at_ms"]) == (
         reason,
         detail,
-        source,
-        text[:RAW_PREFIX_CHARS],
-        raw_truncated=len(text) > RAW_PREFIX_CHARS,
-        request_id=request_id,
+        request_id,
+        at_ms,
+    )
+    assert (record["source_topic"], record["partition"], record["offset"]) == (
+        source.topic,
+        source.partition,
+        source.offset,
     )
 
 
-def legacy_not_utf8(detail: str, source: Source, data: bytes) -> DeadLetter:
-    """wire._decode for bytes that are not UTF-8."""
-    prefix = data[: RAW_PREFIX_CHARS * 3 // 4]
-    return DeadLetter(
-        "not_utf8",
-        detail,
-        source,
-        base64.b64encode(prefix).decode("ascii"),
-        raw_truncated=len(prefix) < len(data),
-        raw_encoding="base64",
-    )
+def assert_text_kept(record: Any, text: str) -> None:
+    """A text: its first 4096 characters, flagged as truncated exactly when it was longer."""
+    assert record["raw_encoding"] == "utf-8"
+    assert record["raw"] == text[:TEXT_CHARS]
+    assert record["raw_truncated"] is (len(text) > TEXT_CHARS)
 
 
-def legacy_orphan(detail: str, source: Source, text: str, request_id: str) -> DeadLetter:
-    """mailbox._orphan_letters: cut before the record was made, so never flagged as truncated."""
-    return DeadLetter("orphan_score", detail, source, text[:RAW_PREFIX_CHARS], request_id=request_id)
+def assert_base64_kept(record: Any, data: bytes) -> None:
+    """Bytes that are not UTF-8: base64 of their first 3072 bytes, truncated exactly when longer."""
+    assert record["raw_encoding"] == "base64"
+    assert base64.b64decode(record["raw"], validate=True) == data[:BASE64_BYTES]
+    assert len(record["raw"]) <= TEXT_CHARS
+    assert record["raw_truncated"] is (len(data) > BASE64_BYTES)
 
 
-def legacy_policy(refused: Refused, raw: bytes | bytearray | str | None, source: Source, now_ms: int) -> Any:
-    """policy_registry.dead_letter."""
+def assert_raw_kept(record: Any, raw: bytes | bytearray | str | None) -> None:
+    """Whatever was read: no value, a text, UTF-8 bytes (as their text) or other bytes (base64)."""
     if raw is None:
-        text, encoding, truncated = "", "utf-8", False
+        assert (record["raw"], record["raw_truncated"], record["raw_encoding"]) == ("", False, "utf-8")
     elif isinstance(raw, str):
-        text, encoding, truncated = raw[:RAW_PREFIX_CHARS], "utf-8", len(raw) > RAW_PREFIX_CHARS
+        assert_text_kept(record, raw)
     else:
         try:
-            full = bytes(raw).decode("utf-8")
-            text, encoding, truncated = full[:RAW_PREFIX_CHARS], "utf-8", len(full) > RAW_PREFIX_CHARS
+            text = bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
-            prefix = bytes(raw[: RAW_PREFIX_CHARS * 3 // 4])
-            text, encoding = base64.b64encode(prefix).decode("ascii"), "base64"
-            truncated = len(prefix) < len(raw)
-    return DeadLetter(refused.reason, refused.detail, source, text, truncated, encoding).to_dict(now_ms)
+            assert_base64_kept(record, bytes(raw))
+        else:
+            assert_text_kept(record, text)
 
 
 def wire_bytes(record: dict[str, Any]) -> bytes:
@@ -106,6 +113,7 @@ def test_the_record_has_exactly_the_schema_fields_in_their_order() -> None:
     assert list(record) == SCHEMA["required"]
     assert set(record) == set(SCHEMA["properties"])
     assert VALIDATOR.is_valid(record)
+    assert RAW_PREFIX_CHARS == TEXT_CHARS and RAW_PREFIX_CHARS * 3 // 4 == BASE64_BYTES
     assert wire_bytes(record) == (
         b'{"reason":"not_json","detail":"not valid JSON","source_topic":"requests","partition":3,'
         b'"offset":1234,"request_id":"r-1","raw":"{","raw_truncated":false,"raw_encoding":"utf-8",'
@@ -113,7 +121,9 @@ def test_the_record_has_exactly_the_schema_fields_in_their_order() -> None:
     )
 
 
-texts = st.text(max_size=50) | st.builds(lambda c, n: c * n, st.characters(), st.integers(4090, 4100))
+texts = st.text(max_size=50) | st.builds(
+    lambda c, n: c * n, st.characters(codec="utf-8"), st.integers(4090, 4100)
+)
 request_ids = st.none() | st.from_regex(r"[A-Za-z0-9._:-]{1,128}", fullmatch=True)
 sources = st.builds(
     Source,
@@ -127,25 +137,32 @@ sources = st.builds(
 @given(texts, request_ids, sources)
 def test_text_is_cut_as_the_parser_and_the_mailbox_cut_it(text: str, rid: str | None, source: Source) -> None:
     got = dead_letter("bad_field", "detail", source, text, rid).to_dict(AT)
-    want = legacy_text("bad_field", "detail", source, text, rid).to_dict(AT)
-    assert wire_bytes(got) == wire_bytes(want)
-    assert VALIDATOR.is_valid(got)
+    assert_record(got, "bad_field", "detail", source, rid, AT)
+    assert_text_kept(got, text)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=5000) | st.binary(min_size=3070, max_size=3075), sources)
 def test_bytes_are_decoded_or_base64_as_the_parser_did(data: bytes, source: Source) -> None:
     got = dead_letter("not_utf8", "detail", source, data).to_dict(AT)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        want = legacy_not_utf8("detail", source, data).to_dict(AT)
-    else:
-        want = legacy_text("not_utf8", "detail", source, text, None).to_dict(AT)
-    assert wire_bytes(got) == wire_bytes(want)
-    assert wire_bytes(dead_letter("not_utf8", "detail", source, bytearray(data)).to_dict(AT)) == wire_bytes(
-        want
-    )
+    assert_record(got, "not_utf8", "detail", source, None, AT)
+    assert_raw_kept(got, data)
+    assert dead_letter("not_utf8", "detail", source, bytearray(data)).to_dict(AT) == got
+
+
+def test_bytes_that_are_not_utf8_keep_their_first_3072_bytes_in_base64() -> None:
+    for n, truncated in ((BASE64_BYTES - 1, False), (BASE64_BYTES, False), (BASE64_BYTES + 1, True)):
+        data = b"\xff" + bytes(range(256)) * 13
+        data = data[:n]
+        d = dead_letter("not_utf8", "detail", SRC, data, "r-1")
+        assert (d.raw_encoding, d.raw_truncated, d.request_id) == ("base64", truncated, "r-1")
+        assert d.raw == base64.b64encode(data[:BASE64_BYTES]).decode("ascii")
+    assert len(dead_letter("not_utf8", "detail", SRC, b"\xff" * 5000).raw) == TEXT_CHARS
+    # UTF-8 bytes are their text, cut by characters (not bytes): 4096 two-byte characters fit.
+    d = dead_letter("bad_field", "detail", SRC, ("é" * 5000).encode())
+    assert (d.raw, d.raw_truncated, d.raw_encoding) == ("é" * TEXT_CHARS, True, "utf-8")
+    d = dead_letter("bad_field", "detail", SRC, "x" * TEXT_CHARS)
+    assert (len(d.raw), d.raw_truncated) == (TEXT_CHARS, False)
 
 
 @settings(max_examples=300, deadline=None)
@@ -158,9 +175,9 @@ def test_policy_documents_give_the_record_they_always_gave(
     raw: bytes | bytearray | str | None, reason: str, source: Source
 ) -> None:
     refused = Refused(reason, "policy refused: version: required")
-    assert wire_bytes(policy_dead_letter(refused, raw, source, AT)) == wire_bytes(
-        legacy_policy(refused, raw, source, AT)
-    )
+    got = policy_dead_letter(refused, raw, source, AT)
+    assert_record(got, reason, "policy refused: version: required", source, None, AT)
+    assert_raw_kept(got, raw)
 
 
 def test_a_record_without_a_value_has_an_empty_raw() -> None:
@@ -185,13 +202,10 @@ def test_the_parser(data: bytes | str) -> None:
     for parse in (parse_request, parse_score):
         d = parse(data, SRC)
         assert isinstance(d, DeadLetter)
-        if d.reason == "not_utf8":
-            assert isinstance(data, bytes)
-            want = legacy_not_utf8(d.detail, SRC, data)
-        else:
-            text = data if isinstance(data, str) else data.decode()
-            want = legacy_text(d.reason, d.detail, SRC, text, d.request_id)
-        assert wire_bytes(d.to_dict(AT)) == wire_bytes(want.to_dict(AT))
+        record = d.to_dict(AT)
+        assert_record(record, d.reason, d.detail, SRC, d.request_id, AT)
+        assert_raw_kept(record, data)
+        assert (d.reason == "not_utf8") is (record["raw_encoding"] == "base64")
 
 
 def _score(rid: str = "r-1", model: str = "gbt", error: str | None = None) -> Score:
@@ -212,14 +226,10 @@ def test_the_mailbox_refusing_a_duplicate_request(size: int) -> None:
     )
     first = on_request(None, req, raw, SRC, DEFAULT, AT).mailbox
     [got] = _dead_letters(on_request(first, req, raw, SRC, DEFAULT, AT + 1).outputs)
-    want = legacy_text(
-        names.REASON_DUPLICATE_REQUEST,
-        "a request with this id was already received; the first one is answered",
-        SRC,
-        raw,
-        "r-1",
-    ).to_dict(AT + 1)
-    assert wire_bytes(got) == wire_bytes(want)
+    detail = "a request with this id was already received; the first one is answered"
+    assert_record(got, names.REASON_DUPLICATE_REQUEST, detail, SRC, "r-1", AT + 1)
+    assert_text_kept(got, raw)
+    assert got["raw_truncated"] is (size > TEXT_CHARS)
 
 
 @pytest.mark.parametrize("error", [None, "boom", "é" * 1024])
@@ -232,14 +242,9 @@ def test_the_mailbox_refusing_a_score_after_close(error: str | None) -> None:
         mb = on_timer(mb, DEFAULT, mb.wake_at_ms).mailbox
     score = _score(error=error)
     [got] = _dead_letters(on_score(mb, score, src, DEFAULT, AT + 10_000).outputs)
-    want = legacy_text(
-        names.REASON_SCORE_AFTER_CLOSE,
-        "score from gbt arrived after the mailbox closed",
-        src,
-        json.dumps(score.to_dict()),
-        "r-1",
-    ).to_dict(AT + 10_000)
-    assert wire_bytes(got) == wire_bytes(want)
+    detail = "score from gbt arrived after the mailbox closed"
+    assert_record(got, names.REASON_SCORE_AFTER_CLOSE, detail, src, "r-1", AT + 10_000)
+    assert_text_kept(got, json.dumps(score.to_dict()))
 
 
 @pytest.mark.parametrize("error", [None, "boom", "é" * 1024])
@@ -248,15 +253,13 @@ def test_the_mailbox_giving_up_on_orphans(error: str | None) -> None:
     mb = on_score(None, _score(error=error), src, DEFAULT, AT).mailbox
     assert mb is not None and mb.wake_at_ms is not None
     [got] = _dead_letters(on_timer(mb, DEFAULT, mb.wake_at_ms).outputs)
-    public = {k: v for k, v in mb.scores[0].items() if k not in ("src", "request_id")}
-    want = legacy_orphan(
-        "no request with this id arrived within the orphan timeout (score from gbt)",
-        src,
-        json.dumps(public),
-        "r-1",
-    ).to_dict(mb.wake_at_ms)
-    assert wire_bytes(got) == wire_bytes(want)
-    assert got["raw_truncated"] is False  # as it always was, even when the cut text was longer
+    public = json.dumps({k: v for k, v in mb.scores[0].items() if k not in ("src", "request_id")})
+    detail = "no request with this id arrived within the orphan timeout (score from gbt)"
+    assert_record(got, names.REASON_ORPHAN_SCORE, detail, src, "r-1", mb.wake_at_ms)
+    assert (got["raw"], got["raw_encoding"]) == (public[:TEXT_CHARS], "utf-8")
+    # Cut before the builder, as it always was: never flagged, even when the score's JSON was longer.
+    assert got["raw_truncated"] is False
+    assert (len(public) > TEXT_CHARS) is (error == "é" * 1024)  # json.dumps escapes é: 6 characters
 
 
 def test_the_policy_registry() -> None:
@@ -265,5 +268,5 @@ def test_the_policy_registry() -> None:
         refused = registry.offer(raw)
         assert isinstance(refused, Refused)
         got = policy_dead_letter(refused, raw, Source("policies", 0, 1), AT)
-        assert wire_bytes(got) == wire_bytes(legacy_policy(refused, raw, Source("policies", 0, 1), AT))
-        assert VALIDATOR.is_valid(got)
+        assert_record(got, refused.reason, refused.detail, Source("policies", 0, 1), None, AT)
+        assert_raw_kept(got, raw)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from jobs import rendezvous_job
-from ops.flink_conf import read_conf
+from ops.flink_conf import load_conf, read_conf
 from udfs import names
 from udfs.policy import load_policy
 
@@ -56,9 +56,9 @@ def flink_conf() -> ModuleType:
     return module
 
 
-def pom_property(name: str) -> str:
+def pom_property(name: str, pom: str = "deps/pom.xml") -> str:
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
-    node = ET.parse(REPO / "deps" / "pom.xml").getroot().find(f"m:properties/m:{name}", ns)
+    node = ET.parse(REPO / pom).getroot().find(f"m:properties/m:{name}", ns)
     assert node is not None and node.text, name
     return node.text.strip()
 
@@ -256,6 +256,12 @@ def test_base_images_are_pinned() -> None:
     assert images[1].startswith("python:3.11.")
 
 
+def test_the_sink_context_is_compiled_against_the_connector_the_job_runs() -> None:
+    """deps/kafka-sink-context replaces one class of the connector: both poms name the same release."""
+    module = pom_property("flink.kafka.connector.version", "deps/kafka-sink-context/pom.xml")
+    assert module == pom_property("flink.kafka.connector.version")
+
+
 def test_pyflink_version_matches_pyproject() -> None:
     args = dict(ln.split(None, 1)[1].split("=", 1) for ln in dockerfile_lines() if ln.startswith("ARG "))
     assert args["PYFLINK_VERSION"] == pyproject_pin("apache-flink") == "2.2.1"
@@ -297,8 +303,8 @@ def test_entrypoint_is_valid_bash() -> None:
 @pytest.fixture(scope="module")
 def container_conf(flink_conf: ModuleType) -> dict[str, Any]:
     conf = flink_conf.build_config(
-        flink_conf.load_yaml(flink_conf.pyflink_conf_dir() / "config.yaml"),
-        flink_conf.load_yaml(REPO / "flink-conf" / "config.yaml"),
+        load_conf(flink_conf.pyflink_conf_dir() / "config.yaml"),
+        load_conf(REPO / "flink-conf" / "config.yaml"),
         flink_conf.python_settings(
             "/opt/venv/bin/python", "/opt/rendezvous/app", "/opt/venv/lib/python3.11/site-packages"
         ),
@@ -313,7 +319,7 @@ def test_container_conf_keeps_the_project_settings(container_conf: dict[str, Any
     }
     for key, value in project.items():
         if key not in overridden:
-            assert str(container_conf[key]).lower() == value.lower(), key
+            assert container_conf[key] == value, key
     assert container_conf["python.execution-mode"] == "thread"
     assert "--add-opens=java.base/java.lang=ALL-UNNAMED" in container_conf["env.java.opts.all"]
 
@@ -324,7 +330,7 @@ def test_container_conf_overrides_for_compose(container_conf: dict[str, Any]) ->
     assert container_conf["jobmanager.rpc.address"] == "jobmanager"
     assert container_conf["rest.address"] == "jobmanager"
     assert container_conf["rest.bind-address"] == "0.0.0.0"
-    assert container_conf["rest.port"] == 8081
+    assert container_conf["rest.port"] == "8081"
     assert "taskmanager.host" not in container_conf
     assert container_conf["python.executable"] == "/opt/venv/bin/python"
     assert container_conf["python.client.executable"] == "/opt/venv/bin/python"
@@ -333,10 +339,34 @@ def test_container_conf_overrides_for_compose(container_conf: dict[str, Any]) ->
 
 
 def test_container_conf_refuses_to_lose_thread_mode(flink_conf: ModuleType) -> None:
-    project = yaml.safe_load((REPO / "flink-conf" / "config.yaml").read_text())
+    project = load_conf(REPO / "flink-conf" / "config.yaml")
     project["python"]["execution-mode"] = "process"
     with pytest.raises(ValueError, match="execution-mode"):
         flink_conf.build_config({}, project, {})
+    # Written dotted, the key is the same one: it still overrides the nested one.
+    dotted = load_conf(REPO / "flink-conf" / "config.yaml") | {"python.execution-mode": "process"}
+    with pytest.raises(ValueError, match="execution-mode"):
+        flink_conf.build_config({}, dotted, {})
+
+
+def test_container_conf_layers_dotted_and_nested_keys_as_one(flink_conf: ModuleType) -> None:
+    distribution = {"state": {"backend": {"type": "rocksdb", "x": 1}}, "python": {"execution-mode": "thread"}}
+    project = {"state.backend.type": "hashmap", "a.b": {"c.d": [1, 2]}, "a": {"b": {"e": True}}}
+    conf = flink_conf.build_config(distribution, project, {"python.executable": "/py"})
+    assert conf["state"] == {"backend": {"type": "hashmap", "x": 1}}  # dotted over nested: one key
+    assert conf["a"] == {"b": {"c": {"d": [1, 2]}, "e": True}}  # nested in the file it writes, types kept
+    flat = flink_conf.flatten(conf)  # the project's one reader (ops/flink_conf.py), as the job reads it
+    assert flat["a.b.c.d"] == "1;2" and flat["a.b.e"] == "true" and flat["python.executable"] == "/py"
+    with pytest.raises(ValueError, match="a section on one side"):
+        flink_conf.build_config(distribution, {"rest": 1}, {})
+
+
+def test_the_image_writes_its_flink_conf_with_the_project_installed() -> None:
+    """docker/flink_conf.py reads and flattens with ops/flink_conf.py: the project must be installed
+    (or the app dir on sys.path) when the Dockerfile runs it."""
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert "from ops.flink_conf import" in (DOCKER / "flink_conf.py").read_text(encoding="utf-8")
+    assert 0 <= text.index("pip install --no-cache-dir .") < text.index("python docker/flink_conf.py")
 
 
 @pytest.fixture
@@ -346,6 +376,7 @@ def connector_jar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     jars.mkdir()
     jar = jars / "flink-sql-connector-kafka-5.0.0-2.2.jar"
     jar.write_bytes(b"")
+    (jars / rendezvous_job.SINK_CONTEXT_JAR).write_bytes(b"")
     monkeypatch.setattr(rendezvous_job, "CONNECTOR_JARS_DIR", jars)
     return jar
 

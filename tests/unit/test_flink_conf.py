@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,75 @@ def test_the_job_and_the_upgrade_check_read_the_project_conf_alike(tmp_path: Pat
     checked = effective_conf({}, read_conf(cfg.flink_conf), ["-Dpipeline.max-parallelism=64"])
     assert upgrade.compat_of(checked) == upgrade.compat_of(job_conf)
     assert {k: job_conf[k] for k in checked} == checked
+
+
+MIXED = """\
+python.execution-mode: THREAD
+table:
+  exec.uid.generation: always
+pipeline:
+  max-parallelism: 64
+  jars: [file:/a.jar, file:/b.jar]
+execution:
+  checkpointing:
+    interval: 10s
+execution.checkpointing.timeout: 60s
+state.changelog.enabled: false
+unset:
+"""
+
+
+def test_nested_and_dotted_keys_lists_and_booleans_read_as_one(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(MIXED)
+    assert flink_conf.load_conf(path)["pipeline"]["jars"] == ["file:/a.jar", "file:/b.jar"]  # as written
+    assert (
+        read_conf(path)
+        == flatten(flink_conf.load_conf(path))
+        == {
+            "python.execution-mode": "THREAD",
+            "table.exec.uid.generation": "always",
+            "pipeline.max-parallelism": "64",
+            "pipeline.jars": "file:/a.jar;file:/b.jar",
+            "execution.checkpointing.interval": "10s",
+            "execution.checkpointing.timeout": "60s",
+            "state.changelog.enabled": "false",
+        }
+    )
+
+
+def test_the_job_and_the_upgrade_check_read_any_conf_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nested or dotted, the job's configuration and the compatibility facts the upgrade checks (and
+    a submission records) come from the same reading of the same file."""
+    monkeypatch.setattr(rendezvous_job, "connector_jars", lambda: [tmp_path / "connector.jar"])
+    path = tmp_path / "config.yaml"
+    path.write_text(MIXED)
+    args = ["-D", "pipeline.max-parallelism=128"]
+    cfg = rendezvous_job.parse_args(
+        ["--policy", str(ROOT / "policies" / "default.yaml"), "--bootstrap", "127.0.0.1:9"]
+        + ["--state-dir", str(tmp_path / "state"), "--flink-conf", str(path), *args]
+    )
+    job_conf = rendezvous_job.flink_configuration(cfg)
+    checked = effective_conf({}, upgrade._read_conf(path), args)  # what ops.upgrade.prepare compares
+    assert {k: job_conf[k] for k in checked if k != "pipeline.jars"} == {
+        k: v
+        for k, v in checked.items()
+        if k != "pipeline.jars"  # the job sets its own jars
+    }
+    compat = upgrade.compat_of(checked, flink="x")
+    assert compat == upgrade.compat_of(job_conf, flink="x")
+    assert compat[upgrade.COMPAT_EXECUTION_MODE] == "thread"
+    assert compat[upgrade.COMPAT_UID_GENERATION] == "ALWAYS"
+    assert compat[upgrade.COMPAT_MAX_PARALLELISM] == "128"  # the -D item over the file
+
+
+def test_the_image_conf_is_read_by_the_same_functions() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "docker_flink_conf_reader", ROOT / "docker" / "flink_conf.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.flatten is flatten and module.load_conf is flink_conf.load_conf

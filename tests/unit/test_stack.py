@@ -1,7 +1,15 @@
-"""The shared stack helpers' pure parts (harness/stack.py): the warm-up's rounds."""
+"""The shared stack helpers (harness/stack.py): the warm-up's rounds, and the one start sequence."""
 
 from __future__ import annotations
 
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import stack
 from harness.stack import JIT_QUIET_PERCENT, WarmupRound
 
 
@@ -16,3 +24,94 @@ def test_a_warm_up_round_is_quiet_only_when_every_jit_is_measured_and_low() -> N
     assert r(job=4.4, broker=None).line() == (
         "warm-up 15 s: 1500/1500 answered, p50 51.0 ms, p99 135.5 ms, 3 late; JIT: job 4 %, broker ? % of a core"
     )
+
+
+# --- the one start sequence -----------------------------------------------------------------------------
+
+
+class FakeBroker:
+    bootstrap = "127.0.0.1:1"
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+@pytest.fixture
+def broker_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    calls: dict[str, Any] = {"broker": FakeBroker()}
+
+    def start(data_dir: Path, port: int, controller_port: int) -> FakeBroker:
+        calls["start"] = (data_dir, port, controller_port)
+        return calls["broker"]
+
+    monkeypatch.setattr(stack.KafkaBroker, "start", start)
+    monkeypatch.setattr(stack.kafka_admin, "ensure_default_topics", lambda b: calls.setdefault("default", b))
+    monkeypatch.setattr(stack.kafka_admin, "create_topics", lambda b, t: calls.setdefault("topics", (b, t)))
+    return calls
+
+
+def test_a_broker_starts_on_free_ports_with_the_default_topics(broker_calls: dict[str, Any]) -> None:
+    assert stack.start_broker(Path("/x/broker")) is broker_calls["broker"]
+    data_dir, port, controller_port = broker_calls["start"]
+    assert data_dir == Path("/x/broker") and port > 0 and controller_port > 0 and port != controller_port
+    assert broker_calls["default"] == "127.0.0.1:1" and "topics" not in broker_calls
+
+
+def test_a_broker_starts_with_given_topics_or_none(broker_calls: dict[str, Any]) -> None:
+    stack.start_broker(Path("/x"), (t for t in ("a", "b")))
+    assert broker_calls.pop("topics") == ("127.0.0.1:1", ["a", "b"]) and "default" not in broker_calls
+    stack.start_broker(Path("/x"), topics=())
+    assert "topics" not in broker_calls and "default" not in broker_calls
+
+
+def test_a_broker_whose_topics_fail_is_stopped(
+    broker_calls: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(_bootstrap: str) -> None:
+        raise RuntimeError("no controller")
+
+    monkeypatch.setattr(stack.kafka_admin, "ensure_default_topics", fail)
+    with pytest.raises(RuntimeError, match="no controller"):
+        stack.start_broker(Path("/x"))
+    assert broker_calls["broker"].stopped
+
+
+def test_the_labeller_is_started_and_awaited_like_a_runner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[list[str]] = []
+
+    class FakeProcess:
+        def __init__(self, argv: list[str], log_path: Path) -> None:
+            started.append(argv)
+            self.log_path = log_path
+            log_path.write_text("labeller ready\n")
+
+        def is_running(self) -> bool:
+            return True
+
+    monkeypatch.setattr(
+        stack.procs.ManagedProcess, "start", lambda argv, log_path, cwd: FakeProcess(argv, log_path)
+    )
+    processes = stack.Processes()
+    p = stack.start_labeller("k:9092", tmp_path / "labeller.log", processes, ["--seed", "7"])
+    assert started == [[sys.executable, "-m", "runners.labeller", "--bootstrap", "k:9092", "--seed", "7"]]
+    assert processes.started == [p]
+
+
+def test_harnesses_and_e2e_tests_start_the_stack_through_harness_stack() -> None:
+    """No copy of the start sequence: the broker, runners, labeller and job start in harness/stack.py
+    (the fault suite restarts its broker on the same ports, by itself: a restart, not a start)."""
+    root = Path(__file__).resolve().parents[2]
+    starts = re.compile(r'KafkaBroker\.start\(|"-m", "(runners|jobs)\.')
+    found = [
+        f"{path.relative_to(root)}:{n}: {line.strip()}"
+        for path in sorted([*(root / "harness").glob("*.py"), *(root / "tests" / "e2e").glob("*.py")])
+        if path.name != "stack.py"
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if starts.search(line)
+    ]
+    assert found == [], "\n".join(found)
