@@ -78,6 +78,9 @@ RUNNERS = (
 RUNNER_DOWN_S = 5.0  # a crashed runner is restarted this long after its kill -9
 RUNNER_BACK_TRAFFIC_S = 10.0  # traffic after the restarted runner is ready, to see it answer again
 BROKER_DOWN_S = 5.0  # the broker is started again this long after it stopped
+# TaskManagers beyond the one running the job (parallelism 1): a standby takes a lost TaskManager's job
+# over at once, and the resumed job of savepoint-resume (`--standby-taskmanagers`).
+STANDBY_TASKMANAGERS = 1
 BAD_EVERY = 50  # one malformed record per this many requests
 DRAIN_TIMEOUT_S = 240.0  # after the traffic: how long to wait for every answer
 SETTLE_S = 5.0  # after the last answer: anything duplicated would show up by then
@@ -562,6 +565,7 @@ class Rig:
     policy_path: Path | None = None
     job_args: list[str] = field(default_factory=list)
     clock: str = names.CLOCK_LOG
+    standby_taskmanagers: int = STANDBY_TASKMANAGERS
 
     # --- life cycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -588,7 +592,9 @@ class Rig:
         ports = {opt: procs.free_port() for opt in cluster_mod.PORT_KEYS}
         self.cluster = cluster_mod.Cluster(self.base / "cluster")
         try:
-            self.cluster.up(ports)
+            # One TaskManager for the job and the standbys: a lost TaskManager's job restarts on a
+            # standby at once (docs/operations.md, "Recovery").
+            self.cluster.up(ports, taskmanagers=1 + self.standby_taskmanagers)
         finally:
             self.record_cluster_pids()
         self.job_args = [
@@ -724,23 +730,26 @@ def _inject(rig: Rig, name: str, plan: Plan, traffic: Traffic) -> None:
         plan.detail["broker_back_after_s"] = round(time.monotonic() - t0, 1)
         # Whether the job restarted (and may repeat at-least-once output) shows in its exception history.
     elif name == "taskmanager-kill":
-        (tm,) = rig.cluster.taskmanager_pids()
+        (tm,) = rig.cluster.busy_taskmanagers()  # the one running the job
         os.kill(tm, signal.SIGKILL)  # the cluster's own TaskManager JVM, by PID
         plan.detail["killed_pid"] = tm
-        # A standalone cluster does not replace a dead TaskManager by itself: a supervisor would. On
-        # other ports (spare): the JobManager keeps its link to the dead one's address quarantined and
-        # discarded a new TaskManager's registration from the same port (seen once in seven kills).
+        # The job restarts on the standby. A standalone cluster does not replace a dead TaskManager by
+        # itself (a supervisor would): a new standby, on other ports (spare): the JobManager keeps its
+        # link to the dead one's address quarantined and discarded a new TaskManager's registration
+        # from the same port (seen once in seven kills).
         rig.cluster.start_taskmanagers(1, spare=True)
         rig.record_cluster_pids()
         plan.job_restarted = True
     elif name == "savepoint-resume":
+        ran_job = rig.cluster.busy_taskmanagers()
         sp = upgrade.stop_with_savepoint(rig.cluster, rig.job_id, rig.cluster.state_dir / "savepoints")
         upgrade.wait_job_finished(rig.cluster, rig.job_id)
         plan.detail["savepoint_s"] = round(time.monotonic() - t0, 1)
-        rig.cluster.stop_taskmanagers()  # thread mode: a fresh TaskManager for the resumed job
+        # Thread mode: a fresh TaskManager for the resumed job, the standby; the one that ran the old
+        # job goes, and a new standby starts while the job is resubmitted.
+        rig.cluster.stop_taskmanagers(pids=list(ran_job), rest_ids=set(ran_job.values()))
         rig.cluster.start_taskmanagers(1, spare=True)
         rig.record_cluster_pids()
-        rig.cluster.wait_taskmanagers(1)
         old = rig.job_id
         rig.job_id = rig.cluster.submit(
             rig.policy_path, rig.broker.bootstrap, rig.job_args, savepoint=sp, previous_job_id=old
@@ -865,9 +874,11 @@ def run_mode(
     out: Path,
     models_dir: Path,
     policy: dict[str, Any] | None = None,
+    standby_taskmanagers: int = STANDBY_TASKMANAGERS,
 ) -> dict[str, Any]:
     """One rig in one delivery mode, every scenario on it in turn."""
     rig = Rig(out / "work" / delivery, delivery, models_dir, policy or dict(POLICY))
+    rig.standby_taskmanagers = standby_taskmanagers
     done: list[dict[str, Any]] = []
     t0 = time.monotonic()
     state = None
@@ -998,6 +1009,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"incumbent must be {INCUMBENT!r}",
     )
     ap.add_argument("--models-dir", type=Path, default=REPO_ROOT / "var" / "models")
+    ap.add_argument(
+        "--standby-taskmanagers",
+        type=int,
+        default=STANDBY_TASKMANAGERS,
+        choices=range(0, 4),
+        metavar="{0..3}",
+        help="TaskManagers started beside the job's, to take it over (default %(default)s; 0: each "
+        "TaskManager loss waits for a new JVM)",
+    )
     a = ap.parse_args(argv)
     scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
     unknown = [s for s in scenarios if s not in SCENARIOS]
@@ -1010,13 +1030,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = runinfo.run_info() | {
         "rate": a.rate,
         "seconds": a.seconds,
+        "standby_taskmanagers": a.standby_taskmanagers,
         "policy": policy,
         "runners": [asdict(s) for s in RUNNERS],
         "modes": [],
     }
     a.out.mkdir(parents=True, exist_ok=True)
     for mode in modes:
-        result["modes"].append(run_mode(mode, scenarios, a.rate, a.seconds, a.out, a.models_dir, policy))
+        result["modes"].append(
+            run_mode(mode, scenarios, a.rate, a.seconds, a.out, a.models_dir, policy, a.standby_taskmanagers)
+        )
         (a.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
         (a.out / "results.md").write_text(markdown(result))
     print((a.out / "results.md").read_text())

@@ -278,7 +278,22 @@ class Cluster:
             return None
 
     # --- commands ------------------------------------------------------------------------------
-    def up(self, ports: dict[str, int], timeout_s: float = UP_TIMEOUT_S) -> dict[str, Any]:
+    def up(
+        self, ports: dict[str, int], timeout_s: float = UP_TIMEOUT_S, taskmanagers: int = 1
+    ) -> dict[str, Any]:
+        """Start the JobManager and ``taskmanagers`` TaskManagers (one slot each); the REST overview once
+        they all have registered. TaskManagers beyond the job's parallelism are standbys: when one
+        running the job dies, the job restarts on a standby at once instead of waiting for a new JVM."""
+        if taskmanagers < 1:
+            raise ClusterError(f"taskmanagers: at least 1, got {taskmanagers}")
+        ov = self._up(ports, timeout_s)
+        if taskmanagers > 1:
+            self.start_taskmanagers(taskmanagers - 1, spare=True)
+            self.wait_taskmanagers(taskmanagers, timeout_s)
+            ov = self.overview() or ov
+        return ov
+
+    def _up(self, ports: dict[str, int], timeout_s: float) -> dict[str, Any]:
         procs.java_bin()  # a clear error if Java 17+ is missing
         if self.pid_dir.exists() and self.live_pids():
             raise ClusterError(f"a cluster from {self.base} is already running (PIDs {self.live_pids()})")
@@ -419,6 +434,20 @@ class Cluster:
     def taskmanager_pids(self) -> list[int]:
         return [p for p in self.pids().get("taskexecutor", []) if self.ours(p)]
 
+    def busy_taskmanagers(self) -> dict[int, str]:
+        """This cluster's TaskManagers with no free slot (those running a job): PID -> REST id. The REST
+        API gives each one's data port, and the PID is the one of ours listening on it."""
+        by_port = {
+            int(tm["dataPort"]): str(tm["id"])
+            for tm in self.rest("/taskmanagers").get("taskmanagers", [])
+            if int(tm.get("freeSlots", 1)) == 0 and tm.get("dataPort")
+        }
+        busy = {}
+        for pid in self.taskmanager_pids():
+            for port in listening_ports(pid) & by_port.keys():
+                busy[pid] = by_port[port]
+        return busy
+
     def taskmanager_ids(self) -> set[str]:
         """The TaskManagers registered with the JobManager (REST ids)."""
         return {str(tm["id"]) for tm in self.rest("/taskmanagers").get("taskmanagers", [])}
@@ -516,6 +545,33 @@ class Cluster:
         return res.stdout
 
 
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports a process listens on (Linux ``/proc``; empty when it cannot be read)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone, or not ours to read
+        return set()
+    inodes = set()
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    ports: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def main(argv: list[str] | None = None) -> int:  # noqa: C901 - argparse for each subcommand, and dispatch
     ap = argparse.ArgumentParser(prog="ops.cluster", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -541,6 +597,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - argparse for eac
     p_up.add_argument("--tm-rpc-port", type=int, default=0, help="taskmanager.rpc.port (default: any)")
     p_up.add_argument("--tm-data-port", type=int, default=0, help="taskmanager.data.port (default: any)")
     p_up.add_argument("--timeout", type=float, default=UP_TIMEOUT_S)
+    p_up.add_argument(
+        "--taskmanagers",
+        type=int,
+        default=1,
+        help="TaskManagers to start (one slot each; those beyond the job's parallelism are standbys "
+        "that take the job over at once when a TaskManager dies; default 1)",
+    )
     p_submit.add_argument("--policy", type=Path, required=True)
     p_submit.add_argument("--bootstrap", required=True)
     p_submit.add_argument("--flink-conf", type=Path, default=PROJECT_FLINK_CONF)
@@ -559,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - argparse for eac
         if a.cmd == "up":
             t0 = time.monotonic()
             ports = {k: getattr(a, k) for k in PORT_KEYS}
-            ov = cluster.up(ports, a.timeout)
+            ov = cluster.up(ports, a.timeout, a.taskmanagers)
             print(
                 f"cluster up at {cluster.rest_url()} in {time.monotonic() - t0:.1f}s: "
                 f"{ov.get('taskmanagers')} TaskManager(s), {ov.get('slots-available')} free slot(s); "

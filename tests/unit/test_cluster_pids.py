@@ -7,6 +7,7 @@ that window must still count as started (the upgrade waits for as many new TaskM
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ops.cluster import Cluster, ClusterError
+from ops.cluster import Cluster, ClusterError, listening_ports
 
 # A child that runs a while without the conf dir in its argv, then execs into one that has it.
 LATE_EXEC = (
@@ -78,3 +79,15 @@ def test_a_taskmanager_that_dies_at_start_is_an_error(tmp_path: Path) -> None:
             cluster.start_taskmanagers(1)
     finally:
         cluster.stop_children()
+
+
+def test_listening_ports_sees_a_listening_socket_and_not_a_bound_one() -> None:
+    """busy_taskmanager_pids maps the REST API's data port to a PID through this."""
+    with socket.socket() as listening, socket.socket() as bound:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        bound.bind(("127.0.0.1", 0))
+        ports = listening_ports(os.getpid())
+        assert listening.getsockname()[1] in ports
+        assert bound.getsockname()[1] not in ports
+    assert listening_ports(2**22 + 1) == set()  # no such process
