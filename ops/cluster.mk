@@ -1,9 +1,10 @@
 # Flink standalone session cluster from the PyFlink package (ops/cluster.py). Included by the Makefile.
-# make cluster-up [CLUSTER_REST_PORT=8081]; make cluster-submit POLICY=policies/default.yaml BOOTSTRAP=127.0.0.1:9092
+# make cluster-up [CLUSTER_REST_PORT=8081] [CLUSTER_TASKMANAGERS=2]; make cluster-submit POLICY=policies/default.yaml BOOTSTRAP=127.0.0.1:9092
 # make cluster-status; make cluster-cancel JOB=<jobid>; make cluster-down; make test-cluster
 # make cluster-upgrade POLICY=policies/v2.yaml [UPGRADE_ARGS=--check]   (savepoint-safe, ops/upgrade.py)
 CLUSTER_DIR       ?= var/cluster
 CLUSTER_REST_PORT ?= 8081
+CLUSTER_TASKMANAGERS ?= 2
 POLICY            ?= policies/default.yaml
 BOOTSTRAP         ?= 127.0.0.1:9092
 JOB_ARGS          ?=
@@ -12,7 +13,7 @@ UPGRADE_ARGS      ?=
 .PHONY: cluster-up cluster-down cluster-submit cluster-status cluster-cancel cluster-upgrade test-cluster test-upgrade
 
 cluster-up: setup
-	$(PY) -m ops.cluster up --dir $(CLUSTER_DIR) --rest-port $(CLUSTER_REST_PORT)
+	$(PY) -m ops.cluster up --dir $(CLUSTER_DIR) --rest-port $(CLUSTER_REST_PORT) --taskmanagers $(CLUSTER_TASKMANAGERS)
 
 cluster-down:
 	$(PY) -m ops.cluster down --dir $(CLUSTER_DIR)

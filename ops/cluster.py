@@ -44,6 +44,8 @@ from ops import procs, upgrade
 from ops.flink_conf import FlinkConfError, effective_conf, read_conf
 
 REPO_ROOT = procs.repo_root()
+# `cluster up`: the job's TaskManager (parallelism 1, one slot each) and a standby (docs/operations.md).
+DEFAULT_TASKMANAGERS = 2
 PROJECT_FLINK_CONF = REPO_ROOT / "flink-conf" / "config.yaml"
 JOB_SCRIPT = REPO_ROOT / "jobs" / "rendezvous_job.py"
 UDFS_DIR = REPO_ROOT / "udfs"
@@ -600,9 +602,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - argparse for eac
     p_up.add_argument(
         "--taskmanagers",
         type=int,
-        default=1,
-        help="TaskManagers to start (one slot each; those beyond the job's parallelism are standbys "
-        "that take the job over at once when a TaskManager dies; default 1)",
+        default=DEFAULT_TASKMANAGERS,
+        help="TaskManagers to start, one slot each (default %(default)s: the job's, and a standby that "
+        "takes the job over at once when that TaskManager dies)",
     )
     p_submit.add_argument("--policy", type=Path, required=True)
     p_submit.add_argument("--bootstrap", required=True)
