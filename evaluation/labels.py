@@ -2,7 +2,7 @@
 
 A label record (``schemas/label.schema.json``) is ``{request_id, label, labelled_at_ms}``; ``label`` is
 0/1 (or false/true) for classifiers or any finite number for value models. Labels are parsed like
-every other wire record (``udfs.wire``): a bad one becomes a ``DeadLetter`` with a reason code, never
+every other wire record (``udfs.wire_in``): a bad one becomes a ``DeadLetter`` with a reason code, never
 an exception, so a labels topic can feed a stream job later without a new error path.
 
 ``join_labels`` turns decision-log records (``schemas/decision.schema.json``) plus labels into one
@@ -22,7 +22,7 @@ import pandas as pd
 from runners.data import FEATURES, generate
 from udfs.feedback import LABEL_FIELDS, Label, parse_label  # the job parses labels the same way
 from udfs.names import TOPIC_LABELS
-from udfs.wire import DeadLetter, Source
+from udfs.wire_in import DeadLetter, Source
 
 __all__ = ["LABEL_FIELDS", "TOPIC_LABELS", "Label", "parse_label"]
 OFFICIAL = "official"  # the pseudo-model for the official answer in joined rows

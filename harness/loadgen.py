@@ -29,7 +29,7 @@ import numpy as np
 from ops import kafka_admin, kafka_client
 from ops.latency import LatencySummary, format_ms, format_summary, percentile, summarize
 from udfs.names import TOPIC_REQUESTS, TOPIC_SCORES
-from udfs.wire import MAX_DEADLINE_MS
+from udfs.wire_in import MAX_DEADLINE_MS
 
 Features = dict[str, Any]
 FeaturesFn = Callable[[Any], Features]  # (numpy Generator) -> features

@@ -233,9 +233,9 @@ JOB_PY_STAGES: tuple[Rule, ...] = tuple(
         ("on_timer", "udfs/flink_fn.py", "adapter: on_timer glue"),
         ("on_record", "udfs/rendezvous_logic.py", "adapter: process_element glue"),
         ("on_timer", "udfs/rendezvous_logic.py", "adapter: on_timer glue"),
-        ("parse_request", "udfs/wire.py", "parse (wire)"),
-        ("parse_score_or_tick", "udfs/wire.py", "parse (wire)"),
-        ("key_mismatch", "udfs/wire.py", "parse (wire)"),
+        ("parse_request", "udfs/wire_in.py", "parse (wire)"),
+        ("parse_score_or_tick", "udfs/wire_in.py", "parse (wire)"),
+        ("key_mismatch", "udfs/wire_in.py", "parse (wire)"),
         ("_load", "udfs/rendezvous_logic.py", "state read (value, from_json)"),
         ("on_request", "udfs/mailbox.py", "mailbox logic and policy"),
         ("on_score", "udfs/mailbox.py", "mailbox logic and policy"),
@@ -255,7 +255,7 @@ JOB_PY_STAGES: tuple[Rule, ...] = tuple(
         ("add", "udfs/rendezvous_logic.py", "metrics"),
         ("flush", "udfs/rendezvous_logic.py", "metrics"),
         ("process_element", "pyflink/datastream/data_stream.py", "key selector (AddKey)"),
-        ("routing_key", "udfs/wire.py", "key selector (AddKey)"),
+        ("routing_key", "udfs/wire_in.py", "key selector (AddKey)"),
     )
 )
 RUNNER_PY_STAGES: tuple[Rule, ...] = tuple(

@@ -48,7 +48,7 @@ from ops.flink_conf import FlinkConfError, read_conf
 from udfs import flink_compat, names
 from udfs import mailbox as mbx
 from udfs.policy import Policy, PolicyError, load_policy
-from udfs.wire import TOPIC_PATTERN
+from udfs.wire_in import TOPIC_PATTERN
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FLINK_CONF = REPO_ROOT / "flink-conf" / "config.yaml"

@@ -14,7 +14,7 @@ matches nothing here); string class labels give none either.
 A join entry lives in keyed state as versioned JSON and always has a timer: it is cleared ``ttl_ms``
 after it was opened, or after the match (kept that long to refuse a second delivery of the same
 decision or label: the decisions sink is at-least-once, and a label may be corrected later; only the
-first match counts). Parsing follows ``udfs.wire``: a bad record is a ``DeadLetter``, never an exception.
+first match counts). Parsing follows ``udfs.wire_in``: a bad record is a ``DeadLetter``, never an exception.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from udfs import names
-from udfs.wire import (
+from udfs.wire_in import (
     DeadLetter,
-    RewardEvent,
     Source,
     _Bad,
     _check_unknown,
@@ -37,6 +36,7 @@ from udfs.wire import (
     _request_id,
     _require,
 )
+from udfs.wire_out import RewardEvent
 
 LABEL_FIELDS = frozenset({"request_id", "label", "labelled_at_ms"})
 STATE_VERSION = 1

@@ -1,9 +1,9 @@
 """The thin Flink adapter: maps the pure mailbox onto keyed state, timers and side outputs.
 
 Everything that decides anything lives in ``udfs.rendezvous_logic`` (over ``udfs.mailbox`` /
-``udfs.policy`` / ``udfs.wire`` / ``udfs.feedback``); this module only moves data between it and
-PyFlink. Records crossing Java and Python are rows of plain strings and integers (no pickled project
-classes), so module renames never break state.
+``udfs.policy`` / ``udfs.wire_in`` / ``udfs.wire_out`` / ``udfs.feedback``); this module only moves
+data between it and PyFlink. Records crossing Java and Python are rows of plain strings and integers
+(no pickled project classes), so module renames never break state.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from udfs.rendezvous_logic import KIND_DECISION as KIND_DECISION  # re-exported:
 from udfs.rendezvous_logic import KIND_LABEL as KIND_LABEL
 from udfs.rendezvous_logic import SOURCE_REQUESTS as SOURCE_REQUESTS  # re-exported: the job's and tests' name
 from udfs.rendezvous_logic import SOURCE_SCORES as SOURCE_SCORES
-from udfs.wire import DeadLetter, Source
+from udfs.wire_in import DeadLetter, Source
+from udfs.wire_out import dead_letter_to_dict
 
 # What the mailbox's broadcast input carries: policy documents and reward events.
 KIND_POLICY = "policy"
@@ -143,7 +144,7 @@ class ParseFunction(ProcessFunction):
             now = _now_ms()
             self.counters.add(names.METRIC_DEAD_LETTERS, now)
             self.counters.add(names.dead_letter_metric(parsed.reason), now)
-            record = _value(parsed.to_dict(now))
+            record = _value(dead_letter_to_dict(parsed, now))
             yield DEAD_LETTERS, Row(mbx.DEAD_LETTER, parsed.request_id, record, self.dead_letters_topic)
             return
         yield Row(self.kind, parsed.request_id, _json(parsed.to_dict()), topic, partition, offset)

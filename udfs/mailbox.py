@@ -36,18 +36,16 @@ from typing import Any
 
 from udfs import bandit, fastjson, names
 from udfs.policy import Decided, Policy, ScoreView, decide
-from udfs.wire import (
-    RAW_PREFIX_CHARS,
+from udfs.wire_in import RAW_PREFIX_CHARS, Request, Score, Source, Tick, dead_letter
+from udfs.wire_out import (
     ArchiveRow,
     CanaryRecord,
     CanaryView,
     DecisionRecord,
-    Request,
     ResultRecord,
-    Score,
-    Source,
-    Tick,
-    dead_letter,
+    dead_letter_to_dict,
+    score_to_dict,
+    tick_to_dict,
 )
 
 # The state format this code writes, and the ones it reads (a savepoint of any of them restores: the
@@ -56,7 +54,7 @@ from udfs.wire import (
 # (TOMBSTONE_PREFIX), ~60 bytes instead of ~170: tombstones are most of the state a checkpoint writes.
 STATE_VERSION = 2
 READABLE_STATE_VERSIONS = (1, 2)
-TOMBSTONE_PREFIX = "t2,"  # never the start of JSON; request ids hold no comma (udfs/wire.py)
+TOMBSTONE_PREFIX = "t2,"  # never the start of JSON; request ids hold no comma (udfs/wire_in.py)
 # Scores a mailbox keeps beyond the first one of each policy model: duplicates and unknown models.
 MAX_EXTRA_SCORES = 16
 UNKNOWN_ROLE = "unknown"  # Policy.role_of for a model id the policy does not list
@@ -79,7 +77,7 @@ MAX_BUFFERED_TICKS = 16
 @dataclass(frozen=True)
 class Out:
     kind: str
-    record: Mapping[str, Any]  # the kind's record type in udfs.wire (ResultRecord, ...)
+    record: Mapping[str, Any]  # the kind's record type in udfs.wire_out (ResultRecord, ...)
     topic: str | None = None  # only for results: the request's return address
 
 
@@ -232,7 +230,7 @@ def on_request(
         detail = "a request with this id was already received; the first one is answered"
         dead = dead_letter(names.REASON_DUPLICATE_REQUEST, detail, source, raw, req.request_id)
         counts = [names.METRIC_DUPLICATES, names.METRIC_DUPLICATE_REQUESTS]
-        return Step(mb, [Out(DEAD_LETTER, dead.to_dict(now_ms))], counts)
+        return Step(mb, [Out(DEAD_LETTER, dead_letter_to_dict(dead, now_ms))], counts)
     opened = mb is None
     if mb is None:
         mb = Mailbox(req.request_id, now_ms)
@@ -303,7 +301,7 @@ def on_score(mb: Mailbox | None, score: Score, source: Source, policy: Policy, n
         mb = step.mailbox = Mailbox(score.request_id, now_ms)
         mb.wake_at_ms = now_ms + policy.orphan_timeout_ms
         step.counts.append(names.METRIC_MAILBOXES_OPENED)
-    entry = score.to_dict()
+    entry = score_to_dict(score)
     entry["arrived_at_ms"] = now_ms
     entry["role"] = role
     entry["duplicate"] = duplicate
@@ -325,8 +323,8 @@ def _refuse_score(
     mb: Mailbox, score: Score, source: Source, reason: str, detail: str, metrics: list[str], now_ms: int
 ) -> Step:
     """A score the mailbox does not keep: a dead letter; the mailbox is unchanged."""
-    dead = dead_letter(reason, detail, source, json.dumps(score.to_dict()), score.request_id)
-    return Step(mb, [Out(DEAD_LETTER, dead.to_dict(now_ms))], metrics)
+    dead = dead_letter(reason, detail, source, json.dumps(score_to_dict(score)), score.request_id)
+    return Step(mb, [Out(DEAD_LETTER, dead_letter_to_dict(dead, now_ms))], metrics)
 
 
 def on_tick(mb: Mailbox | None, tick: Tick, policy: Policy, now_ms: int) -> Step:
@@ -386,7 +384,7 @@ def _on_timer(mb: Mailbox, policy: Policy, now_ms: int, via_log: bool) -> Step:
     if via_log:
         assert mb.policy_version is not None
         tick = Tick(mb.request_id, mb.due_ms, mb.policy_version, now_ms)
-        step.outputs.append(Out(TICK, tick.to_dict()))
+        step.outputs.append(Out(TICK, tick_to_dict(tick)))
         step.counts.append(names.METRIC_TICKS_WRITTEN)
         mb.wake_at_ms = now_ms + TICK_RESEND_MS  # until it comes back (on_tick sets the next wake)
         return step
@@ -547,7 +545,7 @@ def _orphan_letters(mb: Mailbox, now_ms: int) -> list[Out]:
         dead = dead_letter(
             names.REASON_ORPHAN_SCORE, detail, Source(topic, partition, offset), raw, mb.request_id
         )
-        outs.append(Out(DEAD_LETTER, dead.to_dict(now_ms)))
+        outs.append(Out(DEAD_LETTER, dead_letter_to_dict(dead, now_ms)))
     return outs
 
 

@@ -212,7 +212,7 @@ def model_metric(model_id: str, metric: str) -> str:
 
 
 # --- Dead-letter reason codes (schemas/dead_letter.schema.json lists the same) ----------------------
-# Parsing (udfs/wire.py):
+# Parsing (udfs/wire_in.py):
 REASON_NULL_VALUE = "null_value"
 REASON_NOT_UTF8 = "not_utf8"
 REASON_NOT_JSON = "not_json"

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from udfs.wire import MAX_DEADLINE_MS, MODEL_ID_RE, check_output
+from udfs.wire_in import MAX_DEADLINE_MS, MODEL_ID_RE, check_output
 
 ROLES = ("incumbent", "challenger", "backstop", "canary", "shadow")
 OFFICIAL_ROLES = frozenset({"incumbent", "challenger", "backstop"})

@@ -30,9 +30,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from udfs import names, wire
+from udfs import names, wire_in
 from udfs.policy import Policy, PolicyError, parse_policy
-from udfs.wire import DeadLetterRecord, Source
+from udfs.wire_in import Source
+from udfs.wire_out import DeadLetterRecord, dead_letter_to_dict
 
 MAX_DOCUMENT_BYTES = 64 * 1024
 MAX_KEPT_VERSIONS = 16
@@ -198,8 +199,8 @@ def dead_letter(
     refused: Refused, raw: bytes | bytearray | str | None, source: Source, now_ms: int
 ) -> DeadLetterRecord:
     """The dead-letter record (``schemas/dead_letter.schema.json``) for a refused document: the document
-    as read (``udfs.wire.dead_letter``: its text cut, or base64 when it is not UTF-8), no request id."""
-    return wire.dead_letter(refused.reason, refused.detail, source, raw).to_dict(now_ms)
+    as read (``udfs.wire_in.dead_letter``: its text cut, or base64 when it is not UTF-8), no request id."""
+    return dead_letter_to_dict(wire_in.dead_letter(refused.reason, refused.detail, source, raw), now_ms)
 
 
 def state_key(version: int) -> str:

@@ -25,7 +25,17 @@ from udfs import mailbox as mbx
 from udfs.policy import BanditSpec, Policy
 from udfs.policy_registry import Accepted, PolicyRegistry, state_key, state_value
 from udfs.policy_registry import dead_letter as policy_dead_letter
-from udfs.wire import DeadLetter, Request, Source, Tick, key_mismatch, parse_request, parse_score_or_tick
+from udfs.wire_in import (
+    DeadLetter,
+    Request,
+    Source,
+    Tick,
+    dead_letter,
+    key_mismatch,
+    parse_request,
+    parse_score_or_tick,
+)
+from udfs.wire_out import dead_letter_to_dict
 
 # Which topic a Kafka record for the mailbox came from (a constant the Kafka source's query adds).
 SOURCE_REQUESTS = 0
@@ -73,6 +83,10 @@ class Topics:
     canary: str = names.TOPIC_CANARY
     decisions: str = names.TOPIC_DECISIONS
     dead_letters: str = names.TOPIC_DEAD_LETTERS
+    # Every return address must start with this ("": any topic name). On a secured broker the job may
+    # write only the results topics (names.RESULTS_PREFIX): a request naming another topic becomes a dead
+    # letter here instead of a write the broker refuses, which would fail the sink and restart the job.
+    results_prefix: str = ""
 
     def of_source(self, source: int) -> str:
         return self.requests if source == SOURCE_REQUESTS else self.scores
@@ -328,6 +342,12 @@ class RendezvousLogic:
         source = Source(self.topics.of_source(from_source), partition, offset)
         is_request = from_source == SOURCE_REQUESTS
         parsed = parse_request(data, source) if is_request else parse_score_or_tick(data, source)
+        if (
+            is_request
+            and isinstance(parsed, Request)
+            and not parsed.return_address.startswith(self.topics.results_prefix)
+        ):
+            parsed = self._outside_results(parsed, data, source)
         if not isinstance(parsed, DeadLetter):
             # decode only for what keeps the text: the archive (requests), a key mismatch (rare)
             text = bytes(data).decode("utf-8") if is_request or key != parsed.request_id else ""
@@ -356,11 +376,16 @@ class RendezvousLogic:
         row = self._row(
             mbx.DEAD_LETTER,
             parsed.request_id,
-            fastjson.dumps_bytes(parsed.to_dict(now)),
+            fastjson.dumps_bytes(dead_letter_to_dict(parsed, now)),
             self.topics.dead_letters,
         )
         counts = [names.METRIC_DEAD_LETTERS, names.dead_letter_metric(parsed.reason)]
         return Effects(None, False, None, None, [row], counts)
+
+    def _outside_results(self, request: Request, data: Any, source: Source) -> DeadLetter:
+        prefix = self.topics.results_prefix
+        detail = f"return_address must start with {prefix!r} (the results topics the job may write)"
+        return dead_letter(names.REASON_BAD_RETURN_ADDRESS, detail, source, bytes(data), request.request_id)
 
     def on_timer(self, request_id: str, now: int, read_state: Callable[[], str | None]) -> Effects | None:
         """The mailbox's timer ran out (``now``: not before the time it was set for); None: no mailbox."""

@@ -27,7 +27,7 @@ import pytest
 from ops import kafka_client
 from tests.e2e.conftest import Readers, RunningJob, request_record
 from udfs.mailbox import MAX_EXTRA_SCORES
-from udfs.wire import MAX_RECORD_BYTES
+from udfs.wire_in import MAX_RECORD_BYTES
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-"""udfs.wire.dead_letter: the one builder of a dead letter, and every part of the job that makes one.
+"""udfs.wire_in.dead_letter: the one builder of a dead letter, and every part of the job that makes one.
 
 Each part used to build its dead letters by hand (parsing, the mailbox, policy documents); the builder
 keeps the records they made. Its rules, asserted directly: the record has the schema's fields in the
@@ -26,7 +26,7 @@ from udfs.mailbox import DEAD_LETTER, on_request, on_score, on_timer
 from udfs.policy import load_policy
 from udfs.policy_registry import PolicyRegistry, Refused
 from udfs.policy_registry import dead_letter as policy_dead_letter
-from udfs.wire import (
+from udfs.wire_in import (
     MAX_RECORD_BYTES,
     RAW_PREFIX_CHARS,
     DeadLetter,
@@ -37,6 +37,7 @@ from udfs.wire import (
     parse_request,
     parse_score,
 )
+from udfs.wire_out import dead_letter_to_dict, score_to_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "schemas" / "dead_letter.schema.json").read_text())
@@ -109,7 +110,7 @@ def wire_bytes(record: dict[str, Any]) -> bytes:
 
 
 def test_the_record_has_exactly_the_schema_fields_in_their_order() -> None:
-    record = dead_letter("not_json", "not valid JSON", SRC, "{", "r-1").to_dict(AT)
+    record = dead_letter_to_dict(dead_letter("not_json", "not valid JSON", SRC, "{", "r-1"), AT)
     assert list(record) == SCHEMA["required"]
     assert set(record) == set(SCHEMA["properties"])
     assert VALIDATOR.is_valid(record)
@@ -136,7 +137,7 @@ sources = st.builds(
 @settings(max_examples=300, deadline=None)
 @given(texts, request_ids, sources)
 def test_text_is_cut_as_the_parser_and_the_mailbox_cut_it(text: str, rid: str | None, source: Source) -> None:
-    got = dead_letter("bad_field", "detail", source, text, rid).to_dict(AT)
+    got = dead_letter_to_dict(dead_letter("bad_field", "detail", source, text, rid), AT)
     assert_record(got, "bad_field", "detail", source, rid, AT)
     assert_text_kept(got, text)
 
@@ -144,10 +145,10 @@ def test_text_is_cut_as_the_parser_and_the_mailbox_cut_it(text: str, rid: str | 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=5000) | st.binary(min_size=3070, max_size=3075), sources)
 def test_bytes_are_decoded_or_base64_as_the_parser_did(data: bytes, source: Source) -> None:
-    got = dead_letter("not_utf8", "detail", source, data).to_dict(AT)
+    got = dead_letter_to_dict(dead_letter("not_utf8", "detail", source, data), AT)
     assert_record(got, "not_utf8", "detail", source, None, AT)
     assert_raw_kept(got, data)
-    assert dead_letter("not_utf8", "detail", source, bytearray(data)).to_dict(AT) == got
+    assert dead_letter_to_dict(dead_letter("not_utf8", "detail", source, bytearray(data)), AT) == got
 
 
 def test_bytes_that_are_not_utf8_keep_their_first_3072_bytes_in_base64() -> None:
@@ -202,7 +203,7 @@ def test_the_parser(data: bytes | str) -> None:
     for parse in (parse_request, parse_score):
         d = parse(data, SRC)
         assert isinstance(d, DeadLetter)
-        record = d.to_dict(AT)
+        record = dead_letter_to_dict(d, AT)
         assert_record(record, d.reason, d.detail, SRC, d.request_id, AT)
         assert_raw_kept(record, data)
         assert (d.reason == "not_utf8") is (record["raw_encoding"] == "base64")
@@ -244,7 +245,7 @@ def test_the_mailbox_refusing_a_score_after_close(error: str | None) -> None:
     [got] = _dead_letters(on_score(mb, score, src, DEFAULT, AT + 10_000).outputs)
     detail = "score from gbt arrived after the mailbox closed"
     assert_record(got, names.REASON_SCORE_AFTER_CLOSE, detail, src, "r-1", AT + 10_000)
-    assert_text_kept(got, json.dumps(score.to_dict()))
+    assert_text_kept(got, json.dumps(score_to_dict(score)))
 
 
 @pytest.mark.parametrize("error", [None, "boom", "é" * 1024])

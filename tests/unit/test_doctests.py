@@ -22,7 +22,8 @@ CORE = (
     "udfs.policy_registry",
     "udfs.rendezvous_logic",
     "udfs.testing",
-    "udfs.wire",
+    "udfs.wire_in",
+    "udfs.wire_out",
 )
 # Modules whose public functions carry examples (udfs.names holds names, not behaviour).
 WITH_EXAMPLES = set(CORE) - {"udfs.names"}

@@ -25,7 +25,8 @@ from evaluation.labels import (
     read_labels,
 )
 from runners.data import generate, truth_labels
-from udfs.wire import DeadLetter
+from udfs.wire_in import DeadLetter
+from udfs.wire_out import dead_letter_to_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 LABEL_SCHEMA = Draft202012Validator(json.loads((ROOT / "schemas" / "label.schema.json").read_text()))
@@ -81,7 +82,7 @@ def test_bad_labels_become_dead_letters(raw: str | bytes, reason: str, rid: str 
     dead = parse_label(raw)
     assert isinstance(dead, DeadLetter)
     assert (dead.reason, dead.request_id) == (reason, rid)
-    record = dead.to_dict(at_ms=7)
+    record = dead_letter_to_dict(dead, at_ms=7)
     assert DEAD_SCHEMA.is_valid(record), record  # a labels topic could feed the dead-letter topic as is
     assert record["source_topic"] == "labels"
 
@@ -105,7 +106,7 @@ ids = st.text(max_size=6) | st.from_regex(r"[A-Za-z0-9._:-]{1,10}", fullmatch=Tr
 def test_parser_agrees_with_the_schema(rid: str, value: Any, at: Any) -> None:
     """parse_label accepts exactly what label.schema.json accepts (for finite JSON).
 
-    Integral floats (1.0) are left out: JSON Schema calls them integers, the parser (like udfs.wire for
+    Integral floats (1.0) are left out: JSON Schema calls them integers, the parser (like udfs.wire_in for
     every timestamp) does not.
     """
     record = {"request_id": rid, "label": value, "labelled_at_ms": at}

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from udfs import feedback, names
-from udfs.wire import DeadLetter, Source
+from udfs.wire_in import DeadLetter, Source
 
 TTL = 1000
 SRC = Source("decisions", 0, 9)

@@ -46,7 +46,7 @@ from udfs.mailbox import (
     on_timer,
 )
 from udfs.policy import Decided, Policy, ScoreView, decide, load_policy, parse_policy
-from udfs.wire import Request, Score, Source, Tick
+from udfs.wire_in import Request, Score, Source, Tick
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = load_policy(ROOT / "policies" / "default.yaml")

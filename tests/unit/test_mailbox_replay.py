@@ -25,7 +25,7 @@ from tests.unit.test_mailbox import make_request, make_score, policies, policy_w
 from udfs import names
 from udfs.mailbox import DEAD_LETTER, RESULT, TICK, Mailbox, Step, on_request, on_score, on_tick, on_timer
 from udfs.policy import Policy
-from udfs.wire import Score, Source, Tick
+from udfs.wire_in import Score, Source, Tick
 
 ANSWER = ("model_id", "model_version", "output", "reason", "trigger", "policy_version")
 

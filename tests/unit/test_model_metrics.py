@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from udfs import mailbox as mbx
 from udfs import model_metrics, names
 from udfs.policy import parse_policy
-from udfs.wire import Request, Score, Source
+from udfs.wire_in import Request, Score, Source
 
 POLICY = parse_policy(
     {

@@ -24,7 +24,7 @@ from udfs.policy_registry import (
     read_state_value,
     state_value,
 )
-from udfs.wire import Source
+from udfs.wire_in import Source
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 

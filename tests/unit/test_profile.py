@@ -67,7 +67,7 @@ def test_the_innermost_known_frame_names_the_stage() -> None:
 
     glue = "MailboxFunction.process_element (udfs/flink_fn.py:491)"
     assert stage(glue) == "adapter: process_element glue"
-    assert stage(glue, "parse_score_or_tick (udfs/wire.py:300)") == "parse (wire)"
+    assert stage(glue, "parse_score_or_tick (udfs/wire_in.py:300)") == "parse (wire)"
     assert stage(
         glue, "MailboxFunction._on_record (udfs/flink_fn.py:513)", "on_score (udfs/mailbox.py:237)"
     ) == ("mailbox logic and policy")

@@ -15,11 +15,11 @@ from jsonschema import Draft202012Validator
 
 from harness.loadgen import build_request
 from ops.policy_cli import document as policy_document
-from udfs import fastjson, mailbox, wire
+from udfs import fastjson, mailbox, wire_out
 from udfs.feedback import Answers, Label, on_answers, on_label, parse_decision, parse_label
 from udfs.policy import PolicyError, load_policy, parse_policy
 from udfs.policy_registry import Accepted, PolicyRegistry
-from udfs.wire import Request, Score, Source
+from udfs.wire_in import Request, Score, Source, Tick
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 NAMES = (
@@ -118,16 +118,16 @@ def test_shared_definitions_do_not_drift() -> None:
     assert load("decision")["$defs"]["result"] == body
 
 
-# --- the types of the records the job writes (udfs/wire.py) ------------------------------------------
+# --- the types of the records the job writes (udfs/wire_out.py) --------------------------------------
 
 RECORD_TYPES: dict[str, Any] = {
-    "tick": wire.TickRecord,
-    "dead_letter": wire.DeadLetterRecord,
-    "result": wire.ResultRecord,
-    "canary": wire.CanaryRecord,
-    "decision": wire.DecisionRecord,
-    "archive_row": wire.ArchiveRow,
-    "reward": wire.RewardEvent,
+    "tick": wire_out.TickRecord,
+    "dead_letter": wire_out.DeadLetterRecord,
+    "result": wire_out.ResultRecord,
+    "canary": wire_out.CanaryRecord,
+    "decision": wire_out.DecisionRecord,
+    "archive_row": wire_out.ArchiveRow,
+    "reward": wire_out.RewardEvent,
 }
 
 
@@ -141,9 +141,9 @@ def test_each_record_the_job_writes_is_typed_once_with_the_schema_fields(name: s
 
 def test_the_canary_record_views_are_typed_with_the_schema_fields() -> None:
     props = load("canary")["properties"]
-    assert list(wire.OfficialView.__annotations__) == props["official"]["required"]
+    assert list(wire_out.OfficialView.__annotations__) == props["official"]["required"]
     [view] = [v for v in props["canary"]["anyOf"] if v.get("type") == "object"]
-    assert list(wire.CanaryView.__annotations__) == view["required"]
+    assert list(wire_out.CanaryView.__annotations__) == view["required"]
 
 
 def test_the_records_the_mailbox_writes_have_the_fields_of_their_type_in_order() -> None:
@@ -173,8 +173,8 @@ def test_the_records_the_mailbox_writes_have_the_fields_of_their_type_in_order()
         name = kinds[out.kind]
         assert list(out.record) == list(RECORD_TYPES[name].__annotations__), name
         ok(name, out.record)
-    tick = wire.Tick("r-1", 40, 1, 9).to_dict()
-    assert list(tick) == list(wire.TickRecord.__annotations__)
+    tick = wire_out.tick_to_dict(Tick("r-1", 40, 1, 9))
+    assert list(tick) == list(wire_out.TickRecord.__annotations__)
     ok("tick", tick)
 
 
@@ -308,19 +308,19 @@ TICK = {"request_id": "r-1", "tick_due_ms": 40, "policy_version": 3, "written_at
 
 
 def test_tick_valid_examples_and_the_parser_agrees() -> None:
-    from udfs.wire import Source, Tick, parse_score_or_tick
+    from udfs.wire_in import Source, Tick, parse_score_or_tick
 
     for tick in (TICK, {**TICK, "tick_due_ms": 0}, {**TICK, "tick_due_ms": 600_000}):
         ok("tick", tick)
         parsed = parse_score_or_tick(json.dumps(tick).encode(), Source("scores", 0, 1))
-        assert isinstance(parsed, Tick) and parsed.to_dict() == tick
+        assert isinstance(parsed, Tick) and wire_out.tick_to_dict(parsed) == tick
     # A score is still a score on the same topic.
     assert parse_score_or_tick(json.dumps(SCORE_OK).encode(), Source("scores", 0, 2)).request_id == "r-1"
 
 
 def test_the_schemas_bound_deadlines_and_ticks_as_the_parsers_do() -> None:
-    """One bound, udfs.wire.MAX_DEADLINE_MS, for a request's deadline, a policy's and a tick's due time."""
-    from udfs.wire import MAX_DEADLINE_MS
+    """One bound, udfs.wire_in.MAX_DEADLINE_MS, for a request's deadline, a policy's and a tick's due time."""
+    from udfs.wire_in import MAX_DEADLINE_MS
 
     assert load("request")["properties"]["deadline_ms"]["maximum"] == MAX_DEADLINE_MS
     assert load("tick")["properties"]["tick_due_ms"]["maximum"] == MAX_DEADLINE_MS
@@ -339,7 +339,7 @@ def test_the_schemas_bound_deadlines_and_ticks_as_the_parsers_do() -> None:
     ],
 )
 def test_tick_invalid_examples_are_dead_letters_too(instance: Any) -> None:
-    from udfs.wire import DeadLetter, Source, parse_score_or_tick
+    from udfs.wire_in import DeadLetter, Source, parse_score_or_tick
 
     bad("tick", instance)
     assert isinstance(parse_score_or_tick(json.dumps(instance).encode(), Source("scores", 0, 3)), DeadLetter)
@@ -884,7 +884,7 @@ def test_reward_events_the_label_join_makes_validate() -> None:
     for label in (0, 1, True, False):
         for decision in (DECISION, {**DECISION, "policy_version": None}, ORPHAN):
             for event in _reward_events(decision, label):
-                assert list(event) == list(wire.RewardEvent.__annotations__)
+                assert list(event) == list(wire_out.RewardEvent.__annotations__)
                 ok("reward", event)
                 ok("reward", json.loads(fastjson.dumps_bytes(event)))  # as it travels
 

@@ -1,4 +1,4 @@
-"""udfs.wire: every record parses to a record or a DeadLetter with a known reason; never an exception.
+"""udfs.wire_in: every record parses to a record or a DeadLetter with a known reason; never an exception.
 
 The JSON Schema files in schemas/ are the contract; parsed records and dead letters must validate.
 """
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from udfs import names
-from udfs.wire import (
+from udfs.wire_in import (
     MAX_ERROR_CHARS,
     MAX_RECORD_BYTES,
     RAW_PREFIX_CHARS,
@@ -31,8 +31,8 @@ from udfs.wire import (
     parse_request,
     parse_score,
     parse_score_or_tick,
-    request_to_dict,
 )
+from udfs.wire_out import dead_letter_to_dict, request_to_dict, score_to_dict, tick_to_dict
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 REASONS = set(names.PARSE_REASONS)
@@ -131,7 +131,7 @@ def test_valid_ok_score_parses() -> None:
         "req-1", "gbt", "2024-01-01.3", "ok", {"label": 1, "probability": 0.9}, None, 1_700_000_000_010, 3.25
     )
     assert isinstance(s, Score) and s.ok
-    assert_valid("score", s.to_dict())
+    assert_valid("score", score_to_dict(s))
 
 
 def test_ok_score_drops_an_error_text() -> None:
@@ -145,14 +145,14 @@ def test_error_score_parses_with_null_or_absent_output(output: dict[str, Any]) -
     s = parse_score(enc(d), SRC_SCORE)
     assert isinstance(s, Score)
     assert (s.ok, s.output, s.error) == (False, None, "model timed out")
-    assert_valid("score", s.to_dict())
+    assert_valid("score", score_to_dict(s))
 
 
 def test_error_text_is_cut_to_the_limit() -> None:
     d = without(good_score(status="error", error="e" * 5000), "output")
     s = parse_score(enc(d), SRC_SCORE)
     assert isinstance(s, Score) and s.error == "e" * MAX_ERROR_CHARS
-    assert_valid("score", s.to_dict())
+    assert_valid("score", score_to_dict(s))
 
 
 @pytest.mark.parametrize(
@@ -170,7 +170,7 @@ def test_error_text_is_cut_to_the_limit() -> None:
 def test_every_output_shape_is_accepted(output: dict[str, Any]) -> None:
     s = parse_score(enc(good_score(output=output)), SRC_SCORE)
     assert isinstance(s, Score) and s.output == output
-    assert_valid("score", s.to_dict())
+    assert_valid("score", score_to_dict(s))
 
 
 def test_integer_latency_becomes_float() -> None:
@@ -252,7 +252,7 @@ def test_bad_request_dead_letter(data: bytes, reason: str, rid: str | None) -> N
     d = dead(parse_request(data, SRC_REQ), reason)
     assert d.request_id == rid
     assert d.detail
-    out = d.to_dict(AT)
+    out = dead_letter_to_dict(d, AT)
     assert (out["source_topic"], out["partition"], out["offset"], out["at_ms"]) == ("requests", 3, 1234, AT)
     assert (out["reason"], out["request_id"]) == (reason, rid)
     if reason != "not_utf8":
@@ -341,7 +341,7 @@ SCORE_CASES: list[tuple[str, bytes, str, str | None]] = [
 def test_bad_score_dead_letter(data: bytes, reason: str, rid: str | None) -> None:
     d = dead(parse_score(data, SRC_SCORE), reason)
     assert d.request_id == rid
-    out = d.to_dict(AT)
+    out = dead_letter_to_dict(d, AT)
     assert (out["source_topic"], out["partition"], out["offset"]) == ("scores", 0, 7)
     assert out["reason"] == reason
     assert_valid("dead_letter", out)
@@ -356,7 +356,7 @@ def test_every_reason_code_is_reachable() -> None:
 def test_a_record_without_a_value_is_a_dead_letter(parse: Any) -> None:
     # A Kafka tombstone (null value) reaches the parser as None through Flink's raw format.
     d = dead(parse(None, SRC_REQ), "null_value")
-    out = d.to_dict(AT)
+    out = dead_letter_to_dict(d, AT)
     assert (out["raw"], out["raw_truncated"], out["request_id"], out["offset"]) == ("", False, None, 1234)
     assert_valid("dead_letter", out)
 
@@ -367,7 +367,7 @@ def test_the_schema_lists_exactly_the_reason_codes_in_names() -> None:
 
 
 def test_source_without_partition_and_offset() -> None:
-    out = dead(parse_request(b"{}", Source("requests")), "missing_field").to_dict(5)
+    out = dead_letter_to_dict(dead(parse_request(b"{}", Source("requests")), "missing_field"), 5)
     assert (out["source_topic"], out["partition"], out["offset"], out["at_ms"]) == ("requests", None, None, 5)
     assert_valid("dead_letter", out)
 
@@ -403,7 +403,7 @@ def test_not_utf8_raw_is_base64_of_a_prefix() -> None:
     assert data.startswith(decoded) and len(decoded) == RAW_PREFIX_CHARS * 3 // 4
     small = dead(parse_score(b"\x80abc", SRC_SCORE), "not_utf8")
     assert (base64.b64decode(small.raw), small.raw_truncated) == (b"\x80abc", False)
-    assert_valid("dead_letter", d.to_dict(AT))
+    assert_valid("dead_letter", dead_letter_to_dict(d, AT))
 
 
 # --- properties -------------------------------------------------------------------------------------------
@@ -527,12 +527,12 @@ def check_parse_result(parsed: object, kind: type, schema: str) -> None:
     if isinstance(parsed, DeadLetter):
         assert parsed.reason in REASONS
         assert len(parsed.raw) <= RAW_PREFIX_CHARS
-        assert_valid("dead_letter", parsed.to_dict(AT))
+        assert_valid("dead_letter", dead_letter_to_dict(parsed, AT))
     elif isinstance(parsed, Request):
         assert_valid(schema, request_to_dict(parsed))
     else:
         assert isinstance(parsed, Score)
-        assert_valid(schema, parsed.to_dict())
+        assert_valid(schema, score_to_dict(parsed))
 
 
 @FAST
@@ -565,7 +565,7 @@ def test_valid_scores_round_trip(d: dict[str, Any]) -> None:
     assert_valid("score", d)
     s = parse_score(enc(d), SRC_SCORE)
     assert isinstance(s, Score), s
-    assert s.to_dict() == {"output": None, "error": None} | d | {"latency_ms": float(d["latency_ms"])}
+    assert score_to_dict(s) == {"output": None, "error": None} | d | {"latency_ms": float(d["latency_ms"])}
 
 
 valid_ticks = st.fixed_dictionaries(
@@ -585,7 +585,7 @@ def test_ticks_round_trip_and_the_parser_agrees_with_the_schema(
 ) -> None:
     assert_valid("tick", d)
     t = parse_score_or_tick(enc(d), SRC_SCORE)
-    assert isinstance(t, Tick) and t.to_dict() == d
+    assert isinstance(t, Tick) and tick_to_dict(t) == d
     damaged = d | {key: wrong}
     if _not_plain_json(wrong):
         return  # not JSON at all: the garbage tests cover it
@@ -666,7 +666,7 @@ def test_score_schema_refuses_unknown_fields_like_the_parser() -> None:
     assert schema_errors("score", d)
 
 
-# --- the fast paths (udfs.wire._score_fast, _request_fast) agree with every rule -------------------
+# --- the fast paths (udfs.wire_in._score_fast, _request_fast) agree with every rule ----------------
 
 # Values near every rule's edge, of every JSON type (and the Python types json.loads can give).
 _edgy = st.one_of(
@@ -686,7 +686,7 @@ _edgy = st.one_of(
 
 
 def _checked(build: Any, obj: dict[str, Any]) -> Any:
-    from udfs.wire import _Bad
+    from udfs.wire_in import _Bad
 
     try:
         return build(obj)
@@ -715,7 +715,7 @@ def _checked(build: Any, obj: dict[str, Any]) -> Any:
 def test_the_fast_score_path_accepts_only_what_every_rule_accepts_and_builds_the_same(
     base: dict[str, Any], changes: dict[str, Any], drop: set[str], output: dict[str, Any] | None
 ) -> None:
-    from udfs.wire import _score_checked, _score_fast
+    from udfs.wire_in import _score_checked, _score_fast
 
     obj = {k: v for k, v in {**base, "output": output or base["output"], **changes}.items() if k not in drop}
     fast = _score_fast(obj)
@@ -732,7 +732,7 @@ def test_the_fast_score_path_accepts_only_what_every_rule_accepts_and_builds_the
 def test_the_fast_request_path_accepts_only_what_every_rule_accepts_and_builds_the_same(
     changes: dict[str, Any], drop: set[str], features: dict[str, Any]
 ) -> None:
-    from udfs.wire import _request_checked, _request_fast
+    from udfs.wire_in import _request_checked, _request_fast
 
     base = {"request_id": "r1", "return_address": "results", "sent_at_ms": 1, "features": features}
     obj = {k: v for k, v in {**base, **changes}.items() if k not in drop}
@@ -742,7 +742,7 @@ def test_the_fast_request_path_accepts_only_what_every_rule_accepts_and_builds_t
 
 
 def test_well_formed_records_take_the_fast_paths() -> None:
-    from udfs.wire import _request_fast, _score_fast
+    from udfs.wire_in import _request_fast, _score_fast
 
     score = {
         "request_id": "r1", "model_id": "gbt", "model_version": "v1", "status": "ok",

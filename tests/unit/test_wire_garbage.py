@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from tests.unit.test_wire import assert_valid, json_values, valid_requests, valid_scores
 from udfs import names
-from udfs.wire import (
+from udfs.wire_in import (
     MAX_RECORD_BYTES,
     RAW_PREFIX_CHARS,
     REQUEST_ID_RE,
@@ -31,8 +31,8 @@ from udfs.wire import (
     parse_request,
     parse_score,
     parse_score_or_tick,
-    request_to_dict,
 )
+from udfs.wire_out import dead_letter_to_dict, request_to_dict, score_to_dict, tick_to_dict
 
 AT = 1_700_000_000_000
 GARBAGE = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -52,13 +52,13 @@ def check(parsed: object, data: bytes | str | None, source: Source) -> None:
         assert_valid("request", request_to_dict(parsed))
         return
     if isinstance(parsed, Score):
-        assert_valid("score", parsed.to_dict())
+        assert_valid("score", score_to_dict(parsed))
         return
     if isinstance(parsed, Tick):
-        assert_valid("tick", parsed.to_dict())
+        assert_valid("tick", tick_to_dict(parsed))
         return
     assert isinstance(parsed, DeadLetter), type(parsed)
-    out = parsed.to_dict(AT)
+    out = dead_letter_to_dict(parsed, AT)
     assert_valid("dead_letter", out)
     assert parsed.reason in names.PARSE_REASONS
     assert parsed.detail  # a human-readable reason, always

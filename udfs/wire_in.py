@@ -1,22 +1,16 @@
-"""The wire formats the job reads and writes (see schemas/). Pure Python, no pyflink.
+"""What the job reads (see schemas/): one class per record, and the parsers. Pure Python, no pyflink.
 
-Three sections: the records read (one class per format: request, score, tick), inbound (parsing:
-bytes from a topic -> a record, or a ``DeadLetter``), outbound (the type of every record the job
-writes, one ``TypedDict`` per schema file with its fields in its order; the encoders; and
-``dead_letter``, the one builder of a dead letter for every part of the job). The records written are
-built where they are decided (``udfs.mailbox``, ``udfs.feedback``); labels are parsed in
+Bad input is data: every parse returns either a record (``Request``, ``Score``, ``Tick``) or a
+``DeadLetter`` with a reason code, never raises; the rules mirror the JSON Schema files in ``schemas/``,
+and tests hold the two together. A dead letter is what a parse gives back, so ``dead_letter``, the one
+builder of one for every part of the job, is here too. What the job writes (the type of every record,
+the encoders) is ``udfs.wire_out``, which imports this module, never the reverse. Labels are parsed in
 ``udfs.feedback`` and policy documents in ``udfs.policy``, with the rules of this module.
-schemas/README.md lists every file and who writes it.
-
-Bad input is data: every parse returns either a record or a ``DeadLetter`` with a reason code,
-never raises. The rules mirror the JSON Schema files in ``schemas/``; tests hold the two together.
 
 >>> req = parse_request(b'{"request_id":"r-1","return_address":"results","sent_at_ms":5,"features":{}}',
 ...                     Source("requests", 0, 7))
 >>> req.request_id, req.return_address, req.deadline_ms
 ('r-1', 'results', None)
->>> request_to_dict(req)
-{'request_id': 'r-1', 'return_address': 'results', 'sent_at_ms': 5, 'features': {}}
 >>> bad = parse_request(b'{"request_id":"r-1"}', Source("requests", 0, 8))
 >>> bad.reason, bad.detail, bad.request_id
 ('missing_field', "missing field 'return_address'", 'r-1')
@@ -30,7 +24,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypedDict, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -103,18 +97,6 @@ class Score:
     def ok(self) -> bool:
         return self.status == "ok"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "request_id": self.request_id,
-            "model_id": self.model_id,
-            "model_version": self.model_version,
-            "status": self.status,
-            "output": self.output,
-            "error": self.error,
-            "scored_at_ms": self.scored_at_ms,
-            "latency_ms": self.latency_ms,
-        }
-
 
 @dataclass(frozen=True)
 class Tick:
@@ -131,23 +113,17 @@ class Tick:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Tick:
-        """A tick from ``to_dict``'s output, already validated (``tick_from_obj`` validates)."""
+        """A tick from ``udfs.wire_out.tick_to_dict``'s output, already validated (``tick_from_obj``
+        validates)."""
         return cls(d["request_id"], d["tick_due_ms"], d["policy_version"], d["written_at_ms"])
-
-    def to_dict(self) -> TickRecord:
-        return {
-            "request_id": self.request_id,
-            "tick_due_ms": self.due_ms,
-            "policy_version": self.policy_version,
-            "written_at_ms": self.written_at_ms,
-        }
 
 
 @dataclass(frozen=True)
 class DeadLetter:
     """A record the job cannot use (schemas/dead_letter.schema.json), written to the dead-letters topic.
 
-    Made by ``dead_letter`` (which cuts or encodes ``raw``); ``to_dict`` is the record as it travels.
+    Made by ``dead_letter`` (which cuts or encodes ``raw``); ``udfs.wire_out.dead_letter_to_dict`` is the
+    record as it travels.
     """
 
     reason: str
@@ -159,22 +135,65 @@ class DeadLetter:
     request_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self, at_ms: int) -> DeadLetterRecord:
-        return {
-            "reason": self.reason,
-            "detail": self.detail,
-            "source_topic": self.source.topic,
-            "partition": self.source.partition,
-            "offset": self.source.offset,
-            "request_id": self.request_id,
-            "raw": self.raw,
-            "raw_truncated": self.raw_truncated,
-            "raw_encoding": self.raw_encoding,
-            "at_ms": at_ms,
-        }
+
+# --- Dead letters: the one builder (parsing, the mailbox, policy documents, the label join) ---------
 
 
-# --- Inbound: parsing (bytes from a topic -> a record, or a DeadLetter) -----------------------------
+def dead_letter(
+    reason: str,
+    detail: str,
+    source: Source,
+    raw: str | bytes | bytearray | None,
+    request_id: str | None = None,
+) -> DeadLetter:
+    """The one builder of a dead letter (parsing, the mailbox, policy documents, the label join).
+
+    ``raw`` is the record as it was read: its text, its bytes, or None for a record without a value.
+    The dead letter keeps the first ``RAW_PREFIX_CHARS`` characters of the text (of the bytes decoded
+    as UTF-8), or, for bytes that are not UTF-8, base64 of their first ``RAW_PREFIX_CHARS * 3 // 4``
+    bytes; ``raw_truncated`` says whether anything was cut. Only bad records come here: no hot path.
+
+    >>> d = dead_letter("not_json", "not valid JSON", Source("requests", 0, 7), '{"request_id": "r-1"')
+    >>> d.reason, d.raw, d.raw_truncated, d.raw_encoding, d.request_id
+    ('not_json', '{"request_id": "r-1"', False, 'utf-8', None)
+    >>> d = dead_letter("not_utf8", "not UTF-8", Source("scores"), b"\\xff\\xfe{}")
+    >>> d.raw, d.raw_encoding, d.raw_truncated
+    ('//57fQ==', 'base64', False)
+    >>> d = dead_letter("too_large", "too large", Source("scores"), "x" * 5000, request_id="r-1")
+    >>> len(d.raw), d.raw_truncated, d.request_id
+    (4096, True, 'r-1')
+    >>> dead_letter("null_value", "no value", Source("requests"), None).raw
+    ''
+    """
+    if raw is None:
+        return DeadLetter(reason, detail, source, "", request_id=request_id)
+    if isinstance(raw, str):
+        text = raw
+    else:
+        try:
+            text = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            prefix = bytes(raw[: RAW_PREFIX_CHARS * 3 // 4])
+            return DeadLetter(
+                reason,
+                detail,
+                source,
+                base64.b64encode(prefix).decode("ascii"),
+                raw_truncated=len(prefix) < len(raw),
+                raw_encoding="base64",
+                request_id=request_id,
+            )
+    return DeadLetter(
+        reason,
+        detail,
+        source,
+        text[:RAW_PREFIX_CHARS],
+        raw_truncated=len(text) > RAW_PREFIX_CHARS,
+        request_id=request_id,
+    )
+
+
+# --- Parsing (bytes from a topic -> a record, or a DeadLetter) --------------------------------------
 
 
 class _Bad(ValueError):
@@ -382,7 +401,7 @@ def parse_score_or_tick(data: bytes | str | None, source: Source) -> Score | Tic
     Tick(request_id='r-1', due_ms=40, policy_version=1, written_at_ms=9)
     >>> s = parse_score_or_tick(b'{"request_id":"r-1","model_id":"gbt","model_version":"3","status":"ok",'
     ...                         b'"output":{"label":1},"scored_at_ms":5,"latency_ms":2}', Source("scores", 0, 2))
-    >>> s.ok, s.output, s.latency_ms, s.to_dict()["error"]
+    >>> s.ok, s.output, s.latency_ms, s.error
     (True, {'label': 1}, 2.0, None)
     """
     return _parse(data, source, score_or_tick_from_obj)
@@ -532,187 +551,3 @@ def check_output(output: Any) -> dict[str, Any]:
     if v is not None and not _is_number(v):
         raise _Bad("bad_output", "output.value must be a finite number")
     return dict(output)
-
-
-# --- Outbound: encoding (a record -> what goes on a topic) ------------------------------------------
-# Every record the job writes, typed once: the keys and their order are the schema file's (``required``,
-# which lists every property; tests/unit/test_schemas.py holds the two together). Types only: the
-# records are plain dicts, built where they are decided (udfs/mailbox.py, udfs/feedback.py).
-
-
-class TickRecord(TypedDict):
-    """schemas/tick.schema.json (topic scores): ``Tick.to_dict``."""
-
-    request_id: str
-    tick_due_ms: int
-    policy_version: int
-    written_at_ms: int
-
-
-class DeadLetterRecord(TypedDict):
-    """schemas/dead_letter.schema.json (topic dead-letters): ``DeadLetter.to_dict``."""
-
-    reason: str
-    detail: str
-    source_topic: str
-    partition: int | None
-    offset: int | None
-    request_id: str | None
-    raw: str
-    raw_truncated: bool
-    raw_encoding: str  # "utf-8" | "base64"
-    at_ms: int
-
-
-class ResultRecord(TypedDict):
-    """schemas/result.schema.json (topic: the request's return address): ``udfs.mailbox._result``."""
-
-    request_id: str
-    model_id: str | None
-    model_version: str | None
-    output: Any  # an output object, or on_no_answer's output (null too)
-    reason: str  # preferred | fallback | backstop | ensemble | no_answer
-    trigger: str  # score | wait_timer | deadline | all_failed
-    policy_version: int
-    sent_at_ms: int | None
-    received_at_ms: int
-    decided_at_ms: int
-    latency_ms: int
-    answered: list[str]
-    failed: list[str]
-
-
-class OfficialView(TypedDict):
-    """A canary record's ``official``: what the result said."""
-
-    model_id: str | None
-    model_version: str | None
-    output: Any
-    reason: str
-
-
-class CanaryView(TypedDict):
-    """A canary record's ``canary``: the canary model's first score."""
-
-    model_id: str
-    model_version: str
-    status: str
-    output: dict[str, Any] | None
-    arrived_at_ms: int
-
-
-class CanaryRecord(TypedDict):
-    """schemas/canary.schema.json (topic canary): ``udfs.mailbox._canary_record``."""
-
-    request_id: str
-    policy_version: int | None
-    decided_at_ms: int
-    official: OfficialView
-    canary: CanaryView | None
-    agree: bool | None
-
-
-class DecisionRecord(TypedDict):
-    """schemas/decision.schema.json (topic decisions): ``udfs.mailbox._decision_record``."""
-
-    request_id: str
-    policy_version: int | None
-    received_at_ms: int | None
-    decided_at_ms: int | None
-    closed_at_ms: int
-    result: ResultRecord | None
-    scores: list[dict[str, Any]]  # each: schemas/decision.schema.json $defs
-
-
-class ArchiveRow(TypedDict):
-    """schemas/archive_row.schema.json (the decoy archive's files): ``udfs.mailbox._archive_row``."""
-
-    request_id: str
-    received_at_ms: int
-    sent_at_ms: int
-    return_address: str
-    source_topic: str
-    partition: int | None
-    offset: int | None
-    features: str  # the features object as JSON text
-    raw: str
-
-
-class RewardEvent(TypedDict):
-    """schemas/reward.schema.json (inside the job: label join -> mailbox): ``udfs.feedback._match``."""
-
-    request_id: str
-    policy_version: int | None
-    labelled_at_ms: int
-    rewards: dict[str, float]
-
-
-def dead_letter(
-    reason: str,
-    detail: str,
-    source: Source,
-    raw: str | bytes | bytearray | None,
-    request_id: str | None = None,
-) -> DeadLetter:
-    """The one builder of a dead letter (parsing, the mailbox, policy documents, the label join).
-
-    ``raw`` is the record as it was read: its text, its bytes, or None for a record without a value.
-    The dead letter keeps the first ``RAW_PREFIX_CHARS`` characters of the text (of the bytes decoded
-    as UTF-8), or, for bytes that are not UTF-8, base64 of their first ``RAW_PREFIX_CHARS * 3 // 4``
-    bytes; ``raw_truncated`` says whether anything was cut. Only bad records come here: no hot path.
-
-    >>> d = dead_letter("not_json", "not valid JSON", Source("requests", 0, 7), '{"request_id": "r-1"')
-    >>> d.to_dict(at_ms=1_700_000_000_000)  # doctest: +NORMALIZE_WHITESPACE
-    {'reason': 'not_json', 'detail': 'not valid JSON', 'source_topic': 'requests', 'partition': 0,
-     'offset': 7, 'request_id': None, 'raw': '{"request_id": "r-1"', 'raw_truncated': False,
-     'raw_encoding': 'utf-8', 'at_ms': 1700000000000}
-    >>> d = dead_letter("not_utf8", "not UTF-8", Source("scores"), b"\\xff\\xfe{}")
-    >>> d.raw, d.raw_encoding, d.raw_truncated
-    ('//57fQ==', 'base64', False)
-    >>> d = dead_letter("too_large", "too large", Source("scores"), "x" * 5000, request_id="r-1")
-    >>> len(d.raw), d.raw_truncated, d.request_id
-    (4096, True, 'r-1')
-    >>> dead_letter("null_value", "no value", Source("requests"), None).raw
-    ''
-    """
-    if raw is None:
-        return DeadLetter(reason, detail, source, "", request_id=request_id)
-    if isinstance(raw, str):
-        text = raw
-    else:
-        try:
-            text = bytes(raw).decode("utf-8")
-        except UnicodeDecodeError:
-            prefix = bytes(raw[: RAW_PREFIX_CHARS * 3 // 4])
-            return DeadLetter(
-                reason,
-                detail,
-                source,
-                base64.b64encode(prefix).decode("ascii"),
-                raw_truncated=len(prefix) < len(raw),
-                raw_encoding="base64",
-                request_id=request_id,
-            )
-    return DeadLetter(
-        reason,
-        detail,
-        source,
-        text[:RAW_PREFIX_CHARS],
-        raw_truncated=len(text) > RAW_PREFIX_CHARS,
-        request_id=request_id,
-    )
-
-
-def request_to_dict(req: Request) -> dict[str, Any]:
-    """A request as it travels on the requests topic (the fields it has; no nulls)."""
-    d: dict[str, Any] = {
-        "request_id": req.request_id,
-        "return_address": req.return_address,
-        "sent_at_ms": req.sent_at_ms,
-        "features": req.features,
-    }
-    if req.deadline_ms is not None:
-        d["deadline_ms"] = req.deadline_ms
-    if req.routing_key is not None:
-        d["routing_key"] = req.routing_key
-    return d
