@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make setup   - virtualenv + pinned Python deps + Kafka broker and Flink connector jars (idempotent)"
-	@echo "make demo    - broker, models, runners, rendezvous job, load; prints a summary; stops everything"
+	@echo "make demo    - broker, models, runners, rendezvous job, load; prints a summary; stops everything (SECURE=1: SASL/SCRAM + ACLs)"
 	@echo "make test    - the whole test suite (unit, mini cluster, end-to-end on a real broker)"
 	@echo "make lint    - ruff + mypy"
 	@echo "make bench   - Kafka floor, job alone, whole stack on a rate ladder (first_in_order vs wait-for-all) -> var/bench/"
@@ -45,8 +45,9 @@ $(JARS)/.fetched: deps/pom.xml deps/kafka-sink-context/pom.xml $(shell find deps
 	mvn --batch-mode --quiet -f deps/pom.xml package
 	@touch $@
 
+# SECURE=1: the broker with SASL/SCRAM and ACLs, every process as its role (docs/operations.md#security).
 demo: setup
-	$(PY) -m harness.demo
+	$(PY) -m harness.demo $(if $(SECURE),--secure)
 
 # Long fault scenarios (marker `slow`) are left to `make faults` / `make test-faults`.
 test: setup

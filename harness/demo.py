@@ -4,6 +4,12 @@ Starts a single-node KRaft broker, trains the models (once), starts one runner p
 slow, sometimes failing incumbent so the policy has something to do), starts the rendezvous job
 on the embedded Flink mini cluster, sends load, and prints what came back. Stops everything it
 started, by PID, whatever happens.
+
+``--secure`` (``make demo SECURE=1``): the broker is started with SASL/SCRAM and ACLs and every process
+runs as its role, with its role's client properties file (ops/kafka_security.py): the runners as
+``runner``, the job as ``job``, the load (and the probes) as ``client``, the summary's reads of the dead
+letters and the canary as ``operator``. The client may not write the scores topic, so the malformed
+records go to the requests topic only.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import loadgen, runinfo, stack
-from ops import archive, kafka_admin
+from ops import archive, kafka_admin, kafka_client
 from ops.broker import KafkaBroker
 from udfs import names
 from udfs.policy import load_policy
@@ -62,6 +68,7 @@ def run(
     warmup_s: float = 0.0,
     warmup_max_s: float = 0.0,
     args: dict[str, Any] | None = None,
+    secure: bool = False,
 ) -> int:
     from runners.train import ensure_trained
 
@@ -73,9 +80,18 @@ def run(
     broker: KafkaBroker | None = None
     t0 = time.monotonic()
     try:
-        say("starting a single-node Kafka broker (KRaft) ...")
-        broker = stack.start_broker(DEMO_DIR / "broker")
+        say(
+            "starting a single-node Kafka broker (KRaft)"
+            + (" with SASL/SCRAM and ACLs" if secure else "")
+            + " ..."
+        )
+        broker = stack.start_broker(DEMO_DIR / "broker", secure=secure)
         say(f"broker ready at {broker.bootstrap} (pid {broker.pid}); topics: {', '.join(names.ALL_TOPICS)}")
+        if secure:
+            clients = broker.client_config(names.ROLE_CLIENT)
+            say(
+                f"secured: one principal per role, their client properties in {clients.parent if clients else '?'}"
+            )
 
         say(f"models in {MODELS_DIR.relative_to(REPO_ROOT)} (training them the first time) ...")
         trained = ensure_trained(MODELS_DIR)
@@ -91,7 +107,10 @@ def run(
             + (f", drops {s.drop_rate:.0%}" if s.drop_rate else "") + ")"
             for s in DEMO_RUNNERS
         ))  # fmt: skip
-        stack.start_runners(DEMO_RUNNERS, MODELS_DIR, broker.bootstrap, DEMO_DIR / "logs", processes)
+        stack.start_runners(
+            DEMO_RUNNERS, MODELS_DIR, broker.bootstrap, DEMO_DIR / "logs", processes,
+            kafka_config=broker.client_config(names.ROLE_RUNNER),
+        )  # fmt: skip
 
         say(f"starting the rendezvous job on the Flink mini cluster (policy v{policy.version}: "
             f"{policy.decide}, deadline {policy.deadline_ms} ms) ...")  # fmt: skip
@@ -103,36 +122,46 @@ def run(
             DEMO_DIR / "flink",
             DEMO_DIR / "logs" / "job.log",
             processes,
+            kafka_config=broker.client_config(names.ROLE_JOB),
         )
-        waited, probes = stack.wait_until_answering(broker.bootstrap, job)
-        say(f"job answering after {waited:.1f} s ({probes} probe request(s))")
+        with kafka_client.security_context(broker.client_security(names.ROLE_CLIENT)):
+            waited, probes = stack.wait_until_answering(broker.bootstrap, job)
+            say(f"job answering after {waited:.1f} s ({probes} probe request(s))")
 
-        if warmup_s > 0:
-            jvms = {"job": job.pid, "broker": broker.pid}
-            stack.warm_up(
-                broker.bootstrap, rate, warmup_s, max(warmup_max_s, warmup_s), jvms, say, policy.deadline_ms
+            if warmup_s > 0:
+                jvms = {"job": job.pid, "broker": broker.pid}
+                stack.warm_up(
+                    broker.bootstrap,
+                    rate,
+                    warmup_s,
+                    max(warmup_max_s, warmup_s),
+                    jvms,
+                    say,
+                    policy.deadline_ms,
+                )
+
+            say(f"sending {count} requests at {rate:.0f}/s (+{bad} malformed records) ...")
+            report = loadgen.run_load(
+                broker.bootstrap,
+                count=count,
+                rate=rate,
+                deadline_ms=policy.deadline_ms,  # the policy's own deadline, stated per request so misses are counted
+                bad_records=bad,
+                bad_topic_scores=not secure,  # a client may not write the scores topic
+                progress=_progress(count),
+                settle_ms=3000,
             )
-
-        say(f"sending {count} requests at {rate:.0f}/s (+{bad} malformed records) ...")
-        report = loadgen.run_load(
-            broker.bootstrap,
-            count=count,
-            rate=rate,
-            deadline_ms=policy.deadline_ms,  # the policy's own deadline, stated per request so misses are counted
-            bad_records=bad,
-            progress=_progress(count),
-            settle_ms=3000,
-        )
-        sys.stderr.write("\n")
+            sys.stderr.write("\n")
 
         say("waiting for a checkpoint to commit the decoy archive and for mailboxes to close ...")
         time.sleep(policy.late_window_ms / 1000)
         archived, archived_distinct = archive.requests_archived(
             archive_dir, f"{report.run_id}-", report.sent, ARCHIVE_WAIT_S
         )
-        dead = kafka_admin.read_json_topic(broker.bootstrap, names.TOPIC_DEAD_LETTERS)
-        canary = [c for c in kafka_admin.read_json_topic(broker.bootstrap, names.TOPIC_CANARY)
-                  if str(c.get("request_id", "")).startswith(report.run_id)]  # fmt: skip
+        with kafka_client.security_context(broker.client_security(names.ROLE_OPERATOR)):
+            dead = kafka_admin.read_json_topic(broker.bootstrap, names.TOPIC_DEAD_LETTERS)
+            canary = [c for c in kafka_admin.read_json_topic(broker.bootstrap, names.TOPIC_CANARY)
+                      if str(c.get("request_id", "")).startswith(report.run_id)]  # fmt: skip
         _print_summary(report, policy.deadline_ms, archived, archived_distinct, dead, canary, probes)
         summary = runinfo.run_info() | {
             "args": args or {"count": count, "rate": rate, "bad": bad},
@@ -228,13 +257,21 @@ def parser() -> argparse.ArgumentParser:
         help="at most this many: the warm-up goes on while the job's or the broker's JIT compiler is busy",
     )  # fmt: skip
     ap.add_argument("--keep-running", action="store_true", help="leave broker, runners and job running")
+    ap.add_argument(
+        "--secure",
+        action="store_true",
+        help="a broker with SASL/SCRAM and ACLs; each process runs as its role with its own client properties "
+        "file (`make demo SECURE=1`)",
+    )
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     args = runinfo.plain_args(a)
-    return run(a.count, a.rate, a.bad, a.policy, a.keep_running, a.warmup_s, a.warmup_max_s, args)
+    return run(
+        a.count, a.rate, a.bad, a.policy, a.keep_running, a.warmup_s, a.warmup_max_s, args, secure=a.secure
+    )
 
 
 if __name__ == "__main__":

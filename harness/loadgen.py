@@ -114,8 +114,9 @@ def new_run_id() -> str:
 
 
 def default_return_address(run_id: str) -> str:
-    """A fresh topic per run, so the collector sees only its own answers."""
-    return f"results.load-{run_id}"
+    """A fresh topic per run, so the collector sees only its own answers: ``results.load-<run id>``, or
+    under the client principal's own prefix when the process authenticates (``--kafka-config``)."""
+    return f"{kafka_client.results_prefix()}load-{run_id}"
 
 
 def schedule(count: int, rate: float, start: float = 0.0) -> list[float]:
@@ -616,7 +617,7 @@ def run_load(
 
     Collection ends when every request has a result (plus `grace_ms` to catch duplicates) or
     `settle_ms` + the deadline after the last send. Without `return_address` a fresh topic
-    `results.load-<run_id>` is created so that nothing else's answers mix in.
+    `results.load-<run_id>` (`default_return_address`) is created so that nothing else's answers mix in.
     """
     if count < 0:
         raise ValueError("count must be >= 0")
@@ -751,7 +752,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-bad-scores", action="store_true", help="malformed records only on requests")
     p.add_argument("--requests-topic", default=TOPIC_REQUESTS)
     p.add_argument("--scores-topic", default=TOPIC_SCORES)
-    p.add_argument("--return-address", default=None, help="default: a fresh results.load-<run id> topic")
+    p.add_argument(
+        "--return-address",
+        default=None,
+        help="default: a fresh results.load-<run id> topic (with --kafka-config: results.<user>.load-<run id>, "
+        "under the client's own prefix)",
+    )
     p.add_argument("--settle-ms", type=int, default=2000)
     p.add_argument("--run-id", default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -760,8 +766,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--check", action="store_true", help="exit 1 on unanswered, duplicated or malformed results"
     )
+    kafka_client.add_config_argument(p)
     a = p.parse_args(argv)
 
+    kafka_client.use_config_file(a.kafka_config, "load generator")
     kafka_admin.require_broker(a.bootstrap, "load generator")  # fail fast with one line, no traceback
 
     def show(sent: int, answered: int, elapsed_s: float) -> None:

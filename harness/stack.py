@@ -19,22 +19,27 @@ from pathlib import Path
 
 from harness import loadgen
 from ops import kafka_admin, kafka_client, procs
-from ops.broker import KafkaBroker
+from ops.broker import KafkaBroker, create_default_topics
 from udfs import names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB_READY_TIMEOUT_S = 180.0
 
 
-def start_broker(data_dir: Path, topics: Iterable[str] | None = None) -> KafkaBroker:
+def start_broker(data_dir: Path, topics: Iterable[str] | None = None, secure: bool = False) -> KafkaBroker:
     """A single-node Kafka broker (KRaft) on ``data_dir``, on free ports, once it answers, with ``topics``
-    created (None: every default topic, ``udfs.names.ALL_TOPICS``). The caller stops it (``stop()``)."""
-    broker = KafkaBroker.start(data_dir, port=procs.free_port(), controller_port=procs.free_port())
+    created (None: every default topic, ``udfs.names.ALL_TOPICS``, and on a ``secure`` broker the
+    policies and labels topics too). The caller stops it (``stop()``). ``secure``: SASL/SCRAM and ACLs,
+    one client properties file per role (``broker.client_config(role)``, ops/kafka_security.py)."""
+    broker = KafkaBroker.start(
+        data_dir, port=procs.free_port(), controller_port=procs.free_port(), secure=secure
+    )
     try:
         if topics is None:
-            kafka_admin.ensure_default_topics(broker.bootstrap)
+            create_default_topics(broker)
         elif wanted := list(topics):
-            kafka_admin.create_topics(broker.bootstrap, wanted)
+            with broker.as_admin():
+                kafka_admin.create_topics(broker.bootstrap, wanted)
     except BaseException:
         broker.stop()
         raise
@@ -98,11 +103,13 @@ def start_runners(
     requests_topic: str = names.TOPIC_REQUESTS,
     scores_topic: str = names.TOPIC_SCORES,
     timeout_s: float = 120.0,
+    kafka_config: Path | None = None,
 ) -> list[procs.ManagedProcess]:
-    """Start one runner per spec and wait until each has its partitions assigned."""
+    """Start one runner per spec and wait until each has its partitions assigned. ``kafka_config``: the
+    runners' client properties (a secured broker's ``runner`` role)."""
     started = []
     for spec in specs:
-        argv = spec.argv(models_dir, bootstrap, requests_topic, scores_topic)
+        argv = spec.argv(models_dir, bootstrap, requests_topic, scores_topic) + config_args(kafka_config)
         p = processes.add(
             procs.ManagedProcess.start(argv, log_dir / f"runner-{spec.model_id}.log", cwd=REPO_ROOT)
         )
@@ -123,9 +130,18 @@ def start_labeller(
     processes: Processes,
     extra_args: Sequence[str] = (),
     timeout_s: float = 60.0,
+    kafka_config: Path | None = None,
 ) -> procs.ManagedProcess:
     """The labeller (runners/labeller.py: each request's true label, later), once it has its partitions."""
-    argv = [sys.executable, "-m", "runners.labeller", "--bootstrap", bootstrap, *extra_args]
+    argv = [
+        sys.executable,
+        "-m",
+        "runners.labeller",
+        "--bootstrap",
+        bootstrap,
+        *config_args(kafka_config),
+        *extra_args,
+    ]
     p = processes.add(procs.ManagedProcess.start(argv, log_path, cwd=REPO_ROOT))
     procs.wait_for(
         functools.partial(_ready_or_dead, p, "labeller ready"),
@@ -133,6 +149,11 @@ def start_labeller(
         f"the labeller to start (log: {log_path})",
     )
     return p
+
+
+def config_args(kafka_config: Path | None) -> list[str]:
+    """``--kafka-config FILE`` for a process's argv (the file's path, never what is in it)."""
+    return [] if kafka_config is None else ["--kafka-config", str(kafka_config)]
 
 
 def _ready_or_dead(p: procs.ManagedProcess, marker: str) -> bool:
@@ -149,8 +170,10 @@ def start_job(
     log_path: Path,
     processes: Processes,
     extra_args: Sequence[str] = (),
+    kafka_config: Path | None = None,
 ) -> procs.ManagedProcess:
-    """The rendezvous job on the embedded mini cluster, as a process of its own."""
+    """The rendezvous job on the embedded mini cluster, as a process of its own (``kafka_config``: a
+    secured broker's ``job`` role)."""
     argv = [
         sys.executable, "-m", "jobs.rendezvous_job",
         "--policy", str(policy),
@@ -159,6 +182,7 @@ def start_job(
         "--state-dir", str(state_dir),
         # The mini cluster's REST endpoint on any free port: several local jobs may run side by side.
         "-D", "rest.port=0",
+        *config_args(kafka_config),
         *extra_args,
     ]  # fmt: skip
     return processes.add(procs.ManagedProcess.start(argv, log_path, cwd=REPO_ROOT))
@@ -174,7 +198,7 @@ def wait_until_answering(
 
     Returns (seconds waited, probes sent). Probes are ordinary requests with ids ``probe-…``.
     """
-    return_address = f"results.probe-{uuid.uuid4().hex[:8]}"
+    return_address = f"{kafka_client.results_prefix()}probe-{uuid.uuid4().hex[:8]}"
     kafka_admin.create_topics(bootstrap, [return_address])
     # read_committed: with exactly-once results only committed answers count (ones from an aborted
     # transaction would otherwise make a job that then failed look ready).

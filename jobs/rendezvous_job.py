@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ops import kafka_admin, policy_cli
+from ops import kafka_admin, kafka_client, policy_cli
 from ops.flink_conf import FlinkConfError, read_conf
 from udfs import flink_compat, names
 from udfs import mailbox as mbx
@@ -150,6 +150,10 @@ class JobConfig:
     clock: str = names.CLOCK_LOG
     sink_linger_ms: int = DEFAULT_SINK_LINGER_MS
     start_from: StartFrom = StartFrom()  # the data sources' position on a fresh start (parse_start_from)
+    # A Kafka client properties file (--kafka-config; a secured broker's job.properties): its settings go
+    # into every Kafka table's options. Read when the DDL is made: the password is kept in no field.
+    kafka_config: Path | None = None
+    return_address_prefix: str = ""  # every request's return address must start with it ("": any topic)
 
 
 @dataclass(frozen=True)
@@ -363,6 +367,23 @@ def _startup_options(start: StartFrom) -> str:
           'scan.startup.timestamp-millis' = '{start.timestamp_ms}'"""
 
 
+def kafka_security_options(cfg: JobConfig) -> dict[str, str]:
+    """The Kafka tables' ``properties.*`` options of ``cfg.kafka_config`` (authentication), with the
+    login module under the connector's shaded package; none without a file. Flink masks the values of
+    keys it deems sensitive (``sasl.jaas.config`` among them) wherever it shows table options."""
+    if cfg.kafka_config is None:
+        return {}
+    try:
+        return kafka_client.load_client_properties(cfg.kafka_config).flink_table_options()
+    except kafka_client.KafkaConfigError as e:
+        raise SystemExit(f"error: rendezvous job: {e}") from None
+
+
+def _with_options(options: dict[str, str]) -> str:
+    """``'key' = 'value',`` lines for a WITH clause (SQL string literals: a quote doubled)."""
+    return "".join(f"\n          '{k}' = '{v.replace(chr(39), chr(39) * 2)}'," for k, v in options.items())
+
+
 def _kafka_source_ddl(
     table: str, topic: str, cfg: JobConfig, start: StartFrom | None = None, keyed: bool = False
 ) -> str:
@@ -386,7 +407,7 @@ def _kafka_source_ddl(
         ) WITH (
           'connector' = 'kafka',
           'topic' = '{topic}',
-          'properties.bootstrap.servers' = '{cfg.bootstrap}',
+          'properties.bootstrap.servers' = '{cfg.bootstrap}',{_with_options(kafka_security_options(cfg))}
           'properties.group.id' = '{cfg.group_id}',
           'properties.isolation.level' = 'read_committed',
           {_startup_options(cfg.start_from if start is None else start)},
@@ -416,7 +437,7 @@ def _kafka_sink_ddl(table: str, cfg: JobConfig, uid: str, delivery: str) -> str:
         CREATE TEMPORARY TABLE `{table}` (`k` STRING, `v` BYTES, `topic` STRING METADATA) WITH (
           'connector' = 'kafka',
           'topic-pattern' = '{TOPIC_PATTERN}',
-          'properties.bootstrap.servers' = '{cfg.bootstrap}',
+          'properties.bootstrap.servers' = '{cfg.bootstrap}',{_with_options(kafka_security_options(cfg))}
           'properties.linger.ms' = '{cfg.sink_linger_ms}',
           'key.format' = 'raw',
           'key.fields' = 'k',
@@ -491,7 +512,12 @@ def build_job(env: Any, cfg: JobConfig) -> None:
         decisions_in = read("decisions_in", names.UID_KAFKA_DECISIONS_IN)
 
     topics = flink_fn.Topics(
-        cfg.requests_topic, cfg.scores_topic, cfg.canary_topic, cfg.decisions_topic, cfg.dead_letters_topic
+        cfg.requests_topic,
+        cfg.scores_topic,
+        cfg.canary_topic,
+        cfg.decisions_topic,
+        cfg.dead_letters_topic,
+        results_prefix=cfg.return_address_prefix,
     )
     out = build_pipeline(
         requests, scores, cfg.policy, policies, labels, decisions_in, cfg.label_join_ttl_ms, cfg.clock, topics
@@ -660,6 +686,15 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         "requests already in the topics again, a second answer to each one a job answered before. The "
         "policies topic is always read from its beginning",
     )
+    kafka_client.add_config_argument(ap)
+    ap.add_argument(
+        "--return-address-prefix",
+        default=None,
+        metavar="PREFIX",
+        help="refuse (as dead letters, reason bad_return_address) every request whose return address does "
+        "not start with PREFIX; default: any topic, or with --kafka-config "
+        f"{names.RESULTS_PREFIX!r}, the results topics the job role of a secured broker may write",
+    )
     ap.add_argument(
         "-D",
         dest="overrides",
@@ -715,7 +750,17 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         clock=a.clock,
         sink_linger_ms=a.sink_linger_ms,
         start_from=start_from,
+        kafka_config=a.kafka_config,
+        return_address_prefix=_return_address_prefix(ap, a.return_address_prefix, a.kafka_config),
     )
+
+
+def _return_address_prefix(ap: argparse.ArgumentParser, given: str | None, kafka_config: Path | None) -> str:
+    if given is None:
+        return names.RESULTS_PREFIX if kafka_config is not None else ""
+    if given and not re.fullmatch(TOPIC_PATTERN, given):
+        ap.error(f"--return-address-prefix: not the start of a topic name ({TOPIC_PATTERN}): {given!r}")
+    return given
 
 
 def prepare(argv: list[str] | None) -> tuple[Any, JobConfig]:
@@ -725,6 +770,9 @@ def prepare(argv: list[str] | None) -> tuple[Any, JobConfig]:
     the new job while the old one still serves and submits it later.
     """
     cfg = parse_args(argv)
+    # The file is read (and checked) once here, for the job's own admin calls; the Kafka tables read it
+    # again for their options (kafka_security_options).
+    kafka_client.use_config_file(cfg.kafka_config, "rendezvous job")
     kafka_admin.require_broker(cfg.bootstrap, "rendezvous job")  # one clear line, not a Java stack trace
     # The Kafka source fails on a topic that does not exist; nobody may have published a policy yet.
     policy_cli.ensure_policies_topic(cfg.bootstrap, cfg.policies_topic)

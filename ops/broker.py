@@ -3,9 +3,13 @@
 Everything lives in one data dir: the configs we generate, the KRaft logs, the broker log, a pid file and
 broker.json (pid, ports, started_at) so that `start` and `stop` can be separate CLI calls.
 
-    python -m ops.broker start --data-dir var/broker [--port 9092]
+    python -m ops.broker start --data-dir var/broker [--port 9092] [--secure]
     python -m ops.broker status --data-dir var/broker
     python -m ops.broker stop --data-dir var/broker
+    python -m ops.broker add-client --data-dir var/broker --name client-7     (secured broker only)
+
+``--secure``: SASL/SCRAM-SHA-512 and ACLs, one principal per role, one client properties file per role
+under <data-dir>/clients/ (ops/kafka_security.py).
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ops import kafka_admin, procs
+from ops import kafka_admin, kafka_client, kafka_security, policy_cli, procs
+from udfs import names
 
 JARS_DIR = procs.repo_root() / "build" / "jars" / "kafka"
 STATE_FILE = "broker.json"
@@ -33,6 +39,7 @@ LOG4J_PROPERTIES = "log4j.properties"
 KRAFT_LOG_DIR = "kraft-logs"
 NODE_ID = 1
 READY_TIMEOUT_S = 60.0
+LOOPBACK = kafka_security.LOOPBACK
 
 LOG4J = """\
 log4j.rootLogger=INFO, stdout
@@ -60,9 +67,18 @@ def classpath() -> str:
     return str(JARS_DIR / "*")
 
 
-def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
-    """Combined-mode KRaft config for one node on loopback, tuned for our jobs rather than throughput."""
-    settings = {
+def server_properties(
+    data_dir: Path,
+    port: int,
+    controller_port: int,
+    admin: kafka_client.ClientSecurity | None = None,
+    host: str = LOOPBACK,
+    tls: kafka_security.TlsFiles | None = None,
+) -> str:
+    """Combined-mode KRaft config for one node on loopback, tuned for our jobs rather than throughput;
+    with ``admin`` (the broker's own principal), secured (``kafka_security.server_settings``: the
+    clients' listener on ``host``, with TLS if ``tls``)."""
+    settings: dict[str, object] = {
         "process.roles": "broker,controller",
         "node.id": NODE_ID,
         "controller.quorum.voters": f"{NODE_ID}@127.0.0.1:{controller_port}",
@@ -95,6 +111,8 @@ def server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "num.network.threads": 1,
         "num.io.threads": 2,
     }
+    if admin is not None:
+        settings.update(kafka_security.server_settings(port, controller_port, admin, host, tls))
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
@@ -108,7 +126,8 @@ def new_cluster_id() -> str:
 
 @dataclass
 class KafkaBroker:
-    """A broker process on 127.0.0.1 plus the data dir that lets later calls find it again."""
+    """A broker process (on 127.0.0.1 unless a secured one with TLS was given another ``host``) plus the
+    data dir that lets later calls find it again."""
 
     data_dir: Path
     port: int
@@ -116,10 +135,41 @@ class KafkaBroker:
     pid: int
     started_at: float
     process: procs.ManagedProcess | None = None
+    secure: bool = False
+    host: str = LOOPBACK
+    tls: bool = False
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    @property
+    def admin_security(self) -> kafka_client.ClientSecurity | None:
+        """The broker's own principal (a super user) on a secured broker; None on an unsecured one."""
+        if not self.secure:
+            return None
+        return kafka_security.Credentials.load_or_create(self.data_dir, formatted=True).admin
+
+    def client_config(self, role: str) -> Path | None:
+        """The Kafka client properties file of ``role`` (or of a client added later) on a secured broker,
+        for ``--kafka-config``; None on an unsecured one."""
+        if not self.secure:
+            return None
+        path = kafka_security.client_properties_path(self.data_dir, role)
+        if not path.exists():
+            raise BrokerError(f"no client properties for {role!r}: {path} does not exist")
+        return path
+
+    def client_security(self, role: str) -> kafka_client.ClientSecurity | None:
+        """``client_config(role)``, read."""
+        path = self.client_config(role)
+        return None if path is None else kafka_client.load_client_properties(path)
+
+    @contextmanager
+    def as_admin(self) -> Iterator[None]:
+        """The clients made inside the block act as the broker's own principal (on a secured broker)."""
+        with kafka_client.security_context(self.admin_security or kafka_client.current_security()):
+            yield
 
     @property
     def log_path(self) -> Path:
@@ -133,14 +183,21 @@ class KafkaBroker:
         controller_port: int | None = None,
         heap: str = "512m",
         timeout_s: float = READY_TIMEOUT_S,
+        secure: bool = False,
+        tls: bool = False,
+        host: str = LOOPBACK,
     ) -> KafkaBroker:
         """Start a broker on data_dir (or return the one already running there) and wait until it serves.
 
         Ports default to the ones this data dir used last time if still free, else to free ones.
-        Storage is formatted only once, so a restart keeps the data.
+        Storage is formatted only once, so a restart keeps the data. ``secure``: SASL/SCRAM and ACLs
+        (ops/kafka_security.py); ``tls``: its clients' listener over TLS, which a ``host`` other than
+        127.0.0.1 needs. A data dir stays what it was first started as.
         """
         data_dir = Path(data_dir).resolve()
         jars = classpath()
+        formatted = (data_dir / KRAFT_LOG_DIR / "meta.properties").exists()
+        _check_security_flags(data_dir, secure, tls, host)
         running = cls.attach(data_dir)
         if running is not None and running.is_running():
             if port not in (None, running.port) or controller_port not in (None, running.controller_port):
@@ -159,9 +216,13 @@ class KafkaBroker:
                 raise BrokerError(f"port {p} is already in use; pick another one (or omit it for a free one)")
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        (data_dir / SERVER_PROPERTIES).write_text(server_properties(data_dir, port, controller_port))
+        credentials = None
+        if secure:
+            credentials = _secure_config(data_dir, formatted, port, controller_port, host, tls)
+        else:
+            (data_dir / SERVER_PROPERTIES).write_text(server_properties(data_dir, port, controller_port))
         (data_dir / LOG4J_PROPERTIES).write_text(LOG4J)
-        _format_storage_once(data_dir)
+        _format_storage_once(data_dir, credentials)
 
         argv = [
             procs.java_bin(),
@@ -181,11 +242,24 @@ class KafkaBroker:
         proc = procs.ManagedProcess.start(
             argv, data_dir / LOG_FILE, pid_file=data_dir / PID_FILE, cwd=data_dir
         )
-        broker = cls(data_dir, port, controller_port, proc.pid, proc.started_at, proc)
+        broker = cls(
+            data_dir,
+            port,
+            controller_port,
+            proc.pid,
+            proc.started_at,
+            proc,
+            secure=secure,
+            host=host,
+            tls=tls,
+        )
         broker._write_state()
         try:
-            broker.wait_ready(timeout_s)
-            kafka_admin.warm_up_group_coordinator(broker.bootstrap, timeout_s)
+            with broker.as_admin():
+                broker.wait_ready(timeout_s)
+                if credentials is not None:
+                    kafka_security.set_up_acls(broker.bootstrap, credentials, timeout_s)
+                kafka_admin.warm_up_group_coordinator(broker.bootstrap, timeout_s)
         except BaseException:
             broker.stop(timeout_s=10)
             raise
@@ -205,6 +279,9 @@ class KafkaBroker:
             int(state["pid"]),
             float(state["started_at"]),
             procs.ManagedProcess.from_pid_file(data_dir / PID_FILE),
+            secure=kafka_security.is_secured(data_dir),
+            host=str(state.get("host") or LOOPBACK),
+            tls=kafka_security.uses_tls(data_dir),
         )
 
     def is_running(self) -> bool:
@@ -216,7 +293,7 @@ class KafkaBroker:
         deadline = time.monotonic() + timeout_s
         try:
             procs.wait_for(
-                lambda: self._check_alive() and procs.port_accepts("127.0.0.1", self.port),
+                lambda: self._check_alive() and procs.port_accepts(self.host, self.port),
                 timeout_s,
                 f"the broker to listen on {self.bootstrap}",
             )
@@ -263,8 +340,42 @@ class KafkaBroker:
                 "bootstrap": self.bootstrap,
                 "started_at": self.started_at,
                 "log_path": str(self.log_path),
+                "secure": self.secure,
+                "host": self.host,
+                "tls": self.tls,
             },
         )
+
+
+def _check_security_flags(data_dir: Path, secure: bool, tls: bool, host: str) -> None:
+    """A data dir keeps the security it was first started with; TLS needs SASL; no plain listener
+    leaves the machine."""
+    if tls and not secure:
+        raise BrokerError("--tls goes with --secure (TLS for the authenticated listener)")
+    if host != LOOPBACK and not tls:
+        raise BrokerError(f"a listener on {host}, beyond 127.0.0.1, needs --secure --tls")
+    if kafka_security.is_secured(data_dir) and not secure:
+        raise BrokerError(
+            f"the broker in {data_dir} was started with --secure; start it with --secure again "
+            "(without it the data would be served to anyone)"
+        )
+    if kafka_security.is_secured(data_dir) and kafka_security.uses_tls(data_dir) != tls:
+        was = "with" if kafka_security.uses_tls(data_dir) else "without"
+        raise BrokerError(f"the broker in {data_dir} was started {was} --tls; start it the same way")
+
+
+def _secure_config(
+    data_dir: Path, formatted: bool, port: int, controller_port: int, host: str, tls: bool
+) -> kafka_security.Credentials:
+    """The secured broker's credentials (and TLS files) and its server.properties (mode 0600)."""
+    try:
+        tls_files = kafka_security.make_tls(data_dir, [host]) if tls else None
+        credentials = kafka_security.Credentials.load_or_create(data_dir, formatted, tls_files)
+    except kafka_security.SecurityError as exc:
+        raise BrokerError(str(exc)) from None
+    text = server_properties(data_dir, port, controller_port, credentials.admin, host, tls_files)
+    kafka_client.write_secret(data_dir / SERVER_PROPERTIES, text)
+    return credentials
 
 
 def _read_state(data_dir: Path) -> dict[str, Any]:
@@ -291,15 +402,19 @@ def _reuse_port(previous: object, avoid: int | None = None) -> int:
             return port
 
 
-def _format_storage_once(data_dir: Path) -> None:
-    """Format the KRaft log dir on first start only: reformatting would throw the data away."""
+def _format_storage_once(data_dir: Path, credentials: kafka_security.Credentials | None = None) -> None:
+    """Format the KRaft log dir on first start only: reformatting would throw the data away. With
+    ``credentials``, every principal's SCRAM credential goes into the new metadata (KIP-900), through a
+    JVM argument file: never on a command line."""
     if (data_dir / KRAFT_LOG_DIR / "meta.properties").exists():
         return
-    argv = [
+    head = [
         procs.java_bin(),
         f"-Dlog4j.configuration=file:{data_dir / LOG4J_PROPERTIES}",
         "-cp",
         classpath(),
+    ]
+    tail = [
         "kafka.tools.StorageTool",
         "format",
         "-t",
@@ -307,42 +422,112 @@ def _format_storage_once(data_dir: Path) -> None:
         "-c",
         str(data_dir / SERVER_PROPERTIES),
     ]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    if credentials is None:
+        result = subprocess.run([*head, *tail], capture_output=True, text=True, check=False, timeout=120)
+    else:
+        tail += credentials.scram_arguments()
+        result = kafka_security.run_with_argument_file(head, tail, data_dir / ".storage-format.args")
     if result.returncode != 0:
+        output = f"{result.stdout}{result.stderr}"
+        if credentials is not None:  # the tool may echo an argument it could not parse
+            for security in (credentials.admin, *credentials.roles.values()):
+                output = output.replace(security.password or "\0", "***")
         raise BrokerError(
-            f"formatting Kafka storage in {data_dir / KRAFT_LOG_DIR} failed (exit {result.returncode}):\n"
-            f"{result.stdout}{result.stderr}"
+            f"formatting Kafka storage in {data_dir / KRAFT_LOG_DIR} failed (exit {result.returncode}):\n{output}"
         )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: start | stop | status a broker kept in --data-dir."""
+def create_default_topics(broker: KafkaBroker) -> list[str]:
+    """Every topic rendezvous uses (``udfs.names.ALL_TOPICS``); on a secured broker also the policies
+    (compacted) and labels topics, which the roles that use them may not create. Returns the new ones."""
+    with broker.as_admin():
+        created = kafka_admin.ensure_default_topics(broker.bootstrap)
+        if broker.secure:
+            if policy_cli.ensure_policies_topic(broker.bootstrap):
+                created.append(names.TOPIC_POLICIES)
+            created += kafka_admin.create_topics(broker.bootstrap, [names.TOPIC_LABELS])
+    return created
+
+
+def _print_secure(broker: KafkaBroker) -> None:
+    files = sorted(kafka_security.clients_dir(broker.data_dir).glob("*.properties"))
+    protocol = "SASL_SSL" if broker.tls else "SASL_PLAINTEXT"
+    print(f"security: {protocol}, SCRAM-SHA-512, ACLs (no allow.everyone)")
+    if broker.tls:
+        print(f"CA certificate (what clients trust): {kafka_security.tls_files(broker.data_dir).ca_file}")
+    for f in files:
+        print(f"client properties ({f.stem}): {f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 - one branch per subcommand
+    """CLI: start | stop | status | add-client a broker kept in --data-dir."""
     parser = argparse.ArgumentParser(prog="python -m ops.broker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     start_p = sub.add_parser("start", help="start the broker (if not running) and create the default topics")
     stop_p = sub.add_parser("stop", help="stop the broker started on --data-dir")
     status_p = sub.add_parser("status", help="exit 0 if the broker runs, 1 if not")
-    for p in (start_p, stop_p, status_p):
+    add_p = sub.add_parser(
+        "add-client",
+        help="secured broker: one more client principal with its own results prefix "
+        "(results.<name>.) and its file <data-dir>/clients/<name>.properties",
+    )
+    add_p.add_argument("--name", required=True, help="the client principal, e.g. client-7")
+    for p in (start_p, stop_p, status_p, add_p):
         p.add_argument("--data-dir", type=Path, default=Path("var/broker"), help="default: var/broker")
     start_p.add_argument("--port", type=int, default=None, help="client port (default: last used, else free)")
     start_p.add_argument("--controller-port", type=int, default=None, help="KRaft controller port")
     start_p.add_argument("--heap", default="512m", help="JVM heap, e.g. 512m or 1g")
     start_p.add_argument("--timeout", type=float, default=READY_TIMEOUT_S, help="seconds to wait for ready")
+    start_p.add_argument(
+        "--secure",
+        action="store_true",
+        help="SASL/SCRAM-SHA-512 authentication and ACLs: one principal per role (client, runner, job, "
+        "operator, labeller), each with its Kafka client properties file under <data-dir>/clients/ "
+        "(for --kafka-config and Kafka's console tools); a data dir stays what it was first started as",
+    )
+    start_p.add_argument(
+        "--tls",
+        action="store_true",
+        help="with --secure: the clients' listener over TLS (SASL_SSL), with a CA and certificate made for "
+        "this data dir under <data-dir>/tls/ (clients trust tls/ca.pem; their files name it)",
+    )
+    start_p.add_argument(
+        "--host",
+        default=LOOPBACK,
+        help="the address the clients' listener binds to and advertises (default 127.0.0.1; another one "
+        "needs --secure --tls); the controller stays on 127.0.0.1",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "start":
         try:
             broker = KafkaBroker.start(
-                args.data_dir, args.port, args.controller_port, args.heap, timeout_s=args.timeout
-            )
-            kafka_admin.ensure_default_topics(broker.bootstrap)
+                args.data_dir, args.port, args.controller_port, args.heap, timeout_s=args.timeout,
+                secure=args.secure, tls=args.tls, host=args.host,
+            )  # fmt: skip
+            create_default_topics(broker)
         except (BrokerError, RuntimeError, TimeoutError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"bootstrap: {broker.bootstrap}\npid: {broker.pid}\nlog: {broker.log_path}")
+        if broker.secure:
+            _print_secure(broker)
         return 0
 
     broker_or_none = KafkaBroker.attach(args.data_dir)
+    if args.command == "add-client":
+        if broker_or_none is None or not broker_or_none.is_running() or not broker_or_none.secure:
+            print(f"error: no secured broker running on {args.data_dir}", file=sys.stderr)
+            return 1
+        try:
+            path = kafka_security.add_client(broker_or_none.data_dir, broker_or_none.bootstrap, args.name)
+        except (kafka_security.SecurityError, RuntimeError, TimeoutError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"client {args.name}: results topics {names.client_results_prefix(args.name)}*; properties: {path}"
+        )
+        return 0
     running = broker_or_none is not None and broker_or_none.is_running()
     if args.command == "status":
         if broker_or_none is not None and running:

@@ -11,17 +11,45 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from ops import kafka_client
+from ops import kafka_client, procs
 from udfs.names import ALL_TOPICS
 
 DEFAULT_TIMEOUT_S = 30.0
 
 
 def _no_broker(bootstrap: str, timeout_s: float) -> str:
+    if kafka_client.current_security() is None and _listens(bootstrap):
+        # a secured broker hangs up on a client that does not authenticate; librdkafka only says "down"
+        return (
+            f"the server at {bootstrap} accepts connections but did not answer a Kafka client without "
+            f"authentication within {timeout_s:.0f}s (still starting? a broker started with --secure needs "
+            "--kafka-config FILE, <data-dir>/clients/<role>.properties)"
+        )
     return (
         f"no Kafka broker answered at {bootstrap} within {timeout_s:.0f}s; "
         "is it running? (python -m ops.broker start --data-dir var/broker)"
     )
+
+
+def _listens(bootstrap: str) -> bool:
+    """Whether the first bootstrap address accepts TCP connections."""
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    try:
+        return procs.port_accepts(host.strip("[]") or "127.0.0.1", int(port))
+    except (ValueError, OSError):
+        return False
+
+
+class KafkaAuthError(RuntimeError):
+    """The broker refused this client's credentials; the message is one line (never the password)."""
+
+
+def authentication_refused(bootstrap: str, error: KafkaError) -> str:
+    """One line: whose credentials the broker at ``bootstrap`` refused, and librdkafka's reason."""
+    security = kafka_client.current_security()
+    who = "this client" if security is None else f"{security.describe()} from {security.source or 'code'}"
+    reason = error.str().split(" (after ", 1)[0]  # librdkafka appends timing details
+    return f"Kafka at {bootstrap} refused the credentials of {who}: {reason}"
 
 
 @contextmanager
@@ -29,12 +57,23 @@ def admin_client(
     bootstrap: str, timeout_s: float = DEFAULT_TIMEOUT_S, quiet: bool = False
 ) -> Iterator[AdminClient]:
     """An admin client that has reached the broker; a TimeoutError (not a Kafka error) if nobody
-    answers within ``timeout_s``. ``quiet``: librdkafka prints nothing meanwhile."""
-    client = kafka_client.admin(bootstrap, quiet=quiet)
-    try:
-        client.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        raise TimeoutError(_no_broker(bootstrap, timeout_s)) from exc
+    answers within ``timeout_s``, a KafkaAuthError at once if the broker refuses the credentials.
+    ``quiet``: librdkafka prints nothing meanwhile."""
+    errors = kafka_client.ClientErrors("rendezvous-admin", quiet=quiet)
+    client = kafka_client.admin(bootstrap, quiet=quiet, errors=errors)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+            break
+        except KafkaException as exc:
+            client.poll(0)  # serves error_cb: an authentication failure is reported there
+            refused = exc.args[0] if kafka_client.is_authentication_error(exc.args[0]) else errors.last
+            if kafka_client.is_authentication_error(refused):
+                assert refused is not None
+                raise KafkaAuthError(authentication_refused(bootstrap, refused)) from None
+            if time.monotonic() >= deadline:
+                raise TimeoutError(_no_broker(bootstrap, timeout_s)) from exc
     yield client
 
 
@@ -72,17 +111,22 @@ def create_topics(
 ) -> list[str]:
     """Create the topics that do not exist yet and wait until all are usable; returns the new ones.
 
-    Topics that already exist are left as they are (even with another partition count or configs).
+    Topics that already exist are left as they are (even with another partition count or configs), and
+    are not asked for again: on a secured broker a role may use a topic it has no right to create.
     """
     wanted = list(dict.fromkeys(names))
     if not wanted:
         return []
     with admin_client(bootstrap, timeout_s) as admin:
-        new = [NewTopic(n, partitions, 1, config=dict(configs or {})) for n in wanted]
-        futures = admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)
-        created = _settle(
-            futures, wanted, KafkaError.TOPIC_ALREADY_EXISTS, f"creating topic {{}} on {bootstrap}"
-        )
+        existing = admin.list_topics(timeout=timeout_s).topics
+        missing = [n for n in wanted if n not in existing]
+        created: list[str] = []
+        if missing:
+            new = [NewTopic(n, partitions, 1, config=dict(configs or {})) for n in missing]
+            futures = admin.create_topics(new, operation_timeout=timeout_s, request_timeout=timeout_s)
+            created = _settle(
+                futures, missing, KafkaError.TOPIC_ALREADY_EXISTS, f"creating topic {{}} on {bootstrap}"
+            )
         _wait_for_topics(admin, wanted, timeout_s, bootstrap)
     return created
 
@@ -196,7 +240,7 @@ def require_broker(bootstrap: str, who: str, timeout_s: float = STARTUP_PROBE_TI
     """
     try:
         cluster_brokers(bootstrap, timeout_s, quiet=True)
-    except (TimeoutError, OSError, KafkaException, ValueError) as exc:
+    except (TimeoutError, OSError, KafkaException, ValueError, KafkaAuthError) as exc:
         message = str(exc) if bootstrap in str(exc) else f"cannot reach Kafka at {bootstrap}: {exc}"
         raise SystemExit(f"error: {who}: {' '.join(message.split())}") from None
 

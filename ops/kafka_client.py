@@ -13,6 +13,12 @@ the fault suite, the demo and the tests is made here, so one change of a setting
   the latency; librdkafka's 500 ms would only slow down re-fetches after an assignment changes.
 - ``enable.partition.eof: false``; ``isolation.level`` ``read_uncommitted`` unless a reader asks for
   ``read_committed`` (librdkafka's default is read_committed; Java's and kafka-python's is not).
+- Security (``--kafka-config FILE``): one Kafka client properties file with Java keys
+  (``security.protocol``, ``sasl.mechanism``, ``sasl.jaas.config``; what ``rendezvous broker start
+  --secure`` writes for each role), read by ``load_client_properties`` and turned into librdkafka
+  settings (``ClientSecurity.librdkafka``) for every client made here, and into the Flink Kafka
+  connector's ``properties.*`` table options (``ClientSecurity.flink_table_options``) for the job. A
+  process uses one file (``use_config_file``; ``security_context`` switches it for a block).
 
 librdkafka semantics the callers must keep: a producer's delivery callbacks run only inside
 ``poll()``/``flush()`` (``Producer.send`` polls after each record; long-lived producers must keep
@@ -23,16 +29,23 @@ A failed delivery is never dropped silently: it is counted on ``producer.deliver
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
+
+from udfs import names
 
 PARTITIONER = "murmur2_random"
 LINGER_MS = 1
@@ -185,6 +198,405 @@ class Delivery:
         return self
 
 
+# --- security: one Kafka client properties file (Java keys) for every client ----------------------
+
+PLAINTEXT = "PLAINTEXT"
+SASL_PLAINTEXT = "SASL_PLAINTEXT"
+SASL_SSL = "SASL_SSL"
+SSL = "SSL"
+PROTOCOLS = (PLAINTEXT, SASL_PLAINTEXT, SASL_SSL, SSL)
+SCRAM_SHA_512 = "SCRAM-SHA-512"
+SCRAM_SHA_256 = "SCRAM-SHA-256"
+PLAIN = "PLAIN"
+# Kafka's login module of each SASL mechanism (the class named in sasl.jaas.config).
+LOGIN_MODULES = {
+    SCRAM_SHA_512: "org.apache.kafka.common.security.scram.ScramLoginModule",
+    SCRAM_SHA_256: "org.apache.kafka.common.security.scram.ScramLoginModule",
+    PLAIN: "org.apache.kafka.common.security.plain.PlainLoginModule",
+}
+# The Flink Kafka connector's fat jar relocates Kafka's classes under this package: a JAAS login module
+# named in its ``properties.sasl.jaas.config`` must carry it (the unshaded class is not on its path).
+FLINK_SHADED_PREFIX = "org.apache.flink.kafka.shaded."
+# The keys a properties file may hold. Anything else is refused rather than ignored: a security setting
+# this reader does not translate (a key store for mutual TLS, say) must not be dropped silently.
+KEY_PROTOCOL = "security.protocol"
+KEY_MECHANISM = "sasl.mechanism"
+KEY_JAAS = "sasl.jaas.config"
+KEY_TRUSTSTORE = "ssl.truststore.location"
+KEY_TRUSTSTORE_TYPE = "ssl.truststore.type"
+KEY_ENDPOINT_CHECK = "ssl.endpoint.identification.algorithm"
+KNOWN_KEYS = (KEY_PROTOCOL, KEY_MECHANISM, KEY_JAAS, KEY_TRUSTSTORE, KEY_TRUSTSTORE_TYPE, KEY_ENDPOINT_CHECK)
+_JAAS_RE = re.compile(
+    r"\s*([A-Za-z_$][\w.$]*)\s+(required|requisite|sufficient|optional)\b(.*?);?\s*\Z", re.S
+)
+_JAAS_OPTION_RE = re.compile(r'\s*([\w.]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s";]+))')
+
+
+class KafkaConfigError(ValueError):
+    """A Kafka client properties file this project cannot use; the message is one line naming the file
+    and the key (and never a secret's value)."""
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """A Java ``.properties`` file as ``java.util.Properties.load`` reads it: ``#``/``!`` comments,
+    ``key=value``, ``key: value`` or ``key value``, a trailing backslash continues the line, and the
+    escapes ``\\t \\n \\r \\f \\uXXXX`` (any other escaped character stands for itself).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise KafkaConfigError(
+            f"{path}: cannot read the Kafka client properties: {e.strerror or e}"
+        ) from None
+    except UnicodeDecodeError:
+        raise KafkaConfigError(f"{path}: not a text file (UTF-8 Kafka client properties)") from None
+    out: dict[str, str] = {}
+    logical = ""
+    for raw in text.splitlines():
+        line = raw.lstrip()
+        if not logical and (not line or line[0] in "#!"):
+            continue
+        trailing = len(line) - len(line.rstrip("\\"))
+        if trailing % 2 == 1:  # an odd number of backslashes at the end: the line goes on
+            logical += line[:-1]
+            continue
+        logical += line
+        key, value = _split_property(logical)
+        out[key] = value
+        logical = ""
+    if logical:
+        key, value = _split_property(logical)
+        out[key] = value
+    return out
+
+
+def _split_property(line: str) -> tuple[str, str]:
+    """One logical line: the key ends at the first unescaped ``=``, ``:`` or blank."""
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c in "=: \t\f":
+            break
+        i += 1
+    key, rest = line[:i], line[i:].lstrip(" \t\f")
+    if rest[:1] in ("=", ":"):
+        rest = rest[1:].lstrip(" \t\f")
+    return _unescape(key), _unescape(rest)
+
+
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def _unescape(text: str) -> str:
+    if "\\" not in text:
+        return text
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c != "\\" or i + 1 >= len(text):
+            out.append(c)
+            i += 1
+            continue
+        nxt = text[i + 1]
+        if nxt == "u" and re.fullmatch(r"[0-9A-Fa-f]{4}", text[i + 2 : i + 6]):
+            out.append(chr(int(text[i + 2 : i + 6], 16)))
+            i += 6
+            continue
+        out.append(_ESCAPES.get(nxt, nxt))
+        i += 2
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    """How a client authenticates to the broker (and whether it encrypts), as read from one Kafka
+    client properties file (``load_client_properties``). ``password`` is never shown by ``repr``."""
+
+    source: str  # the file it came from (for messages), or "" when built in code
+    protocol: str = PLAINTEXT
+    mechanism: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None  # a PEM file of the certificates that sign the broker's (TLS)
+    verify_hostname: bool = True
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol in (SASL_PLAINTEXT, SASL_SSL)
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in (SSL, SASL_SSL)
+
+    def librdkafka(self) -> dict[str, Any]:
+        """The librdkafka settings (confluent-kafka) of this file."""
+        out: dict[str, Any] = {"security.protocol": self.protocol.lower()}
+        if self.sasl:
+            out.update({"sasl.mechanisms": self.mechanism, "sasl.username": self.username,
+                        "sasl.password": self.password})  # fmt: skip
+        if self.tls:
+            if self.ca_file:
+                out["ssl.ca.location"] = self.ca_file
+            out["ssl.endpoint.identification.algorithm"] = "https" if self.verify_hostname else "none"
+        return out
+
+    def java(self, login_module_prefix: str = "") -> dict[str, str]:
+        """The Java client settings of this file (``login_module_prefix``: the package a relocated
+        Kafka lives under, ``FLINK_SHADED_PREFIX`` inside the Flink connector's fat jar)."""
+        out = {KEY_PROTOCOL: self.protocol}
+        if self.sasl:
+            assert self.mechanism is not None and self.username is not None and self.password is not None
+            module = login_module_prefix + LOGIN_MODULES[self.mechanism]
+            out[KEY_MECHANISM] = self.mechanism
+            out[KEY_JAAS] = (
+                f'{module} required username="{_jaas_quote(self.username)}" '
+                f'password="{_jaas_quote(self.password)}";'
+            )
+        if self.tls:
+            if self.ca_file:
+                out[KEY_TRUSTSTORE_TYPE] = "PEM"
+                out[KEY_TRUSTSTORE] = self.ca_file
+            out[KEY_ENDPOINT_CHECK] = "https" if self.verify_hostname else ""
+        return out
+
+    def flink_table_options(self) -> dict[str, str]:
+        """The Flink Kafka connector's table options (``properties.*``) of this file, with the login
+        module under the connector's shaded package."""
+        return {f"properties.{k}": v for k, v in self.java(FLINK_SHADED_PREFIX).items()}
+
+    def describe(self) -> str:
+        """Who this file authenticates as, for messages (never the password)."""
+        if not self.sasl:
+            return f"{self.protocol} without authentication"
+        return f"user {self.username!r} ({self.mechanism} over {self.protocol})"
+
+
+def _jaas_quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _jaas_unquote(value: str) -> str:
+    return re.sub(r"\\(.)", r"\1", value)
+
+
+def load_client_properties(path: Path) -> ClientSecurity:
+    """Read one Kafka client properties file (Java keys, usable as-is by Kafka's console tools);
+    ``KafkaConfigError`` with one line naming the file and the key if it cannot be used."""
+    props = read_properties(path)
+    for key in props:
+        if key not in KNOWN_KEYS:
+            raise KafkaConfigError(
+                f"{path}: {key}: not a setting rendezvous translates for its clients "
+                f"(known: {', '.join(KNOWN_KEYS)})"
+            )
+    protocol = props.get(KEY_PROTOCOL)
+    if protocol is None:
+        raise KafkaConfigError(f"{path}: {KEY_PROTOCOL}: missing (one of {', '.join(PROTOCOLS)})")
+    protocol = protocol.strip().upper()
+    if protocol not in PROTOCOLS:
+        raise KafkaConfigError(
+            f"{path}: {KEY_PROTOCOL}: unknown protocol {props[KEY_PROTOCOL]!r} (one of {', '.join(PROTOCOLS)})"
+        )
+    mechanism = username = password = None
+    if protocol in (SASL_PLAINTEXT, SASL_SSL):
+        mechanism, username, password = _sasl(path, props)
+    elif KEY_MECHANISM in props or KEY_JAAS in props:
+        key = KEY_MECHANISM if KEY_MECHANISM in props else KEY_JAAS
+        raise KafkaConfigError(f"{path}: {key}: set, but {KEY_PROTOCOL} {protocol} does not use SASL")
+    ca_file, verify = _tls(path, props, protocol)
+    return ClientSecurity(str(path), protocol, mechanism, username, password, ca_file, verify)
+
+
+def _sasl(path: Path, props: Mapping[str, str]) -> tuple[str, str, str]:
+    mechanism = props.get(KEY_MECHANISM)
+    if mechanism is None:
+        raise KafkaConfigError(f"{path}: {KEY_MECHANISM}: missing (one of {', '.join(LOGIN_MODULES)})")
+    mechanism = mechanism.strip().upper()
+    if mechanism not in LOGIN_MODULES:
+        raise KafkaConfigError(
+            f"{path}: {KEY_MECHANISM}: unknown mechanism {props[KEY_MECHANISM]!r} "
+            f"(one of {', '.join(LOGIN_MODULES)})"
+        )
+    jaas = props.get(KEY_JAAS)
+    if jaas is None:
+        raise KafkaConfigError(
+            f'{path}: {KEY_JAAS}: missing (e.g. {LOGIN_MODULES[mechanism]} required username="..." '
+            'password="...";)'
+        )
+    options = _jaas_options(path, mechanism, jaas)
+    return mechanism, options["username"], options["password"]
+
+
+def _jaas_options(path: Path, mechanism: str, jaas: str) -> dict[str, str]:
+    """The options of a ``sasl.jaas.config`` login entry for ``mechanism``, username and password
+    required (messages never quote the entry: it holds the password)."""
+    m = _JAAS_RE.fullmatch(jaas)
+    if m is None:
+        raise KafkaConfigError(
+            f'{path}: {KEY_JAAS}: not a JAAS login entry (expected: LoginModuleClass required username="..." '
+            'password="...";)'
+        )
+    module, flag, rest = m.groups()
+    expected = LOGIN_MODULES[mechanism]
+    if module not in (expected, FLINK_SHADED_PREFIX + expected):
+        raise KafkaConfigError(
+            f"{path}: {KEY_JAAS}: {mechanism} needs the login module {expected}, not {module}"
+        )
+    if flag != "required":
+        raise KafkaConfigError(f"{path}: {KEY_JAAS}: the login module must be 'required', not {flag!r}")
+    options: dict[str, str] = {}
+    pos = 0
+    while pos < len(rest.rstrip()):
+        o = _JAAS_OPTION_RE.match(rest, pos)
+        if o is None:
+            raise KafkaConfigError(f"{path}: {KEY_JAAS}: cannot read the options after the login module")
+        options[o.group(1)] = _jaas_unquote(o.group(2)) if o.group(2) is not None else o.group(3)
+        pos = o.end()
+    for option in ("username", "password"):
+        if not options.get(option):
+            raise KafkaConfigError(f'{path}: {KEY_JAAS}: no {option}="..." in the login entry')
+    return options
+
+
+def _tls(path: Path, props: Mapping[str, str], protocol: str) -> tuple[str | None, bool]:
+    tls_keys = [k for k in (KEY_TRUSTSTORE, KEY_TRUSTSTORE_TYPE, KEY_ENDPOINT_CHECK) if k in props]
+    if protocol not in (SSL, SASL_SSL):
+        if tls_keys:
+            raise KafkaConfigError(
+                f"{path}: {tls_keys[0]}: set, but {KEY_PROTOCOL} {protocol} does not use TLS"
+            )
+        return None, True
+    ca_file = props.get(KEY_TRUSTSTORE)
+    if ca_file is not None:
+        kind = props.get(KEY_TRUSTSTORE_TYPE, "JKS").strip().upper()
+        if kind != "PEM":
+            raise KafkaConfigError(
+                f"{path}: {KEY_TRUSTSTORE_TYPE}: must be PEM (librdkafka reads no {kind} trust store)"
+            )
+        ca = Path(ca_file) if Path(ca_file).is_absolute() else path.parent / ca_file
+        if not ca.is_file():
+            raise KafkaConfigError(f"{path}: {KEY_TRUSTSTORE}: no such file {ca_file!r}")
+        ca_file = str(ca.resolve())
+    verify = props.get(KEY_ENDPOINT_CHECK, "https").strip().lower()
+    if verify not in ("https", ""):
+        raise KafkaConfigError(f"{path}: {KEY_ENDPOINT_CHECK}: must be https or empty, got {verify!r}")
+    return ca_file, verify == "https"
+
+
+def write_client_properties(path: Path, security: ClientSecurity, comment: str = "") -> None:
+    """Write ``security`` as a Kafka client properties file (Java keys) readable only by its owner
+    (mode 0600, set before any secret is written)."""
+    lines = [f"# {line}".rstrip() for line in comment.splitlines()]
+    lines += [f"{k}={_escape_property(v)}" for k, v in security.java().items()]
+    write_secret(path, "\n".join(lines) + "\n")
+
+
+def _escape_property(value: str) -> str:
+    return value.replace("\\", "\\\\")
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write a file only its owner can read (0600 from its creation, whatever the umask), replacing
+    any file of that name in one step."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+# The security every client of this process uses unless it is given its own (None: PLAINTEXT, no
+# authentication: the broker started without --secure). Set once by a command's --kafka-config.
+_process_security: ClientSecurity | None = None
+
+
+def use_security(security: ClientSecurity | None) -> None:
+    """Make ``security`` the default of every client this process makes from now on."""
+    global _process_security
+    _process_security = security
+
+
+def current_security() -> ClientSecurity | None:
+    """The security this process's clients use by default (None: none)."""
+    return _process_security
+
+
+@contextmanager
+def security_context(security: ClientSecurity | None) -> Iterator[ClientSecurity | None]:
+    """The clients made inside the block use ``security`` (one process acting in several roles: the
+    demo, tests); the previous default comes back after it."""
+    before = _process_security
+    use_security(security)
+    try:
+        yield security
+    finally:
+        use_security(before)
+
+
+def use_config_file(path: Path | None, who: str) -> ClientSecurity | None:
+    """A command's ``--kafka-config``: read the file and make it this process's default; a file that
+    cannot be used stops the command with one line (``error: <who>: <file>: <key>: ...``)."""
+    if path is None:
+        return None
+    try:
+        security = load_client_properties(Path(path))
+    except KafkaConfigError as e:
+        raise SystemExit(f"error: {who}: {e}") from None
+    use_security(security)
+    return security
+
+
+KAFKA_CONFIG_HELP = (
+    "Kafka client properties file (Java keys security.protocol, sasl.mechanism, sasl.jaas.config; "
+    "`rendezvous broker start --secure` writes one per role under <data-dir>/clients/); default: no "
+    "authentication (a broker started without --secure)"
+)
+
+
+def add_config_argument(parser: Any) -> None:
+    """The ``--kafka-config FILE`` option of every command that talks to Kafka."""
+    parser.add_argument("--kafka-config", type=Path, default=None, metavar="FILE", help=KAFKA_CONFIG_HELP)
+
+
+def results_prefix(security: ClientSecurity | None = None) -> str:
+    """Where this process's own results topics go: ``results.`` without authentication, else the
+    prefix the client principal may read (``udfs.names.client_results_prefix``)."""
+    security = _process_security if security is None else security
+    if security is None or not security.username:
+        return f"{names.TOPIC_RESULTS_DEFAULT}."
+    return names.client_results_prefix(security.username)
+
+
+def _assigned_group(security: ClientSecurity | None) -> str:
+    """A reader's throw-away group (``assign()`` only): one its principal may describe."""
+    chosen = _chosen(security)
+    principal = chosen.username if chosen is not None else None
+    return f"{names.assigned_group_prefix(principal)}{uuid.uuid4().hex[:12]}"
+
+
+def _chosen(security: ClientSecurity | None) -> ClientSecurity | None:
+    return _process_security if security is None else security
+
+
+def _security_settings(security: ClientSecurity | None) -> dict[str, Any]:
+    chosen = _chosen(security)
+    return {} if chosen is None else chosen.librdkafka()
+
+
+def is_authentication_error(error: KafkaError | None) -> bool:
+    """Whether librdkafka reported that the broker refused this client's credentials."""
+    return error is not None and error.code() in (
+        KafkaError._AUTHENTICATION,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+    )
+
+
 # --- clients -------------------------------------------------------------------------------------
 
 
@@ -246,10 +658,14 @@ class Producer(confluent_kafka.Producer):
         return left
 
 
-def producer_config(bootstrap: str, client_id: str = "rendezvous", **overrides: Any) -> dict[str, Any]:
-    """The project's producer settings (librdkafka keys); ``overrides`` use ``_`` for ``.``."""
+def producer_config(
+    bootstrap: str, client_id: str = "rendezvous", *, security: ClientSecurity | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """The project's producer settings (librdkafka keys); ``overrides`` use ``_`` for ``.``;
+    ``security`` (None: the process's, ``use_security``) adds the authentication settings."""
     return {
         **_COMMON,
+        **_security_settings(security),
         "bootstrap.servers": bootstrap,
         "client.id": client_id,
         "partitioner": PARTITIONER,
@@ -260,11 +676,17 @@ def producer_config(bootstrap: str, client_id: str = "rendezvous", **overrides: 
 
 
 def producer(
-    bootstrap: str, *, client_id: str = "rendezvous", errors_out: TextIO | None = None, **overrides: Any
+    bootstrap: str,
+    *,
+    client_id: str = "rendezvous",
+    errors_out: TextIO | None = None,
+    security: ClientSecurity | None = None,
+    **overrides: Any,
 ) -> Producer:
     """A producer with the project's settings (``producer_config``); ``overrides`` are librdkafka
     settings with ``_`` for ``.`` (``linger_ms=0``)."""
-    return Producer(producer_config(bootstrap, client_id, **overrides), client_id, errors_out)
+    config = producer_config(bootstrap, client_id, security=security, **overrides)
+    return Producer(config, client_id, errors_out)
 
 
 def consume_ready(consumer: Any, max_records: int, timeout_s: float) -> list[Message]:
@@ -332,6 +754,8 @@ def consumer_config(
     client_id: str = "rendezvous",
     isolation: str = READ_UNCOMMITTED,
     offset_reset: str = "earliest",
+    *,
+    security: ClientSecurity | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """The project's consumer settings (librdkafka keys); see ``consumer()``."""
@@ -339,9 +763,10 @@ def consumer_config(
         raise ValueError(f"isolation must be {READ_COMMITTED} or {READ_UNCOMMITTED}, got {isolation!r}")
     return {
         **_COMMON,
+        **_security_settings(security),
         "bootstrap.servers": bootstrap,
         "client.id": client_id,
-        "group.id": group_id or f"rendezvous-assigned-{uuid.uuid4().hex[:12]}",
+        "group.id": group_id or _assigned_group(security),
         "enable.auto.commit": group_id is not None,
         "auto.offset.reset": offset_reset,
         "isolation.level": isolation,
@@ -361,6 +786,7 @@ def consumer(
     isolation: str = READ_UNCOMMITTED,
     offset_reset: str = "earliest",
     errors_out: TextIO | None = None,
+    security: ClientSecurity | None = None,
     **overrides: Any,
 ) -> Consumer:
     """A consumer with the project's settings (``consumer_config``), subscribed to ``topics`` if given.
@@ -368,20 +794,31 @@ def consumer(
     Without ``group_id`` it is for ``assign()`` only (``assign_all``): librdkafka needs a group id, so
     it gets a throw-away one and commits nothing.
     """
-    config = consumer_config(bootstrap, group_id, client_id, isolation, offset_reset, **overrides)
+    config = consumer_config(
+        bootstrap, group_id, client_id, isolation, offset_reset, security=security, **overrides
+    )
     c = Consumer(config, client_id, errors_out)
     if topics:
         c.subscribe(list(topics))
     return c
 
 
-def admin(bootstrap: str, *, quiet: bool = False, client_id: str = "rendezvous-admin") -> AdminClient:
-    """An admin client; ``quiet``: librdkafka prints nothing (a start-up probe says one line itself)."""
+def admin(
+    bootstrap: str,
+    *,
+    quiet: bool = False,
+    client_id: str = "rendezvous-admin",
+    security: ClientSecurity | None = None,
+    errors: ClientErrors | None = None,
+) -> AdminClient:
+    """An admin client; ``quiet``: librdkafka prints nothing (a start-up probe says one line itself);
+    ``errors``: the ``error_cb`` (default: a new ``ClientErrors``)."""
     config: dict[str, Any] = {
         **_COMMON,
+        **_security_settings(security),
         "bootstrap.servers": bootstrap,
         "client.id": client_id,
-        "error_cb": ClientErrors(client_id, quiet=quiet),
+        "error_cb": errors if errors is not None else ClientErrors(client_id, quiet=quiet),
     }
     if quiet:
         config["log_level"] = 0
@@ -409,11 +846,20 @@ def records(messages: Sequence[Message], errors: Callable[[KafkaError], None] | 
 
 def partitions(client: Any, topic: str, timeout_s: float = 10.0, wait: bool = False) -> list[int]:
     """The topic's partition ids ([] if it does not exist); ``wait``: until it has some, up to
-    ``timeout_s`` (then RuntimeError)."""
+    ``timeout_s`` (then RuntimeError). KafkaException TOPIC_AUTHORIZATION_FAILED if this client's
+    principal may not see it (a secured broker)."""
     deadline = time.monotonic() + timeout_s
     while True:
         left = max(deadline - time.monotonic(), 0.1)
         meta = client.list_topics(topic, timeout=left).topics.get(topic)
+        if (
+            meta is not None
+            and meta.error is not None
+            and meta.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+        ):
+            # A secured broker's answer, not a topic still being created: a reader assigned to it would
+            # wait in silence (librdkafka reports nothing for an assigned partition it may not read).
+            raise KafkaException(meta.error)
         found = sorted(meta.partitions) if meta is not None and meta.error is None else []
         if found or not wait:
             return found

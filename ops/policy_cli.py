@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in (pub, show):
         p.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers, e.g. 127.0.0.1:9092")
         p.add_argument("--topic", default=names.TOPIC_POLICIES, help="the job's --policies-topic")
+        kafka_client.add_config_argument(p)
     a = ap.parse_args(argv)
 
     if a.command == "check":
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ok: {a.file} is a valid policy, version {checked.version} ({checked.decide})")
         return 0
     policy = _load(a.file) if a.command == "publish" else None  # a bad file never reaches the broker
+    kafka_client.use_config_file(a.kafka_config, "rendezvous policy")
     kafka_admin.require_broker(a.bootstrap, "rendezvous policy")
     ensure_policies_topic(a.bootstrap, a.topic)
     if policy is None:

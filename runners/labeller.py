@@ -30,9 +30,8 @@ import numpy as np
 from ops import kafka_admin, kafka_client
 from runners.data import FEATURES, truth_labels
 from runners.runner import MalformedRequest, now_ms, parse_request
-from udfs.names import TOPIC_LABELS, TOPIC_REQUESTS
+from udfs.names import GROUP_LABELLER, TOPIC_LABELS, TOPIC_REQUESTS
 
-GROUP_LABELLER = "labeller"
 IDLE_POLL_MS = 100
 STATS_EVERY_S = 5.0
 
@@ -166,10 +165,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--delay-s", type=float, default=5.0, help="publish each label this long after its request"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the label draws")
+    kafka_client.add_config_argument(p)
     a = p.parse_args(argv)
     if a.delay_s < 0:
         p.error("--delay-s must be >= 0")
 
+    kafka_client.use_config_file(a.kafka_config, "labeller")
     kafka_admin.require_broker(a.bootstrap, "labeller")
     kafka_admin.create_topics(a.bootstrap, [a.labels_topic])
     stop = threading.Event()

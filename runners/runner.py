@@ -458,6 +458,7 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Faults]
     )
     p.add_argument("--seed", type=int, default=0, help="seed for which requests fail/drop, jitter and noise")
     p.add_argument("--max-seconds", type=float, default=None, help="exit this long after connecting")
+    kafka_client.add_config_argument(p)
     args = p.parse_args(argv)
     try:
         faults = Faults(
@@ -477,6 +478,7 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Faults]
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the flags, load the model, connect, run until a signal or --max-seconds."""
     args, faults = _parse_args(argv)
+    kafka_client.use_config_file(args.kafka_config, "runner")
     kafka_admin.require_broker(args.bootstrap, "runner")  # fail fast with one line if Kafka is unreachable
     # Handlers first: a stop during the slow start-up (imports, model load) then ends run() at once.
     stop = threading.Event()

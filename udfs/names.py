@@ -39,11 +39,45 @@ TOPIC_CONFIGS: dict[str, dict[str, str]] = {TOPIC_POLICIES: {"cleanup.policy": "
 
 # --- Consumer groups ------------------------------------------------------------------------
 GROUP_RENDEZVOUS = "rendezvous-job"
+RUNNER_GROUP_PREFIX = "runner-"
 
 
 def runner_group(model_id: str) -> str:
     """Each model runner reads every request, so each has a consumer group of its own."""
-    return f"runner-{model_id}"
+    return f"{RUNNER_GROUP_PREFIX}{model_id}"
+
+
+# The labeller's consumer group (runners/labeller.py).
+GROUP_LABELLER = "labeller"
+
+
+# --- Security (ops/broker.py --secure, ops/kafka_security.py) --------------------------------------
+# One SASL principal per role, named as the role; each gets its own Kafka client properties file
+# (<data-dir>/clients/<role>.properties) and the ACLs of its role, derived from the topics, groups and
+# transactional ids above. The broker's own principal (inter-broker, controller, ACL set-up) is a super user.
+ROLE_CLIENT = "client"  # writes requests, reads the results topics under its own prefix
+ROLE_RUNNER = "runner"  # reads requests, writes scores
+ROLE_JOB = "job"  # what the rendezvous job's topology reads and writes
+ROLE_OPERATOR = "operator"  # policies and topic administration
+ROLE_LABELLER = "labeller"  # reads requests, writes labels (runners/labeller.py)
+ROLES = (ROLE_CLIENT, ROLE_RUNNER, ROLE_JOB, ROLE_OPERATOR, ROLE_LABELLER)
+PRINCIPAL_BROKER = "admin"
+# The results topics the job may write (and create): every return address starts with this on a secured
+# broker (the job refuses others as bad_return_address, jobs/rendezvous_job.py --return-address-prefix).
+RESULTS_PREFIX = TOPIC_RESULTS_DEFAULT
+
+
+def assigned_group_prefix(principal: str | None) -> str:
+    """The throw-away consumer group of a reader that assigns partitions itself (librdkafka needs a group
+    id, and asks for the group's coordinator even if it never commits): ``rendezvous-assigned-``, or on a
+    secured broker ``<principal>.assigned-``, the groups each principal may describe (its own only)."""
+    return "rendezvous-assigned-" if principal is None else f"{principal}.assigned-"
+
+
+def client_results_prefix(principal: str) -> str:
+    """The results topics one client principal may create and read (return addresses of its requests):
+    ``results.<principal>.``; another client's prefix is out of its reach."""
+    return f"{RESULTS_PREFIX}.{principal}."
 
 
 # --- Delivery guarantees of the Kafka outputs (jobs/rendezvous_job.py --<output>-delivery) ---------

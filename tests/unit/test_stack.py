@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ def test_a_warm_up_round_is_quiet_only_when_every_jit_is_measured_and_low() -> N
 
 class FakeBroker:
     bootstrap = "127.0.0.1:1"
+    secure = False
 
     def __init__(self) -> None:
         self.stopped = False
@@ -38,13 +41,18 @@ class FakeBroker:
     def stop(self) -> None:
         self.stopped = True
 
+    @contextlib.contextmanager
+    def as_admin(self) -> Iterator[None]:
+        yield
+
 
 @pytest.fixture
 def broker_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     calls: dict[str, Any] = {"broker": FakeBroker()}
 
-    def start(data_dir: Path, port: int, controller_port: int) -> FakeBroker:
+    def start(data_dir: Path, port: int, controller_port: int, secure: bool = False) -> FakeBroker:
         calls["start"] = (data_dir, port, controller_port)
+        calls["secure"] = secure
         return calls["broker"]
 
     monkeypatch.setattr(stack.KafkaBroker, "start", start)
