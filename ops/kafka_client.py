@@ -392,14 +392,7 @@ def load_client_properties(path: Path) -> ClientSecurity:
                 f"{path}: {key}: not a setting rendezvous translates for its clients "
                 f"(known: {', '.join(KNOWN_KEYS)})"
             )
-    protocol = props.get(KEY_PROTOCOL)
-    if protocol is None:
-        raise KafkaConfigError(f"{path}: {KEY_PROTOCOL}: missing (one of {', '.join(PROTOCOLS)})")
-    protocol = protocol.strip().upper()
-    if protocol not in PROTOCOLS:
-        raise KafkaConfigError(
-            f"{path}: {KEY_PROTOCOL}: unknown protocol {props[KEY_PROTOCOL]!r} (one of {', '.join(PROTOCOLS)})"
-        )
+    protocol = _choice(path, props, KEY_PROTOCOL, "protocol", PROTOCOLS)
     mechanism = username = password = None
     if protocol in (SASL_PLAINTEXT, SASL_SSL):
         mechanism, username, password = _sasl(path, props)
@@ -410,16 +403,18 @@ def load_client_properties(path: Path) -> ClientSecurity:
     return ClientSecurity(str(path), protocol, mechanism, username, password, ca_file, verify)
 
 
+def _choice(path: Path, props: Mapping[str, str], key: str, what: str, allowed: Sequence[str]) -> str:
+    """A required setting that is one of ``allowed`` (case-insensitive), upper-cased; else one line."""
+    value = props.get(key)
+    if value is None:
+        raise KafkaConfigError(f"{path}: {key}: missing (one of {', '.join(allowed)})")
+    if value.strip().upper() not in allowed:
+        raise KafkaConfigError(f"{path}: {key}: unknown {what} {value!r} (one of {', '.join(allowed)})")
+    return value.strip().upper()
+
+
 def _sasl(path: Path, props: Mapping[str, str]) -> tuple[str, str, str]:
-    mechanism = props.get(KEY_MECHANISM)
-    if mechanism is None:
-        raise KafkaConfigError(f"{path}: {KEY_MECHANISM}: missing (one of {', '.join(LOGIN_MODULES)})")
-    mechanism = mechanism.strip().upper()
-    if mechanism not in LOGIN_MODULES:
-        raise KafkaConfigError(
-            f"{path}: {KEY_MECHANISM}: unknown mechanism {props[KEY_MECHANISM]!r} "
-            f"(one of {', '.join(LOGIN_MODULES)})"
-        )
+    mechanism = _choice(path, props, KEY_MECHANISM, "mechanism", tuple(LOGIN_MODULES))
     jaas = props.get(KEY_JAAS)
     if jaas is None:
         raise KafkaConfigError(
