@@ -8,19 +8,21 @@ PY     := $(VENV)/bin/python
 JARS   := build/jars
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-unit test-faults lint bench bench-tuning profile faults publish scenario-degrade clean distclean sql
+.PHONY: help setup demo test test-unit test-faults lint bench bench-archive bench-tuning profile faults soak publish scenario-degrade clean distclean sql
 
 help:
 	@echo "make setup   - virtualenv + pinned Python deps + Kafka broker and Flink connector jars (idempotent)"
-	@echo "make demo    - broker, models, runners, rendezvous job, load; prints a summary; stops everything (SECURE=1: SASL/SCRAM + ACLs)"
+	@echo "make demo    - broker, models, runners, rendezvous job, load; prints a summary; stops everything (SECURE=1: SASL/SCRAM + ACLs; TLS=1: and TLS)"
 	@echo "make test    - the whole test suite (unit, mini cluster, end-to-end on a real broker)"
 	@echo "make lint    - ruff + mypy"
 	@echo "make bench   - Kafka floor, job alone, whole stack on a rate ladder (first_in_order vs wait-for-all) -> var/bench/"
 	@echo "make faults  - every fault scenario under load, both delivery modes; invariants checked -> var/faults/ (~25 min)"
+	@echo "make soak    - 30 min at half the measured capacity, a fault every 5 min: memory, state, lag level off? -> var/soak/ (not in make test)"
 	@echo "make profile - where the job's and a runner's CPU goes, stage by stage (py-spy, JFR) -> var/profile/ (~4 min)"
 	@echo "make publish - copy the runs' JSON from var/ into docs/results/ and render README.md/docs/performance.md from it"
 	@echo "make bench-tuning - the job alone under each candidate Flink setting -> var/bench/tuning.md (~15 min)"
-	@echo "make scenario-degrade - a model degrades mid-run: metrics, quality, drift/canary alerts, gate demotes it (var/degrade/)"
+	@echo "make bench-archive - the archive's cost in the job (drains with/without it) and SQL over 1 M archived requests -> var/bench/archive.md"
+	@echo "make scenario-degrade - a model degrades mid-run: metrics, quality, drift/canary alerts, the autopilot demotes it live (var/degrade/summary.json: seconds_to_fallback)"
 	@echo "make sql Q='SELECT ...' - SQL over the decoy archive of the last demo"
 	@echo "make cluster-up | cluster-submit BOOTSTRAP=host:port | cluster-status | cluster-cancel JOB=id | cluster-down"
 
@@ -36,7 +38,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@touch $@
 
-$(JARS)/.fetched: deps/pom.xml deps/kafka-sink-context/pom.xml $(shell find deps/kafka-sink-context/src -name '*.java')
+$(JARS)/.fetched: deps/pom.xml deps/kafka-sink-context/pom.xml $(shell find deps/kafka-sink-context/src -name '*.java') \
+                 deps/archive-parquet/pom.xml $(shell find deps/archive-parquet/src -type f)
 	@command -v java >/dev/null || { echo "error: Java 17+ is required (Debian: apt-get install openjdk-17-jdk-headless)." >&2; exit 1; }
 	@jv=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
 	  if [ -z "$$jv" ] || [ "$$jv" -lt 17 ]; then echo "error: Java 17+ is required, found version '$$jv'." >&2; exit 1; fi
@@ -45,9 +48,10 @@ $(JARS)/.fetched: deps/pom.xml deps/kafka-sink-context/pom.xml $(shell find deps
 	mvn --batch-mode --quiet -f deps/pom.xml package
 	@touch $@
 
-# SECURE=1: the broker with SASL/SCRAM and ACLs, every process as its role (docs/operations.md#security).
+# SECURE=1: the broker with SASL/SCRAM and ACLs, every process as its role (docs/operations.md#security);
+# TLS=1 as well: the clients' listener over TLS (SASL_SSL), every process trusting the broker's own CA.
 demo: setup
-	$(PY) -m harness.demo $(if $(SECURE),--secure)
+	$(PY) -m harness.demo $(if $(SECURE),--secure) $(if $(TLS),--secure --tls)
 
 # Long fault scenarios (marker `slow`) are left to `make faults` / `make test-faults`.
 test: setup
@@ -67,8 +71,16 @@ lint: setup
 bench: setup
 	$(PY) -m harness.bench $(BENCH_ARGS)
 
+# The decoy archive: the job draining with and without it, and DuckDB over 1 M archived requests.
+bench-archive: setup
+	$(PY) -m harness.bench_archive $(BENCH_ARGS)
+
 faults: setup
 	$(PY) -m harness.faults $(FAULTS_ARGS)
+
+# SOAK_ARGS: e.g. --minutes 60 --rate 100 --fault-every 3 --delivery exactly-once (python -m harness.soak --help).
+soak: setup
+	$(PY) -m harness.soak $(SOAK_ARGS)
 
 bench-tuning: setup
 	$(PY) -m harness.bench --tuning $(BENCH_ARGS)

@@ -8,19 +8,29 @@
 #                                does nothing if a rendezvous job is already running there
 #   train [train flags]          (re)train the models into /opt/rendezvous/models
 #   load [loadgen flags]         the load generator (python -m harness.loadgen) against the broker
+#   labeller [labeller flags]    the labeller (python -m runners.labeller): true labels, later
+#   policy COMMAND [args]        live policy changes (python -m ops.policy_cli): check, publish, show
+#   kafka-secrets [flags]        one-shot, before the broker: every principal's password and file, one
+#                                directory (volume) per reader under $SECRETS_DIR (python -m ops.kafka_init)
+#   kafka-setup [flags]          one-shot, once the broker answers: every role's ACLs and every topic
 #   sql [SQL]                    SQL (DuckDB) over the decoy archive (python -m ops.archive)
 #   flink [args]                 the Flink CLI against the JobManager (list, stop --savepointPath, cancel, ...)
 #   help                         this text
 #   anything else                run as a command (bash, python, flink, ...)
 #
-# Settings (environment): KAFKA_BOOTSTRAP, POLICY, ARCHIVE_DIR, STATE_DIR, MODELS_DIR,
-# FLINK_REST_URL, SUBMIT_WAIT_S, FROM_SAVEPOINT, FORCE_SUBMIT; defaults below.
+# Settings (environment): KAFKA_BOOTSTRAP, KAFKA_CONFIG, ADMIN_CONFIG, SECRETS_DIR, POLICY, ARCHIVE_DIR,
+# STATE_DIR, MODELS_DIR, FLINK_REST_URL, SUBMIT_WAIT_S, FROM_SAVEPOINT, FORCE_SUBMIT; defaults below.
+# KAFKA_CONFIG: the role's Kafka client properties file, given to every command that talks to Kafka as
+# --kafka-config (empty: a broker without authentication); ADMIN_CONFIG: the broker's own, for kafka-setup.
 set -euo pipefail
 
 APP_DIR=${APP_DIR:-/opt/rendezvous/app}
 MODELS_DIR=${MODELS_DIR:-/opt/rendezvous/models}
 PYFILES=${PYFILES:-/opt/rendezvous/pyfiles/udfs.zip}
 KAFKA_BOOTSTRAP=${KAFKA_BOOTSTRAP:-kafka:9092}
+KAFKA_CONFIG=${KAFKA_CONFIG:-}
+ADMIN_CONFIG=${ADMIN_CONFIG:-}
+SECRETS_DIR=${SECRETS_DIR:-/opt/rendezvous/secrets}
 POLICY=${POLICY:-$APP_DIR/policies/default.yaml}
 ARCHIVE_DIR=${ARCHIVE_DIR:-/opt/rendezvous/archive/decoy}
 STATE_DIR=${STATE_DIR:-/opt/rendezvous/state}
@@ -32,6 +42,12 @@ FLINK_CONF_DIR=${FLINK_CONF_DIR:?FLINK_CONF_DIR must point at the generated Flin
 # Modules run from the source tree, so that what the code finds next to itself (flink-conf/,
 # policies/, schemas/, build/jars/flink/) is there; the dependencies come from the installed venv.
 cd "$APP_DIR"
+
+# --kafka-config FILE when KAFKA_CONFIG names one (the file's path; what is in it never reaches argv).
+kafka_config=()
+if [[ -n "$KAFKA_CONFIG" ]]; then
+    kafka_config=(--kafka-config "$KAFKA_CONFIG")
+fi
 
 usage() {
     sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
@@ -92,6 +108,7 @@ submit() {
     exec "$FLINK_HOME/bin/flink" "${flink_args[@]}" \
         --policy "$POLICY" \
         --bootstrap "$KAFKA_BOOTSTRAP" \
+        "${kafka_config[@]}" \
         --archive-dir "$ARCHIVE_DIR" \
         --state-dir "$STATE_DIR" \
         --flink-conf "$FLINK_CONF_DIR/config.yaml" \
@@ -120,7 +137,8 @@ case "$role" in
         fi
         model=$1
         shift
-        exec python -m runners.runner --model-dir "$MODELS_DIR/$model" --bootstrap "$KAFKA_BOOTSTRAP" "$@"
+        exec python -m runners.runner --model-dir "$MODELS_DIR/$model" --bootstrap "$KAFKA_BOOTSTRAP" \
+            "${kafka_config[@]}" "$@"
         ;;
     submit)
         submit "$@"
@@ -129,7 +147,30 @@ case "$role" in
         exec python -m runners.train --out "$MODELS_DIR" "$@"
         ;;
     load)
-        exec python -m harness.loadgen --bootstrap "$KAFKA_BOOTSTRAP" "$@"
+        exec python -m harness.loadgen --bootstrap "$KAFKA_BOOTSTRAP" "${kafka_config[@]}" "$@"
+        ;;
+    labeller)
+        exec python -m runners.labeller --bootstrap "$KAFKA_BOOTSTRAP" "${kafka_config[@]}" "$@"
+        ;;
+    policy)
+        command=${1:-show}
+        if [[ $# -gt 0 ]]; then
+            shift
+        fi
+        if [[ "$command" == check ]]; then  # a file only: no broker
+            exec python -m ops.policy_cli check "$@"
+        fi
+        exec python -m ops.policy_cli "$command" --bootstrap "$KAFKA_BOOTSTRAP" "${kafka_config[@]}" "$@"
+        ;;
+    kafka-secrets)
+        exec python -m ops.kafka_init secrets --dir "$SECRETS_DIR" "$@"
+        ;;
+    kafka-setup)
+        admin=()
+        if [[ -n "$ADMIN_CONFIG" ]]; then
+            admin=(--admin-config "$ADMIN_CONFIG")
+        fi
+        exec python -m ops.kafka_init setup --bootstrap "$KAFKA_BOOTSTRAP" "${admin[@]}" "$@"
         ;;
     sql)
         exec python -m ops.archive --archive-dir "$ARCHIVE_DIR" "$@"

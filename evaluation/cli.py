@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import signal
+import socket
 import sys
 import threading
 import time
@@ -23,6 +24,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from evaluation import autopilot_kafka
+from evaluation.autopilot import AutopilotConfig
 from evaluation.bandit_sim import SimConfig, simulate
 from evaluation.drift import (
     DriftConfig,
@@ -44,11 +47,12 @@ from evaluation.quality import quality_by_model, quality_windows
 from evaluation.replay import replay
 from evaluation.report import latency_frame, wins_frame, write_report
 from evaluation.watch import ArchiveWindow, RoundResult, alert_publisher, parse_duration_ms, run_watch
+from ops import kafka_client
 from ops.archive import format_table
 from ops.kafka_admin import read_json_topic
 from runners.data import FEATURES
 from udfs import names
-from udfs.names import TOPIC_ALERTS
+from udfs.names import TOPIC_ALERTS, TOPIC_AUDIT
 from udfs.policy import PolicyError, load_policy
 
 
@@ -451,6 +455,52 @@ def cmd_bandit_sim(a: argparse.Namespace) -> int:
     return 0
 
 
+_AUTOPILOT_DURATIONS = (
+    ("every", "every_ms"),
+    ("window", "window_ms"),
+    ("canary_window", "canary_window_ms"),
+    ("min_interval", "min_interval_ms"),
+)
+
+
+def autopilot_config(a: argparse.Namespace) -> AutopilotConfig:
+    """The config file's mapping with the flags on top, validated once; a bad value is one line."""
+    data = read_yaml_mapping(a.config) or {}
+    for flag, key in _AUTOPILOT_DURATIONS:
+        text = getattr(a, flag)
+        if text is None:
+            continue
+        try:
+            data[key] = 0 if flag == "min_interval" and text.strip() == "0" else parse_duration_ms(text)
+        except ValueError as e:
+            raise CliError(f"--{flag.replace('_', '-')}: {e}") from None
+    if a.demote_on_canary:
+        data["demote_on_canary"] = True
+    try:
+        return AutopilotConfig.from_dict(data)
+    except ValueError as e:
+        raise CliError(f"{a.config or 'autopilot'}: {e}") from None
+
+
+def cmd_autopilot(a: argparse.Namespace) -> int:
+    cfg = autopilot_config(a)
+    policy = read_policy(a.policy)
+    topics = autopilot_kafka.Topics(
+        decisions=a.decisions_topic,
+        labels=a.labels_topic,
+        canary=a.canary_topic,
+        policies=a.policies_topic,
+        audit=a.audit_topic,
+    )
+    watcher = a.name if a.name is not None else f"autopilot@{socket.gethostname()}"
+    if not 1 <= len(watcher) <= 256:
+        raise CliError(f"--name: must be 1 to 256 characters, got {len(watcher)}")
+    autopilot_kafka.serve(
+        a.bootstrap, topics, policy, cfg, watcher, dry_run=a.dry_run, iterations=a.iterations
+    )
+    return 0
+
+
 def cmd_collect(a: argparse.Namespace) -> int:
     topics = {
         "decisions": a.decisions_topic or names.TOPIC_DECISIONS,
@@ -494,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m evaluation",
         description="Evaluate the rendezvous server from its records: quality from labels, drift, the "
-        "promotion gate, policy replay, an HTML report and a bandit simulation.",
+        "promotion gate, policy replay, an HTML report, a bandit simulation, and the autopilot that "
+        "applies the gate's next policy live.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -539,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--bootstrap", help="with --every: publish alerts to --alerts-topic on this broker")
     d.add_argument("--alerts-topic", default=TOPIC_ALERTS, help=f"with --bootstrap (default: {TOPIC_ALERTS})")
     d.add_argument("--iterations", type=_positive_int, help="with --every: stop after this many rounds")
+    kafka_client.add_config_argument(d)  # with --bootstrap: a secured broker's operator.properties
     d.set_defaults(run=cmd_drift)
 
     g = add("gate", "promote / keep / demote models and write the next policy file")
@@ -568,6 +620,27 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     h.set_defaults(run=cmd_report)
 
+    about = "the closed loop: the gate's next policy published live, under guards, every change audited"
+    ap = sub.add_parser("autopilot", help=about, description=about)
+    ap.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
+    ap.add_argument("--policy", type=Path, required=True, help="the policy file the job was started with")
+    ap.add_argument("--config", type=Path, help="windows, guards, gate settings (YAML: AutopilotConfig)")
+    ap.add_argument("--every", metavar="DURATION", help="a round every DURATION (default 10s)")
+    ap.add_argument("--window", metavar="DURATION", help="decisions and labels judged (default 10m)")
+    ap.add_argument("--canary-window", metavar="DURATION", help="canary agreement over (default 1m)")
+    ap.add_argument("--min-interval", metavar="DURATION", help="one change per DURATION (0: any)")
+    ap.add_argument("--demote-on-canary", action="store_true", help="a canary-agreement alert demotes")
+    ap.add_argument("--dry-run", action="store_true", help="report what it would do; publish nothing")
+    ap.add_argument("--name", help="who changes the policy, in the audit (default: autopilot@<host>)")
+    ap.add_argument("--decisions-topic", default=names.TOPIC_DECISIONS)
+    ap.add_argument("--labels-topic", default=names.TOPIC_LABELS)
+    ap.add_argument("--canary-topic", default=names.TOPIC_CANARY)
+    ap.add_argument("--policies-topic", default=names.TOPIC_POLICIES, help="the job's --policies-topic")
+    ap.add_argument("--audit-topic", default=TOPIC_AUDIT)
+    ap.add_argument("--iterations", type=_positive_int, help="stop after this many rounds")
+    kafka_client.add_config_argument(ap)
+    ap.set_defaults(run=cmd_autopilot)
+
     c = add("collect", "dump the decisions, canary and labels topics to JSONL files for the other commands")
     c.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
     c.add_argument("--out", type=Path, required=True, help="directory for decisions/canary/labels.jsonl")
@@ -576,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--labels-topic", help="default: labels")
     c.add_argument("--prefix", default="", help="keep only request ids starting with this (e.g. a run id)")
     c.add_argument("--timeout-s", type=float, default=60.0, help="give up reading a topic after this long")
+    kafka_client.add_config_argument(c)  # a secured broker's operator.properties
     c.set_defaults(run=cmd_collect)
 
     b = add("bandit-sim", "Thompson sampling vs fixed policies, with a model degrading mid-run")
@@ -590,6 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The commands that talk to Kafka (collect, drift --every --bootstrap) take --kafka-config FILE.
+    kafka_client.use_config_file(getattr(args, "kafka_config", None), f"rendezvous eval {args.command}")
     try:
         return int(args.run(args))
     except CliError as e:

@@ -6,8 +6,9 @@ alerts (``schemas/alert.schema.json``) are appended to a file and/or published t
 loop is pure apart from what is injected (the clock, the sleep, the round itself), so tests drive it
 with a fake clock; Ctrl-C or SIGTERM ends it after the round in progress, with a last line.
 
-The archive is read incrementally: finished part files (``part-*.jsonl``, committed on checkpoint, never
-changed afterwards; or Parquet files) are parsed once and kept while they hold rows inside the window.
+The archive is read incrementally: its committed Parquet files (never changed once committed) are read
+once and kept while they hold rows inside the window, and only the hour partitions the window reaches
+are listed (``ops.archive.committed_files``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pandas as pd
 
 from evaluation.drift import Alert
 from ops import kafka_admin, kafka_client
-from ops.archive import finished_parts
+from ops.archive import committed_files
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, None: 1000}
@@ -115,15 +116,15 @@ class ArchiveWindow:
     window_ms: int
     _cache: dict[Path, pd.DataFrame] = field(default_factory=dict)
 
-    def files(self) -> list[Path]:
-        parquet = sorted(p for p in self.archive_dir.rglob("*.parquet") if not p.name.startswith("."))
-        return finished_parts(self.archive_dir) + parquet
+    def files(self, since_ms: int | None = None) -> list[Path]:
+        """The committed files of the partitions holding rows received at or after ``since_ms``."""
+        return committed_files(self.archive_dir, since_ms)
 
     def recent(self, now_ms: int) -> pd.DataFrame:
         """Archive rows with ``now - window <= received_at_ms < now`` (columns received_at_ms, features)."""
         start = now_ms - self.window_ms
         frames = []
-        for f in self.files():
+        for f in self.files(start):
             if f not in self._cache:
                 self._cache[f] = _read_rows(f)
             rows = self._cache[f]
@@ -137,12 +138,7 @@ class ArchiveWindow:
 
 
 def _read_rows(path: Path) -> pd.DataFrame:
-    if path.suffix == ".parquet":
-        frame = pd.read_parquet(path, columns=["received_at_ms", "features"])
-    elif path.stat().st_size == 0:
-        frame = pd.DataFrame(columns=["received_at_ms", "features"])
-    else:
-        frame = pd.read_json(path, lines=True, dtype={"features": str})[["received_at_ms", "features"]]
+    frame = pd.read_parquet(path, columns=["received_at_ms", "features"])
     return frame.astype({"received_at_ms": "int64"})
 
 

@@ -32,6 +32,10 @@ Each measurement runs on its own fresh broker so they do not disturb each other:
 6. ``state``: the job alone under sustained load for several minutes with a short tombstone retention
    (``--state-retention-ms``), the checkpoint size every 30 s: the mailbox state levels off once
    tombstones expire as fast as requests arrive.
+6b. ``models``: the job alone with the 20-model policy (``policies/many-models.yaml``) draining backlogs
+   of requests with k = 4, 10, 20 scores each: records/s, CPU µs per request of the job and the broker,
+   and each extra model's cost fitted over the drains. ``models_stack`` (not by default): the whole
+   stack at fixed rates with 4 and with 20 models scoring (one runner serving 16 of the ids).
 7. ``--tuning``: the job alone under each candidate Flink setting (execution mode, bundles,
    buffer timeout, state backend, checkpoint interval, parallelism, object reuse), latency at a
    fixed rate and capacity on a backlog; and the encodings of records crossing between Java and
@@ -62,11 +66,20 @@ from typing import Any
 import confluent_kafka
 import yaml
 
-from harness import bench_crossing, loadgen, runinfo, stack
+from harness import bench_crossing, bench_scale, loadgen, runinfo, stack
+from harness.bench_kit import (  # noqa: F401 - the bench's public names (profile, faults, tests use them)
+    BACKLOG_MODELS,
+    CpuMeter,
+    _cpu_seconds,
+    _request_and_score,
+    preload_backlog,
+    us_per_request,
+)
 from jobs import rendezvous_job
 from ops import kafka_admin, kafka_client, latency, procs
 from ops.broker import KafkaBroker
 from udfs import names
+from udfs.policy import load_policy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO_ROOT / "var" / "bench"
@@ -85,7 +98,8 @@ RUNNERS = (
     stack.RunnerSpec("base", seed=4),
 )
 DEFAULT_RATES = "25,50,100,250,500,833,1000,1500,2000,2500,3000,4000"
-DEFAULT_PARTS = "clients,floor,job,first_in_order,wait_for_all,delivery,clock,addresses"  # `make bench`
+# The parts `make bench` runs (--only's default)
+DEFAULT_PARTS = "clients,floor,job,first_in_order,wait_for_all,delivery,clock,addresses,models,scale"
 # Settings compared by --tuning: (name, -D overrides). The first is the shipped flink-conf/.
 TUNING_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shipped: thread mode, buffer 5 ms, hashmap, checkpoint 10 s, parallelism 1", ()),
@@ -123,43 +137,6 @@ def say(msg: str) -> None:
 
 
 # --- measuring processes ----------------------------------------------------------------------
-
-
-def _cpu_seconds(pid: int, children: bool = True) -> float:
-    """User+system CPU of a process and, if asked, its direct children (the job's JVM is a child).
-
-    Not for this process with children: the broker, runners and job started from here are its
-    children too, and would be counted as the load generator's.
-    """
-    total = 0
-    pids = [pid]
-    if children:
-        with contextlib.suppress(OSError):
-            pids += [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError):
-            continue
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-class CpuMeter:
-    """CPU % (100 = one core) of named processes over a window."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.start = {k: self._cpu(v) for k, v in pids.items()}
-        self.t0 = time.monotonic()
-
-    @staticmethod
-    def _cpu(pid: int) -> float:
-        return _cpu_seconds(pid, children=pid != os.getpid())
-
-    def percent(self) -> dict[str, int]:
-        dt = max(time.monotonic() - self.t0, 1e-6)
-        return {k: round(100 * (self._cpu(v) - self.start[k]) / dt) for k, v in self.pids.items()}
 
 
 def checkpoint_bytes(state_dir: Path) -> int | None:
@@ -440,51 +417,16 @@ def clients_floor(count: int = CLIENT_HOPS, warmup: int = CLIENT_WARMUP) -> dict
 # --- 2. job capacity and the job-only probe (also used by --tuning) ----------------------------
 
 
-def _request_and_score(
-    rid: str, return_address: str, now_ms: int, model_id: str = "gbt"
-) -> tuple[bytes, bytes]:
-    req = {
-        "request_id": rid,
-        "return_address": return_address,
-        "sent_at_ms": now_ms,
-        "features": {"amount": 1.0},
-    }
-    score = {
-        "request_id": rid, "model_id": model_id, "model_version": "bench", "status": "ok",
-        "output": {"label": 1, "probability": 0.7}, "scored_at_ms": now_ms, "latency_ms": 1.0,
-    }  # fmt: skip
-    return json.dumps(req).encode(), json.dumps(score).encode()
-
-
-# The default policy's models, incumbent first: what a backlog request brings into the job (issue 11: a
-# request with 4 scores, 5 records).
-BACKLOG_MODELS = ("gbt", "logreg", "tree", "base")
-
-
-def preload_backlog(
-    bootstrap: str, return_address: str, requests: int, models: Sequence[str] = BACKLOG_MODELS
-) -> None:
-    """Write ``requests`` requests, answered at ``return_address``, and one score per model for each."""
-    producer = kafka_client.producer(
-        bootstrap, client_id="bench-backlog", linger_ms=20, batch_size=256 * 1024
-    )
-    now = int(time.time() * 1000)
-    for i in range(requests):
-        rid = f"c{i}-{return_address[-6:]}"
-        req, _ = _request_and_score(rid, return_address, now)
-        producer.send(names.TOPIC_REQUESTS, req, rid.encode())
-        for model in models:
-            producer.send(
-                names.TOPIC_SCORES, _request_and_score(rid, return_address, now, model)[1], rid.encode()
-            )
-    producer.finish(timeout_s=120)
-
-
 def drain_backlog(
-    bootstrap: str, job: procs.ManagedProcess, requests: int, models: Sequence[str] = BACKLOG_MODELS
+    bootstrap: str,
+    job: procs.ManagedProcess,
+    requests: int,
+    models: Sequence[str] = BACKLOG_MODELS,
+    watch: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Preload `requests` requests with one score per model each, then time the job's results; the rate
-    over the last 2/3, and the job's CPU over the whole drain."""
+    over the last 2/3, and the job's CPU over the whole drain. ``watch`` (name: pid, e.g. the broker):
+    the CPU of the job and of those per result over the same last 2/3 (``cpu_us_per_request``)."""
     topic = f"results.capacity-{uuid.uuid4().hex[:6]}"
     kafka_admin.create_topics(bootstrap, [topic])
     preload_backlog(bootstrap, topic, requests, models)
@@ -493,6 +435,7 @@ def drain_backlog(
     cpu = CpuMeter({"job": job.pid})
     t0 = time.monotonic()
     mark: tuple[float, int] | None = None
+    window: CpuMeter | None = None
     done = 0
     try:
         while time.monotonic() - t0 < 600 and done < requests:
@@ -501,13 +444,14 @@ def drain_backlog(
             done = kafka_client.end_offsets(consumer, [tp])[(topic, 0)]
             if mark is None and done >= requests // 3:
                 mark = (time.monotonic(), done)
+                window = CpuMeter({"job": job.pid} | (watch or {}))
             time.sleep(0.2)
     finally:
         consumer.close()
     t1 = time.monotonic()
     per_s = (done - mark[1]) / (t1 - mark[0]) if mark and t1 > mark[0] and done > mark[1] else None
     per_request = 1 + len(models)
-    return {
+    out: dict[str, Any] = {
         "requests": requests,
         "scores_per_request": len(models),
         "results": done,
@@ -516,6 +460,9 @@ def drain_backlog(
         "records_per_s": round(per_request * per_s) if per_s else None,  # a request and its scores each
         "job_cpu_percent": cpu.percent()["job"],
     }
+    if watch is not None and window is not None and mark is not None and done > mark[1]:
+        out["cpu_us_per_request"] = us_per_request(window.seconds(), done - mark[1])
+    return out
 
 
 def job_probe(
@@ -618,6 +565,154 @@ def job_alone(
     finally:
         processes.stop_all()
         broker.stop()
+
+
+# --- 2b. many models: what each extra model's score costs ----------------------------------------
+
+MANY_MODELS_POLICY = REPO_ROOT / "policies" / "many-models.yaml"
+MODEL_COUNTS = "4,10,20"  # scores per request of the models part's drains
+MANY_MODELS_RATES = "50,100,250"  # the models_stack part's fixed rates
+
+
+def count_order(counts: Sequence[int], rounds: int) -> list[int]:
+    """The drains in turn: the counts up, then down, and so on for ``rounds`` passes, so that the JIT
+    still warming during the first drains favours neither the small counts nor the large ones."""
+    out: list[int] = []
+    for r in range(rounds):
+        out += list(counts) if r % 2 == 0 else list(reversed(counts))
+    return out
+
+
+def fit_line(points: Sequence[tuple[float, float]]) -> tuple[float, float] | None:
+    """Least squares ``y = a + b x`` over the points: (a, b); None without two different x."""
+    if len({x for x, _ in points}) < 2:
+        return None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    b = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+    return my - b * mx, b
+
+
+def per_model_cost(drains: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per process, its CPU µs per request as a line in the scores per request (least squares over the
+    drains): ``per_model_us``, what each extra model's score adds, and ``base_us``, the line at none."""
+    points: dict[str, list[tuple[float, float]]] = {}
+    for d in drains:
+        for name, us in (d.get("cpu_us_per_request") or {}).items():
+            points.setdefault(name, []).append((d["scores_per_request"], us))
+    out: dict[str, dict[str, float]] = {}
+    for name, xy in points.items():
+        fit = fit_line(xy)
+        if fit is not None:
+            out[name] = {"base_us": round(fit[0]), "per_model_us": round(fit[1], 1)}
+    return out
+
+
+def models_alone(
+    counts: Sequence[int], backlog: int, probe_rate: float, warmup_s: float, rounds: int
+) -> dict[str, Any]:
+    """The job alone with the 20-model policy (``policies/many-models.yaml``): for each k of ``counts``, a
+    backlog of requests with one score from each of the policy's first k models, drained; the rate and
+    the CPU µs per request of the job and the broker, and the cost of each extra model fitted over them."""
+    ids = [m.id for m in load_policy(MANY_MODELS_POLICY).models]
+    if not counts or max(counts) > len(ids) or min(counts) < 1:
+        raise ValueError(f"--models-counts: each from 1 to {len(ids)} (the policy's models), got {counts}")
+    broker = _fresh_broker("models")
+    processes = stack.Processes()
+    work = OUT_DIR / "work" / "models"
+    shutil.rmtree(work / "flink", ignore_errors=True)
+    out: dict[str, Any] = {"policy": str(MANY_MODELS_POLICY.relative_to(REPO_ROOT)), "requests": backlog}
+    drains: list[dict[str, Any]] = []
+    try:
+        job = stack.start_job(
+            MANY_MODELS_POLICY, broker.bootstrap, work / "archive", work / "flink", work / "job.log",
+            processes,
+        )  # fmt: skip
+        stack.wait_until_answering(broker.bootstrap, job)
+        if warmup_s > 0:
+            job_probe(broker.bootstrap, job, probe_rate, warmup_s)
+        for k in count_order(counts, rounds):
+            say(f"models: a backlog of {backlog} requests with {k} scores each ...")
+            d = drain_backlog(broker.bootstrap, job, backlog, ids[:k], {"broker": broker.pid})
+            drains.append(d)
+            say(
+                f"models: {k} scores: {d['records_per_s']} records/s in, {d['results_per_s']} results/s, "
+                f"CPU µs per request {d.get('cpu_us_per_request')}"
+            )
+    except (RuntimeError, TimeoutError) as e:
+        out["error"] = str(e).splitlines()[0]
+    finally:
+        processes.stop_all()
+        broker.stop()
+    return out | {"drains": drains, "cost": per_model_cost(drains)}
+
+
+def many_models_runners(
+    model_ids: Sequence[str], base: Sequence[stack.RunnerSpec] = RUNNERS
+) -> tuple[stack.RunnerSpec, ...]:
+    """``base`` and one more process that serves every other id of ``model_ids`` with the logreg model
+    (2-6 ms): every model of the policy scores every request, without a process and a model each."""
+    have = {s.model_id for s in base}
+    rest = tuple(m for m in model_ids if m not in have)
+    extra = stack.RunnerSpec("logreg", latency_ms=2, jitter_ms=4, seed=5, model_ids=rest)
+    return (*base, extra) if rest else tuple(base)
+
+
+def scores_per_request(runners: Sequence[stack.RunnerSpec]) -> int:
+    return sum(len(s.model_ids) or 1 for s in runners)
+
+
+def models_stack(
+    rates: Sequence[float], seconds: float, warmup_s: float, warmup_max_s: float
+) -> list[dict[str, Any]]:
+    """The whole stack at the same fixed rates with the bench's four scoring models (the default
+    policy) and with all 20 of ``policies/many-models.yaml`` scoring: latency and CPU per process."""
+    many = many_models_runners([m.id for m in load_policy(MANY_MODELS_POLICY).models])
+    out = []
+    for policy, runners in ((BENCH_POLICY, RUNNERS), (MANY_MODELS_POLICY, many)):
+        k = scores_per_request(runners)
+        try:
+            run = stack_ladder(
+                policy, rates, seconds, warmup_s, f"models-{k}", warmup_max_s=warmup_max_s, runners=runners
+            )
+        except (RuntimeError, TimeoutError) as e:
+            run = {"policy": str(policy.relative_to(REPO_ROOT)), "steps": [], "error": str(e).splitlines()[0]}
+        out.append({"scores_per_request": k} | run)
+    return out
+
+
+def step_us_per_request(step: dict[str, Any], process: str) -> float | None:
+    """A ladder step's CPU µs per request of one process (``runners``: all of them), at the rate reached."""
+    cpu = step["cpu_percent"]
+    rate = step.get("achieved_rate") or step["rate"]
+    if process == "runners":
+        percent: float | None = sum(v for k, v in cpu.items() if k.startswith("runner"))
+    else:
+        percent = cpu.get(process)
+    return None if percent is None or not rate else 1e4 * percent / rate
+
+
+def stack_per_model(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At each rate where the fewest and the most models both kept up: each extra model's CPU µs per
+    request in the job and the broker (the difference over the difference in scores per request)."""
+    done = [r for r in runs if r.get("steps")]
+    if len(done) < 2:
+        return []
+    done.sort(key=lambda r: r["scores_per_request"])
+    lo, hi = done[0], done[-1]
+    extra = hi["scores_per_request"] - lo["scores_per_request"]
+    out = []
+    for a in lo["steps"]:
+        b = _step_at(hi["steps"], a["rate"])
+        if extra <= 0 or b is None or saturated(a) or saturated(b):
+            continue
+        row: dict[str, Any] = {"rate": a["rate"], "extra_models": extra}
+        for process in ("job", "broker"):
+            ua, ub = step_us_per_request(a, process), step_us_per_request(b, process)
+            row[f"{process}_us_per_model"] = None if ua is None or ub is None else round((ub - ua) / extra, 1)
+        out.append(row)
+    return out
 
 
 # --- 4. the cost of exactly-once results --------------------------------------------------------
@@ -881,6 +976,7 @@ def stack_ladder(
     idle_s: float = 0.0,
     warmup_max_s: float = 0.0,
     job_overrides: Sequence[str] = (),
+    runners: Sequence[stack.RunnerSpec] = RUNNERS,
 ) -> dict[str, Any]:
     """Broker, runners, job; warm up, then (``idle_s``) the CPU each process uses with no traffic, then
     each rate in turn until saturation. ``job_overrides``: see job_args."""
@@ -892,14 +988,14 @@ def stack_ladder(
     shutil.rmtree(work / "flink", ignore_errors=True)
     try:
         ensure_trained(MODELS_DIR)
-        runners = stack.start_runners(RUNNERS, MODELS_DIR, broker.bootstrap, work / "logs", processes)
+        started = stack.start_runners(runners, MODELS_DIR, broker.bootstrap, work / "logs", processes)
         extra = job_args(job_overrides)
         job = stack.start_job(
             policy, broker.bootstrap, work / "archive", work / "flink", work / "job.log", processes, extra
         )
         stack.wait_until_answering(broker.bootstrap, job)
         watched = {"job": job.pid, "broker": broker.pid, "loadgen": os.getpid()} | {
-            f"runner-{s.model_id}": p.pid for s, p in zip(RUNNERS, runners, strict=True)
+            f"runner-{s.name}": p.pid for s, p in zip(runners, started, strict=True)
         }
         warmup: list[stack.WarmupRound] = []
         if warmup_s > 0:
@@ -1383,6 +1479,77 @@ def state_section(result: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _us(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def models_section(result: dict[str, Any]) -> list[str]:
+    """Many models, the job alone: a row per drain, then each extra model's cost (none without the part)."""
+    m = result.get("models")
+    if not m:
+        return []
+    lines = [
+        f"## Many models: the job alone draining {m['requests']:,} requests with k scores each ({m['policy']})",
+        "",
+        "| scores per request | records/s in | results/s | job CPU µs per request | broker CPU µs per request |",
+        "|---|---|---|---|---|",
+    ]
+    for d in m["drains"]:
+        us = d.get("cpu_us_per_request") or {}
+        lines.append(
+            f"| {d['scores_per_request']} | {_us(d['records_per_s'])} | {_us(d['results_per_s'])} | "
+            f"{_us(us.get('job'))} | {_us(us.get('broker'))} |"
+        )
+    cost = m.get("cost") or {}
+    said = [
+        f"{name} {c['per_model_us']:,.1f} µs per request per extra model ({c['base_us']:,} µs at none)"
+        for name, c in cost.items()
+    ]
+    if said:
+        lines += ["", "Least squares over the drains: " + "; ".join(said) + "."]
+    if "error" in m:
+        lines += ["", f"Failed: {m['error']}"]
+    return [*lines, ""]
+
+
+def models_stack_section(result: dict[str, Any]) -> list[str]:
+    """Many models, the whole stack at fixed rates: fewest against most scores per request."""
+    runs = result.get("models_stack")
+    if not runs:
+        return []
+    lines = [
+        "## Many models: the whole stack at fixed rates, "
+        + " against ".join(f"{r['scores_per_request']} scores per request ({r['policy']})" for r in runs),
+        "",
+        "| scores per request | rate (req/s) | answered | p50 ms | p99 ms | CPU % job / broker / runners | "
+        "job / broker CPU µs per request |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        if "error" in r:
+            lines.append(_failed_row(str(r["scores_per_request"]), r["error"], 7))
+        for s in r["steps"]:
+            lat, cpu = s["latency_ms"], s["cpu_percent"]
+            runners_cpu = sum(v for k, v in cpu.items() if k.startswith("runner"))
+            lines.append(
+                f"| {r['scores_per_request']} | {s['rate']:.0f} | {s['answered']}/{s['sent']} | "
+                f"{_ms(lat['p50'])} | {_ms(lat['p99'])} | {cpu['job']} / {cpu['broker']} / {runners_cpu} | "
+                f"{_us(step_us_per_request(s, 'job'))} / {_us(step_us_per_request(s, 'broker'))} |"
+            )
+    per_model = stack_per_model(runs)
+    if per_model:
+        lines += [
+            "",
+            "Each extra model's score, CPU µs per request (job / broker): "
+            + ", ".join(
+                f"{_us(x['job_us_per_model'])} / {_us(x['broker_us_per_model'])} at {x['rate']:.0f}/s"
+                for x in per_model
+            )
+            + ".",
+        ]
+    return [*lines, ""]
+
+
 def tuning_section(result: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     if result.get("tuning"):
@@ -1415,8 +1582,10 @@ def markdown(result: dict[str, Any]) -> str:
     for label, run in result.get("stack", {}).items():
         lines += stack_section(label, run)
     lines += floor_ratio_section(result) + targets_section(result) + delivery_section(result)
-    lines += (
-        clock_section(result) + addresses_section(result) + state_section(result) + tuning_section(result)
+    lines += clock_section(result) + addresses_section(result) + state_section(result)
+    lines += models_section(result) + models_stack_section(result)
+    lines += (bench_scale.section(result["scale"]) + [""] if "scale" in result else []) + tuning_section(
+        result
     )
     return "\n".join(lines)
 
@@ -1476,8 +1645,32 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_PARTS,
         help="parts to run, comma-separated, of: clients, floor, job, first_in_order (with the idle "
         "stack's CPU), idle (that alone), wait_for_all, delivery, clock, addresses (the first answer to "
-        "new return addresses, the project's Kafka sink context against the connector's), state (not by "
-        "default: it runs --state-minutes)",
+        "new return addresses, the project's Kafka sink context against the connector's), models (the job "
+        "alone draining requests with --models-counts scores each: the cost per extra model), scale (the "
+        "job alone at parallelism 1 and 2 on a session cluster of two TaskManagers), state and "
+        "models_stack (not by default: --state-minutes; the whole stack with 4 and 20 models at "
+        "--models-rates)",
+    )
+    ap.add_argument(
+        "--models-counts", default=MODEL_COUNTS, help="the models part: scores per request of its drains"
+    )
+    ap.add_argument(
+        "--models-backlog", type=int, default=10000, help="the models part: requests preloaded per drain"
+    )
+    ap.add_argument(
+        "--models-rounds",
+        type=int,
+        default=2,
+        help="the models part: passes over --models-counts, up then down (the JIT warms in the first)",
+    )
+    ap.add_argument(
+        "--models-rates", default=MANY_MODELS_RATES, help="the models_stack part's fixed rates (requests/s)"
+    )
+    ap.add_argument(
+        "--scale-backlog",
+        type=int,
+        default=20000,
+        help="the scale part: requests preloaded per drain (a quarter as many again to warm up first)",
     )
     ap.add_argument(
         "--addresses", type=int, default=8, help="new return addresses per run of the addresses part"
@@ -1587,6 +1780,21 @@ def main(argv: list[str] | None = None) -> int:
         result["addresses"] = new_addresses(a.addresses, a.address_rounds, a.warmup)
     if "state" in parts:
         result["state"] = state_over_time(a.state_rate, a.state_minutes, a.state_retention_ms)
+    if "models" in parts:
+        try:
+            counts = [int(x) for x in a.models_counts.split(",") if x.strip()]
+        except ValueError:
+            ap.error(f"--models-counts: comma-separated integers, got {a.models_counts!r}")
+        if a.models_rounds < 1:
+            ap.error(f"--models-rounds: at least 1, got {a.models_rounds}")
+        try:
+            result["models"] = models_alone(counts, a.models_backlog, a.probe_rate, a.warmup, a.models_rounds)
+        except ValueError as e:
+            ap.error(str(e))
+    if "scale" in parts:
+        result["scale"] = bench_scale.scaling((1, 2), a.scale_backlog, a.scale_backlog // 4, OUT_DIR / "work")
+    if "models_stack" in parts:
+        result["models_stack"] = models_stack(floats(a.models_rates), a.seconds, a.warmup, a.warmup_max)
     if result["stack"]:  # the targets are about the whole stack; without it they would all read "no"
         result["targets"] = targets(result)
     write_outputs(result)

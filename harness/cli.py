@@ -18,7 +18,7 @@ COMMANDS = {
     "bench": ("harness.bench", "benchmarks (what `make bench` runs)"),
     "faults": ("harness.faults", "fault injection under load, invariants checked (what `make faults` runs)"),
     "demo": ("harness.demo", "the whole stack with load and a summary (what `make demo` runs)"),
-    "eval": ("evaluation.cli", "model evaluation: quality, drift, gate, replay, report, bandit-sim"),
+    "eval": ("evaluation.cli", "evaluation: quality, drift, gate, replay, report, bandit-sim, autopilot"),
 }
 
 

@@ -1,12 +1,17 @@
-"""`make scenario-degrade`: a model that degrades mid-run, seen by the metrics, the alerts and the gate.
+"""`make scenario-degrade`: a model that degrades mid-run, seen by the metrics, the alerts and the gate,
+and replaced live by the autopilot.
 
 The whole loop of the evaluation side, on this machine:
 
 1. a broker, four model runners (``gbt`` incumbent, ``logreg`` challenger, ``tree`` backstop, ``base``
-   canary), the rendezvous job with its Prometheus endpoint, and the labeller;
+   canary), the rendezvous job with its Prometheus endpoint, the labeller (labels 5 s after each
+   request, ``--label-delay``) and the autopilot (``rendezvous eval autopilot``, a round every second);
 2. phase **healthy**: N requests; the job's per-model counters are scraped from Prometheus;
 3. phase **degraded**: N more requests, but ``gbt`` was started with ``--degrade-after`` so from now on
-   it answers with noise; the counters are scraped again;
+   it answers with noise; the autopilot sees gbt stop agreeing with the canary, demotes it and publishes
+   the next policy to the run's policies topic, which the job applies live; the counters are scraped
+   again. ``seconds_to_fallback``: from gbt's first degraded score reaching the job to the first official
+   answer from which on gbt gives none (decided under the autopilot's version), both on the job's clock;
 4. once the labels are in: ``evaluation collect`` dumps the decisions, canary and labels topics;
    quality per phase, ``evaluation drift`` (per window: every model's agreement with the canary, and its
    scores against its own in the healthy phase, PSI and KS, with alerts), ``evaluation gate`` on the degraded phase (with the alerts) writes the next
@@ -38,7 +43,8 @@ from evaluation.cli import read_decisions
 from evaluation.labels import join_labels, read_labels
 from evaluation.quality import quality_by_model
 from harness import loadgen, stack
-from ops import kafka_admin, procs
+from ops import kafka_admin, policy_cli, procs
+from runners.runner import degraded as noisy_output
 from udfs import names
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +87,27 @@ DRIFT_CONFIG = {
     "canary_distribution": False,
 }
 GATE_CONFIG = {"min_labelled": 200}
+# The autopilot (evaluation/autopilot.py) in the stack. The fast signal is canary agreement over the
+# last 5 s: a mailbox closes (and its decision and canary records are written) deadline + late window
+# = 2 s after its request, and at 50/s about 1 s of noise takes gbt's agreement (~0.99 healthy, ~0.5
+# noisy) under 0.9 on >= 100 pairs. Labels (5 s late) drive the gate's quality rules over the last 60 s;
+# 1000 labelled answers (~50 positives), a floor of 0.6 and a promotion gain of 0.05 keep them from
+# demoting or promoting a healthy model on sampling noise (healthy AUC: gbt ~0.81, logreg ~0.76, each
+# +-0.04 on 500 labelled requests; with min_labelled 300 one run demoted logreg at AUC 0.56 on 336).
+# One change per minute at most.
+AUTOPILOT_CONFIG: dict[str, Any] = {
+    "every_ms": 1000,
+    "window_ms": 60_000,
+    "canary_window_ms": 5_000,
+    "min_interval_ms": 60_000,
+    "demote_on_canary": True,
+    "agreement_min": 0.9,
+    "agreement_min_count": 100,
+    "replay_min_labelled": 1000,
+    "gate": {"min_labelled": 1000, "auc_floor": 0.6, "min_gain": 0.05},
+}
+LABEL_DELAY_S = 5.0
+GBT_SEED = 1  # the degrading runner's seed: its noise is runners.runner.degraded(..., seed)
 PROM_PREFIX = "flink_taskmanager_job_task_operator_"
 MAILBOX_OPERATOR = 'operator_name="rendezvous_mailbox"'
 
@@ -132,6 +159,26 @@ def wait_for_metrics(
             pass
         time.sleep(1.0)
     return last
+
+
+def settled_metrics(
+    port: int, model_ids: Sequence[str], timeout_s: float = 30.0
+) -> dict[str, dict[str, float]]:
+    """The counters once the probes' mailboxes have closed: at least one closed (a probe was answered),
+    then the same reading three seconds running (a mailbox closes within deadline + late window)."""
+    deadline = time.monotonic() + timeout_s
+    readings: list[dict[str, dict[str, float]]] = []
+    while time.monotonic() < deadline:
+        try:
+            m = scrape(port, model_ids)
+        except OSError:
+            m = {}
+        readings.append(m)
+        counted = any(v.get("scores", 0) + v.get("timeouts", 0) for v in m.values())
+        if counted and len(readings) >= 4 and all(r == m for r in readings[-4:]):
+            return m
+        time.sleep(1.0)
+    return readings[-1] if readings else {}
 
 
 def metric_table(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> str:
@@ -187,6 +234,7 @@ def run(
     models_dir: Path = MODELS_DIR,
     bootstrap: str | None = None,
     train_rows: int | None = None,
+    label_delay_s: float = LABEL_DELAY_S,
 ) -> dict[str, Any]:
     """Run the scenario (count requests per phase); returns the summary (also in summary.json)."""
     from runners.train import ensure_trained
@@ -197,19 +245,23 @@ def run(
     tag = uuid.uuid4().hex[:6]
     topics = {
         k: f"{k}-{tag}"
-        for k in ("requests", "scores", "results", "canary", "decisions", "dead-letters", "labels")
-    }
+        for k in ("requests", "scores", "results", "canary", "decisions", "dead-letters", "labels", "policies",
+                  "audit")
+    }  # fmt: skip
     sid = f"deg{tag}"
     healthy, degraded = f"{sid}-healthy", f"{sid}-degraded"
     processes = stack.Processes()
     broker: Any = None
-    summary: dict[str, Any] = {"out_dir": str(out_dir), "count_per_phase": count, "rate": rate}
+    summary: dict[str, Any] = {
+        "out_dir": str(out_dir), "count_per_phase": count, "rate": rate, "label_delay_s": label_delay_s,
+    }  # fmt: skip
     try:
         if bootstrap is None:
             say("starting a single-node Kafka broker ...")
             broker = stack.start_broker(out_dir / "broker", topics=())
             bootstrap = broker.bootstrap
-        kafka_admin.create_topics(bootstrap, list(topics.values()))
+        kafka_admin.create_topics(bootstrap, [t for k, t in topics.items() if k != "policies"])
+        policy_cli.ensure_policies_topic(bootstrap, topics["policies"])  # compacted, one partition
         trained = ensure_trained(models_dir, **({"rows": train_rows} if train_rows else {}))
         say("models: " + ", ".join(f"{m} AUC {trained[m]['metrics']['auc']:.3f}" for m in MODEL_IDS))
 
@@ -223,6 +275,7 @@ def run(
                 "--requests-topic", topics["requests"], "--scores-topic", topics["scores"],
                 "--canary-topic", topics["canary"], "--decisions-topic", topics["decisions"],
                 "--dead-letters-topic", topics["dead-letters"], "--group-id", f"rendezvous-{tag}",
+                "--policies-topic", topics["policies"],
                 "--metrics-port", str(metrics_port),
             ],
         )  # fmt: skip
@@ -232,7 +285,7 @@ def run(
         # The runners read the probes too: gbt goes bad after the probes and the healthy phase.
         degrade_after = probes + count
         specs = [
-            stack.RunnerSpec(DEGRADING, latency_ms=2, seed=1, degrade_after=degrade_after),
+            stack.RunnerSpec(DEGRADING, latency_ms=2, seed=GBT_SEED, degrade_after=degrade_after),
             stack.RunnerSpec("logreg", latency_ms=2, seed=2),
             stack.RunnerSpec("tree", latency_ms=1, seed=3),
             stack.RunnerSpec(CANARY, latency_ms=1, seed=4),
@@ -247,7 +300,17 @@ def run(
         stack.start_labeller(
             bootstrap, out_dir / "logs" / "labeller.log", processes,
             ["--requests-topic", topics["requests"], "--labels-topic", topics["labels"],
-             "--group", f"labeller-{tag}", "--delay-s", "2", "--seed", "7"],
+             "--group", f"labeller-{tag}", "--delay-s", str(label_delay_s), "--seed", "7"],
+        )  # fmt: skip
+        autopilot_cfg = out_dir / "autopilot.yaml"
+        autopilot_cfg.write_text(yaml.safe_dump(AUTOPILOT_CONFIG, sort_keys=False), encoding="utf-8")
+        say("starting the autopilot (a round every second; it publishes to the run's policies topic) ...")
+        stack.start_autopilot(
+            bootstrap, policy_path, out_dir / "logs" / "autopilot.log", processes,
+            ["--config", str(autopilot_cfg), "--name", f"autopilot@degrade-{tag}",
+             "--decisions-topic", topics["decisions"], "--labels-topic", topics["labels"],
+             "--canary-topic", topics["canary"], "--policies-topic", topics["policies"],
+             "--audit-topic", topics["audit"]],
         )  # fmt: skip
 
         def phase(run_id: str) -> dict[str, dict[str, float]]:
@@ -263,13 +326,19 @@ def run(
             summary.setdefault("wins", {})[run_id] = dict(report.wins_by_model)
             total = summary.setdefault("_closed", 0) + report.sent
             summary["_closed"] = total
-            # Every mailbox (probes included) closes, so each model's scores + timeouts reaches the total.
+            # Every mailbox closes, so each model's scores + timeouts reaches what it was before the
+            # phases (the probes the job read: not every probe sent, the first ones may come before
+            # its sources have found the end of the topic) plus the phases' requests.
             return wait_for_metrics(
                 metrics_port, MODEL_IDS,
-                lambda m: all(v.get("scores", 0) + v.get("timeouts", 0) >= total + probes for v in m.values()),
+                lambda m: all(closed(v) >= base.get(k, 0.0) + total for k, v in m.items()),
                 timeout_s=60.0,
             )  # fmt: skip
 
+        def closed(counters: dict[str, float]) -> float:
+            return counters.get("scores", 0.0) + counters.get("timeouts", 0.0)
+
+        base = {m: closed(v) for m, v in settled_metrics(metrics_port, MODEL_IDS).items()}
         before = phase(healthy)
         after = phase(degraded)
         summary["metrics"] = {"after_healthy": before, "after_degraded": after}
@@ -285,6 +354,26 @@ def run(
                      "--decisions-topic", topics["decisions"], "--canary-topic", topics["canary"],
                      "--labels-topic", topics["labels"]])  # fmt: skip
         decisions, canary, labels = data / "decisions.jsonl", data / "canary.jsonl", data / "labels.jsonl"
+
+        # The closed loop: what the autopilot did, and how long callers got answers from the bad model.
+        audit = kafka_admin.read_json_topic(bootstrap, topics["audit"])
+        versions = [r.version for r in policy_cli.read_topic(bootstrap, topics["policies"])]
+        applied = {int(r["new_version"]) for r in audit if r.get("outcome") == "applied"}
+        fallback = fallback_timing(read_decisions(decisions), degraded, DEGRADING, GBT_SEED, applied)
+        change = next((a for a in audit if a.get("outcome") == "applied"
+                       and a.get("new_version") == fallback["fallback_policy_version"]), None)  # fmt: skip
+        if change is not None and fallback["seconds_to_fallback"] is not None:
+            # Where the time went: until the round that decided (the watcher's clock, same machine), then
+            # until the first answer under the new version (publish, the job's policies source, a request).
+            fallback["change_at_ms"] = change["at_ms"]
+            fallback["first_bad_to_change_s"] = (
+                change["at_ms"] - fallback["first_degraded_score_at_ms"]
+            ) / 1000
+            fallback["change_to_answer_s"] = (fallback["fallback_decided_at_ms"] - change["at_ms"]) / 1000
+        summary["autopilot"] = {"audit": audit, "policy_versions": versions, "fallback": fallback}
+        summary["seconds_to_fallback"] = fallback["seconds_to_fallback"]
+        say(f"autopilot: {len(audit)} audit record(s), policy versions published {versions}; "
+            f"seconds_to_fallback {fallback['seconds_to_fallback']}")  # fmt: skip
 
         # Quality per phase (the labels say which model was right).
 
@@ -336,6 +425,58 @@ def run(
             broker.stop()
 
 
+def fallback_timing(
+    decisions: Sequence[dict[str, Any]], phase: str, model: str, seed: int, versions: set[int]
+) -> dict[str, Any]:
+    """When the degraded model stopped giving official answers, on the job's clock.
+
+    The first degraded score: the earliest arrival of a ``model`` score of the phase whose output is the
+    runner's noise for that request (``runners.runner.degraded``). The fallback answer: the first official
+    answer after the last one ``model`` gave, if it was decided under one of ``versions`` (the
+    autopilot's); otherwise the loop did not close and ``seconds_to_fallback`` is None.
+    """
+    rows = sorted(
+        (d for d in decisions if d["request_id"].startswith(phase + "-") and d.get("result")),
+        key=lambda d: int(d["result"]["decided_at_ms"]),
+    )
+    bad = [
+        int(s["arrived_at_ms"])
+        for d in rows
+        for s in d["scores"]
+        if s["model_id"] == model and s["status"] == "ok" and not s.get("duplicate")
+        and s["output"] == noisy_output(s["output"], d["request_id"], seed)
+    ]  # fmt: skip
+    out: dict[str, Any] = {
+        "first_degraded_score_at_ms": min(bad) if bad else None,
+        "degraded_scores": len(bad),
+        "degraded_official_answers": 0,
+        "fallback_request_id": None,
+        "fallback_decided_at_ms": None,
+        "fallback_policy_version": None,
+        "fallback_model": None,
+        "seconds_to_fallback": None,
+    }
+    if not bad:
+        return out
+    first_bad = min(bad)
+    last = max((i for i, d in enumerate(rows) if d["result"]["model_id"] == model), default=-1)
+    out["degraded_official_answers"] = sum(
+        1 for d in rows if d["result"]["model_id"] == model and int(d["result"]["decided_at_ms"]) >= first_bad
+    )
+    if last + 1 >= len(rows):
+        return out
+    nxt = rows[last + 1]["result"]
+    out |= {
+        "fallback_request_id": nxt["request_id"],
+        "fallback_decided_at_ms": int(nxt["decided_at_ms"]),
+        "fallback_policy_version": nxt["policy_version"],
+        "fallback_model": nxt["model_id"],
+    }
+    if nxt["policy_version"] in versions:
+        out["seconds_to_fallback"] = round((int(nxt["decided_at_ms"]) - first_bad) / 1000.0, 3)
+    return out
+
+
 def _quality(summary: dict[str, Any], model: str) -> str:
     def one(phase: str) -> str:
         r = summary["quality"].get(phase, {}).get(model, {})
@@ -350,6 +491,8 @@ def _quality(summary: dict[str, Any], model: str) -> str:
 def _print_summary(s: dict[str, Any]) -> None:
     g = s["gate"]
     mine = [a for a in s["alerts"] if a["subject"] in (DEGRADING, "official")]
+    fb = s["autopilot"]["fallback"]
+    changes = [a for a in s["autopilot"]["audit"] if a.get("outcome") == "applied"]
     lines = [
         "",
         "================ degrading model scenario ================",
@@ -363,6 +506,12 @@ def _print_summary(s: dict[str, Any]) -> None:
             for v in g["verdicts"]
             if v["role"] != v["new_role"]
         ),
+        f"autopilot      {len(changes)} change(s): "
+        + "; ".join(f"v{a['old_version']} -> v{a['new_version']} ({a['action']})" for a in changes)
+        + f"; {len(s['autopilot']['audit']) - len(changes)} other audit record(s)",
+        f"fallback       seconds_to_fallback {s['seconds_to_fallback']} (first degraded score -> first "
+        f"answer from {fb['fallback_model']} under v{fb['fallback_policy_version']}; {DEGRADING} gave "
+        f"{fb['degraded_official_answers']} official answers after going bad)",
         f"report         {s['report']}",
         "==========================================================",
     ]
@@ -377,10 +526,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=50.0)
     ap.add_argument("--out", type=Path, default=OUT_DIR)
     ap.add_argument("--bootstrap", help="use this broker instead of starting one")
+    ap.add_argument(
+        "--label-delay", type=float, default=LABEL_DELAY_S, help="seconds from a request to its label"
+    )
     a = ap.parse_args(argv)
-    s = run(a.out, a.count, a.rate, bootstrap=a.bootstrap)
+    s = run(a.out, a.count, a.rate, bootstrap=a.bootstrap, label_delay_s=a.label_delay)
     demoted = any(v["model_id"] == DEGRADING and v["new_role"] == "shadow" for v in s["gate"]["verdicts"])
-    return 0 if demoted else 1
+    return 0 if demoted and s["seconds_to_fallback"] is not None else 1
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ started, by PID, whatever happens.
 runs as its role, with its role's client properties file (ops/kafka_security.py): the runners as
 ``runner``, the job as ``job``, the load (and the probes) as ``client``, the summary's reads of the dead
 letters and the canary as ``operator``. The client may not write the scores topic, so the malformed
-records go to the requests topic only.
+records go to the requests topic only. ``--tls`` (``make demo TLS=1``): the same over TLS (SASL_SSL), every
+process trusting the CA the broker made for its data dir.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def run(
     warmup_max_s: float = 0.0,
     args: dict[str, Any] | None = None,
     secure: bool = False,
+    tls: bool = False,
 ) -> int:
     from runners.train import ensure_trained
 
@@ -83,9 +85,10 @@ def run(
         say(
             "starting a single-node Kafka broker (KRaft)"
             + (" with SASL/SCRAM and ACLs" if secure else "")
+            + (" over TLS" if tls else "")
             + " ..."
         )
-        broker = stack.start_broker(DEMO_DIR / "broker", secure=secure)
+        broker = stack.start_broker(DEMO_DIR / "broker", secure=secure, tls=tls)
         say(f"broker ready at {broker.bootstrap} (pid {broker.pid}); topics: {', '.join(names.ALL_TOPICS)}")
         if secure:
             clients = broker.client_config(names.ROLE_CLIENT)
@@ -263,15 +266,24 @@ def parser() -> argparse.ArgumentParser:
         help="a broker with SASL/SCRAM and ACLs; each process runs as its role with its own client properties "
         "file (`make demo SECURE=1`)",
     )
+    ap.add_argument(
+        "--tls",
+        action="store_true",
+        help="with --secure: the clients' listener over TLS (SASL_SSL) with the broker's own CA (`make demo TLS=1`)",
+    )
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = parser().parse_args(argv)
+    ap = parser()
+    a = ap.parse_args(argv)
+    if a.tls and not a.secure:
+        ap.error("--tls goes with --secure (TLS for the authenticated listener)")
     args = runinfo.plain_args(a)
     return run(
-        a.count, a.rate, a.bad, a.policy, a.keep_running, a.warmup_s, a.warmup_max_s, args, secure=a.secure
-    )
+        a.count, a.rate, a.bad, a.policy, a.keep_running, a.warmup_s, a.warmup_max_s, args,
+        secure=a.secure, tls=a.tls,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

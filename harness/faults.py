@@ -93,10 +93,11 @@ SCENARIOS = (
     "broker-restart",
     "taskmanager-kill",
     "savepoint-resume",
+    "upgrade",
 )
 # Faults that stop the job's processing: requests sent meanwhile are answered after recovery, and an
 # at-least-once output may repeat what it wrote after the last checkpoint.
-JOB_FAULTS = ("broker-restart", "taskmanager-kill", "savepoint-resume")
+JOB_FAULTS = ("broker-restart", "taskmanager-kill", "savepoint-resume", "upgrade")
 # An exception raised in the job's Python code (what bad data would cause) carries these ...
 PYTHON_EXCEPTION_MARKERS = ("PythonException", "Traceback (most recent call last)")
 # ... but so does an infrastructure error that reached Python on its way (in thread mode the Python
@@ -423,11 +424,15 @@ class Reader(threading.Thread):
                         except (ValueError, TypeError):
                             rec = {"_unreadable": True}
                         if isinstance(rec, dict):
-                            self.seen[role].append(Observed(now, rec))
+                            self.seen[role].append(Observed(now, self.keep(role, rec)))
         except BaseException as e:  # surfaced by the caller: a dead reader must not look like silence
             self.error = e
         finally:
             self.consumer.close()
+
+    def keep(self, role: str, record: dict[str, Any]) -> dict[str, Any]:
+        """What of a record is held until the end: all of it here (harness/soak.py keeps less)."""
+        return record
 
     def of(self, role: str, prefix: str) -> list[Observed]:
         with self.lock:
@@ -759,6 +764,22 @@ def _inject(rig: Rig, name: str, plan: Plan, traffic: Traffic) -> None:
         # The job stops and resumes from state: an at-least-once output may repeat itself (measured: a
         # timer that fired between the savepoint and the end of the task wrote a result the savepoint
         # does not know of, and the resumed job wrote it again); exactly-once aborts that transaction.
+        plan.job_restarted = True
+    elif name == "upgrade":
+        # What an operator runs: `rendezvous cluster upgrade` to the next policy version (same models),
+        # which builds the new job while the old one serves and then stops it with a savepoint.
+        # Answers stop only at the stop with savepoint: that is the fault's moment. Traffic goes on
+        # until the new job runs, then 10 s more.
+        policy = {**rig.policy, "version": int(rig.policy["version"]) + 1}
+        path = rig.base / f"policy-v{policy['version']}.yaml"
+        path.write_text(yaml.safe_dump(policy))
+        traffic.send_for(600.0)
+        report = upgrade.upgrade(rig.cluster, path, log=say)
+        traffic.send_for(RUNNER_BACK_TRAFFIC_S)
+        rig.policy, rig.policy_path, rig.job_id = policy, path, report.new_job_id
+        rig.record_cluster_pids()
+        plan.fault_ms = report.stop_requested_ms
+        plan.detail.update({k: round(v, 1) for k, v in report.to_dict().items() if k.endswith("_s")})
         plan.job_restarted = True
 
 

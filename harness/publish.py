@@ -319,6 +319,8 @@ def render_bench(root: Path) -> str:
         bench.clock_section,
         bench.addresses_section,
         bench.state_section,
+        bench.models_section,
+        bench.models_stack_section,
     ):
         sections += part(result)
     return "\n".join([_bench_line(data), "", *_demote(sections, "#### ")]).strip()

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from harness import loadgen
 from ops import kafka_admin, kafka_client, procs
@@ -26,20 +27,28 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB_READY_TIMEOUT_S = 180.0
 
 
-def start_broker(data_dir: Path, topics: Iterable[str] | None = None, secure: bool = False) -> KafkaBroker:
+def start_broker(
+    data_dir: Path,
+    topics: Iterable[str] | None = None,
+    secure: bool = False,
+    partitions: int = 1,
+    tls: bool = False,
+) -> KafkaBroker:
     """A single-node Kafka broker (KRaft) on ``data_dir``, on free ports, once it answers, with ``topics``
     created (None: every default topic, ``udfs.names.ALL_TOPICS``, and on a ``secure`` broker the
     policies and labels topics too). The caller stops it (``stop()``). ``secure``: SASL/SCRAM and ACLs,
-    one client properties file per role (``broker.client_config(role)``, ops/kafka_security.py)."""
+    one client properties file per role (``broker.client_config(role)``, ops/kafka_security.py).
+    ``partitions``: of each topic created here (a job of parallelism N needs at least N). ``tls`` (with
+    ``secure``): the clients' listener over TLS (SASL_SSL); the role files trust the broker's own CA."""
     broker = KafkaBroker.start(
-        data_dir, port=procs.free_port(), controller_port=procs.free_port(), secure=secure
+        data_dir, port=procs.free_port(), controller_port=procs.free_port(), secure=secure, tls=tls
     )
     try:
         if topics is None:
-            create_default_topics(broker)
+            create_default_topics(broker, partitions)
         elif wanted := list(topics):
             with broker.as_admin():
-                kafka_admin.create_topics(broker.bootstrap, wanted)
+                kafka_admin.create_topics(broker.bootstrap, wanted, partitions=partitions)
     except BaseException:
         broker.stop()
         raise
@@ -58,10 +67,18 @@ class RunnerSpec:
     seed: int = 0
     degrade_after: int | None = None  # after this many requests the model answers with noise
     hang_after: int | None = None  # after this many requests the model answers nothing at all
+    # Serve these ids instead of model_id's own (runners/runner.py --model-ids): one process, many models.
+    model_ids: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The process's name (its log, its CPU column): the model, or the first id it serves."""
+        return f"{self.model_id}-as-{self.model_ids[0]}" if self.model_ids else self.model_id
 
     def argv(self, models_dir: Path, bootstrap: str, requests_topic: str, scores_topic: str) -> list[str]:
         degrade = [] if self.degrade_after is None else ["--degrade-after", str(self.degrade_after)]
         hang = [] if self.hang_after is None else ["--hang-after", str(self.hang_after)]
+        serves = ["--model-ids", ",".join(self.model_ids)] if self.model_ids else []
         return [
             sys.executable, "-m", "runners.runner",
             "--model-dir", str(models_dir / self.model_id),
@@ -75,6 +92,7 @@ class RunnerSpec:
             "--seed", str(self.seed),
             *degrade,
             *hang,
+            *serves,
         ]  # fmt: skip
 
 
@@ -111,7 +129,7 @@ def start_runners(
     for spec in specs:
         argv = spec.argv(models_dir, bootstrap, requests_topic, scores_topic) + config_args(kafka_config)
         p = processes.add(
-            procs.ManagedProcess.start(argv, log_dir / f"runner-{spec.model_id}.log", cwd=REPO_ROOT)
+            procs.ManagedProcess.start(argv, log_dir / f"runner-{spec.name}.log", cwd=REPO_ROOT)
         )
         started.append((spec, p))
     for spec, p in started:
@@ -147,6 +165,33 @@ def start_labeller(
         functools.partial(_ready_or_dead, p, "labeller ready"),
         timeout_s,
         f"the labeller to start (log: {log_path})",
+    )
+    return p
+
+
+def start_autopilot(
+    bootstrap: str,
+    policy: Path,
+    log_path: Path,
+    processes: Processes,
+    extra_args: Sequence[str] = (),
+    timeout_s: float = 60.0,
+    kafka_config: Path | None = None,
+) -> procs.ManagedProcess:
+    """The autopilot (``rendezvous eval autopilot``: the gate's next policy published live), once its
+    reader is assigned; ``policy``: the file the job was started with."""
+    argv = [
+        sys.executable, "-m", "evaluation", "autopilot",
+        "--bootstrap", bootstrap,
+        "--policy", str(policy),
+        *config_args(kafka_config),
+        *extra_args,
+    ]  # fmt: skip
+    p = processes.add(procs.ManagedProcess.start(argv, log_path, cwd=REPO_ROOT))
+    procs.wait_for(
+        functools.partial(_ready_or_dead, p, "autopilot ready"),
+        timeout_s,
+        f"the autopilot to start (log: {log_path})",
     )
     return p
 
@@ -188,9 +233,17 @@ def start_job(
     return processes.add(procs.ManagedProcess.start(argv, log_path, cwd=REPO_ROOT))
 
 
+class Job(Protocol):
+    """What the readiness probe needs of a job: a local job process or a job on a session cluster."""
+
+    def is_running(self) -> bool: ...
+
+    def log_tail(self, lines: int = ...) -> str: ...
+
+
 def wait_until_answering(
     bootstrap: str,
-    job: procs.ManagedProcess,
+    job: Job,
     requests_topic: str = names.TOPIC_REQUESTS,
     timeout_s: float = JOB_READY_TIMEOUT_S,
 ) -> tuple[float, int]:
@@ -230,7 +283,8 @@ def wait_until_answering(
             if consumer.take(1, 0.5):
                 return time.monotonic() - start, sent
         raise TimeoutError(
-            f"the rendezvous job did not answer a probe within {timeout_s:.0f} s; log: {job.log_path}"
+            f"the rendezvous job did not answer a probe within {timeout_s:.0f} s; last log lines:\n"
+            f"{job.log_tail(40)}"
         )
     finally:
         consumer.close()

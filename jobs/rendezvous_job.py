@@ -6,7 +6,7 @@
     policies ─ broadcast (policy documents) ─────────┘                   ├─ canary   -> canary topic
                                                                          ├─ decisions-> decisions topic
       (parse errors, mailbox rejects, refused policies) ─────────────────┼─ dead letters -> dead-letters topic
-                                                                         ├─ decoy archive -> JSONL files (on checkpoint)
+                                                                         ├─ decoy archive -> Parquet files (on checkpoint)
                                                                          └─ ticks    -> scores topic (--clock log)
 
 Ticks (``--clock log``, the default): when a wait or deadline runs out, the mailbox writes a tick into
@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ops import kafka_admin, kafka_client, policy_cli
+from ops import archive, kafka_admin, kafka_client, policy_cli
 from ops.flink_conf import FlinkConfError, read_conf
 from udfs import flink_compat, names
 from udfs import mailbox as mbx
@@ -68,6 +68,12 @@ DEFAULT_DELIVERY = dict.fromkeys(names.KAFKA_OUTPUTS, names.DELIVERY_AT_LEAST_ON
 # thread and the broker far less per record (docs/performance.md) and a result at most this long.
 DEFAULT_SINK_LINGER_MS = 1
 MAX_SINK_LINGER_MS = 1000  # a linger near the deadline would make every answer late
+# The decoy archive's part files are compacted every this many checkpoints (--archive-compact-every):
+# each partition's files of those checkpoints, from every subtask, become one file before they are
+# committed. 1 keeps rows queryable one checkpoint after they arrive, as before compaction, and leaves
+# one file per partition and checkpoint (360 an hour at 10 s checkpoints) whatever the parallelism.
+DEFAULT_ARCHIVE_COMPACT_EVERY = 1
+MAX_ARCHIVE_COMPACT_EVERY = 360  # an hour of checkpoints at the shipped 10 s interval
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,10 @@ class JobConfig:
     # into every Kafka table's options. Read when the DDL is made: the password is kept in no field.
     kafka_config: Path | None = None
     return_address_prefix: str = ""  # every request's return address must start with it ("": any topic)
+    # The decoy archive: compact each partition's part files every this many checkpoints (0: never), and
+    # whether there is one at all (False only to measure what it costs: harness/bench_archive.py).
+    archive_compact_every: int = DEFAULT_ARCHIVE_COMPACT_EVERY
+    archive: bool = True
 
 
 @dataclass(frozen=True)
@@ -167,10 +177,13 @@ class Outputs:
 
 
 SINK_CONTEXT_JAR = "rendezvous-kafka-sink-context.jar"
+# The decoy archive's Parquet writer, compactor and hour partitioning (deps/archive-parquet).
+ARCHIVE_JAR = archive.ARCHIVE_JAR.name
 
 
 def connector_jars() -> list[Path]:
-    """The job's ``pipeline.jars``: the project's sink-context class first, then the Kafka connector.
+    """The job's ``pipeline.jars``: the project's sink-context class first, then the archive's Parquet
+    sink (deps/archive-parquet), then the Kafka connector.
 
     The job's class loader looks through them in this order, so the connector's
     ``DefaultKafkaSinkContext`` (a new producer per new topic, on the task thread) gives way to the
@@ -178,10 +191,15 @@ def connector_jars() -> list[Path]:
     """
     connector = sorted(CONNECTOR_JARS_DIR.glob("flink-sql-connector-kafka-*.jar"))
     fix = CONNECTOR_JARS_DIR / SINK_CONTEXT_JAR
-    if not connector or not fix.is_file():
-        missing = fix.name if connector else "flink-sql-connector-kafka-*.jar"
-        raise SystemExit(f"error: no {missing} in {CONNECTOR_JARS_DIR}; run `make setup` first")
-    return [fix, *connector]
+    parquet = CONNECTOR_JARS_DIR / ARCHIVE_JAR
+    for missing in (
+        "flink-sql-connector-kafka-*.jar" if not connector else None,
+        fix.name if not fix.is_file() else None,
+        parquet.name if not parquet.is_file() else None,
+    ):
+        if missing:
+            raise SystemExit(f"error: no {missing} in {CONNECTOR_JARS_DIR}; run `make setup` first")
+    return [fix, parquet, *connector]
 
 
 CHANGELOG_ENABLED_KEY = "state.changelog.enabled"
@@ -529,7 +547,8 @@ def build_job(env: Any, cfg: JobConfig) -> None:
         statements = t_env.create_statement_set()
         statements.add_insert(table, kafka_rows(t_env, out, kinds))
         statements.attach_as_datastream()
-    _archive_sink(out.archive, cfg.archive_dir)
+    if cfg.archive:
+        _archive_sink(out.archive, cfg.archive_dir, cfg.archive_compact_every)
 
 
 # Which of the mailbox's output kinds (udfs.mailbox) each --<output>-delivery flag governs. Ticks have
@@ -571,20 +590,21 @@ def kafka_rows(t_env: Any, out: Outputs, kinds: tuple[str, ...] | None) -> Any:
     return table.select(col("k"), col("v"), col("topic"))
 
 
-def _archive_sink(lines: Any, archive_dir: Path) -> None:
-    """The decoy archive: one JSON line per request, files rolled (committed) on checkpoints."""
-    from pyflink.common.serialization import Encoder
-    from pyflink.datastream.connectors.file_system import FileSink, OutputFileConfig, RollingPolicy
+def _archive_sink(lines: Any, archive_dir: Path, compact_every: int) -> None:
+    """The decoy archive: the mailbox's JSON lines as Parquet in Hive partitions of the request's hour
+    (``dt=YYYY-MM-DD/hour=HH``), files committed on checkpoints and compacted every ``compact_every``
+    checkpoints (deps/archive-parquet's ``ArchiveSink``, in Java: PyFlink has no Parquet writer for
+    a Python stream without Flink's Parquet format, which is not to be had here)."""
+    from pyflink.datastream.connectors.file_system import FileSink
+    from pyflink.java_gateway import get_gateway
+    from pyflink.util.java_utils import add_jars_to_context_class_loader
 
-    sink = (
-        FileSink.for_row_format(str(archive_dir.resolve()), Encoder.simple_string_encoder())
-        .with_output_file_config(
-            OutputFileConfig.builder().with_part_prefix("part").with_part_suffix(".jsonl").build()
-        )
-        .with_rolling_policy(RollingPolicy.on_checkpoint_rolling_policy())
-        .build()
+    # pipeline.jars reach the tasks' class loader; the sink is built here, in the client's gateway.
+    add_jars_to_context_class_loader([(CONNECTOR_JARS_DIR / ARCHIVE_JAR).resolve().as_uri()])
+    j_sink = get_gateway().jvm.io.github.rendezvous.archive.ArchiveSink.build(
+        str(archive_dir.resolve()), compact_every
     )
-    lines.sink_to(sink).uid(names.UID_SINK_ARCHIVE).name("decoy archive").disable_chaining()
+    lines.sink_to(FileSink(j_sink)).uid(names.UID_SINK_ARCHIVE).name("decoy archive").disable_chaining()
 
 
 def _uid_prefix(t_env: Any, prefix: str) -> None:
@@ -686,6 +706,21 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         "requests already in the topics again, a second answer to each one a job answered before. The "
         "policies topic is always read from its beginning",
     )
+    ap.add_argument(
+        "--archive-compact-every",
+        type=int,
+        default=DEFAULT_ARCHIVE_COMPACT_EVERY,
+        metavar="N",
+        help="compact the decoy archive every N checkpoints: each hour partition's part files of those "
+        "checkpoints, from every parallel instance, become one Parquet file before they are committed; rows "
+        "become queryable N checkpoints after they arrive (default %(default)s; 0: no compaction, one file "
+        "per instance, partition and checkpoint)",
+    )
+    ap.add_argument(
+        "--no-archive",
+        action="store_true",
+        help="write no decoy archive (only to measure what it costs: requests are then not archived)",
+    )
     kafka_client.add_config_argument(ap)
     ap.add_argument(
         "--return-address-prefix",
@@ -706,8 +741,8 @@ def parse_args(argv: list[str] | None) -> JobConfig:
     a = ap.parse_args(argv)
     if a.label_join_ttl_ms < 1:
         ap.error(f"--label-join-ttl-ms: must be positive, got {a.label_join_ttl_ms}")
-    if not 0 <= a.sink_linger_ms <= MAX_SINK_LINGER_MS:
-        ap.error(f"--sink-linger-ms: must be 0 to {MAX_SINK_LINGER_MS}, got {a.sink_linger_ms}")
+    _in_range(ap, "--sink-linger-ms", a.sink_linger_ms, MAX_SINK_LINGER_MS)
+    _in_range(ap, "--archive-compact-every", a.archive_compact_every, MAX_ARCHIVE_COMPACT_EVERY)
     start_from = _start_from_or_exit(ap, a.start_from)
     try:
         policy = load_policy(a.policy)
@@ -752,7 +787,14 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         start_from=start_from,
         kafka_config=a.kafka_config,
         return_address_prefix=_return_address_prefix(ap, a.return_address_prefix, a.kafka_config),
+        archive_compact_every=a.archive_compact_every,
+        archive=not a.no_archive,
     )
+
+
+def _in_range(ap: argparse.ArgumentParser, flag: str, value: int, most: int) -> None:
+    if not 0 <= value <= most:
+        ap.error(f"{flag}: must be 0 to {most}, got {value}")
 
 
 def _return_address_prefix(ap: argparse.ArgumentParser, given: str | None, kafka_config: Path | None) -> str:

@@ -437,15 +437,23 @@ def _format_storage_once(data_dir: Path, credentials: kafka_security.Credentials
         )
 
 
-def create_default_topics(broker: KafkaBroker) -> list[str]:
-    """Every topic rendezvous uses (``udfs.names.ALL_TOPICS``); on a secured broker also the policies
-    (compacted) and labels topics, which the roles that use them may not create. Returns the new ones."""
+def create_default_topics(broker: KafkaBroker, partitions: int = 1) -> list[str]:
+    """Every topic rendezvous uses (``udfs.names.ALL_TOPICS``) with ``partitions`` partitions (a job of
+    parallelism N reads N at once); on a secured broker also the policies (compacted, one partition)
+    and labels topics, which the roles that use them may not create. Returns the new ones; a topic that
+    exists keeps its partitions."""
     with broker.as_admin():
-        created = kafka_admin.ensure_default_topics(broker.bootstrap)
-        if broker.secure:
-            if policy_cli.ensure_policies_topic(broker.bootstrap):
-                created.append(names.TOPIC_POLICIES)
-            created += kafka_admin.create_topics(broker.bootstrap, [names.TOPIC_LABELS])
+        return ensure_topics(broker.bootstrap, partitions, every=broker.secure)
+
+
+def ensure_topics(bootstrap: str, partitions: int = 1, every: bool = False) -> list[str]:
+    """``create_default_topics`` on any broker, as this process's principal (a secured broker's admin);
+    ``every``: the policies and labels topics too. Also run by docker/compose.yaml's set-up (ops/kafka_init.py)."""
+    created = kafka_admin.ensure_default_topics(bootstrap, partitions=partitions)
+    if every:
+        if policy_cli.ensure_policies_topic(bootstrap):
+            created.append(names.TOPIC_POLICIES)
+        created += kafka_admin.create_topics(bootstrap, [names.TOPIC_LABELS])
     return created
 
 
@@ -492,12 +500,21 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 - one branch p
         "this data dir under <data-dir>/tls/ (clients trust tls/ca.pem; their files name it)",
     )
     start_p.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="partitions of each topic it creates (default 1; at least the job's parallelism); topics "
+        "that exist keep theirs",
+    )
+    start_p.add_argument(
         "--host",
         default=LOOPBACK,
         help="the address the clients' listener binds to and advertises (default 127.0.0.1; another one "
         "needs --secure --tls); the controller stays on 127.0.0.1",
     )
     args = parser.parse_args(argv)
+    if getattr(args, "partitions", 1) < 1:
+        parser.error(f"--partitions: at least 1, got {args.partitions}")
 
     if args.command == "start":
         try:
@@ -505,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: C901 - one branch p
                 args.data_dir, args.port, args.controller_port, args.heap, timeout_s=args.timeout,
                 secure=args.secure, tls=args.tls, host=args.host,
             )  # fmt: skip
-            create_default_topics(broker)
+            create_default_topics(broker, args.partitions)
         except (BrokerError, RuntimeError, TimeoutError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

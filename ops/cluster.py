@@ -40,8 +40,8 @@ from typing import Any
 
 import yaml
 
-from ops import procs, upgrade
-from ops.flink_conf import FlinkConfError, effective_conf, read_conf
+from ops import kafka_client, procs, upgrade
+from ops.flink_conf import PARALLELISM_KEY, FlinkConfError, effective_conf, job_parallelism, read_conf
 
 REPO_ROOT = procs.repo_root()
 # `cluster up`: the job's TaskManager (parallelism 1, one slot each) and a standby (docs/operations.md).
@@ -53,6 +53,7 @@ DEFAULT_DIR = REPO_ROOT / "var" / "cluster"
 UP_TIMEOUT_S = 120.0
 DOWN_TIMEOUT_S = 60.0
 TM_EXEC_TIMEOUT_S = 15.0
+TM_STOP_GRACE_S = 15.0  # SIGTERM to SIGKILL for a TaskManager
 # Ports a standalone cluster binds; each may be given on the command line (0 = leave to Flink's default).
 PORT_KEYS = {
     "rest_port": "rest.port",
@@ -335,6 +336,10 @@ class Cluster:
         if not self.conf_dir.exists():
             raise ClusterError(f"no cluster configuration at {self.conf_dir}; nothing to stop")
         before = self.live_pids()
+        # Every TaskManager at once: stop-cluster.sh stops one per line of conf/workers (here one), one
+        # after another, and each takes its ~5 s shutdown; the others would wait out the timeout below.
+        for pid in self.taskmanager_pids():
+            procs.ask_to_stop(pid)
         res = self.script("stop-cluster.sh")
         deadline = time.monotonic() + timeout_s
         while any(procs.pid_alive(p) for p in before) and time.monotonic() < deadline:
@@ -363,6 +368,7 @@ class Cluster:
         manifest (ops/upgrade.py) to the state dir; from a savepoint, first checks the manifest the
         savepoint was taken with (a changed execution mode, state format or uid is refused)."""
         sub = self.prepare_submission(policy, bootstrap, job_args, flink_conf, savepoint)
+        self._check_slots(sub)
         restore = ["-s", savepoint] if savepoint else []
         res = self.script("flink", *self.run_args(sub, restore, JOB_SCRIPT), timeout_s=timeout_s)
         out = res.stdout + res.stderr
@@ -371,6 +377,17 @@ class Cluster:
         if res.returncode != 0 or not job_id:
             raise ClusterError(f"bin/flink run failed (exit {res.returncode}):\n{out[-4000:]}")
         return self.record_submission(sub, job_id, savepoint, previous_job_id)
+
+    def _check_slots(self, sub: Submission) -> None:
+        """A job needs one free slot per parallel instance; without them Flink would wait minutes for
+        resources (slot.request.timeout) before it fails."""
+        wanted = job_parallelism(effective_conf(self.config(), read_conf(sub.flink_conf), sub.job_args))
+        free = int((self.overview() or {}).get("slots-available", 0))
+        if free < wanted:
+            raise ClusterError(
+                f"the job's parallelism is {wanted} but the cluster has {free} free slot(s) (one per "
+                f"TaskManager): start more with `cluster up --taskmanagers N` or lower --parallelism"
+            )
 
     def prepare_submission(
         self,
@@ -459,28 +476,35 @@ class Cluster:
         timeout_s: float = DOWN_TIMEOUT_S,
         pids: list[int] | None = None,
         rest_ids: set[str] | None = None,
+        wait_exit: bool = True,
     ) -> list[int]:
-        """Stop this cluster's TaskManagers (or just ``pids``) by PID (SIGTERM, SIGKILL after a grace
-        period), drop them from the pid file, and wait until the JobManager no longer lists them
-        (``rest_ids``, default: all it listed before); the PIDs stopped."""
+        """Stop this cluster's TaskManagers (or just ``pids``) by PID (SIGTERM to all at once, SIGKILL
+        after a grace period), drop them from the pid file, and wait until the JobManager no longer
+        lists them (``rest_ids``, default: all it listed before); the PIDs stopped. ``wait_exit=False``
+        returns once the JobManager has let them go, while their JVMs may still be shutting down (call
+        again with the same ``pids`` to wait for that)."""
         before = self.taskmanager_ids() if rest_ids is None else set(rest_ids)
         stopped = [p for p in (self.taskmanager_pids() if pids is None else pids) if self.ours(p)]
         for pid in stopped:
-            procs.stop_pid(pid, grace_s=15.0)
+            procs.ask_to_stop(pid)
         for f in self.pid_dir.glob("flink-*-taskexecutor.pid"):
             keep = [x for x in f.read_text().split() if x.isdigit() and int(x) not in stopped]
             if keep:
                 f.write_text("".join(f"{x}\n" for x in keep))
             else:
                 f.unlink()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            left = self.taskmanager_ids() & before
-            if not left:
-                return stopped
-            if time.monotonic() > deadline:
+        t0 = time.monotonic()
+        while left := self.taskmanager_ids() & before:
+            if time.monotonic() - t0 > timeout_s:
                 raise ClusterError(f"the JobManager still lists stopped TaskManager(s) {sorted(left)}")
+            if time.monotonic() - t0 > TM_STOP_GRACE_S:  # one that ignores SIGTERM is killed
+                for pid in stopped:
+                    procs.stop_pid(pid, grace_s=0.0)
             time.sleep(0.1)
+        if wait_exit:
+            for pid in stopped:
+                procs.stop_pid(pid, grace_s=max(0.0, TM_STOP_GRACE_S - (time.monotonic() - t0)))
+        return stopped
 
     def start_taskmanagers(self, count: int = 1, spare: bool = False) -> list[int]:
         """``taskmanager.sh start`` ``count`` times; the new PIDs (they register in the background).
@@ -574,6 +598,22 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
+def parallelism_override(parallelism: int) -> list[str]:
+    """The job argument that sets its parallelism: a Flink override, so the manifest records it and an
+    upgrade that leaves it out keeps it (later ``-D`` items win)."""
+    return ["-D", f"{PARALLELISM_KEY}={parallelism}"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:  # noqa: C901 - argparse for each subcommand, and dispatch
     ap = argparse.ArgumentParser(prog="ops.cluster", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -610,15 +650,26 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - argparse for eac
     p_submit.add_argument("--bootstrap", required=True)
     p_submit.add_argument("--flink-conf", type=Path, default=PROJECT_FLINK_CONF)
     p_submit.add_argument("--savepoint", help="restore from this savepoint (flink run -s)")
+    for p in (p_submit, p_upgrade):
+        p.add_argument(
+            "--parallelism",
+            type=_positive_int,
+            help="the job's parallelism (one slot per TaskManager: this many TaskManagers run it; the "
+            "topics need at least this many partitions); upgrade: rescale from the savepoint",
+        )
     p_upgrade.add_argument("--policy", type=Path, required=True, help="the new policy file")
     p_upgrade.add_argument("--flink-conf", type=Path, help="default: the one the running job was given")
     p_upgrade.add_argument("--check", action="store_true", help="only validate; change nothing")
     p_upgrade.add_argument("--json", action="store_true", help="print the report as JSON")
+    # The check reads the policies topic: with this file (e.g. operator.properties), else the job's own.
+    kafka_client.add_config_argument(p_upgrade)
     p_status.add_argument("--json", action="store_true")
     p_cancel.add_argument("job_id")
     a, extra = ap.parse_known_args(argv)
     if extra and a.cmd not in ("submit", "upgrade"):
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    if a.cmd in ("submit", "upgrade") and a.parallelism is not None:
+        extra = [*extra, *parallelism_override(a.parallelism)]
     cluster = Cluster(a.dir)
     try:
         if a.cmd == "up":
@@ -648,6 +699,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - argparse for eac
             cluster.cancel(a.job_id)
             print(f"cancelled {a.job_id}")
         elif a.cmd == "upgrade":
+            kafka_client.use_config_file(a.kafka_config, "rendezvous cluster upgrade")
             return upgrade.main_upgrade(cluster, a.policy, a.flink_conf, extra, a.check, a.json)
     except (ClusterError, RuntimeError, TimeoutError, subprocess.TimeoutExpired) as e:
         print(f"error: {e}", file=sys.stderr)

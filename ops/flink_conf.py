@@ -91,3 +91,18 @@ def effective_conf(
     conf.update(flatten(flink_conf))
     conf.update(parse_overrides(job_args))
     return conf
+
+
+PARALLELISM_KEY = "parallelism.default"
+
+
+def job_parallelism(conf: Mapping[str, str]) -> int:
+    """The parallelism a job runs with, from its effective configuration (Flink's default, 1, if unset).
+
+    >>> job_parallelism({"parallelism.default": "2"}), job_parallelism({})
+    (2, 1)
+    """
+    value = str(conf.get(PARALLELISM_KEY, "1"))
+    if not value.isdigit() or int(value) < 1:
+        raise FlinkConfError(f"{PARALLELISM_KEY}: a whole number of at least 1, got {value!r}")
+    return int(value)

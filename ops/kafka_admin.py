@@ -196,9 +196,11 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout_s: float = DEFAU
     return present
 
 
-def ensure_default_topics(bootstrap: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[str]:
+def ensure_default_topics(
+    bootstrap: str, timeout_s: float = DEFAULT_TIMEOUT_S, partitions: int = 1
+) -> list[str]:
     """Create every topic rendezvous uses (udfs.names.ALL_TOPICS); returns the ones that were missing."""
-    return create_topics(bootstrap, ALL_TOPICS, timeout_s=timeout_s)
+    return create_topics(bootstrap, ALL_TOPICS, partitions=partitions, timeout_s=timeout_s)
 
 
 WARM_UP_TOPIC = "_rendezvous-warm-up"

@@ -25,8 +25,10 @@ What each role may do (``role_grants``), from the topics, groups and transaction
   results topic (prefix ``results``; it creates a return address that does not exist yet, as the
   unsecured broker's auto-creation does); transactional ids ``rendezvous-job*`` (exactly-once sinks);
 - ``operator``: read and write ``policies`` (the only principal that changes a policy), read the job's
-  outputs for operations (``canary``, ``decisions``, ``dead-letters``), and administer topics
-  (create, delete, alter, describe their configs);
+  outputs for operations (``canary``, ``decisions``, ``dead-letters``) and the ``labels`` (``eval
+  collect``), write drift ``alerts`` (``eval drift --every``) and the ``audit`` trail (``eval autopilot``, which
+  also publishes policies), and administer topics (create, delete,
+  alter, describe their configs);
 - ``labeller``: read ``requests`` (group ``labeller``), write ``labels``;
 - every principal: DESCRIBE its own throw-away consumer groups ``<principal>.assigned-*``, which
   librdkafka looks up even for a reader that assigns partitions itself and commits nothing.
@@ -126,10 +128,13 @@ def role_grants(role: str, principal: str | None = None) -> list[Grant]:
             Grant(TRANSACTIONAL_ID, names.GROUP_RENDEZVOUS, ("WRITE", "DESCRIBE"), prefixed=True),
         ]
     if role == names.ROLE_OPERATOR:
-        outputs = (names.TOPIC_CANARY, names.TOPIC_DECISIONS, names.TOPIC_DEAD_LETTERS)
+        # the job's outputs, and the labels: what `eval collect` dumps for the evaluation commands
+        outputs = (names.TOPIC_CANARY, names.TOPIC_DECISIONS, names.TOPIC_DEAD_LETTERS, names.TOPIC_LABELS)
         return [
             Grant(TOPIC, names.TOPIC_POLICIES, ("READ", "WRITE")),
             *(Grant(TOPIC, t, ("READ",)) for t in outputs),
+            Grant(TOPIC, names.TOPIC_ALERTS, ("WRITE",)),  # `eval drift --every --bootstrap`
+            Grant(TOPIC, names.TOPIC_AUDIT, ("WRITE",)),  # `eval autopilot`: its audit records
             Grant(
                 TOPIC,
                 ANY_TOPIC,
@@ -329,6 +334,19 @@ def _jaas(module: str, username: str, password: str, **users: str) -> str:
     return f'{module} required username="{username}" password="{password}"{extra};'
 
 
+def jaas_settings(admin: kafka_client.ClientSecurity, listeners: Sequence[str]) -> dict[str, str]:
+    """The broker's own JAAS entries (they hold the admin's password): one per SCRAM client listener
+    (``listeners``: their names), and the controller listener's PLAIN entry with its one user."""
+    assert admin.username is not None and admin.password is not None
+    user, password = admin.username, admin.password
+    scram = _jaas(kafka_client.LOGIN_MODULES[MECHANISM], user, password)
+    out = {f"listener.name.{name.lower()}.{MECHANISM.lower()}.sasl.jaas.config": scram for name in listeners}
+    out[f"listener.name.{CONTROLLER_LISTENER.lower()}.{CONTROLLER_MECHANISM.lower()}.sasl.jaas.config"] = (
+        _jaas(kafka_client.LOGIN_MODULES[CONTROLLER_MECHANISM], user, password, **{user: password})
+    )
+    return out
+
+
 def server_settings(
     port: int,
     controller_port: int,
@@ -338,10 +356,6 @@ def server_settings(
 ) -> dict[str, object]:
     """The listener, SASL and authorizer settings of the secured broker (over ops.broker's defaults):
     the clients' listener on ``host`` (SASL_SSL with ``tls``), the controller's on loopback."""
-    assert admin.username is not None and admin.password is not None
-    user, password = admin.username, admin.password
-    scram = kafka_client.LOGIN_MODULES[MECHANISM]
-    plain = kafka_client.LOGIN_MODULES[CONTROLLER_MECHANISM]
     listener = TLS_LISTENER if tls is not None else LISTENER
     lower = listener.lower()
     settings: dict[str, object] = {
@@ -352,15 +366,12 @@ def server_settings(
         "sasl.enabled.mechanisms": MECHANISM,
         "sasl.mechanism.inter.broker.protocol": MECHANISM,
         f"listener.name.{lower}.sasl.enabled.mechanisms": MECHANISM,
-        f"listener.name.{lower}.{MECHANISM.lower()}.sasl.jaas.config": _jaas(scram, user, password),
         "sasl.mechanism.controller.protocol": CONTROLLER_MECHANISM,
         "listener.name.controller.sasl.enabled.mechanisms": CONTROLLER_MECHANISM,
-        f"listener.name.controller.{CONTROLLER_MECHANISM.lower()}.sasl.jaas.config": _jaas(
-            plain, user, password, **{user: password}
-        ),
+        **jaas_settings(admin, [listener]),
         "authorizer.class.name": AUTHORIZER,
         "allow.everyone.if.no.acl.found": "false",
-        "super.users": f"User:{user}",
+        "super.users": f"User:{admin.username}",
         # Topics are made by the operator (or at start, by the broker's principal), and by the job for a new
         # return address under the results prefix: auto-creation needs CREATE like any other creation.
         "auto.create.topics.enable": "true",

@@ -173,6 +173,12 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         pass
 
 
+def ask_to_stop(pid: int) -> None:
+    """SIGTERM the group, without waiting (``stop_pid`` later waits for it and kills if need be)."""
+    if pid_alive(pid):
+        _signal_group(pid, signal.SIGTERM)
+
+
 def stop_pid(pid: int, grace_s: float = 30.0) -> bool:
     """SIGTERM the group, wait up to grace_s, then SIGKILL. True if we had to kill."""
     if not pid_alive(pid):

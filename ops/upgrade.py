@@ -38,8 +38,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ops import policy_cli, procs
-from ops.flink_conf import FlinkConfError, effective_conf, read_conf
+from ops import kafka_client, policy_cli, procs
+from ops.flink_conf import FlinkConfError, effective_conf, job_parallelism, read_conf
 from udfs import mailbox, names
 from udfs.policy import Policy, PolicyError, load_policy
 
@@ -71,6 +71,15 @@ COMPAT_UID_GENERATION = "table.exec.uid.generation"
 COMPAT_TABLE_UID_FORMAT = "table.exec.uid.format"
 COMPAT_MAX_PARALLELISM = "pipeline.max-parallelism"
 COMPAT_FLINK_VERSION = "flink_version"
+# Whether the new submission may drop savepoint state that has no operator (-D of this key), recorded
+# next to the facts above; only the retired archive sink's state is ever let go that way.
+IGNORE_UNCLAIMED_STATE = "execution.savepoint.ignore-unclaimed-state"
+COMPAT_DROPS_UNCLAIMED = "drops_unclaimed_state"
+# The decoy archive's sink before it wrote Parquet: a JSON-lines FileSink under this uid. Its state (the
+# files of the last checkpoint, committed when the job stops with its savepoint) cannot be restored into
+# the Parquet sink (udfs/names.py UID_SINK_ARCHIVE), whose files and partitions differ.
+ARCHIVE_SINK_BEFORE_PARQUET = "sink-decoy-archive"
+DEFAULT_MAX_PARALLELISM = "128"
 
 # Maps where the new job may add entries (a new operator or state starts empty) but must keep every
 # old one: a savepoint restored without allowNonRestoredState fails on state it cannot map.
@@ -130,7 +139,32 @@ def compat_of(conf: Mapping[str, str], flink: str | None = None) -> dict[str, An
         COMPAT_TABLE_UID_FORMAT: names.table_uid_format("<uid>"),
         COMPAT_MAX_PARALLELISM: conf.get("pipeline.max-parallelism"),
         COMPAT_FLINK_VERSION: flink if flink is not None else flink_version(),
+        COMPAT_DROPS_UNCLAIMED: conf.get(IGNORE_UNCLAIMED_STATE, "false").strip().lower() == "true",
     }
+
+
+def archive_sink_change(
+    old_uids: Mapping[str, Any], new: Mapping[str, Any]
+) -> tuple[dict[str, Any], str | None]:
+    """The running job's uids as far as the archive is concerned, and why the change is refused (None: it
+    is not). A job from before the Parquet archive has its JSON-lines sink under the same name: the new
+    job may go only with ``-D execution.savepoint.ignore-unclaimed-state=true``, which lets the old sink's
+    state go (its files are committed by the stop with savepoint); every other uid is still compared."""
+    name, parquet = "UID_SINK_ARCHIVE", names.UID_SINK_ARCHIVE
+    new_uids = new.get(COMPAT_UIDS) or {}
+    if old_uids.get(name) != ARCHIVE_SINK_BEFORE_PARQUET or new_uids.get(name) != parquet:
+        return dict(old_uids), None
+    as_new = {**old_uids, name: parquet}  # the rest of the map is checked as usual
+    if new.get(COMPAT_DROPS_UNCLAIMED):
+        return as_new, None
+    return as_new, (
+        f"{COMPAT_UIDS}: the decoy archive is Parquet now, written by a new sink ({name}: "
+        f"{ARCHIVE_SINK_BEFORE_PARQUET!r} -> {parquet!r}); the savepoint's JSON-lines sink state has no "
+        "operator to go to. Its files are committed when the job stops with the savepoint, so that state "
+        f"may be dropped: run the upgrade again with -D {IGNORE_UNCLAIMED_STATE}=true (every other uid and "
+        "state name is still checked). The old JSON-lines files stay where they were; "
+        "`rendezvous sql --import-jsonl DIR` copies them into the Parquet layout"
+    )
 
 
 def _dict_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -158,8 +192,14 @@ def compat_problems(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
             problems.append(f"{key}: not recorded for the running job; cannot tell whether it would change")
             continue
         a, b = old.get(key), new.get(key)
+        if key == COMPAT_UIDS and isinstance(a, dict):
+            a, archive_problem = archive_sink_change(a, new)
+            if archive_problem:
+                problems.append(archive_problem)
         if a == b:
             continue
+        if key == COMPAT_MAX_PARALLELISM and _max_parallelism(a) == _max_parallelism(b):
+            continue  # unset is Flink's default, 128, for jobs of parallelism up to 85
         if key == COMPAT_STATE_VERSION and a in new.get(COMPAT_STATE_READS, [b]):
             continue  # the new code reads the old format (and writes its own from then on)
         if isinstance(a, dict) and isinstance(b, dict):
@@ -170,6 +210,12 @@ def compat_problems(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
             change = f"{a!r} -> {b!r}"
         problems.append(f"{key} would change ({change}): {_WHY[key]}")
     return problems
+
+
+def _max_parallelism(value: Any) -> str:
+    """A recorded max parallelism; unset (jobs before flink-conf/ fixed it) is what Flink then chose:
+    128 for any parallelism up to 85 (KeyGroupRangeAssignment.computeDefaultMaxParallelism)."""
+    return DEFAULT_MAX_PARALLELISM if value in (None, "") else str(value)
 
 
 def live_version_problem(new_version: int, newest_live: int | None) -> str | None:
@@ -188,14 +234,33 @@ def newest_live_version(bootstrap: str, topic: str) -> int | None:
     return policy_cli.newest_version(policy_cli.read_topic(bootstrap, topic))
 
 
+def job_arg(job_args: Sequence[str], flag: str) -> str | None:
+    """The value of one of the job's options in its submitted arguments (None: not given)."""
+    for i, arg in enumerate(job_args):
+        if arg == flag and i + 1 < len(job_args):
+            return job_args[i + 1]
+        if arg.startswith(f"{flag}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def policies_topic_of(job_args: Sequence[str]) -> str:
     """The job's --policies-topic (its default unless the submission named one)."""
-    for i, arg in enumerate(job_args):
-        if arg == "--policies-topic" and i + 1 < len(job_args):
-            return job_args[i + 1]
-        if arg.startswith("--policies-topic="):
-            return arg.split("=", 1)[1]
-    return names.TOPIC_POLICIES
+    return job_arg(job_args, "--policies-topic") or names.TOPIC_POLICIES
+
+
+def policies_reader(job_args: Sequence[str]) -> kafka_client.ClientSecurity | None:
+    """Who reads the policies topic for the upgrade's check on a secured broker: this process's own
+    ``--kafka-config`` (``cluster upgrade --kafka-config``, e.g. the operator's file) if it has one, else
+    the running job's (its role reads that topic), else nobody (a broker without authentication)."""
+    current = kafka_client.current_security()
+    given = job_arg(job_args, "--kafka-config")
+    if current is not None or given is None:
+        return current
+    try:
+        return kafka_client.load_client_properties(Path(given))
+    except kafka_client.KafkaConfigError as e:
+        raise UpgradeRefused(f"the running job's --kafka-config: {e}") from None
 
 
 def version_problem(old_version: int | None, new_version: int) -> str | None:
@@ -458,7 +523,8 @@ def prepare(
     conf_path = flink_conf or Path(str(manifest.get("flink_conf")))
     new_compat = compat_of(effective_conf(cluster.config(), _read_conf(conf_path), job_args))
     problems = check_upgrade(manifest, policy, new_compat)
-    live = newest_live_version(str(manifest.get("bootstrap")), policies_topic_of(job_args))
+    with kafka_client.security_context(policies_reader(job_args)):
+        live = newest_live_version(str(manifest.get("bootstrap")), policies_topic_of(job_args))
     live_problem = live_version_problem(policy.version, live)
     if live_problem:
         problems.append(live_problem)
@@ -538,6 +604,23 @@ def write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def fresh_taskmanagers(
+    cluster_conf: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    job_args: Sequence[str],
+    conf_path: Path,
+    running: int,
+) -> int:
+    """TaskManagers to start for the new job: one per slot it needs (its parallelism), plus as many
+    standbys as the cluster had beyond the old job's parallelism (one slot per TaskManager)."""
+    old_conf = effective_conf(
+        cluster_conf, _read_conf(Path(str(manifest.get("flink_conf")))), manifest.get("job_args", [])
+    )
+    new_conf = effective_conf(cluster_conf, _read_conf(conf_path), job_args)
+    standbys = max(0, running - job_parallelism(old_conf))
+    return job_parallelism(new_conf) + standbys
+
+
 def upgrade(
     cluster: Cluster,
     policy_path: Path,
@@ -565,7 +648,8 @@ def upgrade(
     try:
         # Fresh TaskManagers next to the old ones: the new job must not run in a JVM whose embedded
         # Python already ran the old one (stale modules; pemja, FLINK-37727).
-        spare = cluster.start_taskmanagers(max(1, len(old_tm_ids)), spare=True)
+        fresh = fresh_taskmanagers(cluster.config(), manifest, job_args, conf_path, len(old_tm_ids))
+        spare = cluster.start_taskmanagers(fresh, spare=True)
         procs.wait_for(
             lambda: len(cluster.taskmanager_ids() - old_tm_ids) >= len(spare),
             running_timeout_s,
@@ -597,13 +681,18 @@ def upgrade(
     old_policy_path = Path(str(manifest["policy"]["path"]))
     try:
         # Once the JobManager has let the old TaskManagers go, the fresh ones hold the only free slots.
-        stopped = cluster.stop_taskmanagers(TM_STOP_TIMEOUT_S, pids=old_tm_pids, rest_ids=old_tm_ids)
+        # Let go, not yet gone: their JVMs finish shutting down while the new job deploys.
+        stopped = cluster.stop_taskmanagers(
+            TM_STOP_TIMEOUT_S, pids=old_tm_pids, rest_ids=old_tm_ids, wait_exit=False
+        )
         t_tm = time.monotonic()
         client.go(savepoint)
         new_job = client.job_id()
         t_sub = time.monotonic()
         cluster.record_submission(sub, new_job, savepoint, old_job)
         wait_running(cluster, new_job, running_timeout_s)
+        t_run, running_ms = time.monotonic(), _now_ms()
+        cluster.stop_taskmanagers(TM_STOP_TIMEOUT_S, pids=stopped, rest_ids=set())  # gone by now
     except Exception as e:
         log(f"upgrade FAILED after the stop: {e}")
         client.abort(f"upgrade failed: {e}")
@@ -612,7 +701,6 @@ def upgrade(
             f"the upgrade to v{policy.version} failed ({e.__class__.__name__}: {e}); the old policy "
             f"v{old_version} was resubmitted from {savepoint} (see above)"
         ) from e
-    t_run = time.monotonic()
     return UpgradeReport(
         old_job_id=old_job,
         new_job_id=new_job,
@@ -627,7 +715,7 @@ def upgrade(
         down_s=t_run - t0,
         stop_requested_ms=stop_ms,
         savepoint_done_ms=sp_ms,
-        running_ms=_now_ms(),
+        running_ms=running_ms,
         taskmanagers_stopped=stopped,
         taskmanagers_started=spare,
     )

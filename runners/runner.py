@@ -9,6 +9,10 @@ blocking the loop (pending scores wait in a time-ordered heap), --fail-rate send
 --drop-rate sends nothing, --hang-after N stops answering after N requests, --degrade-after N keeps
 answering after N requests but with noise (a model gone bad, for the evaluation scenario). Which requests
 fail or drop, and the noise, are a hash of (seed, request_id), so a rerun injects the same faults.
+
+--model-ids a,b,c serves several model ids from one process: each request is scored once and its score
+goes out once per id (a policy with many models without a process and a model each: what the job and
+the broker pay per extra model is the point, not the models).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from threadpoolctl import threadpool_limits
 from ops import kafka_admin, kafka_client
 from runners.model import Scored, ScoringModel, load
 from udfs.names import TOPIC_REQUESTS, TOPIC_SCORES, runner_group
+from udfs.wire_in import MODEL_ID_RE
 
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_ERROR_CHARS = 1024  # score.error limit in schemas/README.md
@@ -154,9 +159,13 @@ class Scheduler:
     same inputs always give the same outputs. Scores come out in due order, ties in admission order.
     """
 
-    def __init__(self, model_id: str, model_version: str, faults: Faults) -> None:
+    def __init__(
+        self, model_id: str, model_version: str, faults: Faults, model_ids: Sequence[str] = ()
+    ) -> None:
         self.model_id = model_id
         self.model_version = model_version
+        # The ids each score goes out under, one record each: the model's own, or --model-ids.
+        self.model_ids = tuple(model_ids) or (model_id,)
         self.faults = faults
         self.counts: Counter[str] = Counter()
         # (due_ms, seq, pending): seq is admission order, so equal due times keep request order.
@@ -237,25 +246,27 @@ class Scheduler:
         return len(self._heap)
 
     def release(self, now_ms: float) -> list[tuple[str, dict[str, Any]]]:
-        """(request_id, score record) for every pending score due at or before now_ms, in due order."""
+        """(request_id, score record) for every pending score due at or before now_ms, in due order; one
+        record per id of ``model_ids``, in their order."""
         out: list[tuple[str, dict[str, Any]]] = []
         while self._heap and self._heap[0][0] <= now_ms:
             p = heapq.heappop(self._heap)[2]
-            record: dict[str, Any] = {
-                "request_id": p.request_id,
-                "model_id": self.model_id,
-                "model_version": self.model_version,
-            }
-            if p.error is None:
-                record["status"] = "ok"
-                record["output"] = dict(p.output or {})
-            else:
-                record["status"] = "error"
-                record["error"] = p.error[:MAX_ERROR_CHARS]
-            record["scored_at_ms"] = int(now_ms)
-            record["latency_ms"] = round(max(now_ms - p.received_ms, 0.0), 3)
-            self.counts["error" if p.error else "ok_sent"] += 1
-            out.append((p.request_id, record))
+            for model_id in self.model_ids:
+                record: dict[str, Any] = {
+                    "request_id": p.request_id,
+                    "model_id": model_id,
+                    "model_version": self.model_version,
+                }
+                if p.error is None:
+                    record["status"] = "ok"
+                    record["output"] = dict(p.output or {})
+                else:
+                    record["status"] = "error"
+                    record["error"] = p.error[:MAX_ERROR_CHARS]
+                record["scored_at_ms"] = int(now_ms)
+                record["latency_ms"] = round(max(now_ms - p.received_ms, 0.0), 3)
+                self.counts["error" if p.error else "ok_sent"] += 1
+                out.append((p.request_id, record))
         return out
 
     def discard(self) -> int:
@@ -298,6 +309,7 @@ def run(  # noqa: C901 - the poll loop with its faults and stats; the decisions 
     max_records: int = 1000,
     reconnect: Callable[[], Any] | None = None,
     rejoin_after_s: float = REJOIN_AFTER_S,
+    model_ids: Sequence[str] = (),
 ) -> Counter[str]:
     """The loop: poll, admit, release due scores, until `stop` is set or max_seconds pass.
 
@@ -309,10 +321,10 @@ def run(  # noqa: C901 - the poll loop with its faults and stats; the decisions 
     `consumer` and `producer` are confluent-kafka clients (ops.kafka_client; or fakes with
     consume/assignment/subscription and produce/poll/flush). The producer is polled every turn of the
     loop, which serves its delivery callbacks: a failed delivery is counted (``send_errors``) and the
-    first few are printed. Returns the counters. Does not close the clients: the caller made them, the
-    caller closes them.
+    first few are printed. ``model_ids``: the ids its scores go out under (default: the model's own).
+    Returns the counters. Does not close the clients: the caller made them, the caller closes them.
     """
-    scheduler = Scheduler(model.model_id, model.model_version, faults)
+    scheduler = Scheduler(model.model_id, model.model_version, faults, model_ids)
     counts = scheduler.counts
     started = clock()
     deadline = None if max_seconds is None else started + max_seconds * 1000.0
@@ -441,13 +453,36 @@ def _stats_line(
     return f"runner {model_id} {'final' if final else 'stats'}: " + " ".join(parts)
 
 
+def _model_ids(text: str) -> tuple[str, ...]:
+    """--model-ids: distinct model ids, as a score's model_id must be."""
+    ids = tuple(x.strip() for x in text.split(",") if x.strip())
+    bad = [x for x in ids if not MODEL_ID_RE.match(x)]
+    if not ids or bad:
+        raise argparse.ArgumentTypeError(
+            f"model ids of 1-64 characters of [A-Za-z0-9._-], comma-separated; got {(bad or [text])[0]!r}"
+        )
+    if len(set(ids)) != len(ids):
+        raise argparse.ArgumentTypeError(f"a model id listed twice in {text!r}")
+    return ids
+
+
 def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Faults]:
     p = argparse.ArgumentParser(prog="python -m runners.runner", description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, required=True, help="a directory written by runners.train")
     p.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers, host:port[,host:port]")
     p.add_argument("--requests-topic", default=TOPIC_REQUESTS)
     p.add_argument("--scores-topic", default=TOPIC_SCORES)
-    p.add_argument("--group", default=None, help="consumer group (default: runner-<model_id>)")
+    p.add_argument(
+        "--group",
+        default=None,
+        help="consumer group (default: runner-<model_id>, or of the first --model-ids)",
+    )
+    p.add_argument(
+        "--model-ids",
+        type=_model_ids,
+        default=(),
+        help="serve these model ids (comma-separated) instead of the model's own: one score per id per request",
+    )
     p.add_argument("--latency-ms", type=float, default=0.0, help="injected delay per score")
     p.add_argument("--jitter-ms", type=float, default=0.0, help="extra delay, uniform in [0, J)")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests given an error score")
@@ -495,11 +530,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     bootstrap = ",".join(s.strip() for s in args.bootstrap.split(",") if s.strip())
     client_id = f"runner-{model.model_id}"
+    # Serving other ids, it reads every request in a group of its own, not the model's own runner's.
+    serves = args.model_ids[0] if args.model_ids else model.model_id
 
     def new_consumer() -> kafka_client.Consumer:
         return kafka_client.consumer(
             bootstrap,
-            args.group or runner_group(model.model_id),
+            args.group or runner_group(serves),
             topics=[args.requests_topic],
             client_id=client_id,
             enable_auto_commit=True,
@@ -517,6 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop=stop,
             max_seconds=args.max_seconds,
             reconnect=new_consumer,
+            model_ids=args.model_ids,
         )
     finally:
         producer.finish(timeout_s=10)

@@ -25,6 +25,10 @@ TOPIC_POLICIES = "policies"
 TOPIC_LABELS = "labels"
 # Drift alerts (schemas/alert.schema.json) from `rendezvous eval drift --every`; keyed by subject.
 TOPIC_ALERTS = "alerts"
+# The autopilot's audit trail (schemas/audit.schema.json): one record per policy change it applied,
+# would apply (--dry-run), was refused by a guard, or failed to publish; keyed v<new version>.
+# Written by `rendezvous eval autopilot` (evaluation/autopilot.py), which creates it.
+TOPIC_AUDIT = "audit"
 
 ALL_TOPICS = (
     TOPIC_REQUESTS,
@@ -151,7 +155,9 @@ UID_KAFKA_DECISIONS_IN = "kafka-decisions-in"
 UID_KAFKA_OUT = "kafka-out"
 UID_KAFKA_OUT_EXACTLY_ONCE = "kafka-out-exactly-once"
 UID_MAILBOX = "rendezvous-mailbox"
-UID_SINK_ARCHIVE = "sink-decoy-archive"
+# The decoy archive's Parquet sink (deps/archive-parquet). Until Parquet it was "sink-decoy-archive", a
+# JSON-lines FileSink whose state this sink cannot take (ops/upgrade.py: ARCHIVE_SINK_BEFORE_PARQUET).
+UID_SINK_ARCHIVE = "sink-decoy-archive-parquet"
 # Label feedback for `decide: thompson` (udfs/feedback.py): parse labels and decisions read back, join
 # them by request id (keyed state + timers), and tag policy documents so one broadcast stream carries
 # both policies and rewards into the mailbox.

@@ -23,6 +23,9 @@ ROLES = ("incumbent", "challenger", "backstop", "canary", "shadow")
 OFFICIAL_ROLES = frozenset({"incumbent", "challenger", "backstop"})
 DECIDE_MODES = ("first_in_order", "majority_vote", "weighted_average", "thompson")
 MAX_WEIGHT = 1e6  # bounded (so also finite): a weighted sum never overflows to inf, the mean to NaN
+# Every request's mailbox keeps each model's first score and is rewritten whole on every score, so a
+# request's cost in the job (and its state) grows with the models: a bound that holds for every policy.
+MAX_MODELS = 100
 
 _TOP_FIELDS = {
     "version",
@@ -259,6 +262,8 @@ def _parse_bandit(raw: Any, decide: str, given: bool) -> BanditSpec | None:
 def _parse_models(raw: Any, deadline: int) -> tuple[ModelSpec, ...]:
     if not isinstance(raw, list) or not raw:
         raise PolicyError("models: must be a non-empty list")
+    if len(raw) > MAX_MODELS:
+        raise PolicyError(f"models: at most {MAX_MODELS} models, got {len(raw)}")
     seen: set[str] = set()
     out = [_parse_model(m, f"models[{i}]", deadline, seen) for i, m in enumerate(raw)]
     if not any(m.official for m in out):

@@ -1,17 +1,22 @@
-"""A model that degrades mid-run (harness/degrade_scenario.py, short): metrics, quality, alerts and the gate."""
+"""A model that degrades mid-run (harness/degrade_scenario.py, short): metrics, quality, alerts, the gate, and
+the autopilot that replaces it live (the loop closed: seconds_to_fallback, the new policy, its audit)."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
 import yaml
+from jsonschema import Draft202012Validator
 
 from harness import degrade_scenario
 from udfs import names
 from udfs.policy import parse_policy
 
 pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
 
 COUNT = 500  # requests per phase
 
@@ -26,7 +31,7 @@ def test_a_degrading_incumbent_is_detected_and_demoted(
     )
 
     # The job's per-model counters (Prometheus) moved with the traffic: every mailbox of the degraded
-    # phase closed with a score or a timeout from each model, and gbt, still the incumbent, kept winning.
+    # phase closed with a score or a timeout from each model; gbt won until the autopilot demoted it.
     before, after = s["metrics"]["after_healthy"], s["metrics"]["after_degraded"]
     for m in degrade_scenario.MODEL_IDS:
         assert set(after[m]) == set(names.MODEL_METRICS), m
@@ -36,23 +41,26 @@ def test_a_degrading_incumbent_is_detected_and_demoted(
 
         assert closed(after[m]) - closed(before[m]) == COUNT, m
         assert after[m]["scores"] - before[m]["scores"] >= COUNT * 0.8, m  # a loaded machine times some out
-    assert after["gbt"]["wins"] - before["gbt"]["wins"] >= COUNT * 0.5
+    assert after["gbt"]["wins"] - before["gbt"]["wins"] < COUNT * 0.9
+    assert after["logreg"]["wins"] - before["logreg"]["wins"] >= COUNT * 0.1
 
-    # Labels show the drop, for gbt and for what callers got; the challenger is unchanged. Noise is a coin
-    # toss: accuracy falls from ~0.93 to ~0.5 and log loss rises to ~1. (AUC is not asserted: with ~5%
-    # positives, 500 requests hold ~25, and a noise AUC strays to 0.7 now and then.)
+    # Labels show gbt's drop; the challenger is unchanged, and callers, answered by it after the fallback,
+    # got better answers than gbt's. Noise is a coin toss: accuracy falls from ~0.93 to ~0.5 and log loss
+    # rises to ~1. (AUC is not asserted: with ~5% positives, 500 requests hold ~25, and a noise AUC strays
+    # to 0.7 now and then.)
     q = s["quality"]
-    for m in ("gbt", "official"):
-        assert q["healthy"][m]["accuracy"] > 0.85 and q["degraded"][m]["accuracy"] < 0.7, m
-        assert q["degraded"][m]["log_loss"] > q["healthy"][m]["log_loss"] + 0.4, m
+    assert q["healthy"]["gbt"]["accuracy"] > 0.85 and q["degraded"]["gbt"]["accuracy"] < 0.7
+    assert q["degraded"]["gbt"]["log_loss"] > q["healthy"]["gbt"]["log_loss"] + 0.4
+    assert q["healthy"]["official"]["accuracy"] > 0.85
+    assert q["degraded"]["official"]["accuracy"] > q["degraded"]["gbt"]["accuracy"] + 0.1
     assert q["healthy"]["gbt"]["auc"] > 0.7
     assert q["degraded"]["logreg"]["accuracy"] > 0.85
 
     # Canary agreement and drift against its own past name gbt, at the default thresholds; the healthy
     # models raise no alarm (against the canary's distribution, tree alone had PSI ~6.5 in every window).
+    # (What callers got may or may not fall below the agreement threshold in a 10 s window: it recovered.)
     kinds = {(a["kind"], a["subject"]) for a in s["alerts"]}
     assert ("canary_agreement", "gbt") in kinds and ("self_drift", "gbt") in kinds
-    assert ("canary_agreement", "official") in kinds
     assert {a["subject"] for a in s["alerts"]} <= {"gbt", "official"}, s["alerts"]
     assert degrade_scenario.DRIFT_CONFIG.keys().isdisjoint(
         {"psi_alert", "ks_alert", "self_psi_alert", "self_ks_alert"}
@@ -66,3 +74,22 @@ def test_a_degrading_incumbent_is_detected_and_demoted(
     assert nxt.version == 2 and nxt.role_of("gbt") == "shadow"
     assert any(m.role in ("incumbent", "challenger") for m in nxt.models) or nxt.role_of("tree") == "backstop"
     assert Path(s["report"]).stat().st_size > 10_000
+
+    # The loop closed without a human step: the autopilot published v2 with gbt demoted, the job applied it
+    # live, and from one answer on callers got none from gbt. Its audit record says who, why, on what.
+    auto = s["autopilot"]
+    assert auto["policy_versions"] == [2], auto["policy_versions"]
+    schema = Draft202012Validator(json.loads((ROOT / "schemas" / "audit.schema.json").read_text()))
+    for record in auto["audit"]:
+        assert list(schema.iter_errors(record)) == [], record
+    [change] = [a for a in auto["audit"] if a["outcome"] == "applied"]
+    assert (change["action"], change["old_version"], change["new_version"]) == ("demote", 1, 2)
+    assert change["watcher"].startswith("autopilot@degrade-")
+    assert any(r.startswith("gbt: demoted to shadow") for r in change["reasons"]), change["reasons"]
+    moved = {m["model_id"]: m["new_role"] for m in change["evidence"]["models"]}
+    assert moved["gbt"] == "shadow" and change["evidence"]["replay"] is not None
+    fb = auto["fallback"]
+    assert fb["fallback_policy_version"] == 2 and fb["fallback_model"] != "gbt"
+    assert s["seconds_to_fallback"] is not None and math.isfinite(s["seconds_to_fallback"])
+    assert 0 < s["seconds_to_fallback"] < COUNT / 50.0  # within the degraded phase (10 s at 50/s)
+    assert fb["degraded_official_answers"] < COUNT

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pyarrow.parquet as pq
 import pytest
 
 from ops import archive
@@ -251,8 +252,34 @@ def test_every_request_is_in_the_decoy_archive(job: RunningJob, results: TopicRe
     for rid, raw in found.items():
         assert json.loads(raw) == sent[rid]  # exactly as it arrived
 
-    # The same table in Flink SQL (what a cluster user runs in the SQL client) sees the same rows.
+    # Parquet files in the Hive partition of each request's hour (received_at_ms, UTC), typed columns.
+    hours: dict[str, set[str]] = {}
+    for f in archive.committed_files(job.archive_dir):
+        table = pq.read_table(f)
+        assert table.schema.equals(archive.ARCHIVE_SCHEMA, check_metadata=False), (f, table.schema)
+        partition = f.parent.relative_to(job.archive_dir).as_posix()
+        for rid, ms in zip(table["request_id"].to_pylist(), table["received_at_ms"].to_pylist(), strict=True):
+            assert archive.partition_of(ms) == partition, (rid, ms, f)
+            if rid in sent:
+                hours.setdefault(partition, set()).add(rid)
+    assert set().union(*hours.values()) == set(rids)
+    # A filter on the partition columns reads that hour's files only (DuckDB's partition pruning) and
+    # finds the same rows.
+    busiest = max(hours, key=lambda h: len(hours[h]))
+    dt, hour = busiest[3:13], int(busiest[-2:])
+    in_hour = f"FROM decoy WHERE dt = DATE '{dt}' AND hour = {hour} AND request_id LIKE 'archived-%'"
+    assert {r for (r,) in archive.query(job.archive_dir, f"SELECT request_id {in_hour}")[1]} == hours[busiest]
+    read, total = archive.files_read(job.archive_dir, f"SELECT request_id {in_hour}")
+    assert read == len(list((job.archive_dir / busiest).glob(archive.FILE_GLOB))) and read <= total
+
+    # The same table in Flink SQL (what a cluster user runs in the SQL client) sees the same rows, and
+    # its planner prunes the partitions too.
     _, flink_rows = archive.query_flink(
         job.archive_dir, "SELECT request_id, `raw` FROM decoy WHERE request_id LIKE 'archived-%'"
     )
     assert dict(flink_rows) == found
+    flink_hour = f"FROM decoy WHERE dt = '{dt}' AND `hour` = {hour} AND request_id LIKE 'archived-%'"
+    _, flink_in_hour = archive.query_flink(job.archive_dir, f"SELECT request_id {flink_hour}")
+    assert {r for (r,) in flink_in_hour} == hours[busiest]
+    _, plan = archive.query_flink(job.archive_dir, f"EXPLAIN SELECT request_id {flink_hour}")
+    assert f"partitions=[{{dt={dt}, hour={busiest[-2:]}}}]" in str(plan[0][0])

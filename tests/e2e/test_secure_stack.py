@@ -2,7 +2,11 @@
 ``job``, the load generator as ``client``; every request answered, once, under the client's own
 results prefix. Also: what Flink shows of the job's Kafka credentials (its REST API and logs: nothing),
 and a request whose return address the job role may not write becomes a dead letter while the job goes
-on answering."""
+on answering. The broker's only client listener is SASL_SSL (`broker start --secure --tls`): the job's
+Kafka tables (the connector's Java clients, trusting the data dir's CA), the runners and the load
+generator (librdkafka) all go through TLS. One stack for both, to keep the suite short; SASL without TLS
+is the same job configuration less the trust store, and its clients are covered by
+tests/integration/test_secure_broker.py."""
 
 from __future__ import annotations
 
@@ -58,12 +62,14 @@ def test_the_secured_stack_answers_every_request_end_to_end(tmp_path_factory: py
     ensure_trained(models, rows=3000)
     policy = base / "policy.yaml"
     policy.write_text(yaml.safe_dump(POLICY))
-    broker = stack.start_broker(base / "broker", secure=True)
+    broker = stack.start_broker(base / "broker", secure=True, tls=True)
     processes = stack.Processes()
     rest_port = procs.free_port()
     try:
         job_file = broker.client_config(names.ROLE_JOB)
         assert job_file is not None
+        job_security = kafka_client.load_client_properties(job_file)
+        assert job_security.protocol == kafka_client.SASL_SSL and job_security.ca_file
         specs = [
             stack.RunnerSpec("gbt", latency_ms=2, fail_rate=0.05, seed=1),
             stack.RunnerSpec("logreg", latency_ms=1, seed=2),
@@ -106,14 +112,22 @@ def test_the_secured_stack_answers_every_request_end_to_end(tmp_path_factory: py
 
         # Flink shows none of the job's credentials: not in its REST API (the plan, the job's and the
         # cluster's config), not in its logs.
-        password = kafka_client.load_client_properties(job_file).password
+        password = job_security.password
         assert password
         texts = _rest_texts(f"http://127.0.0.1:{rest_port}")
         for path, text in texts.items():
             assert password not in text, path
-        logs = [job.log_path, *(base / "flink" / "log").glob("*")]
-        for log in logs:
-            assert password not in log.read_text(errors="replace"), log
+        logs = {
+            log: log.read_text(errors="replace")
+            for log in [job.log_path, *(base / "flink" / "log").glob("*")]
+        }
+        for log, text in logs.items():
+            assert password not in text, log
+        # The connector's own clients went through TLS, trusting the data dir's CA (Kafka logs each
+        # client's settings).
+        everything = "".join(logs.values())
+        assert "security.protocol = SASL_SSL" in everything
+        assert f"ssl.truststore.location = {job_security.ca_file}" in everything
     finally:
         processes.stop_all()
         broker.stop()

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from jobs import rendezvous_job
+from ops import kafka_init, kafka_security
 from ops.flink_conf import load_conf, read_conf
 from udfs import names
 from udfs.policy import load_policy
@@ -30,9 +31,24 @@ DOCKERFILE = DOCKER / "Dockerfile"
 ENTRYPOINT = DOCKER / "entrypoint.sh"
 POLICY = REPO / "policies" / "default.yaml"
 
+INSECURE = DOCKER / "compose.insecure.yaml"
+KAFKA_FORMAT = DOCKER / "kafka-format.sh"
+
 RUNNERS = {"runner-gbt", "runner-logreg", "runner-tree", "runner-base", "runner-mlp"}
-SERVICES = {"kafka", "topics", "jobmanager", "taskmanager", "submit"} | RUNNERS
+KAFKA_ONE_SHOTS = {"kafka-secrets", "kafka-format", "kafka-setup"}
+SERVICES = {"kafka", "jobmanager", "taskmanager", "submit"} | KAFKA_ONE_SHOTS | RUNNERS
 FLINK_SHARED_MOUNTS = {"flink-state": "/opt/rendezvous/state", "decoy-archive": "/opt/rendezvous/archive"}
+# Where the image's containers find the secrets (docker/entrypoint.sh's SECRETS_DIR), one volume per reader.
+SECRETS = kafka_init.Layout(Path("/opt/rendezvous/secrets"))
+BROKER_CONFIG_DIR = "/mnt/shared/config"  # what the apache/kafka image reads server.properties from
+# The entrypoint roles that talk to Kafka, and the Kafka role (ops/kafka_security.py) each runs as.
+KAFKA_ROLE_OF = {
+    "runner": names.ROLE_RUNNER,
+    "submit": names.ROLE_JOB,
+    "load": names.ROLE_CLIENT,
+    "labeller": names.ROLE_LABELLER,
+    "policy": names.ROLE_OPERATOR,
+}
 
 
 @pytest.fixture(scope="module")
@@ -120,19 +136,45 @@ def test_services_are_all_there(services: dict[str, dict[str, Any]]) -> None:
     assert set(services) >= SERVICES
 
 
+def kafka_env(services: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {k: str(v) for k, v in services["kafka"]["environment"].items()}
+
+
+def listeners(env: dict[str, str]) -> dict[str, tuple[str, str, str]]:
+    """Listener name -> (bound host, port, security protocol)."""
+    protocols = dict(item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    out = {}
+    for item in env["KAFKA_LISTENERS"].split(","):
+        name, address = item.split("://")
+        host, port = address.rsplit(":", 1)
+        out[name] = (host, port, protocols[name])
+    return out
+
+
+def secrets_volumes(service: dict[str, Any]) -> dict[str, str]:
+    """A service's kafka-secrets-* volumes: name -> its mount spec's target and options."""
+    return {
+        spec.split(":", 1)[0]: spec.split(":", 1)[1]
+        for spec in service.get("volumes", [])
+        if spec.startswith("kafka-secrets-")
+    }
+
+
 def test_kafka_image_is_the_broker_version_of_deps_pom(services: dict[str, dict[str, Any]]) -> None:
     want = f"apache/kafka:{pom_property('kafka.version')}"
     assert want == "apache/kafka:3.9.2"
     assert services["kafka"]["image"] == want
-    assert services["topics"]["image"] == want
+    assert services["kafka-format"]["image"] == want
 
 
 def test_kafka_is_single_node_kraft_with_an_internal_and_a_host_listener(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    env = {k: str(v) for k, v in services["kafka"]["environment"].items()}
+    env = kafka_env(services)
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
+    bound = listeners(env)
+    controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@127.0.0.1:{bound[controller][1]}"
     advertised = dict(item.split("://") for item in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
     assert advertised["INTERNAL"] == "kafka:9092"
     host_addr, host_port = advertised["HOST"].rsplit(":", 1)
@@ -143,21 +185,147 @@ def test_kafka_is_single_node_kraft_with_an_internal_and_a_host_listener(
     assert "healthcheck" in services["kafka"]
 
 
-def test_topics_creates_every_default_topic(services: dict[str, dict[str, Any]]) -> None:
-    script = " ".join(services["topics"]["command"])
-    assert "/opt/kafka/bin/kafka-topics.sh" in script and "--if-not-exists" in script
-    loop = re.search(r"for topic in ([^;]+);", script)
-    assert loop is not None
-    assert set(loop.group(1).split()) == set(names.ALL_TOPICS)
+def test_every_listener_authenticates_and_acls_decide(services: dict[str, dict[str, Any]]) -> None:
+    """Secure by default, as `broker start --secure` (ops/kafka_security.server_settings): SASL on every
+    listener (no PLAINTEXT one at all, the controller's on the container's loopback), SCRAM for clients
+    and between brokers, the StandardAuthorizer without allow.everyone, the broker's principal the only
+    super user."""
+    env = kafka_env(services)
+    bound = listeners(env)
+    controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    for name, (_, _, protocol) in bound.items():
+        assert protocol.startswith("SASL_"), f"listener {name} is {protocol}"
+    assert bound[controller][0] == kafka_security.LOOPBACK  # unreachable from other containers
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == kafka_security.MECHANISM
+    assert env["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"] == kafka_security.MECHANISM
+    assert env["KAFKA_SASL_MECHANISM_CONTROLLER_PROTOCOL"] == kafka_security.CONTROLLER_MECHANISM
+    assert (
+        env[f"KAFKA_LISTENER_NAME_{controller}_SASL_ENABLED_MECHANISMS"]
+        == kafka_security.CONTROLLER_MECHANISM
+    )
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == kafka_security.AUTHORIZER
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert env["KAFKA_SUPER_USERS"] == f"User:{names.PRINCIPAL_BROKER}"
+    # the JAAS entries (the admin's password) are not in the compose file: kafka-secrets writes them
+    assert not any("jaas" in k.lower() or "password" in k.lower() for k in env)
+    assert mounts(services["kafka"])["kafka-secrets-broker"] == BROKER_CONFIG_DIR
+    assert f"kafka-secrets-broker:{BROKER_CONFIG_DIR}:ro" in services["kafka"]["volumes"]
 
 
-def test_topics_creates_the_policies_topic_compacted(services: dict[str, dict[str, Any]]) -> None:
-    script = " ".join(services["topics"]["command"])
-    created = re.search(r"--topic (\S+) [^\n]*?--config (\S+)", script)
-    assert created is not None
-    assert created.group(1) == names.TOPIC_POLICIES
-    key, _, value = created.group(2).partition("=")
-    assert names.TOPIC_CONFIGS[names.TOPIC_POLICIES] == {key: value}
+def test_kafka_secrets_writes_one_volume_per_role_for_every_broker_listener(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    """kafka-secrets (ops/kafka_init.py) makes every role's file (udfs.names.ROLES, the roles
+    kafka_security.role_grants knows), each into a volume of its own, and the JAAS entries of exactly the
+    broker's client listeners."""
+    svc = services["kafka-secrets"]
+    role, args = role_of(svc)
+    assert role == "kafka-secrets" and svc["user"] == "0:0" and svc["restart"] == "no"
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    env = kafka_env(services)
+    controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    assert flags["--listeners"].split(",") == [n for n in listeners(env) if n != controller]
+    uid = next(ln.split()[1] for ln in reversed(dockerfile_lines()) if ln.startswith("USER "))
+    assert flags["--owner"] == uid  # the rendezvous image's user reads the role files
+    assert flags["--broker-owner"] == "1000:1000"  # apache/kafka's appuser reads the broker's
+    assert all(kafka_security.role_grants(r) for r in names.ROLES)  # the roles ACLs are made for
+    readers = [*names.ROLES, kafka_init.ADMIN_DIR, kafka_init.BROKER_DIR]
+    want = {f"kafka-secrets-{r}": str(SECRETS.role_dir(r)) for r in readers}
+    assert secrets_volumes(svc) == want
+    declared = set(compose["volumes"])
+    assert set(want) <= declared
+    assert {v for v in declared if v.startswith("kafka-secrets-")} == set(want)
+
+
+def test_kafka_format_formats_with_the_brokers_settings_and_the_credentials(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    svc = services["kafka-format"]
+    assert svc["environment"] == services["kafka"]["environment"]  # the same configuration, formatted
+    assert svc["entrypoint"] == ["bash", "/opt/rendezvous/kafka-format.sh"]
+    assert "./kafka-format.sh:/opt/rendezvous/kafka-format.sh:ro" in svc["volumes"]
+    assert mounts(svc) == {
+        "kafka-data": kafka_env(services)["KAFKA_LOG_DIRS"],
+        "kafka-secrets-broker": BROKER_CONFIG_DIR,
+    }
+    text = KAFKA_FORMAT.read_text(encoding="utf-8")
+    assert f"CONFIG_DIR=${{CONFIG_DIR:-{BROKER_CONFIG_DIR}}}" in text
+    assert f'scram="$CONFIG_DIR/{kafka_init.SCRAM_ARGS}"' in text
+    assert '"@$work/format.args"' in text  # the credentials in a JVM argument file, never argv
+    subprocess.run(["bash", "-n", str(KAFKA_FORMAT)], check=True)
+    health = " ".join(services["kafka"]["healthcheck"]["test"])
+    assert f"--command-config {BROKER_CONFIG_DIR}/{kafka_init.ADMIN_DIR}.properties" in health
+
+
+def test_kafka_setup_creates_the_acls_and_topics_as_the_admin(services: dict[str, dict[str, Any]]) -> None:
+    svc = services["kafka-setup"]
+    assert role_of(svc)[0] == "kafka-setup"
+    assert svc["environment"]["ADMIN_CONFIG"] == str(SECRETS.admin_file)
+    assert secrets_volumes(svc) == {"kafka-secrets-admin": f"{SECRETS.admin_file.parent}:ro"}
+    text = ENTRYPOINT.read_text(encoding="utf-8")
+    assert 'exec python -m ops.kafka_init setup --bootstrap "$KAFKA_BOOTSTRAP" "${admin[@]}"' in text
+    assert 'exec python -m ops.kafka_init secrets --dir "$SECRETS_DIR"' in text
+    assert "SECRETS_DIR=${SECRETS_DIR:-/opt/rendezvous/secrets}" in text
+
+
+def test_every_service_that_talks_to_kafka_gets_its_roles_file_and_no_other(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Each container that talks to Kafka authenticates with --kafka-config as its role, and can read
+    that role's file only; the Flink cluster and the SQL tool read no secret at all (the job's tables
+    carry the job's credentials inside the submitted job)."""
+    text = ENTRYPOINT.read_text(encoding="utf-8")
+    assert 'kafka_config=(--kafka-config "$KAFKA_CONFIG")' in text
+    talkers = set()
+    for name, svc in services.items():
+        if "build" not in svc or name in KAFKA_ONE_SHOTS:
+            continue
+        role = role_of(svc)[0]
+        kafka_role = KAFKA_ROLE_OF.get(role)
+        if kafka_role is None:
+            assert not secrets_volumes(svc) and "KAFKA_CONFIG" not in svc.get("environment", {}), name
+            continue
+        talkers.add(role)
+        assert svc["environment"]["KAFKA_CONFIG"] == str(SECRETS.role_file(kafka_role)), name
+        assert secrets_volumes(svc) == {
+            f"kafka-secrets-{kafka_role}": f"{SECRETS.role_dir(kafka_role)}:ro"
+        }, name
+        assert depends(svc)["kafka-setup"] == "service_completed_successfully", name
+    assert talkers == set(KAFKA_ROLE_OF)
+    for role in KAFKA_ROLE_OF:  # the entrypoint passes the file on in each of these roles
+        arm = text[text.index(f"    {role})\n") :]
+        arm = arm[: arm.index(";;")]
+        if role == "submit":
+            arm = text[text.index("submit() {") : text.index("role=${1:-help}")]
+        assert '"${kafka_config[@]}"' in arm, role
+
+
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Compose's merge of an override file: mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def test_the_insecure_override_is_plaintext_everywhere_and_explicit(compose: dict[str, Any]) -> None:
+    override = yaml.safe_load(INSECURE.read_text(encoding="utf-8"))
+    assert set(override) == {"services"} and set(override["services"]) <= set(compose["services"])
+    services = merged(compose, override)["services"]
+    env = kafka_env(services)
+    assert {protocol for _, _, protocol in listeners(env).values()} == {"PLAINTEXT"}
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == ""
+    assert "--command-config" not in " ".join(services["kafka"]["healthcheck"]["test"])
+    assert services["kafka-setup"]["environment"]["ADMIN_CONFIG"] == ""
+    for name, svc in services.items():
+        if "KAFKA_CONFIG" in svc.get("environment", {}):
+            assert svc["environment"]["KAFKA_CONFIG"] == "", name
+    # what stays: loopback-only host ports, and nothing else changed
+    assert services["kafka"]["ports"] == compose["services"]["kafka"]["ports"]
+    assert all("ports" not in svc for svc in override["services"].values())
 
 
 def test_published_ports_are_bound_to_loopback_only(services: dict[str, dict[str, Any]]) -> None:
@@ -183,12 +351,14 @@ def test_one_runner_per_policy_model_on_the_internal_listener(services: dict[str
 
 
 def test_dependencies_wait_for_health_or_completion(services: dict[str, dict[str, Any]]) -> None:
-    assert depends(services["topics"]) == {"kafka": "service_healthy"}
+    assert depends(services["kafka-format"]) == {"kafka-secrets": "service_completed_successfully"}
+    assert depends(services["kafka"]) == {"kafka-format": "service_completed_successfully"}
+    assert depends(services["kafka-setup"]) == {"kafka": "service_healthy"}
     assert depends(services["taskmanager"]) == {"jobmanager": "service_healthy"}
     for name in RUNNERS:
-        assert depends(services[name]) == {"topics": "service_completed_successfully"}
+        assert depends(services[name]) == {"kafka-setup": "service_completed_successfully"}
     submit = depends(services["submit"])
-    assert submit["topics"] == "service_completed_successfully"
+    assert submit["kafka-setup"] == "service_completed_successfully"
     assert submit["jobmanager"] == "service_healthy"
     assert "taskmanager" in submit
     for name, svc in services.items():
@@ -201,8 +371,8 @@ def test_dependencies_wait_for_health_or_completion(services: dict[str, dict[str
 
 
 def test_one_shot_services(services: dict[str, dict[str, Any]]) -> None:
-    assert services["submit"]["restart"] == "no"
-    assert services["topics"]["restart"] == "no"
+    for name in ("submit", *KAFKA_ONE_SHOTS):
+        assert services[name]["restart"] == "no", name
 
 
 def test_volumes_are_declared_and_shared_by_jobmanager_and_taskmanager(
@@ -218,10 +388,22 @@ def test_volumes_are_declared_and_shared_by_jobmanager_and_taskmanager(
     assert mounts(services["sql"])["decoy-archive"] == FLINK_SHARED_MOUNTS["decoy-archive"]
 
 
+def test_the_taskmanager_service_scales_to_n(services: dict[str, dict[str, Any]]) -> None:
+    """N copies of the service (TASKMANAGERS=N, or --scale): nothing in it may be one of a kind, and each
+    registers with its own address (taskmanager.host is left unset in the container conf)."""
+    taskmanager = services["taskmanager"]
+    assert taskmanager["deploy"]["replicas"] == "${TASKMANAGERS:-1}"
+    assert not {"container_name", "hostname", "ports"} & set(taskmanager)
+    assert all(source in FLINK_SHARED_MOUNTS for source in mounts(taskmanager))  # named volumes, shared
+    container_conf = (DOCKER / "flink_conf.py").read_text(encoding="utf-8")
+    assert 'REMOVED_KEYS = ("taskmanager.host",)' in container_conf
+    assert read_conf(REPO / "flink-conf" / "config.yaml")["taskmanager.numberOfTaskSlots"] == "1"
+
+
 def test_image_services_use_roles_the_entrypoint_knows(services: dict[str, dict[str, Any]]) -> None:
     roles = entrypoint_roles()
     built = {name: svc for name, svc in services.items() if "build" in svc}
-    assert set(built) >= {"jobmanager", "taskmanager", "submit"} | RUNNERS
+    assert set(built) >= {"jobmanager", "taskmanager", "submit", "kafka-secrets", "kafka-setup"} | RUNNERS
     for name, svc in built.items():
         assert svc["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}, name
         assert role_of(svc)[0] in roles, name
@@ -286,7 +468,8 @@ def test_dockerfile_builds_jars_with_maven_and_runs_as_non_root() -> None:
 
 
 def test_entrypoint_has_every_role() -> None:
-    roles = {"jobmanager", "taskmanager", "runner", "submit", "train", "load", "sql", "flink", "help"}
+    roles = {"jobmanager", "taskmanager", "runner", "submit", "train", "load", "sql", "flink", "help",
+             "labeller", "policy", "kafka-secrets", "kafka-setup"}  # fmt: skip
     assert roles <= entrypoint_roles()
     text = ENTRYPOINT.read_text(encoding="utf-8")
     assert '"$FLINK_HOME/bin/jobmanager.sh" start-foreground' in text
@@ -377,6 +560,7 @@ def connector_jar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     jar = jars / "flink-sql-connector-kafka-5.0.0-2.2.jar"
     jar.write_bytes(b"")
     (jars / rendezvous_job.SINK_CONTEXT_JAR).write_bytes(b"")
+    (jars / rendezvous_job.ARCHIVE_JAR).write_bytes(b"")
     monkeypatch.setattr(rendezvous_job, "CONNECTOR_JARS_DIR", jars)
     return jar
 

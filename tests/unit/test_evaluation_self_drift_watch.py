@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from jsonschema import Draft202012Validator
 
@@ -23,6 +25,7 @@ from evaluation.drift import (
     self_drift_windows,
 )
 from evaluation.watch import ArchiveWindow, RoundResult, parse_duration_ms, run_watch
+from ops import archive as archive_mod
 from runners.data import FEATURES, generate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,17 +211,22 @@ def test_watch_stops_on_the_event_and_on_ctrl_c() -> None:
 
 
 def _archive(dir_: Path, rows: list[tuple[int, dict[str, float]]], name: str) -> None:
-    """A finished part file as the job's FileSink writes it (hour bucket / part-*.jsonl)."""
-    bucket = dir_ / "2026-11-23--01"
-    bucket.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"request_id": f"{name}-{i}", "received_at_ms": t, "sent_at_ms": t,
-                         "return_address": "r", "source_topic": "requests", "partition": 0, "offset": i,
-                         "features": json.dumps(f), "raw": "{}"}) for i, (t, f) in enumerate(rows)]  # fmt: skip
-    (bucket / f"part-{name}.jsonl").write_text("\n".join(lines) + "\n")
-    (bucket / f".part-{name}-inprogress").write_text("not yet committed\n")
+    """Committed Parquet files as the job's sink writes them: one per hour partition of the rows'
+    received_at_ms, next to an uncommitted (dot-prefixed) file that must not be read."""
+    by_partition: dict[str, list[dict[str, Any]]] = {}
+    for i, (t, f) in enumerate(rows):
+        by_partition.setdefault(archive_mod.partition_of(t), []).append(
+            {"request_id": f"{name}-{i}", "received_at_ms": t, "sent_at_ms": t, "return_address": "r",
+             "source_topic": "requests", "partition": 0, "offset": i, "features": json.dumps(f), "raw": "{}"}
+        )  # fmt: skip
+    for partition, part in by_partition.items():
+        (dir_ / partition).mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pylist(part, schema=archive_mod.ARCHIVE_SCHEMA)
+        pq.write_table(table, dir_ / partition / f"compacted-part-{name}-0.parquet")
+        pq.write_table(table, dir_ / partition / f".part-{name}-1.parquet")  # not committed
 
 
-def test_archive_window_reads_finished_parts_once_and_slides() -> None:
+def test_archive_window_reads_committed_files_once_and_slides() -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -230,6 +238,23 @@ def test_archive_window_reads_finished_parts_once_and_slides() -> None:
         _archive(d, [(T0 + 10_000 + i * 1000, {"amount": 1.0}) for i in range(3)], "b")
         assert len(w.recent(T0 + 13_000)) == 5 and len(w._cache) == 2
         assert len(w.recent(T0 + 100_000)) == 0 and all(len(f) == 0 for f in w._cache.values())
+
+
+def test_archive_window_lists_only_the_hours_it_reaches() -> None:
+    import tempfile
+
+    hour = 3_600_000
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        start = T0 - T0 % hour  # the first millisecond of an hour
+        _archive(d, [(start + 10, {"amount": 1.0}), (start + hour + 65_000, {"amount": 2.0})], "c")
+        w = ArchiveWindow(d, 60_000)
+        assert len(w.files()) == 2  # both partitions' committed files, no dot-file
+        later = f"hour={(start + hour) // hour % 24:02d}"
+        assert [f.parent.name for f in w.files(start + hour)] == [later]
+        # now - window is 10 s into the later hour: the earlier one holds nothing the window wants
+        assert list(w.recent(start + hour + 70_000)["received_at_ms"]) == [start + hour + 65_000]
+        assert len(w._cache) == 1  # the earlier hour's file was not even read
 
 
 def test_drift_every_on_an_archive_publishes_alerts_to_a_file(

@@ -271,6 +271,7 @@ def test_each_role_gets_exactly_its_acls() -> None:
     }  # fmt: skip
     assert _grants(names.ROLE_OPERATOR) == {
         "READ+WRITE topic policies", "READ topic canary", "READ topic decisions", "READ topic dead-letters",
+        "READ topic labels", "WRITE topic alerts", "WRITE topic audit",
         "CREATE+DELETE+ALTER+DESCRIBE+DESCRIBE_CONFIGS+ALTER_CONFIGS topic *",
     }  # fmt: skip
     assert _grants(names.ROLE_LABELLER) == {

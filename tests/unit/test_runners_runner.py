@@ -621,3 +621,56 @@ def test_every_runner_spec_flag_is_one_the_runner_accepts() -> None:
     )
     _, plain = _parse_args(RunnerSpec("tree").argv(Path("/m"), "b", "r", "s")[3:])
     assert plain.degrade_after is None and plain.hang_after is None
+    assert _parse_args(RunnerSpec("tree").argv(Path("/m"), "b", "r", "s")[3:])[0].model_ids == ()
+
+
+# --- --model-ids: one process, many models -----------------------------------------------------------
+
+
+def test_a_scheduler_serving_several_ids_sends_each_score_once_per_id() -> None:
+    clock = FakeClock()
+    s = Scheduler("logreg", "lr-1", Faults(fail_rate=0.5, seed=4), model_ids=("a", "b", "c"))
+    ids = _ids(10)
+    _admit(s, clock, ids)
+    released = s.release(clock())
+    assert [(r, v["model_id"]) for r, v in released] == [(r, m) for r in ids for m in ("a", "b", "c")]
+    for r in ids:  # the same fate and output under every id: one scoring, copied
+        mine = [{k: v for k, v in rec.items() if k != "model_id"} for rid, rec in released if rid == r]
+        assert mine[0] == mine[1] == mine[2]
+    for _, record in released:
+        VALIDATOR.validate(record)
+    errors = sum(1 for _, v in released if v["status"] == "error")
+    assert 0 < errors < 30 and s.counts["error"] + s.counts["ok_sent"] == 30
+
+
+def test_run_with_model_ids_writes_one_score_per_id_and_request() -> None:
+    clock = FakeClock()
+    stop = threading.Event()
+    consumer = FakeConsumer(clock, [[_request("r1"), _request("r2")]], stop)
+    producer = FakeProducer(clock)
+    model = ScoringModel("tiny", "tiny-v1", ("x",), TinyEstimator())
+    counts = run(model, consumer, producer, scores_topic="s", faults=Faults(), stop=stop, max_seconds=1,
+                 clock=clock, out=io.StringIO(), err=io.StringIO(), model_ids=("m1", "m2"))  # fmt: skip
+    assert [(k, v["model_id"]) for _, k, v, _ in producer.sent] == [
+        (b"r1", "m1"), (b"r1", "m2"), (b"r2", "m1"), (b"r2", "m2")
+    ]  # fmt: skip
+    assert counts["consumed"] == 2 and counts["sent"] == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("a,,b", None), ("a,bad id", "'bad id'"), ("a,b,a", "listed twice"), (",", "got ','"), ("x" * 65, "x")],
+)
+def test_model_ids_are_checked_as_a_scores_model_id(
+    text: str, message: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runners.runner import _parse_args
+
+    if message is None:
+        args, _ = _parse_args(["--model-dir", "m", "--bootstrap", "b:1", "--model-ids", text])
+        assert args.model_ids == ("a", "b")
+        return
+    with pytest.raises(SystemExit):
+        _parse_args(["--model-dir", "m", "--bootstrap", "b:1", "--model-ids", text])
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert "--model-ids" in last and message in last

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from evaluation.autopilot import GUARDS, OUTCOMES, AuditRecord, Evidence, ModelEvidence, ReplayEvidence
 from harness.loadgen import build_request
 from ops.policy_cli import document as policy_document
 from udfs import fastjson, mailbox, wire_out
@@ -33,6 +35,7 @@ NAMES = (
     "archive_row",
     "label",
     "alert",
+    "audit",
     "policy",
     "reward",
 )
@@ -635,6 +638,66 @@ def test_alert_valid_examples() -> None:
 )
 def test_alert_invalid_examples(instance: Any) -> None:
     bad("alert", instance)
+
+
+# --- audit (evaluation.autopilot) ------------------------------------------------------------------
+
+AUDIT = AuditRecord(
+    at_ms=1_700_000_063_000, watcher="autopilot@host", outcome="applied", action="demote", guard=None,
+    old_version=1, new_version=2, reasons=("gbt: demoted to shadow: drift alert: ...", "replay: ..."),
+    evidence=Evidence(
+        window_start_ms=1_700_000_003_000, window_end_ms=1_700_000_063_000,
+        canary_window_start_ms=1_700_000_058_000, decisions=2900, labelled=2650, canary_records=150,
+        official_agreement=0.75,
+        models=(ModelEvidence("gbt", "incumbent", "shadow", 2650, 0.81, 150, 0.75),
+                ModelEvidence("base", "canary", "canary", 2650, float("nan"), 0, None)),
+        alerts=("gbt: agreement 0.75 below 0.9 (...)",),
+        replay=ReplayEvidence(1_700_000_058_000, 150, 0, False, None, None, 0, 0, 150),
+    ),
+).to_dict()  # fmt: skip
+
+
+def test_the_audit_record_is_typed_once_with_the_schema_fields() -> None:
+    """The typed twin (frozen dataclasses, evaluation/autopilot.py) has the schema's fields, in order."""
+    schema = load("audit")
+    for record_type, node in (
+        (AuditRecord, schema),
+        (Evidence, schema["$defs"]["evidence"]),
+        (ModelEvidence, schema["$defs"]["model"]),
+        (ReplayEvidence, schema["$defs"]["replay"]),
+    ):
+        names = [f.name for f in dataclasses.fields(record_type)]
+        assert names == node["required"] == list(node["properties"]), record_type.__name__
+        assert node["additionalProperties"] is False
+    props = schema["properties"]
+    assert tuple(props["outcome"]["enum"]) == OUTCOMES
+    assert tuple(props["guard"]["anyOf"][1]["enum"]) == GUARDS
+
+
+def test_audit_valid_examples() -> None:
+    ok("audit", AUDIT)
+    assert list(AUDIT) == load("audit")["required"]
+    assert AUDIT["evidence"]["models"][1]["auc"] is None  # NaN is written as null
+    ok("audit", patched(patched(AUDIT, "outcome", "refused"), "guard", "min_interval"))
+    ok("audit", patched(patched(AUDIT, "evidence.replay", None), "outcome", "dry_run"))
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        pytest.param(patched(AUDIT, "outcome", "done"), id="unknown outcome"),
+        pytest.param(patched(AUDIT, "guard", "mood"), id="unknown guard"),
+        pytest.param(patched(AUDIT, "action", "keep"), id="keep is never audited"),
+        pytest.param(patched(AUDIT, "new_version", 0), id="version 0"),
+        pytest.param(patched(AUDIT, "evidence.official_agreement", 1.5), id="agreement over 1"),
+        pytest.param(patched(AUDIT, "evidence.replay.judged", "no"), id="judged not a boolean"),
+        pytest.param(AUDIT | {"extra": 1}, id="extra field"),
+        pytest.param(patched(AUDIT, "evidence.models", [{"model_id": "gbt"}]), id="model evidence cut short"),
+        *(pytest.param(without(AUDIT, k), id=f"no {k}") for k in AUDIT),
+    ],
+)
+def test_audit_invalid_examples(instance: Any) -> None:
+    bad("audit", instance)
 
 
 # --- policy document (topic policies) ------------------------------------------------------------------

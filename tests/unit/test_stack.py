@@ -50,14 +50,20 @@ class FakeBroker:
 def broker_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     calls: dict[str, Any] = {"broker": FakeBroker()}
 
-    def start(data_dir: Path, port: int, controller_port: int, secure: bool = False) -> FakeBroker:
+    def start(
+        data_dir: Path, port: int, controller_port: int, secure: bool = False, tls: bool = False
+    ) -> FakeBroker:
         calls["start"] = (data_dir, port, controller_port)
-        calls["secure"] = secure
+        calls["secure"], calls["tls"] = secure, tls
         return calls["broker"]
 
     monkeypatch.setattr(stack.KafkaBroker, "start", start)
-    monkeypatch.setattr(stack.kafka_admin, "ensure_default_topics", lambda b: calls.setdefault("default", b))
-    monkeypatch.setattr(stack.kafka_admin, "create_topics", lambda b, t: calls.setdefault("topics", (b, t)))
+    monkeypatch.setattr(
+        stack.kafka_admin, "ensure_default_topics", lambda b, partitions=1: calls.setdefault("default", b)
+    )
+    monkeypatch.setattr(
+        stack.kafka_admin, "create_topics", lambda b, t, partitions=1: calls.setdefault("topics", (b, t))
+    )
     return calls
 
 
@@ -66,6 +72,9 @@ def test_a_broker_starts_on_free_ports_with_the_default_topics(broker_calls: dic
     data_dir, port, controller_port = broker_calls["start"]
     assert data_dir == Path("/x/broker") and port > 0 and controller_port > 0 and port != controller_port
     assert broker_calls["default"] == "127.0.0.1:1" and "topics" not in broker_calls
+    assert broker_calls["secure"] is False and broker_calls["tls"] is False
+    stack.start_broker(Path("/x/broker"), secure=True, tls=True)  # `make demo SECURE=1 TLS=1`
+    assert broker_calls["secure"] is True and broker_calls["tls"] is True
 
 
 def test_a_broker_starts_with_given_topics_or_none(broker_calls: dict[str, Any]) -> None:
@@ -78,7 +87,7 @@ def test_a_broker_starts_with_given_topics_or_none(broker_calls: dict[str, Any])
 def test_a_broker_whose_topics_fail_is_stopped(
     broker_calls: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def fail(_bootstrap: str) -> None:
+    def fail(_bootstrap: str, partitions: int = 1) -> None:
         raise RuntimeError("no controller")
 
     monkeypatch.setattr(stack.kafka_admin, "ensure_default_topics", fail)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ops import upgrade
-from ops.flink_conf import effective_conf, read_conf
+from ops.flink_conf import FlinkConfError, effective_conf, job_parallelism, read_conf
 from udfs import mailbox, names
 from udfs.policy import parse_policy
 
@@ -299,3 +299,73 @@ def test_cli_exit_code_2_on_refusal(running: tuple[FakeCluster, Path], tmp_path:
     assert "version: must increase" in err and "the running job was not touched" in err
     rc = upgrade.main_upgrade(cl, _policy_file(tmp_path, version=4), None, [], True, False)
     assert rc == 0 and "can be upgraded from policy v3 to v4" in capsys.readouterr().out
+
+
+def test_an_unset_max_parallelism_is_flinks_default_for_small_jobs() -> None:
+    """Jobs from before flink-conf/ fixed it at 128 ran with Flink's default, 128: their savepoints
+    restore; any other value is a change."""
+    assert not upgrade.compat_problems(compat(), compat(**{"pipeline.max-parallelism": "128"}))
+    assert not upgrade.compat_problems(compat(**{"pipeline.max-parallelism": "128"}), compat())
+    assert upgrade.compat_problems(compat(), compat(**{"pipeline.max-parallelism": "64"}))
+
+
+def test_project_flink_conf_fixes_the_max_parallelism() -> None:
+    conf = effective_conf({}, read_conf(Path("flink-conf/config.yaml")), [])
+    assert upgrade.compat_of(conf)["pipeline.max-parallelism"] == "128"
+
+
+@pytest.mark.parametrize(
+    ("old_args", "new_args", "running", "fresh"),
+    [
+        ([], [], 2, 2),  # parallelism 1 and a standby: the same again
+        ([], [], 1, 1),
+        ([], ["-D", "parallelism.default=2"], 2, 3),  # rescale to 2, the standby kept
+        ([], ["-D", "parallelism.default=2"], 1, 2),
+        (["-D", "parallelism.default=2"], ["-D", "parallelism.default=2", "-Dparallelism.default=1"], 2, 1),
+        (["-D", "parallelism.default=2"], ["-D", "parallelism.default=2"], 3, 3),
+    ],
+)
+def test_fresh_taskmanagers_are_the_new_parallelism_plus_the_standbys(
+    tmp_path: Path, old_args: list[str], new_args: list[str], running: int, fresh: int
+) -> None:
+    conf = tmp_path / "config.yaml"
+    conf.write_text(yaml.safe_dump(THREAD))
+    m = {**manifest(), "flink_conf": str(conf), "job_args": ["--group-id", "g", *old_args]}
+    job_args = [*m["job_args"], *new_args]
+    assert upgrade.fresh_taskmanagers({}, m, job_args, conf, running) == fresh
+
+
+def test_a_bad_parallelism_is_one_line() -> None:
+    with pytest.raises(FlinkConfError, match=r"parallelism.default: a whole number of at least 1, got '0'"):
+        job_parallelism({"parallelism.default": "0"})
+
+
+def _before_parquet() -> dict[str, Any]:
+    """A running job from before the Parquet archive: its archive sink is the JSON-lines one."""
+    old = compat()
+    old["operator_uids"] = {**old["operator_uids"], "UID_SINK_ARCHIVE": upgrade.ARCHIVE_SINK_BEFORE_PARQUET}
+    del old[upgrade.COMPAT_DROPS_UNCLAIMED]  # manifests of those jobs do not record it
+    return old
+
+
+def test_the_json_lines_archive_sink_is_refused_with_what_to_do() -> None:
+    (problem,) = upgrade.compat_problems(_before_parquet(), compat())
+    assert problem.startswith("operator_uids: the decoy archive is Parquet now")
+    assert f"-D {upgrade.IGNORE_UNCLAIMED_STATE}=true" in problem and "--import-jsonl" in problem
+
+
+def test_dropping_the_json_lines_archive_state_is_allowed_when_asked_for_and_nothing_else() -> None:
+    drops = compat(**{upgrade.IGNORE_UNCLAIMED_STATE: "true"})
+    assert drops[upgrade.COMPAT_DROPS_UNCLAIMED] is True and compat()[upgrade.COMPAT_DROPS_UNCLAIMED] is False
+    assert upgrade.compat_problems(_before_parquet(), drops) == []
+    # Any other uid change is still refused: the flag lets only the old archive sink's state go.
+    renamed = {**drops, "operator_uids": {**drops["operator_uids"], "UID_MAILBOX": "mailbox-2"}}
+    (problem,) = upgrade.compat_problems(_before_parquet(), renamed)
+    assert problem.startswith("operator_uids would change") and "UID_MAILBOX" in problem
+    assert "UID_SINK_ARCHIVE" not in problem
+
+
+def test_a_parquet_archive_job_is_not_held_to_the_archive_rule() -> None:
+    assert upgrade.compat_problems(compat(), compat()) == []
+    back = upgrade.compat_problems(compat(), _before_parquet())  # back to the JSON-lines sink: refused
+    assert [p.split(" ")[0] for p in back] == ["operator_uids"] and "sink-decoy-archive" in back[0]
