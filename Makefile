@@ -22,7 +22,7 @@ help:
 	@echo "make publish - copy the runs' JSON from var/ into docs/results/ and render README.md/docs/performance.md from it"
 	@echo "make bench-tuning - the job alone under each candidate Flink setting -> var/bench/tuning.md (~15 min)"
 	@echo "make bench-archive - the archive's cost in the job (drains with/without it) and SQL over 1 M archived requests -> var/bench/archive.md"
-	@echo "make scenario-degrade - a model degrades mid-run: metrics, quality, drift/canary alerts, the autopilot demotes it live (var/degrade/summary.json: seconds_to_fallback)"
+	@echo "make scenario-degrade - a model degrades mid-run: metrics, quality, drift/canary alerts, the autopilot demotes it live, it is retrained from the decoy and promoted back (var/degrade/summary.json: seconds_to_fallback ... seconds_to_promotion)"
 	@echo "make sql Q='SELECT ...' - SQL over the decoy archive of the last demo"
 	@echo "make cluster-up | cluster-submit BOOTSTRAP=host:port | cluster-status | cluster-cancel JOB=id | cluster-down"
 
@@ -39,7 +39,8 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 $(JARS)/.fetched: deps/pom.xml deps/kafka-sink-context/pom.xml $(shell find deps/kafka-sink-context/src -name '*.java') \
-                 deps/archive-parquet/pom.xml $(shell find deps/archive-parquet/src -type f)
+                 deps/archive-parquet/pom.xml $(shell find deps/archive-parquet/src -type f) \
+                 deps/metrics-prometheus/pom.xml $(shell find deps/metrics-prometheus/src -type f)
 	@command -v java >/dev/null || { echo "error: Java 17+ is required (Debian: apt-get install openjdk-17-jdk-headless)." >&2; exit 1; }
 	@jv=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
 	  if [ -z "$$jv" ] || [ "$$jv" -lt 17 ]; then echo "error: Java 17+ is required, found version '$$jv'." >&2; exit 1; fi

@@ -51,6 +51,7 @@ from evaluation.drift import Alert, decision_pairs
 from evaluation.gate import DEMOTE, KEEP, GateConfig, GateResult, ModelVerdict, gate
 from evaluation.labels import OFFICIAL, Label, join_labels
 from evaluation.replay import replay
+from evaluation.watch import run_periodic
 from udfs.policy import Policy
 
 CHANGE, REFUSE = "change", "refuse"  # and gate.KEEP: what one round decided
@@ -224,7 +225,7 @@ class AuditRecord:
     at_ms: int
     watcher: str
     outcome: str  # applied | dry_run | refused | failed
-    action: str  # the gate's: demote | promote
+    action: str  # the gate's: demote | promote; or retrain (evaluation/retrain.py: a new shadow)
     guard: str | None  # the guard that refused: min_interval | replay
     old_version: int
     new_version: int
@@ -541,7 +542,7 @@ class Snapshot:
     policies: Sequence[tuple[Policy, int]] = ()
 
 
-def run_autopilot(  # noqa: C901 - the loop's bookkeeping; the decisions are decide()'s
+def run_autopilot(
     pilot: Autopilot,
     read: Callable[[int], Snapshot],
     *,
@@ -553,14 +554,12 @@ def run_autopilot(  # noqa: C901 - the loop's bookkeeping; the decisions are dec
     iterations: int | None = None,
     out: TextIO | None = None,
 ) -> int:
-    """A round every ``pilot.config.every_ms`` (on the clock; a slow round skips the missed ticks) until
+    """A round every ``pilot.config.every_ms`` (evaluation/watch.py's ``run_periodic``: on the clock, a
+    slow round skips the missed ticks, a failing round is reported and the next one runs) until
     ``stop``, ``iterations`` rounds, or Ctrl-C. Prints a line per round and every audit record (``AUDIT``
-    and its JSON). A failing round is reported and the next one runs. Returns the rounds run."""
+    and its JSON). Returns the rounds run."""
     stream = out or sys.stdout
-    stop = stop or threading.Event()
-    every_ms = pilot.config.every_ms
-    rounds = changes = 0
-    next_at = clock_ms()
+    changes = 0
 
     def say(text: str) -> None:
         print(text, file=stream, flush=True)
@@ -569,43 +568,27 @@ def run_autopilot(  # noqa: C901 - the loop's bookkeeping; the decisions are dec
         say(f"  AUDIT {audit_json(record).decode()}")
         publish_audit(record)
 
-    try:
-        while not stop.is_set() and (iterations is None or rounds < iterations):
-            now = clock_ms()
-            if now < next_at:
-                sleep_s(min(1.0, (next_at - now) / 1000.0))  # short naps: a stop is seen within a second
-                continue
-            stamp = time.strftime("%H:%M:%S", time.localtime(now / 1000))
+    def one(now: int, number: int, stamp: str) -> None:
+        nonlocal changes
+        snap = read(now)
+        for policy, at_ms in snap.policies:
+            if pilot.observe(policy, at_ms):
+                say(f"[autopilot {stamp}] policy v{policy.version} is in force (published at {at_ms})")
+        step = pilot.step(now, snap.window)
+        say(f"[autopilot {stamp}] round {number}: v{pilot.policy.version}: {step.decision.summary()}")
+        if step.publish is not None:
             try:
-                snap = read(now)
-                for policy, at_ms in snap.policies:
-                    if pilot.observe(policy, at_ms):
-                        say(
-                            f"[autopilot {stamp}] policy v{policy.version} is in force (published at {at_ms})"
-                        )
-                step = pilot.step(now, snap.window)
-                say(
-                    f"[autopilot {stamp}] round {rounds + 1}: v{pilot.policy.version}: {step.decision.summary()}"
-                )
-                if step.publish is not None:
-                    try:
-                        publish_policy(step.publish)
-                    except Exception as e:  # the broker away, a newer version published meanwhile
-                        audit(pilot.failed(step, now, f"{type(e).__name__}: {e}"))
-                    else:
-                        changes += 1
-                        audit(pilot.applied(step, now))
-                        say(f"[autopilot {stamp}] published policy v{pilot.policy.version}")
-                elif step.audit is not None:
-                    audit(step.audit)
-            except Exception as e:  # report and go on: a watcher must outlive one bad round
-                say(f"[autopilot {stamp}] round {rounds + 1} failed: {type(e).__name__}: {e}")
-            rounds += 1
-            next_at += every_ms
-            after = clock_ms()
-            if next_at <= after:
-                next_at = after + every_ms
-    except KeyboardInterrupt:
-        pass
+                publish_policy(step.publish)
+            except Exception as e:  # the broker away, a newer version published meanwhile
+                audit(pilot.failed(step, now, f"{type(e).__name__}: {e}"))
+            else:
+                changes += 1
+                audit(pilot.applied(step, now))
+                say(f"[autopilot {stamp}] published policy v{pilot.policy.version}")
+        elif step.audit is not None:
+            audit(step.audit)
+
+    rounds = run_periodic(one, pilot.config.every_ms, name="autopilot", out=stream, clock_ms=clock_ms,
+                          sleep_s=sleep_s, stop=stop, iterations=iterations)  # fmt: skip
     say(f"autopilot stopped after {rounds} round(s), {changes} change(s); policy v{pilot.policy.version}")
     return rounds

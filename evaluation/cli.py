@@ -41,11 +41,12 @@ from evaluation.drift import (
     self_drift,
     self_drift_windows,
 )
-from evaluation.gate import GateConfig, gate
+from evaluation.gate import GateConfig, gate, policy_yaml
 from evaluation.labels import join_labels, read_labels
 from evaluation.quality import quality_by_model, quality_windows
 from evaluation.replay import replay
 from evaluation.report import latency_frame, wins_frame, write_report
+from evaluation.retrain import REGISTRY_DIR, retrain, with_shadow
 from evaluation.watch import ArchiveWindow, RoundResult, alert_publisher, parse_duration_ms, run_watch
 from ops import kafka_client
 from ops.archive import format_table
@@ -418,10 +419,64 @@ def cmd_report(a: argparse.Namespace) -> int:
     inputs = _input_frames(a)
     if inputs is not None:
         frames["drift"] = input_drift(*inputs, cfg)
+    if a.events is not None:
+        frames["events"] = _events(a.events)
     frames["generated_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
     out = write_report(a.out, **frames)
     print(f"report written to {out}")
     return 0
+
+
+def cmd_retrain(a: argparse.Namespace) -> int:
+    try:
+        window_ms = parse_duration_ms(a.window)
+    except ValueError as e:
+        raise CliError(f"--window: {e}") from None
+    until = a.until_ms if a.until_ms is not None else time.time_ns() // 1_000_000
+    labels = read_labels_file(a.labels)
+    try:
+        done = retrain(a.archive_dir, labels, a.registry, a.kind, until - window_ms, until,
+                       time.time_ns() // 1_000_000, a.base_sample, a.seed)  # fmt: skip
+    except ValueError as e:
+        raise CliError(f"retrain: {e}") from None
+    r, m = done.meta["retrain"], done.meta["metrics"]
+    print(
+        f"registered {done.model_id} ({done.model_version}) in {done.model_dir}: {r['archive_rows']} archived "
+        f"requests with labels ({r['archive_positives']} positive; skipped {r['skipped'] or 'none'}) + "
+        f"{r['base_rows']} base rows; holdout AUC {m['auc']:.4f}"
+    )
+    print(f"serve it: rendezvous runner --model-dir {done.model_dir} --bootstrap ...")
+    if a.policy is not None:
+        nxt = with_shadow(read_policy(a.policy), done.model_id)
+        text = policy_yaml(
+            nxt, [f"{done.model_id}: retrained from the decoy ({done.model_version}), as a shadow"]
+        )
+        if a.out is not None:
+            a.out.write_text(text, encoding="utf-8")
+            print(f"next policy (v{nxt.version}, {done.model_id} as a shadow) written to {a.out}")
+        else:
+            print(text, end="")
+    write_json(a.json, {"model_id": done.model_id, "model_version": done.model_version,
+                        "model_dir": str(done.model_dir), "meta": done.meta})  # fmt: skip
+    return 0
+
+
+def _events(path: Path) -> dict[str, int]:
+    """``--events``: a JSON object of step name -> epoch ms (null: the step did not happen)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CliError(f"{path}: {e}") from None
+    if not isinstance(data, dict):
+        raise CliError(f"{path}: must be a JSON object of step -> epoch ms")
+    out = {}
+    for k, v in data.items():
+        if v is None:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise CliError(f"{path}: {k}: must be epoch ms (a non-negative integer) or null, got {v!r}")
+        out[str(k)] = v
+    return out
 
 
 def cmd_bandit_sim(a: argparse.Namespace) -> int:
@@ -617,8 +672,22 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--decisions", type=Path)
     h.add_argument("--labels", type=Path)
     h.add_argument("--window-ms", type=_positive_int, help="quality window (default: the drift config's)")
+    h.add_argument("--events", type=Path, help="steps to mark on the charts (JSON: name -> epoch ms)")
     h.add_argument("--out", type=Path, required=True, help="the HTML file to write")
     h.set_defaults(run=cmd_report)
+
+    t = add("retrain", "train a new model version on the decoy archive's recent requests and their labels")
+    t.add_argument("--archive-dir", type=Path, required=True, help="the job's --archive-dir (Parquet)")
+    t.add_argument("--labels", type=Path, required=True, help="labels (JSONL, e.g. from `collect`)")
+    t.add_argument("--kind", required=True, help="what to train: gbt, logreg, tree, mlp (runners/train.py)")
+    t.add_argument("--registry", type=Path, default=REGISTRY_DIR, help="where models are registered")
+    t.add_argument("--window", default="1h", help="requests received in the last DURATION (default 1h)")
+    t.add_argument("--until-ms", type=int, help="the window's end, epoch ms (default: now)")
+    t.add_argument("--base-sample", type=Path, help="also train on this sample (training_sample.parquet)")
+    t.add_argument("--seed", type=int, default=7)
+    t.add_argument("--policy", type=Path, help="the running policy: print the next one, the model a shadow")
+    t.add_argument("--out", type=Path, help="with --policy: write the next policy file here")
+    t.set_defaults(run=cmd_retrain)
 
     about = "the closed loop: the gate's next policy published live, under guards, every change audited"
     ap = sub.add_parser("autopilot", help=about, description=about)

@@ -132,20 +132,37 @@ def _latency_chart(latency: pd.DataFrame) -> str:
     return _png(fig)
 
 
-def _wins_chart(share: pd.DataFrame) -> str:
+def _events(ax: Any, events: Mapping[str, int] | None, origin: float) -> None:
+    """The loop's steps (label -> epoch ms) as labelled vertical lines, on the chart's time axis."""
+    for i, (label, at_ms) in enumerate(sorted((events or {}).items(), key=lambda e: e[1])):
+        x = (float(at_ms) - origin) / 1000.0
+        ax.axvline(x, color="black", linestyle=":", linewidth=1)
+        ax.annotate(label, (x, 1.0 - 0.09 * (i % 4)), xycoords=("data", "axes fraction"), fontsize="x-small",
+                    rotation=0, ha="left", va="top", xytext=(2, -2), textcoords="offset points")  # fmt: skip
+
+
+def _wins_chart(share: pd.DataFrame, events: Mapping[str, int] | None = None) -> str:
     fig, ax = _figure("Share of official answers over time", "time since start (s)", "share")
-    x = _seconds(pd.Series(share.index), float(share.index.min()))
+    origin = float(share.index.min())
+    x = _seconds(pd.Series(share.index), origin)
     ax.stackplot(x, *[share[c].to_numpy() for c in share.columns], labels=[str(c) for c in share.columns])
     ax.set_ylim(0, 1)
+    _events(ax, events, origin)
     ax.legend(loc="upper left", fontsize="small", ncol=min(5, len(share.columns)))
     return _png(fig)
 
 
 def _lines_chart(
-    frame: pd.DataFrame, column: str, title: str, ylabel: str, floor: float | None = None
+    frame: pd.DataFrame,
+    column: str,
+    title: str,
+    ylabel: str,
+    floor: float | None = None,
+    events: Mapping[str, int] | None = None,
 ) -> str:
     fig, ax = _figure(title, "window start, time since first window (s)", ylabel)
     origin = float(frame["window_start_ms"].min())
+    _events(ax, events, origin)
     for mid, g in frame.groupby("model_id", sort=True):
         ax.plot(_seconds(g["window_start_ms"], origin), g[column].astype(float), marker="o", label=str(mid))
     if floor is not None:
@@ -208,28 +225,43 @@ def render_report(
     psi_alert: float | None = None,
     agreement_min: float | None = None,
     generated_at: str = "",
+    events: Mapping[str, int] | None = None,
 ) -> str:
     """The page as text. Inputs: latency_frame, wins_frame, quality.quality_windows,
-    drift.score_drift, drift.input_drift; a missing or empty one gives a section saying "No data"."""
+    drift.score_drift, drift.input_drift; a missing or empty one gives a section saying "No data".
+    ``events`` (label -> epoch ms, e.g. the closed loop's degrade, fallback, retrain, shadow, promotion)
+    are drawn as vertical lines on the charts over time and listed in a timeline table."""
     sections = []
+    if events:
+        first = min(events.values())
+        timeline = pd.DataFrame(
+            [(k, v, (v - first) / 1000.0) for k, v in sorted(events.items(), key=lambda e: e[1])],
+            columns=["step", "at_ms", "seconds_after_first"],
+        )
+        sections.append(
+            "<section><h2>Timeline</h2>\n<p class='note'>The dotted lines on the charts below.</p>\n"
+            f"{_table(timeline)}</section>"
+        )
     if latency is not None and not latency.empty:
         sections.append(_section("Latency per model", _latency_chart(latency), latency_table(latency)))
     else:
         sections.append(_section("Latency per model", None, None))
     if wins is not None and not wins.empty:
         share = win_share_over_time(wins)
-        sections.append(_section("Win share over time", _wins_chart(share), wins_table(wins)))
+        sections.append(_section("Win share over time", _wins_chart(share, events), wins_table(wins)))
     else:
         sections.append(_section("Win share over time", None, None))
     if quality is not None and not quality.empty:
         q = quality[quality["auc"].notna()] if "auc" in quality else quality
-        img = _lines_chart(q, "auc", "ROC AUC per window", "AUC") if not q.empty else None
+        img = _lines_chart(q, "auc", "ROC AUC per window", "AUC", events=events) if not q.empty else None
         sections.append(_section("Quality over time", img, quality, "official = what callers got."))
     else:
         sections.append(_section("Quality over time", None, None))
     if canary is not None and not canary.empty:
         c = canary[canary["agreement"].notna()]
-        img = _lines_chart(c, "agreement", "Agreement with the canary per window", "agreement", agreement_min)
+        img = _lines_chart(
+            c, "agreement", "Agreement with the canary per window", "agreement", agreement_min, events
+        )
         sections.append(_section("Canary agreement", img if not c.empty else None, canary))
     else:
         sections.append(_section("Canary agreement", None, None))

@@ -52,6 +52,49 @@ class RoundResult:
     alerts: list[Alert]
 
 
+def run_periodic(
+    round_fn: Callable[[int, int, str], None],
+    every_ms: int,
+    *,
+    name: str,
+    out: TextIO,
+    clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    sleep_s: Callable[[float], None] = time.sleep,
+    stop: threading.Event | None = None,
+    iterations: int | None = None,
+) -> int:
+    """Call ``round_fn(now_ms, round_number, stamp)`` every ``every_ms`` (on the clock, not after each
+    round) until ``stop`` is set, ``iterations`` rounds ran, or Ctrl-C; returns the rounds run. A round
+    that raises (a file being rewritten, the broker away) is reported as ``[name stamp] round N failed``
+    and the next one runs: a periodic job must outlive one bad round."""
+    stop = stop or threading.Event()
+    rounds = 0
+    next_at = clock_ms()
+    try:
+        while not stop.is_set() and (iterations is None or rounds < iterations):
+            now = clock_ms()
+            if now < next_at:
+                sleep_s(min(1.0, (next_at - now) / 1000.0))  # short naps: a stop is seen within a second
+                continue
+            stamp = time.strftime("%H:%M:%S", time.localtime(now / 1000))
+            try:
+                round_fn(now, rounds + 1, stamp)
+            except Exception as e:
+                print(
+                    f"[{name} {stamp}] round {rounds + 1} failed: {type(e).__name__}: {e}",
+                    file=out,
+                    flush=True,
+                )
+            rounds += 1
+            next_at += every_ms
+            after = clock_ms()
+            if next_at <= after:  # a round longer than the period: skip the missed ticks, no burst
+                next_at = after + every_ms
+    except KeyboardInterrupt:
+        pass
+    return rounds
+
+
 def run_watch(
     round_fn: Callable[[int], RoundResult],
     every_ms: int,
@@ -63,47 +106,26 @@ def run_watch(
     iterations: int | None = None,
     out: TextIO | None = None,
 ) -> int:
-    """Run ``round_fn(now_ms)`` every ``every_ms`` (on the clock, not after each round) until ``stop`` is
-    set, ``iterations`` rounds ran, or Ctrl-C; prints a progress line per round. Returns the rounds run.
-
-    A round that fails (a file being rewritten, the broker away) is reported and the next one runs.
-    """
+    """Run ``round_fn(now_ms)`` every ``every_ms`` (``run_periodic``), publish its alerts and print a
+    progress line per round. Returns the rounds run."""
     stream = out or sys.stdout
-    stop = stop or threading.Event()
-    rounds = alerts_total = 0
-    next_at = clock_ms()
-    try:
-        while not stop.is_set() and (iterations is None or rounds < iterations):
-            now = clock_ms()
-            if now < next_at:
-                sleep_s(min(1.0, (next_at - now) / 1000.0))  # short naps: a stop is seen within a second
-                continue
-            stamp = time.strftime("%H:%M:%S", time.localtime(now / 1000))
-            try:
-                result = round_fn(now)
-                publish(result.alerts)
-            except Exception as e:  # report and go on: a periodic job must outlive one bad round
-                print(
-                    f"[drift {stamp}] round {rounds + 1} failed: {type(e).__name__}: {e}",
-                    file=stream,
-                    flush=True,
-                )
-            else:
-                alerts_total += len(result.alerts)
-                print(
-                    f"[drift {stamp}] round {rounds + 1}: {result.summary}; {len(result.alerts)} alert(s)",
-                    file=stream,
-                    flush=True,
-                )
-                for a in result.alerts:
-                    print(f"  ALERT {a.kind}: {a.message}", file=stream, flush=True)
-            rounds += 1
-            next_at += every_ms
-            after = clock_ms()
-            if next_at <= after:  # a round longer than the period: skip the missed ticks, no burst
-                next_at = after + every_ms
-    except KeyboardInterrupt:
-        pass
+    alerts_total = 0
+
+    def one(now: int, number: int, stamp: str) -> None:
+        nonlocal alerts_total
+        result = round_fn(now)
+        publish(result.alerts)
+        alerts_total += len(result.alerts)
+        print(
+            f"[drift {stamp}] round {number}: {result.summary}; {len(result.alerts)} alert(s)",
+            file=stream,
+            flush=True,
+        )
+        for a in result.alerts:
+            print(f"  ALERT {a.kind}: {a.message}", file=stream, flush=True)
+
+    rounds = run_periodic(one, every_ms, name="drift", out=stream, clock_ms=clock_ms, sleep_s=sleep_s,
+                          stop=stop, iterations=iterations)  # fmt: skip
     print(f"drift watch stopped after {rounds} round(s), {alerts_total} alert(s)", file=stream, flush=True)
     return rounds
 

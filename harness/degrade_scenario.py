@@ -1,5 +1,5 @@
 """`make scenario-degrade`: a model that degrades mid-run, seen by the metrics, the alerts and the gate,
-and replaced live by the autopilot.
+replaced live by the autopilot, then retrained from the decoy and promoted back: the loop closed.
 
 The whole loop of the evaluation side, on this machine:
 
@@ -12,10 +12,18 @@ The whole loop of the evaluation side, on this machine:
    the next policy to the run's policies topic, which the job applies live; the counters are scraped
    again. ``seconds_to_fallback``: from gbt's first degraded score reaching the job to the first official
    answer from which on gbt gives none (decided under the autopilot's version), both on the job's clock;
-4. once the labels are in: ``evaluation collect`` dumps the decisions, canary and labels topics;
+4. phase **retrained** (the loop closed): on the autopilot's audited demotion of gbt, ``eval retrain``
+   trains a new gbt on the decoy archive's requests of the run joined with their labels (plus gbt's
+   training sample, since a run's ~2,000 requests hold ~100 positives), registers it as ``gbt-r<N>``
+   (``<out>/registry``), starts its runner and publishes the policy with it as a shadow (audited,
+   action ``retrain``); requests are sent at 100/s in chunks of 5 s until the autopilot has made the
+   shadow a challenger, then the incumbent, and one chunk more (official answers from it). The
+   summary's ``seconds_to_retrained``, ``seconds_to_shadow``, ``seconds_to_promotion`` count, like
+   ``seconds_to_fallback``, from gbt's first degraded score;
+5. once the labels are in: ``evaluation collect`` dumps the decisions, canary and labels topics;
    quality per phase, ``evaluation drift`` (per window: every model's agreement with the canary, and its
    scores against its own in the healthy phase, PSI and KS, with alerts), ``evaluation gate`` on the degraded phase (with the alerts) writes the next
-   policy, and ``evaluation report`` the HTML page.
+   policy, and ``evaluation report`` the HTML page, with the loop's steps marked on its charts.
 
 Everything it started is stopped by PID whatever happens. The numbers are also written as JSON
 (``summary.json`` in the output directory) for the end-to-end test.
@@ -38,14 +46,18 @@ from typing import Any
 
 import yaml
 
+from evaluation import autopilot_kafka
 from evaluation.cli import main as eval_main
 from evaluation.cli import read_decisions
 from evaluation.labels import join_labels, read_labels
 from evaluation.quality import quality_by_model
+from evaluation.retrain import shadow_audit, with_shadow
 from harness import loadgen, stack
-from ops import kafka_admin, policy_cli, procs
+from ops import archive, kafka_admin, kafka_client, policy_cli, procs
 from runners.runner import degraded as noisy_output
 from udfs import names
+from udfs.policy import Policy, PolicyError, parse_policy
+from udfs.policy_registry import parse_document
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO_ROOT / "var" / "degrade"
@@ -91,21 +103,32 @@ GATE_CONFIG = {"min_labelled": 200}
 # last 5 s: a mailbox closes (and its decision and canary records are written) deadline + late window
 # = 2 s after its request, and at 50/s about 1 s of noise takes gbt's agreement (~0.99 healthy, ~0.5
 # noisy) under 0.9 on >= 100 pairs. Labels (5 s late) drive the gate's quality rules over the last 60 s;
-# 1000 labelled answers (~50 positives), a floor of 0.6 and a promotion gain of 0.05 keep them from
+# 1000 labelled answers (~50 positives), a floor of 0.6 and a promotion gain of 0.02 keep them from
 # demoting or promoting a healthy model on sampling noise (healthy AUC: gbt ~0.81, logreg ~0.76, each
 # +-0.04 on 500 labelled requests; with min_labelled 300 one run demoted logreg at AUC 0.56 on 336).
-# One change per minute at most.
+# The gain is 0.02, not 0.05, so that the retrained gbt (AUC ~0.78-0.80 offline, trained on gbt's
+# sample plus the run's archive, against logreg's ~0.76) can win within the third phase. One change per
+# 5 s at most: the loop's four changes (demote gbt, logreg incumbent, the new shadow a challenger, then
+# the incumbent) must fit in a short run; the replay guard still checks each.
 AUTOPILOT_CONFIG: dict[str, Any] = {
     "every_ms": 1000,
     "window_ms": 60_000,
     "canary_window_ms": 5_000,
-    "min_interval_ms": 60_000,
+    "min_interval_ms": 5_000,
     "demote_on_canary": True,
     "agreement_min": 0.9,
     "agreement_min_count": 100,
     "replay_min_labelled": 1000,
-    "gate": {"min_labelled": 1000, "auc_floor": 0.6, "min_gain": 0.05},
+    "gate": {"min_labelled": 1000, "auc_floor": 0.6, "min_gain": 0.02},
 }
+# The third phase: the retrained model as a shadow, then promoted. 100/s so that its 1000 labelled
+# answers (min_labelled) are there ~15 s after it joins (10 s of traffic + the 5 s label delay); chunks
+# of 5 s (each collected until answered, at most 3 s more) until the autopilot has promoted it, then one
+# more so that it gives official answers; at most RETRAIN_MAX_CHUNKS (50 s of traffic).
+RETRAIN_KIND = DEGRADING  # the demoted model's kind is what is retrained
+RETRAIN_RATE = 100.0
+RETRAIN_CHUNK = 500
+RETRAIN_MAX_CHUNKS = 10
 LABEL_DELAY_S = 5.0
 GBT_SEED = 1  # the degrading runner's seed: its noise is runners.runner.degraded(..., seed)
 PROM_PREFIX = "flink_taskmanager_job_task_operator_"
@@ -250,6 +273,7 @@ def run(
     }  # fmt: skip
     sid = f"deg{tag}"
     healthy, degraded = f"{sid}-healthy", f"{sid}-degraded"
+    retrained = f"{sid}-retrained"  # the third phase's chunks: <sid>-retrained<k>
     processes = stack.Processes()
     broker: Any = None
     summary: dict[str, Any] = {
@@ -349,6 +373,13 @@ def run(
         n_labels = _wait_for_labels(bootstrap, topics["labels"], sid, 2 * count, 60.0)
         say(f"{n_labels} labels in")
 
+        # The loop closed: retrain from the decoy, the new model a shadow, promoted by the autopilot.
+        loop = close_the_loop(bootstrap, topics, out_dir, models_dir, processes, sid, 2 * count, tag)
+        summary["wins"].update(loop.pop("wins", {}))
+        if loop["requests"]:
+            n_labels = _wait_for_labels(bootstrap, topics["labels"], sid, 2 * count + loop["requests"], 30.0)
+            say(f"{n_labels} labels in")
+
         data = out_dir / "data"
         _evaluation(["collect", "--bootstrap", bootstrap, "--out", str(data), "--prefix", sid,
                      "--decisions-topic", topics["decisions"], "--canary-topic", topics["canary"],
@@ -372,6 +403,13 @@ def run(
             fallback["change_to_answer_s"] = (fallback["fallback_decided_at_ms"] - change["at_ms"]) / 1000
         summary["autopilot"] = {"audit": audit, "policy_versions": versions, "fallback": fallback}
         summary["seconds_to_fallback"] = fallback["seconds_to_fallback"]
+        loop |= loop_timing(read_decisions(decisions), audit, loop.get("model_id"),
+                            fallback["first_degraded_score_at_ms"], loop.get("retrained_at_ms"))  # fmt: skip
+        summary["loop"] = loop
+        for step in ("retrained", "shadow", "challenger", "promotion"):
+            summary[f"seconds_to_{step}"] = loop[f"seconds_to_{step}"]
+        events = out_dir / "events.json"
+        events.write_text(json.dumps(report_events(fallback, loop), indent=2), encoding="utf-8")
         say(f"autopilot: {len(audit)} audit record(s), policy versions published {versions}; "
             f"seconds_to_fallback {fallback['seconds_to_fallback']}")  # fmt: skip
 
@@ -381,8 +419,10 @@ def run(
         rows = join_labels(read_decisions(decisions), good_labels)
         quality: dict[str, Any] = {}
         print()
-        for run_id in (healthy, degraded):
-            q = quality_by_model(rows[rows["request_id"].str.startswith(run_id + "-")])
+        for run_id, prefix in ((healthy, f"{healthy}-"), (degraded, f"{degraded}-"), (retrained, retrained)):
+            q = quality_by_model(rows[rows["request_id"].str.startswith(prefix)])
+            if q.empty:
+                continue
             quality[run_id.rsplit("-", 1)[1]] = {r["model_id"]: r for r in q.to_dict("records")}
             print(f"quality, {run_id.rsplit('-', 1)[1]} phase:")
             print(q[["model_id", "count", "answered", "accuracy", "auc", "log_loss"]].to_string(index=False))
@@ -413,7 +453,8 @@ def run(
             print(f"\nnext policy ({next_policy}):\n{gate['policy_yaml']}")
 
         _evaluation(["report", "--decisions", str(decisions), "--labels", str(labels), "--canary", str(canary),
-                     "--config", str(drift_cfg), "--out", str(out_dir / "report.html")])  # fmt: skip
+                     "--config", str(drift_cfg), "--events", str(events),
+                     "--out", str(out_dir / "report.html")])  # fmt: skip
         summary["report"] = str(out_dir / "report.html")
         _print_summary(summary)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
@@ -423,6 +464,195 @@ def run(
         processes.stop_all()
         if broker is not None:
             broker.stop()
+
+
+# --- the loop closed: retrain, shadow, promotion ---------------------------------------------------------
+
+
+def _moved(record: dict[str, Any], model_id: str, role: str) -> bool:
+    """An applied audit record whose policy gives ``model_id`` the role ``role`` it did not have."""
+    return record.get("outcome") == "applied" and any(
+        m["model_id"] == model_id and m["new_role"] == role and m["role"] != role
+        for m in record["evidence"]["models"]
+    )
+
+
+def _await_audit(
+    bootstrap: str, topic: str, model_id: str, role: str, timeout_s: float
+) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = [a for a in kafka_admin.read_json_topic(bootstrap, topic) if _moved(a, model_id, role)]
+        if found or time.monotonic() > deadline:
+            return found[0] if found else None
+        time.sleep(1.0)
+
+
+def _newest_policy(bootstrap: str, topic: str) -> Policy | None:
+    """The highest version on the policies topic (what the job and the autopilot have in force)."""
+    newest: Policy | None = None
+    for m in kafka_client.read_to_end(bootstrap, [topic], 30.0):
+        try:
+            p = parse_document(m.value())
+        except PolicyError:
+            continue
+        if newest is None or p.version > newest.version:
+            newest = p
+    return newest
+
+
+def _start_group_at_end(bootstrap: str, group: str, topic: str) -> None:
+    """Commit the group's offsets at the topic's end: a new runner scores requests from now on, not the
+    run's history (whose mailboxes are closed: its scores would only become orphans)."""
+    c = kafka_client.consumer(bootstrap, group, enable_auto_commit=False)
+    try:
+        c.commit(offsets=c.assign_at_end([topic]), asynchronous=False)
+    finally:
+        c.close()
+
+
+def close_the_loop(  # noqa: C901 - the loop's steps in order, each waiting for the one before
+    bootstrap: str,
+    topics: dict[str, str],
+    out_dir: Path,
+    models_dir: Path,
+    processes: stack.Processes,
+    sid: str,
+    expected: int,
+    tag: str,
+) -> dict[str, Any]:
+    """On the autopilot's demotion of the degraded model: retrain it from the decoy, start the new
+    model's runner, publish the policy with it as a shadow (audited), then send the third phase until
+    the autopilot has promoted it (and one chunk more). Returns what happened, with epoch-ms stamps."""
+    from runners.train import SAMPLE_FILE
+
+    loop: dict[str, Any] = {"model_id": None, "model_version": None, "retrained_at_ms": None, "requests": 0,
+                            "chunks": 0, "promoted": False, "wins": {}}  # fmt: skip
+    demotion = _await_audit(bootstrap, topics["audit"], DEGRADING, "shadow", 30.0)
+    if demotion is None:
+        say(f"no applied demotion of {DEGRADING} on {topics['audit']}: nothing to retrain")
+        return loop
+    loop["trigger"] = {"at_ms": demotion["at_ms"], "new_version": demotion["new_version"]}
+    rows, ids = archive.requests_archived(out_dir / "archive", sid, expected, timeout_s=40.0)
+    labels = [r for r in kafka_admin.read_json_topic(bootstrap, topics["labels"])
+              if str(r.get("request_id", "")).startswith(sid)]  # fmt: skip
+    labels_file = out_dir / "data" / "labels-for-retrain.jsonl"
+    labels_file.parent.mkdir(parents=True, exist_ok=True)
+    labels_file.write_text("".join(json.dumps(r) + "\n" for r in labels), encoding="utf-8")
+    say(f"retraining {RETRAIN_KIND}: {ids} requests of the run archived ({rows} rows), {len(labels)} labels")
+    registry, done_json = out_dir / "registry", out_dir / "retrain.json"
+    _evaluation(["retrain", "--archive-dir", str(out_dir / "archive"), "--labels", str(labels_file),
+                 "--kind", RETRAIN_KIND, "--registry", str(registry), "--window", "1h",
+                 "--base-sample", str(models_dir / SAMPLE_FILE), "--json", str(done_json)])  # fmt: skip
+    done = json.loads(done_json.read_text(encoding="utf-8"))
+    new_id = done["model_id"]
+    loop |= {"model_id": new_id, "model_version": done["model_version"],
+             "retrained_at_ms": done["meta"]["trained_at_ms"], "holdout_auc": done["meta"]["metrics"]["auc"]}  # fmt: skip
+
+    _start_group_at_end(bootstrap, names.runner_group(new_id), topics["requests"])
+    stack.start_runners(
+        [stack.RunnerSpec(new_id, latency_ms=2, seed=5)], registry, bootstrap, out_dir / "logs", processes,
+        requests_topic=topics["requests"], scores_topic=topics["scores"],
+    )  # fmt: skip
+    publisher = autopilot_kafka.Publisher(
+        bootstrap, autopilot_kafka.Topics(policies=topics["policies"], audit=topics["audit"])
+    )
+    try:
+        for attempt in range(3):  # the autopilot may publish between our read and our write
+            current = _newest_policy(bootstrap, topics["policies"]) or parse_policy(POLICY)
+            shadow = with_shadow(current, new_id)
+            try:
+                publisher.policy(shadow)
+            except RuntimeError as e:
+                say(f"publishing v{shadow.version} with {new_id} as a shadow: {e}; again")
+                if attempt == 2:
+                    raise
+                continue
+            why = [f"{DEGRADING}: demoted to shadow in v{demotion['new_version']} by {demotion['watcher']}"]
+            now = time.time_ns() // 1_000_000
+            publisher.audit(shadow_audit(now, f"retrain@degrade-{tag}", current, shadow, done["meta"], why))
+            loop |= {"shadow_policy_version": shadow.version, "shadow_published_at_ms": now}
+            say(f"published v{shadow.version}: {new_id} ({done['model_version']}) as a shadow")
+            break
+    finally:
+        publisher.close()
+
+    promoted = False
+    for k in range(RETRAIN_MAX_CHUNKS):
+        run_id = f"{sid}-retrained{k}"
+        report = loadgen.run_load(
+            bootstrap, count=RETRAIN_CHUNK, rate=RETRAIN_RATE, requests_topic=topics["requests"],
+            scores_topic=topics["scores"], return_address=topics["results"], run_id=run_id, settle_ms=3000,
+            seed=zlib.crc32(run_id.encode()),
+        )  # fmt: skip
+        loop["wins"][run_id] = dict(report.wins_by_model)
+        loop["requests"] += report.sent
+        loop["chunks"] = k + 1
+        say(
+            f"  chunk {k}: answered {report.answered}/{report.sent}; wins {dict(sorted(report.wins_by_model.items()))}"
+        )
+        if promoted:
+            break  # one chunk under the promotion: official answers from the new model
+        promoted = _await_audit(bootstrap, topics["audit"], new_id, "incumbent", 0.0) is not None
+    loop["promoted"] = promoted
+    return loop
+
+
+def loop_timing(
+    decisions: Sequence[dict[str, Any]],
+    audit: Sequence[dict[str, Any]],
+    model_id: str | None,
+    first_bad_ms: int | None,
+    retrained_at_ms: int | None,
+) -> dict[str, Any]:
+    """When each step of the loop happened (epoch ms) and how long after the first degraded score.
+
+    shadow: the new model's first score in the decision log with role shadow (the job's clock);
+    challenger: the autopilot's applied change that made it one (the watcher's clock); promotion: its
+    first official answer under a version in which it is the incumbent (the job's clock), and the
+    ``model_version`` that answer carries."""
+    out: dict[str, Any] = {"shadow_at_ms": None, "challenger_at_ms": None, "promotion_version": None,
+                           "promotion_at_ms": None, "promotion_model_version": None}  # fmt: skip
+    if model_id is not None:
+        shadow = [int(s["arrived_at_ms"]) for d in decisions for s in d.get("scores", ())
+                  if s["model_id"] == model_id and s.get("role") == "shadow"]  # fmt: skip
+        out["shadow_at_ms"] = min(shadow, default=None)
+        challenger = [a for a in audit if _moved(a, model_id, "challenger")]
+        out["challenger_at_ms"] = challenger[0]["at_ms"] if challenger else None
+        incumbent = [a for a in audit if _moved(a, model_id, "incumbent")]
+        if incumbent:
+            version = int(incumbent[0]["new_version"])
+            answers = sorted(
+                (int(d["result"]["decided_at_ms"]), str(d["result"].get("model_version")))
+                for d in decisions
+                if d.get("result")
+                and d["result"]["model_id"] == model_id
+                and d["result"]["policy_version"] >= version
+            )
+            out["promotion_version"] = version
+            if answers:
+                out["promotion_at_ms"], out["promotion_model_version"] = answers[0]
+    stamps = {"retrained": retrained_at_ms, "shadow": out["shadow_at_ms"],
+              "challenger": out["challenger_at_ms"], "promotion": out["promotion_at_ms"]}  # fmt: skip
+    for step, at in stamps.items():
+        ok = at is not None and first_bad_ms is not None
+        out[f"seconds_to_{step}"] = round((at - first_bad_ms) / 1000.0, 3) if ok else None
+    return out
+
+
+def report_events(fallback: dict[str, Any], loop: dict[str, Any]) -> dict[str, int | None]:
+    """The loop's steps for the report's charts (epoch ms; null: did not happen)."""
+    new = loop.get("model_id") or "new model"
+    return {
+        f"{DEGRADING} degrades": fallback["first_degraded_score_at_ms"],
+        "fallback": fallback["fallback_decided_at_ms"]
+        if fallback["seconds_to_fallback"] is not None
+        else None,
+        f"{new} retrained": loop.get("retrained_at_ms"),
+        f"{new} shadow": loop.get("shadow_at_ms"),
+        f"{new} challenger": loop.get("challenger_at_ms"),
+        f"{new} promoted": loop.get("promotion_at_ms"),
+    }
 
 
 def fallback_timing(
@@ -488,6 +718,20 @@ def _quality(summary: dict[str, Any], model: str) -> str:
     return f"healthy {one('healthy')} -> degraded {one('degraded')}"
 
 
+def _loop_line(s: dict[str, Any]) -> str:
+    loop = s["loop"]
+    if loop.get("model_id") is None:
+        return "not closed: no demotion to retrain from"
+    steps = ", ".join(
+        f"{k} {s[f'seconds_to_{k}']}" for k in ("retrained", "shadow", "challenger", "promotion")
+    )
+    return (
+        f"{loop['model_id']} ({loop['model_version']}, holdout AUC {loop.get('holdout_auc')}): seconds to {steps}; "
+        f"third phase {loop['requests']} requests in {loop['chunks']} chunk(s) at {RETRAIN_RATE:.0f}/s"
+        + ("" if loop["promoted"] else "; NOT promoted")
+    )
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     g = s["gate"]
     mine = [a for a in s["alerts"] if a["subject"] in (DEGRADING, "official")]
@@ -512,6 +756,7 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"fallback       seconds_to_fallback {s['seconds_to_fallback']} (first degraded score -> first "
         f"answer from {fb['fallback_model']} under v{fb['fallback_policy_version']}; {DEGRADING} gave "
         f"{fb['degraded_official_answers']} official answers after going bad)",
+        f"loop           {_loop_line(s)}",
         f"report         {s['report']}",
         "==========================================================",
     ]
@@ -532,6 +777,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = ap.parse_args(argv)
     s = run(a.out, a.count, a.rate, bootstrap=a.bootstrap, label_delay_s=a.label_delay)
     demoted = any(v["model_id"] == DEGRADING and v["new_role"] == "shadow" for v in s["gate"]["verdicts"])
+    # The fallback is what the scenario promises; the retrained model's promotion is reported (the loop
+    # line says NOT promoted) but not reached reliably yet, so it does not decide the exit code.
     return 0 if demoted and s["seconds_to_fallback"] is not None else 1
 
 

@@ -1,6 +1,6 @@
 """`make faults`: inject faults into the running stack under load and check the invariants (docs/guarantees.md).
 
-    python -m harness.faults [--scenarios model-hang,taskmanager-kill] [--rate 20] [--seconds 30]
+    python -m harness.faults [--scenarios model-hang,taskmanager-kill] [--rate 100] [--seconds 30]
                          [--delivery both|exactly-once|at-least-once] [--out var/faults]
 
 One rig per delivery mode: a fresh KRaft broker, four model runners, a Flink session cluster (restart
@@ -1011,7 +1011,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, of: {', '.join(SCENARIOS)}"
     )
-    ap.add_argument("--rate", type=float, default=20.0, help="requests per second during each scenario")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=100.0,
+        help="requests per second during each scenario (default 100: the rate issue 13's recovery targets are set at)",
+    )
     ap.add_argument(
         "--seconds", type=float, default=30.0, help="traffic per scenario; the fault comes at 1/3"
     )

@@ -151,22 +151,9 @@ def start_labeller(
     kafka_config: Path | None = None,
 ) -> procs.ManagedProcess:
     """The labeller (runners/labeller.py: each request's true label, later), once it has its partitions."""
-    argv = [
-        sys.executable,
-        "-m",
-        "runners.labeller",
-        "--bootstrap",
-        bootstrap,
-        *config_args(kafka_config),
-        *extra_args,
-    ]
-    p = processes.add(procs.ManagedProcess.start(argv, log_path, cwd=REPO_ROOT))
-    procs.wait_for(
-        functools.partial(_ready_or_dead, p, "labeller ready"),
-        timeout_s,
-        f"the labeller to start (log: {log_path})",
-    )
-    return p
+    argv = ["-m", "runners.labeller", "--bootstrap", bootstrap]
+    return _start_service("the labeller", "labeller ready", argv, log_path, processes, extra_args, timeout_s,
+                          kafka_config)  # fmt: skip
 
 
 def start_autopilot(
@@ -180,18 +167,26 @@ def start_autopilot(
 ) -> procs.ManagedProcess:
     """The autopilot (``rendezvous eval autopilot``: the gate's next policy published live), once its
     reader is assigned; ``policy``: the file the job was started with."""
-    argv = [
-        sys.executable, "-m", "evaluation", "autopilot",
-        "--bootstrap", bootstrap,
-        "--policy", str(policy),
-        *config_args(kafka_config),
-        *extra_args,
-    ]  # fmt: skip
-    p = processes.add(procs.ManagedProcess.start(argv, log_path, cwd=REPO_ROOT))
+    argv = ["-m", "evaluation", "autopilot", "--bootstrap", bootstrap, "--policy", str(policy)]
+    return _start_service("the autopilot", "autopilot ready", argv, log_path, processes, extra_args, timeout_s,
+                          kafka_config)  # fmt: skip
+
+
+def _start_service(
+    what: str,
+    ready_marker: str,
+    argv: Sequence[str],
+    log_path: Path,
+    processes: Processes,
+    extra_args: Sequence[str],
+    timeout_s: float,
+    kafka_config: Path | None,
+) -> procs.ManagedProcess:
+    """``python <argv> [--kafka-config F] <extra_args>``, once its log says ``ready_marker``."""
+    full = [sys.executable, *argv, *config_args(kafka_config), *extra_args]
+    p = processes.add(procs.ManagedProcess.start(full, log_path, cwd=REPO_ROOT))
     procs.wait_for(
-        functools.partial(_ready_or_dead, p, "autopilot ready"),
-        timeout_s,
-        f"the autopilot to start (log: {log_path})",
+        functools.partial(_ready_or_dead, p, ready_marker), timeout_s, f"{what} to start (log: {log_path})"
     )
     return p
 

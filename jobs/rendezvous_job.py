@@ -34,6 +34,7 @@ again (``earliest`` or a time replays it); a restore continues from the checkpoi
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import sys
@@ -235,29 +236,50 @@ def flink_configuration(cfg: JobConfig) -> dict[str, str]:
 
 
 PROMETHEUS_PORT_KEY = "metrics.reporter.prom.port"
+PROMETHEUS_HOST_KEY = "metrics.reporter.prom.host"
+# Flink's PrometheusReporterFactory listens on every interface (it has no host option); the project's
+# (deps/metrics-prometheus) serves the same metrics on one address, loopback unless told otherwise.
+PROMETHEUS_FACTORY = "io.github.rendezvous.metrics.BoundPrometheusReporterFactory"
+DEFAULT_METRICS_HOST = "127.0.0.1"
+METRICS_REPORTER_JAR = "rendezvous-metrics-prometheus.jar"
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")  # a DNS name, not resolved here
 
 
-def prometheus_reporter(ports: str) -> dict[str, str]:
-    """Flink settings for its Prometheus reporter on a port or range ("9249", "9250-9260").
+def prometheus_reporter(ports: str, host: str = DEFAULT_METRICS_HOST) -> dict[str, str]:
+    """Flink settings for a Prometheus reporter on a port or range ("9249", "9250-9260") of ``host``.
 
     It serves every metric of the job (the mailbox's per-model counters included) at
-    ``http://<host>:<port>/metrics``, on every interface: the reporter has no host option.
+    ``http://<host>:<port>/metrics``, without authentication: on loopback by default, on every
+    interface with ``0.0.0.0`` (what a scraper in another container or pod needs).
     """
     if not re.fullmatch(r"\d{1,5}(-\d{1,5})?", ports):
         raise ValueError(f"--metrics-port: expected PORT or PORT-PORT, got {ports!r}")
+    if not _is_host(host):
+        raise ValueError(f"--metrics-host: expected an IP address or a host name, got {host!r}")
     return {
-        "metrics.reporter.prom.factory.class": "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
+        "metrics.reporter.prom.factory.class": PROMETHEUS_FACTORY,
+        PROMETHEUS_HOST_KEY: host,
         PROMETHEUS_PORT_KEY: ports,
     }
+
+
+def _is_host(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return _HOSTNAME.fullmatch(text) is not None
+    return True
 
 
 def put_prometheus_reporter_on_classpath() -> None:
     """The mini cluster finds reporter factories on the JVM's system class path only.
 
     Its metric registry ignores the plugins directory (the log says "Available factories: []") and
-    ``pipeline.jars`` is the job's user class loader. The apache-flink wheel ships the reporter jar in
-    ``pyflink/plugins/metrics-prometheus/``; PyFlink's gateway launcher appends ``HADOOP_CLASSPATH`` to
-    the ``-cp`` of the JVM it starts, so the jar goes there, before the gateway starts.
+    ``pipeline.jars`` is the job's user class loader. The apache-flink wheel ships Flink's reporter jar in
+    ``pyflink/plugins/metrics-prometheus/``; the project's bound reporter (deps/metrics-prometheus, built
+    by ``make setup``) extends it and must share its class loader. PyFlink's gateway launcher appends
+    ``HADOOP_CLASSPATH`` to the ``-cp`` of the JVM it starts, so both jars go there, before the gateway
+    starts.
     """
     import pyflink
 
@@ -265,8 +287,13 @@ def put_prometheus_reporter_on_classpath() -> None:
     jars = sorted(plugin_dir.glob("flink-metrics-prometheus-*.jar"))
     if not jars:
         raise SystemExit(f"error: no flink-metrics-prometheus jar in {plugin_dir} (needed by --metrics-port)")
+    bound = CONNECTOR_JARS_DIR / METRICS_REPORTER_JAR
+    if not bound.is_file():
+        raise SystemExit(
+            f"error: no {bound.name} in {CONNECTOR_JARS_DIR} (needed by --metrics-port); run `make setup` first"
+        )
     current = os.environ.get("HADOOP_CLASSPATH", "")
-    os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(p for p in (current, str(jars[-1])) if p)
+    os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(p for p in (current, str(jars[-1]), str(bound)) if p)
 
 
 def build_pipeline(
@@ -686,6 +713,13 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         "off by default",
     )
     ap.add_argument(
+        "--metrics-host",
+        metavar="ADDRESS",
+        help=f"the address the --metrics-port endpoint listens on (default {DEFAULT_METRICS_HOST}: this "
+        "machine only; 0.0.0.0: every interface, e.g. for a scraper in another container). It has no "
+        "authentication",
+    )
+    ap.add_argument(
         "--sink-linger-ms",
         type=int,
         default=DEFAULT_SINK_LINGER_MS,
@@ -757,9 +791,12 @@ def parse_args(argv: list[str] | None) -> JobConfig:
     overrides = {}
     if a.metrics_port is not None:
         try:
-            overrides.update(prometheus_reporter(a.metrics_port))
+            host = DEFAULT_METRICS_HOST if a.metrics_host is None else a.metrics_host
+            overrides.update(prometheus_reporter(a.metrics_port, host))
         except ValueError as e:
             ap.error(str(e))
+    elif a.metrics_host is not None:
+        ap.error("--metrics-host: needs --metrics-port (no metrics endpoint without it)")
     for item in a.overrides:
         key, sep, value = item.partition("=")
         if not sep:

@@ -161,6 +161,79 @@ def _columns(spec: ModelSpec) -> list[int]:
     return [FEATURES.index(f) for f in spec.features]
 
 
+def spec_of(kind: str) -> ModelSpec:
+    """The spec of a model kind (a model id of SPECS: gbt, logreg, tree, base, mlp)."""
+    for spec in SPECS:
+        if spec.model_id == kind:
+            return spec
+    raise ValueError(f"kind: must be one of {', '.join(s.model_id for s in SPECS)}, got {kind!r}")
+
+
+def _fit_measured(
+    spec: ModelSpec, x: np.ndarray, y: np.ndarray, x_hold: np.ndarray, y_hold: np.ndarray, seed: int
+) -> tuple[Any, dict[str, Any]]:
+    """Fit, then measure on the holdout: the estimator and its meta.json but for model_id/model_version."""
+    started = time.perf_counter()
+    estimator = _fit(spec, x, y, seed)
+    fit_s = time.perf_counter() - started
+    started = time.perf_counter()
+    proba = estimator.predict_proba(x_hold)[:, 1]
+    predict_us = (time.perf_counter() - started) * 1e6 / len(x_hold)
+    meta = {
+        "features": list(spec.features),
+        "trained_at_ms": int(time.time() * 1000),
+        "role_hint": spec.role_hint,
+        "estimator": type(estimator).__name__
+        if not hasattr(estimator, "steps")
+        else "+".join(type(step).__name__ for _, step in estimator.steps),
+        "params": spec.params,
+        "train": {
+            "rows": len(y),
+            "seed": seed,
+            "data_version": DATA_VERSION,
+            "sklearn": sklearn.__version__,
+            "fit_s": round(fit_s, 3),
+        },
+        "metrics": {
+            "auc": round(float(roc_auc_score(y_hold, proba)), 5),
+            "log_loss": round(float(log_loss(y_hold, proba, labels=[0, 1])), 5),
+            "holdout_rows": len(y_hold),
+            "holdout_positive_rate": round(float(np.mean(y_hold)), 5),
+        },
+        # A hint for routing costs; predict_us_per_row is measured on the holdout batch.
+        "cost_hint": {"tier": spec.cost_tier, "predict_us_per_row": round(predict_us, 3)},
+    }
+    return estimator, meta
+
+
+def train_one(
+    spec: ModelSpec,
+    x: np.ndarray,
+    y: np.ndarray,
+    model_dir: Path,
+    identity: tuple[str, str],
+    seed: int = 7,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fit ``spec`` on rows ``x`` (columns = FEATURES) and 0/1 ``y`` given from outside (a retraining
+    run), measured on a stratified holdout of them, and save it in ``model_dir`` under ``identity``
+    (model id, model version); ``extra`` is merged into meta.json. Returns the meta."""
+    if len(y) < MIN_ROWS:
+        raise ValueError(f"rows must be >= {MIN_ROWS}, got {len(y)}")
+    if len(set(np.asarray(y).tolist())) != 2:
+        raise ValueError("labels must hold both classes (0 and 1)")
+    idx_train, idx_hold = train_test_split(
+        np.arange(len(y)), test_size=HOLDOUT_SHARE, random_state=seed, stratify=y
+    )
+    cols = _columns(spec)
+    estimator, meta = _fit_measured(
+        spec, x[idx_train][:, cols], y[idx_train], x[idx_hold][:, cols], y[idx_hold], seed
+    )
+    meta = {"model_id": identity[0], "model_version": identity[1]} | meta | dict(extra or {})
+    _save(Path(model_dir), estimator, meta)
+    return meta
+
+
 def train_all(out_dir: Path, rows: int = 20000, seed: int = 7) -> dict[str, dict[str, Any]]:
     """Train every model in SPECS, save them under out_dir/<model_id>/, return model id -> meta."""
     if rows < MIN_ROWS:
@@ -182,38 +255,9 @@ def train_all(out_dir: Path, rows: int = 20000, seed: int = 7) -> dict[str, dict
         else:
             frozen_frame, fit_y = generate(*spec.frozen_data)
             fit_x = frozen_frame.to_numpy(dtype=float)[:, cols]
-        started = time.perf_counter()
-        estimator = _fit(spec, fit_x, fit_y, seed if spec.frozen_data is None else spec.frozen_data[1])
-        fit_s = time.perf_counter() - started
-        started = time.perf_counter()
-        proba = estimator.predict_proba(x_hold[:, cols])[:, 1]
-        predict_us = (time.perf_counter() - started) * 1e6 / len(x_hold)
-        meta = {
-            "model_id": spec.model_id,
-            "model_version": model_version(spec, rows, seed),
-            "features": list(spec.features),
-            "trained_at_ms": int(time.time() * 1000),
-            "role_hint": spec.role_hint,
-            "estimator": type(estimator).__name__
-            if not hasattr(estimator, "steps")
-            else "+".join(type(step).__name__ for _, step in estimator.steps),
-            "params": spec.params,
-            "train": {
-                "rows": len(fit_y),
-                "seed": seed if spec.frozen_data is None else spec.frozen_data[1],
-                "data_version": DATA_VERSION,
-                "sklearn": sklearn.__version__,
-                "fit_s": round(fit_s, 3),
-            },
-            "metrics": {
-                "auc": round(float(roc_auc_score(y_hold, proba)), 5),
-                "log_loss": round(float(log_loss(y_hold, proba, labels=[0, 1])), 5),
-                "holdout_rows": len(y_hold),
-                "holdout_positive_rate": round(float(np.mean(y_hold)), 5),
-            },
-            # A hint for routing costs; predict_us_per_row is measured on the holdout batch.
-            "cost_hint": {"tier": spec.cost_tier, "predict_us_per_row": round(predict_us, 3)},
-        }
+        seed_used = seed if spec.frozen_data is None else spec.frozen_data[1]
+        estimator, meta = _fit_measured(spec, fit_x, fit_y, x_hold[:, cols], y_hold, seed_used)
+        meta = {"model_id": spec.model_id, "model_version": model_version(spec, rows, seed)} | meta
         _save(out_dir / spec.model_id, estimator, meta)
         metas[spec.model_id] = meta
     # Training rows (not holdout) with their original dtypes: the reference for later drift checks.

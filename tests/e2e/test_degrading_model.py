@@ -1,5 +1,6 @@
-"""A model that degrades mid-run (harness/degrade_scenario.py, short): metrics, quality, alerts, the gate, and
-the autopilot that replaces it live (the loop closed: seconds_to_fallback, the new policy, its audit)."""
+"""A model that degrades mid-run (harness/degrade_scenario.py, short): metrics, quality, alerts, the gate,
+the autopilot that replaces it live (seconds_to_fallback, the new policy, its audit), and the loop closed:
+the model retrained from the decoy, a shadow, promoted, giving official answers with its new version."""
 
 from __future__ import annotations
 
@@ -75,14 +76,14 @@ def test_a_degrading_incumbent_is_detected_and_demoted(
     assert any(m.role in ("incumbent", "challenger") for m in nxt.models) or nxt.role_of("tree") == "backstop"
     assert Path(s["report"]).stat().st_size > 10_000
 
-    # The loop closed without a human step: the autopilot published v2 with gbt demoted, the job applied it
-    # live, and from one answer on callers got none from gbt. Its audit record says who, why, on what.
+    # Without a human step: the autopilot published v2 with gbt demoted, the job applied it live, and
+    # from one answer on callers got none from gbt. Its audit record says who, why, on what.
     auto = s["autopilot"]
-    assert auto["policy_versions"] == [2], auto["policy_versions"]
+    assert auto["policy_versions"][0] == 2 and auto["policy_versions"] == sorted(auto["policy_versions"])
     schema = Draft202012Validator(json.loads((ROOT / "schemas" / "audit.schema.json").read_text()))
     for record in auto["audit"]:
         assert list(schema.iter_errors(record)) == [], record
-    [change] = [a for a in auto["audit"] if a["outcome"] == "applied"]
+    change = next(a for a in auto["audit"] if a["outcome"] == "applied")
     assert (change["action"], change["old_version"], change["new_version"]) == ("demote", 1, 2)
     assert change["watcher"].startswith("autopilot@degrade-")
     assert any(r.startswith("gbt: demoted to shadow") for r in change["reasons"]), change["reasons"]
@@ -93,3 +94,25 @@ def test_a_degrading_incumbent_is_detected_and_demoted(
     assert s["seconds_to_fallback"] is not None and math.isfinite(s["seconds_to_fallback"])
     assert 0 < s["seconds_to_fallback"] < COUNT / 50.0  # within the degraded phase (10 s at 50/s)
     assert fb["degraded_official_answers"] < COUNT
+
+    # The loop: gbt retrained from the decoy (the run's archive joined with its labels) as gbt-r1 with a
+    # new model_version, registered, and published live as a shadow (audited as retrain).
+    loop = s["loop"]
+    assert loop["model_id"] == "gbt-r1" and loop["model_version"].startswith("gbt-r1-20"), loop
+    meta = json.loads((out / "run" / "registry" / "gbt-r1" / "meta.json").read_text())
+    assert meta["model_version"] == loop["model_version"]
+    assert meta["retrain"]["archive_rows"] >= COUNT  # labelled requests of the run, from the archive
+    [added] = [a for a in auto["audit"] if a["action"] == "retrain"]
+    assert added["outcome"] == "applied" and added["new_version"] == loop["shadow_policy_version"]
+    assert {m["model_id"]: m["new_role"] for m in added["evidence"]["models"]}["gbt-r1"] == "shadow"
+    # Scored as a shadow: its scores are in the decision log of the third phase.
+    assert s["seconds_to_retrained"] is not None and s["seconds_to_shadow"] is not None
+    assert s["seconds_to_fallback"] < s["seconds_to_retrained"] < s["seconds_to_shadow"]
+    # The promotion is not reached reliably yet (issue 15): on unchanged data the retrained gbt is only
+    # slightly better than logreg, and the gate's margin needs more labels than the third phase gives.
+    # When it is reached, it must be the new version that answers.
+    if loop["promoted"]:
+        assert loop["promotion_model_version"] == loop["model_version"]
+        chunks = sorted((int(k.rsplit("-retrained", 1)[1]), k) for k in s["wins"] if "-retrained" in k)
+        last = s["wins"][chunks[-1][1]]  # sent once the promotion was seen
+        assert last.get("gbt-r1", 0) > degrade_scenario.RETRAIN_CHUNK // 2, last

@@ -1,8 +1,12 @@
-"""The job's per-model counters, scraped from Flink's Prometheus reporter (``--metrics-port``)."""
+"""The job's per-model counters, scraped from its Prometheus endpoint (``--metrics-port``), which
+listens on loopback only unless ``--metrics-host`` says otherwise."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -111,3 +115,40 @@ def test_per_model_counters_match_the_decision_log(kafka_bootstrap: str, job: di
     )
     for m in MODELS:
         assert scraped[m] == {n: float(v) for n, v in expected[m].items()}, m
+
+
+def listening_on(port: int) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The local addresses a TCP socket listens on at ``port``, from /proc/net/tcp and tcp6 (an
+    IPv4-mapped IPv6 address, as Java binds 127.0.0.1, is read as the IPv4 one; "every interface" is
+    0.0.0.0 or ::)."""
+    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text(encoding="ascii").splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address)  # 32-bit words, each in the host's byte order
+            if sys.byteorder == "little":
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            ip = ipaddress.ip_address(raw)
+            found.add(ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip)
+    return found
+
+
+def test_the_endpoint_listens_on_loopback_only(job: dict) -> None:
+    """Started with --metrics-port and no --metrics-host: 127.0.0.1 and nothing else (Flink's own
+    reporter would listen on every interface). The test above scrapes the counters there."""
+    port = job["port"]
+    assert listening_on(port) == {ipaddress.ip_address("127.0.0.1")}
+    # From this machine's address on its network, if it has one, the port is closed.
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent, the route picks the address
+            outside = s.getsockname()[0]
+    except OSError:
+        outside = "127.0.0.1"
+    if not ipaddress.ip_address(outside).is_loopback:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(2.0)
+            assert s.connect_ex((outside, port)) != 0, f"metrics reachable on {outside}:{port}"
