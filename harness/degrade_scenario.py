@@ -1,5 +1,5 @@
 """`make scenario-degrade`: a model that degrades mid-run, seen by the metrics, the alerts and the gate,
-replaced live by the autopilot, then retrained from the decoy and promoted back: the loop closed.
+replaced live by the autopilot, then retrained from the decoy, shadowed and (if the gate finds it better) promoted.
 
 The whole loop of the evaluation side, on this machine:
 
