@@ -19,6 +19,20 @@ import yaml
 from harness import stack
 from ops import kafka_admin, kafka_client, policy_cli
 
+# The default policy's models with generous waits: the stack tests are about answers, once, and the
+# archive, not about speed, and must hold on a busy 2-core CI machine.
+STACK_POLICY: dict[str, Any] = {
+    "version": 2,
+    "deadline_ms": 2000,
+    "decide": "first_in_order",
+    "models": [
+        {"id": "gbt", "role": "incumbent", "wait_ms": 800},
+        {"id": "logreg", "role": "challenger", "wait_ms": 1400},
+        {"id": "tree", "role": "backstop"},
+        {"id": "base", "role": "canary"},
+    ],
+}
+
 
 def now_ms() -> int:
     """This machine's wall clock in whole milliseconds (what the producer stamps records with)."""

@@ -11,23 +11,11 @@ import pytest
 from harness import loadgen, stack
 from ops import archive
 from runners.train import ensure_trained
-from tests.e2e.conftest import RunningJob
+from tests.e2e.conftest import STACK_POLICY, RunningJob
 
 pytestmark = pytest.mark.e2e
 
-POLICY = {
-    "version": 2,
-    # Generous waits: this test is about exactly-once answers and the archive, not about speed, and
-    # must hold on a busy 2-core CI machine.
-    "deadline_ms": 2000,
-    "decide": "first_in_order",
-    "models": [
-        {"id": "gbt", "role": "incumbent", "wait_ms": 800},
-        {"id": "logreg", "role": "challenger", "wait_ms": 1400},
-        {"id": "tree", "role": "backstop"},
-        {"id": "base", "role": "canary"},
-    ],
-}
+POLICY = STACK_POLICY
 COUNT = 400
 
 

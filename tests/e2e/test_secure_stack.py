@@ -22,21 +22,12 @@ import yaml
 from harness import loadgen, stack
 from ops import kafka_admin, kafka_client, procs
 from runners.train import ensure_trained
+from tests.e2e.conftest import STACK_POLICY
 from udfs import names
 
 pytestmark = pytest.mark.e2e
 
-POLICY = {
-    "version": 3,
-    "deadline_ms": 2000,
-    "decide": "first_in_order",
-    "models": [
-        {"id": "gbt", "role": "incumbent", "wait_ms": 800},
-        {"id": "logreg", "role": "challenger", "wait_ms": 1400},
-        {"id": "tree", "role": "backstop"},
-        {"id": "base", "role": "canary"},
-    ],
-}
+POLICY = {**STACK_POLICY, "version": 3}
 COUNT = 300
 
 

@@ -149,6 +149,15 @@ class Results(threading.Thread):
                 raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
             time.sleep(0.2)
 
+    def every_answer(self, sent: dict[str, int]) -> list[tuple[int, dict[str, Any]]]:
+        """Once every request in ``sent`` has an answer, and 3 s more (a duplicate would show by then):
+        everything read."""
+        self.wait_for(
+            lambda seen: {r["request_id"] for _, r in seen} >= set(sent), 120.0, "an answer to every request"
+        )
+        time.sleep(3.0)
+        return self.snapshot()
+
     def stop(self) -> None:
         self.stopping.set()
         self.join(10.0)
@@ -268,11 +277,7 @@ def test_upgrade_under_load_answers_every_request_once(env: Env) -> None:
         traffic.stop()
     try:
         sent = dict(traffic.sent_ms)
-        results.wait_for(
-            lambda seen: {r["request_id"] for _, r in seen} >= set(sent), 120.0, "an answer to every request"
-        )
-        time.sleep(3.0)  # anything duplicated would show up now
-        seen = results.snapshot()
+        seen = results.every_answer(sent)
     finally:
         results.stop()
 
@@ -442,11 +447,7 @@ def test_rescale_1_2_1_under_load(env: Env) -> None:
         traffic.stop()
     try:
         sent = dict(traffic.sent_ms)
-        results.wait_for(
-            lambda seen: {r["request_id"] for _, r in seen} >= set(sent), 120.0, "an answer to every request"
-        )
-        time.sleep(3.0)  # anything duplicated would show up now
-        seen = [(t, r) for t, r in results.snapshot() if r["request_id"] in sent]
+        seen = [(t, r) for t, r in results.every_answer(sent) if r["request_id"] in sent]
     finally:
         results.stop()
 
