@@ -67,14 +67,7 @@ import confluent_kafka
 import yaml
 
 from harness import bench_crossing, bench_scale, loadgen, runinfo, stack
-from harness.bench_kit import (  # noqa: F401 - the bench's public names (profile, faults, tests use them)
-    BACKLOG_MODELS,
-    CpuMeter,
-    _cpu_seconds,
-    _request_and_score,
-    preload_backlog,
-    us_per_request,
-)
+from harness.bench_kit import BACKLOG_MODELS, CpuMeter, _request_and_score, preload_backlog, us_per_request
 from jobs import rendezvous_job
 from ops import kafka_admin, kafka_client, latency, procs
 from ops.broker import KafkaBroker

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from harness import bench, loadgen, runinfo, stack
+from harness import bench, bench_kit, loadgen, runinfo, stack
 from ops import kafka_admin, kafka_client, procs
 from runners.data import sample_features
 from udfs import names
@@ -384,8 +384,10 @@ def profile_job(backlog: int, seconds: float, warmup_s: float, rate: float = 0.0
             return _job_window_live(broker.bootstrap, job, jvm, rate, seconds)
         topic = f"results.profile-{uuid.uuid4().hex[:6]}"
         kafka_admin.create_topics(broker.bootstrap, [topic])
-        bench.say(f"profile: preloading {backlog} requests with {len(bench.BACKLOG_MODELS)} scores each ...")
-        bench.preload_backlog(broker.bootstrap, topic, backlog)
+        bench.say(
+            f"profile: preloading {backlog} requests with {len(bench_kit.BACKLOG_MODELS)} scores each ..."
+        )
+        bench_kit.preload_backlog(broker.bootstrap, topic, backlog)
         consumer = kafka_client.consumer(broker.bootstrap, client_id="profile")
         try:
             procs.wait_for(lambda: _results_done(consumer, topic) >= backlog // 5, 300, "the drain to start")
@@ -411,7 +413,7 @@ def profile_job(backlog: int, seconds: float, warmup_s: float, rate: float = 0.0
         window = t1 - t0
         threads = thread_cpu_percent(before, after, window, names_by_tid)
         python = {tid: python_split(st, JOB_PY_STAGES, JOB_PY_DEFAULT) for tid, st in stacks.items()}
-        records = len(bench.BACKLOG_MODELS) + 1
+        records = len(bench_kit.BACKLOG_MODELS) + 1
         return job_report(threads, python, java, window, (done1 - done0) / window, records)
     finally:
         processes.stop_all()
@@ -556,7 +558,7 @@ def profile_runner(rate: float, seconds: float, warmup_s: float) -> dict[str, An
             bench._paced(int(rate * warmup_s), rate, lambda i: send(1_000_000 + i))
         raw = OUT_DIR / "runner-pyspy.txt"
         bench.say(f"profile: runner at {rate:.0f} requests/s for {seconds:.0f} s, py-spy ...")
-        cpu = bench.CpuMeter({"runner": runner.pid})
+        cpu = bench_kit.CpuMeter({"runner": runner.pid})
         spy = py_spy(runner.pid, seconds, raw)
         took = bench._paced(int(rate * seconds), rate, lambda i: send(10_000_000 + i))
         runner_cpu = cpu.percent()["runner"]
