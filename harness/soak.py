@@ -14,6 +14,14 @@ checkpoint, against the end offsets), answers per second and p50/p99 latency in 
 drain, ``faults.verify`` over the whole run (none lost, no different answers; at-least-once repeats only
 for requests sent around a job restart), and a verdict per series (``levels_off``).
 
+Memory of the JVMs (broker, JobManager, the job's TaskManager) is judged by what a full GC leaves, not
+by RSS: a JVM's RSS grows as it touches more of the heap it may use, up to its configured size, which
+says nothing about a leak. Every HEAP_EVERY-th sample, ``jcmd <pid> GC.run`` and then ``jstat -gc``
+read each JVM's heap after a full collection and its metaspace (classes of every job submitted). That
+full GC pauses each JVM once a minute (tens of milliseconds: the p99 of that window shows it). The
+JobManager's and TaskManager's RSS are checked against their configured process size (flink-conf); the
+TaskManager's RSS is also judged for growth (the job's Python runs inside it, which no JVM figure sees).
+
 Rate (default): half the stack's capacity in the last published bench, ``docs/results/bench.json``: the
 highest step of its ``first_in_order`` ladder where every request was answered, the stack was not
 saturated and p99 stayed within the 100 ms budget (``bench.sustained_rate``; 250/s in the run of
@@ -36,12 +44,13 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -49,7 +58,7 @@ from confluent_kafka import TopicPartition
 
 from harness import faults, runinfo
 from harness.bench import BUDGET_MS, checkpoint_bytes, sustained_rate
-from ops import kafka_client, procs, upgrade
+from ops import flink_conf, kafka_client, procs, upgrade
 from ops.latency import percentiles
 from udfs import names
 
@@ -72,10 +81,16 @@ REPLAY_AFTER_S = CHECKPOINT_S  # ... to this long after the job ran again.
 MIN_TAIL_S = 30.0  # traffic after the last fault's injection returned, to see the recovery
 TOLERANCE = 0.10  # a series levels off when its last third is within 10 % (plus slack) of its middle
 RSS_SLACK_MB = 32.0
+HEAP_SLACK_MB = 16.0  # what a full GC leaves varies by a few MB with what is in flight
+HEAP_EVERY = 6  # samples between two heap readings (a full GC of each JVM once a minute)
 STATE_SLACK_BYTES = 256 * 1024
 STANDBY = "taskmanagers (standby)"
 JOB_TM = "taskmanager (job)"
 HARNESS = "soak harness"
+JVMS = ("broker", "jobmanager", JOB_TM)
+# The configured bound of each Flink process (its total process memory: heap, metaspace, direct, overhead).
+RSS_BOUND_KEYS = {"jobmanager": "jobmanager.memory.process.size", JOB_TM: "taskmanager.memory.process.size"}
+BOUNDED, OVER_BOUND = "bounded", "over its bound"
 
 
 def say(msg: str) -> None:
@@ -112,6 +127,55 @@ def parse_cpu_ticks(stat: str) -> int:
     parentheses may hold spaces and parentheses, so fields are counted after the last ')'."""
     fields = stat.rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+
+def parse_jstat_gc(text: str) -> tuple[float, float]:
+    """(heap used MB, metaspace used MB) from ``jstat -gc`` output (a header line, a values line, kB):
+    survivors, eden and old generation used; right after a full GC that is what the heap holds live."""
+    lines = [ln.split() for ln in text.strip().splitlines() if ln.strip()]
+    if len(lines) < 2 or len(lines[0]) != len(lines[-1]):
+        raise ValueError(f"not jstat -gc output: {text.strip()[:120]!r}")
+    row = dict(zip(lines[0], lines[-1], strict=True))
+    heap_kb = sum(float(row[k]) for k in ("S0U", "S1U", "EU", "OU"))
+    return round(heap_kb / 1024.0, 1), round(float(row["MU"]) / 1024.0, 1)
+
+
+def heap_after_gc(pid: int, timeout_s: float = 30.0) -> tuple[float, float] | None:
+    """(heap MB after a full GC, metaspace MB) of a JVM, None if it is gone or does not answer."""
+    try:
+        subprocess.run(["jcmd", str(pid), "GC.run"], capture_output=True, timeout=timeout_s, check=True)
+        out = subprocess.run(
+            ["jstat", "-gc", str(pid)], capture_output=True, text=True, timeout=timeout_s, check=True
+        ).stdout
+        return parse_jstat_gc(out)
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError):
+        return None
+
+
+def size_mb(text: str) -> float:
+    """A Flink memory size (``1600m``, ``1.5g``, ``1728mb``, bytes without a unit) in MB."""
+    t = text.strip().lower().replace(" ", "")
+    units = {"kb": 1 / 1024, "k": 1 / 1024, "mb": 1.0, "m": 1.0, "gb": 1024.0, "g": 1024.0, "b": 1 / 1024**2}
+    for unit, mb in units.items():
+        if t.endswith(unit) and t[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(t[: -len(unit)]) * mb
+    return float(t) / 1024**2
+
+
+def rss_bounds(conf: Mapping[str, str]) -> dict[str, float]:
+    """Each Flink process's configured size in MB (JobManager, TaskManager), from a flat flink-conf."""
+    return {role: size_mb(conf[key]) for role, key in RSS_BOUND_KEYS.items() if key in conf}
+
+
+def within_bound(values: Sequence[float | None], bound_mb: float) -> dict[str, str]:
+    """The RSS verdict of a JVM with a configured size: its highest sample against that size."""
+    seen = [v for v in values if v is not None]
+    if not seen:
+        return {"verdict": TOO_SHORT, "why": "no sample"}
+    top = max(seen)
+    if top > bound_mb:
+        return {"verdict": OVER_BOUND, "why": f"max {top:.0f} MB > its configured {bound_mb:.0f} MB"}
+    return {"verdict": BOUNDED, "why": f"max {top:.0f} MB <= its configured {bound_mb:.0f} MB"}
 
 
 def by_role(
@@ -430,6 +494,8 @@ class Sample:
     rss_mb: dict[str, float | None]
     cpu_percent: dict[str, float | None]
     fault: str | None = None
+    heap_mb: dict[str, float | None] = field(default_factory=dict)  # after a full GC, every HEAP_EVERY
+    metaspace_mb: dict[str, float | None] = field(default_factory=dict)
 
 
 class Sampler(threading.Thread):
@@ -447,6 +513,7 @@ class Sampler(threading.Thread):
         self.errors: list[str] = []  # samples that failed (printed; the next one is tried)
         self.started = time.monotonic()
         self._index = 0
+        self._count = 0
         self._ticks: dict[int, int] = {}
         self._last = self.started
         self._ticks_per_s = float(os.sysconf("SC_CLK_TCK"))
@@ -508,6 +575,14 @@ class Sampler(threading.Thread):
             self.first_ms[rid] = o.consumed_ms
             latencies.append(o.consumed_ms - t)
         w = window_stats(latencies, dt)
+        heap: dict[str, float | None] = {}
+        meta: dict[str, float | None] = {}
+        self._count += 1
+        if self._count % HEAP_EVERY == 0:
+            for role in JVMS:
+                got = [r for p in pids.get(role, []) if (r := heap_after_gc(p)) is not None]
+                heap[role] = round(sum(h for h, _ in got), 1) if got else None
+                meta[role] = round(sum(m for _, m in got), 1) if got else None
         return Sample(
             t_s=round(now_mono - self.started, 1),
             phase=self.phase,
@@ -521,6 +596,8 @@ class Sampler(threading.Thread):
             rss_mb=rss,
             cpu_percent=cpu,
             fault=self.fault,
+            heap_mb=heap,
+            metaspace_mb=meta,
         )
 
     def stop(self) -> None:
@@ -539,12 +616,15 @@ def line(s: Sample, fault: str = "") -> str:
     lag = "/".join("-" if v is None else str(v) for v in s.lag.values())
     state = "-" if s.state_bytes is None else f"{s.state_bytes / 1e6:.1f} MB"
     cpu_tm = s.cpu_percent.get(JOB_TM)
+    heap = " ".join(f"{r.split()[0]} {v:.0f}" for r, v in s.heap_mb.items() if v is not None)
     return (
         f"{int(s.t_s // 60)}:{int(s.t_s % 60):02d} {s.phase}: sent {s.sent}, answered {s.answered} "
         f"({s.answers_per_s:.0f}/s, p50 {_ms(s.p50_ms)} p99 {_ms(s.p99_ms)} ms), lag req/scores {lag}, "
         f"state {state}, RSS MB broker {mb('broker')} jm {mb('jobmanager')} tm {mb(JOB_TM)} "
         f"standby {mb(STANDBY)} runners {runners:.0f} harness {mb(HARNESS)}, "
-        f"tm CPU {'-' if cpu_tm is None else f'{cpu_tm:.0f}'} %{fault}"
+        f"tm CPU {'-' if cpu_tm is None else f'{cpu_tm:.0f}'} %"
+        + (f", heap after GC MB {heap}" if heap else "")
+        + fault
     )
 
 
@@ -580,6 +660,10 @@ def series_of(samples: Sequence[Sample]) -> dict[str, list[float | None]]:
         out[f"RSS MB: {r}"] = [s.rss_mb.get(r) for s in samples]
     for r in roles:
         out[f"CPU %: {r}"] = [s.cpu_percent.get(r) for s in samples]
+    for r in JVMS:
+        if any(s.heap_mb.get(r) is not None for s in samples):
+            out[f"heap after GC MB: {r}"] = [s.heap_mb.get(r) for s in samples]
+            out[f"metaspace MB: {r}"] = [s.metaspace_mb.get(r) for s in samples]
     out["checkpoint KB"] = [None if s.state_bytes is None else s.state_bytes / 1024.0 for s in samples]
     for r in lags:
         lag = [s.lag.get(r) for s in samples]
@@ -591,12 +675,20 @@ def series_of(samples: Sequence[Sample]) -> dict[str, list[float | None]]:
 
 
 def verdicts(
-    samples: Sequence[Sample], fault_s: Sequence[tuple[float, float]], rate: float, retention_s: float
+    samples: Sequence[Sample],
+    fault_s: Sequence[tuple[float, float]],
+    rate: float,
+    retention_s: float,
+    bounds_mb: Mapping[str, float] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Summary and verdict per series, over the samples taken while the traffic flowed. Verdicts for
-    memory (but the standby TaskManagers, whose number changes during an upgrade, and this harness),
-    the checkpoint (judged once the tombstones of ``retention_s`` have filled it) and the lag (slack:
+    memory: each JVM's heap after a full GC and its metaspace; the RSS of the runners and of the job's
+    TaskManager (Python runs in it); the RSS of each Flink process against its configured size
+    (``bounds_mb``); not the broker's RSS (its heap is fixed and touched lazily: its heap after GC is
+    judged), the standby TaskManagers' (their number changes during an upgrade) or this harness's. The
+    checkpoint (judged once the tombstones of ``retention_s`` have filled it) and the lag (slack:
     what one checkpoint interval at ``rate`` accumulates before the job commits it; scores 4 per request)."""
+    bounds = dict(bounds_mb or {})
     flowing = [s for s in samples if s.phase == "traffic"]
     times = [s.t_s for s in flowing]
     memory = outside(times, fault_s, AFTER_FAULT_S, MEMORY_WARMUP_S)
@@ -606,14 +698,25 @@ def verdicts(
     for name, values in series_of(flowing).items():
         row: dict[str, Any] = thirds_summary(values)
         level: Level | None = None
-        if name.startswith("RSS MB: ") and not name.endswith((STANDBY, HARNESS)):
+        role = name.split(": ", 1)[-1]
+        if name.startswith("RSS MB: ") and role in bounds:
+            row |= within_bound(values, bounds[role])
+            if role == JOB_TM:
+                level = levels_off(values, memory, slack=RSS_SLACK_MB)
+        elif name.startswith("RSS MB: ") and role not in (STANDBY, HARNESS, "broker"):
             level = levels_off(values, memory, slack=RSS_SLACK_MB)
+        elif name.startswith(("heap after GC MB: ", "metaspace MB: ")):
+            level = levels_off(values, memory, slack=HEAP_SLACK_MB)
         elif name == "checkpoint KB":
             level = levels_off(values, state, slack=STATE_SLACK_BYTES / 1024.0)
         elif name.startswith("lag: "):
             per_request = 4.0 if name.endswith("scores") else 1.0
             level = levels_off(values, lag, slack=rate * per_request * CHECKPOINT_S)
-        if level is not None:
+        if level is not None and row.get("verdict") == OVER_BOUND:
+            row["why"] += f"; growth: {level.verdict}"
+        elif level is not None and "verdict" in row:
+            row |= {"verdict": level.verdict, "why": f"{level.why}; {row['why']}"}
+        elif level is not None:
             row |= {"verdict": level.verdict, "why": level.why}
         out[name] = row
     return out
@@ -827,10 +930,11 @@ def judge(
     if stray:
         problems.append(f"{len(stray)} requests answered twice, sent away from any job restart")
     fault_s = [(f["at_s"], f["at_s"] + f["took_s"]) for f in injected]
-    series = verdicts(sampler.samples, fault_s, rate, retention_s)
-    growing = [name for name, row in series.items() if row.get("verdict") == GROWS]
+    bounds = rss_bounds(flink_conf.read_conf(REPO_ROOT / "flink-conf" / "config.yaml"))
+    series = verdicts(sampler.samples, fault_s, rate, retention_s, bounds)
+    growing = [name for name, row in series.items() if row.get("verdict") in (GROWS, OVER_BOUND)]
     if growing:
-        problems.append(f"still growing: {', '.join(growing)}")
+        problems.append(f"still growing or over its bound: {', '.join(growing)}")
     return {
         "invariants": verdict.to_dict(),
         "repeats_away_from_restarts": len(stray),

@@ -247,13 +247,64 @@ def test_verdicts_judge_memory_state_and_lag_but_not_the_standby_or_the_drain() 
         rate=125.0,
         retention_s=600.0,
     )
-    assert out["RSS MB: broker"]["verdict"] == LEVELS_OFF  # the drain's 5000 MB is not judged
-    assert out["RSS MB: broker"]["max"] == 600.0
+    assert "verdict" not in out["RSS MB: broker"]  # judged by its heap after GC, which it did not report
+    assert out["RSS MB: broker"]["max"] == 600.0  # the drain's 5000 MB is not counted
     assert out["RSS MB: runner gbt"]["verdict"] == GROWS
     assert "verdict" not in out[f"RSS MB: {soak.STANDBY}"]
     assert out["checkpoint KB"]["verdict"] == LEVELS_OFF
     assert out["lag: requests"]["verdict"] == out["lag: scores"]["verdict"] == LEVELS_OFF
     assert "verdict" not in out["p99 ms"] and out["answers/s"]["end"] == 125.0
+
+
+JSTAT_GC = """\
+ S0C    S1C    S0U    S1U      EC       EU        OC         OU       MC     MU    CCSC   CCSU   YGC     YGCT    FGC    FGCT     CGC    CGCT     GCT
+   0.0    0.0    0.0    0.0  26624.0      0.0   235520.0   102400.0  71040.0 69632.0 8576.0 7800.5     40    0.321     2    0.120     4    0.010    0.451
+"""
+
+
+def test_jstat_gc_gives_the_heap_used_and_the_metaspace_in_mb() -> None:
+    assert soak.parse_jstat_gc(JSTAT_GC) == (100.0, 68.0)
+    with pytest.raises(ValueError, match="not jstat"):
+        soak.parse_jstat_gc("12345 not found")
+
+
+def test_flink_memory_sizes_and_the_process_bounds_from_flink_conf() -> None:
+    assert [soak.size_mb(t) for t in ("1600m", "1728mb", "1.5g", "2 GB", "512k", "1048576")] == [
+        1600.0,
+        1728.0,
+        1536.0,
+        2048.0,
+        0.5,
+        1.0,
+    ]
+    bounds = soak.rss_bounds(
+        {"jobmanager.memory.process.size": "1600m", "taskmanager.memory.process.size": "1728m"}
+    )
+    assert bounds == {"jobmanager": 1600.0, soak.JOB_TM: 1728.0}
+    assert soak.rss_bounds({}) == {}
+
+
+def test_a_jvm_is_judged_by_its_heap_after_gc_and_its_rss_against_its_configured_size() -> None:
+    """JobManager RSS climbing within its bound, heap after GC flat: no leak. The TaskManager's heap
+    after GC climbing: a leak, though its RSS is within its bound. RSS past the bound: over it."""
+    samples = []
+    for i in range(1, 181):
+        heap = {} if i % 6 else {"jobmanager": 80.0 + (i % 12), soak.JOB_TM: 100.0 + i, "broker": 60.0}
+        meta = {} if i % 6 else {"jobmanager": 70.0, soak.JOB_TM: 90.0, "broker": 50.0}
+        rss = {"jobmanager": 500.0 + 2 * i, soak.JOB_TM: 900.0, "runner gbt": 100.0}
+        samples.append(sample(10.0 * i, rss, heap_mb=heap, metaspace_mb=meta))
+    bounds = {"jobmanager": 1600.0, soak.JOB_TM: 1728.0}
+    out = soak.verdicts(samples, fault_s=[], rate=125.0, retention_s=600.0, bounds_mb=bounds)
+    assert out["RSS MB: jobmanager"]["verdict"] == soak.BOUNDED
+    assert out["heap after GC MB: jobmanager"]["verdict"] == LEVELS_OFF
+    assert out["metaspace MB: jobmanager"]["verdict"] == LEVELS_OFF
+    assert out["heap after GC MB: broker"]["verdict"] == LEVELS_OFF
+    assert out[f"heap after GC MB: {soak.JOB_TM}"]["verdict"] == GROWS
+    assert out[f"RSS MB: {soak.JOB_TM}"]["verdict"] == LEVELS_OFF  # flat, and within its bound
+    assert "1728" in out[f"RSS MB: {soak.JOB_TM}"]["why"]
+    over = soak.verdicts(samples, fault_s=[], rate=125.0, retention_s=600.0, bounds_mb={"jobmanager": 700.0})
+    assert over["RSS MB: jobmanager"]["verdict"] == soak.OVER_BOUND
+    assert "860 MB > its configured 700 MB" in over["RSS MB: jobmanager"]["why"]
 
 
 # --- what the verifier keeps ----------------------------------------------------------------------
