@@ -8,11 +8,14 @@ A model's life in the rendezvous architecture is a sequence of roles in the poli
 
 - **shadow**: sees every request, is archived and measured, never answers officially. A shadow with
   enough labelled answers, above the quality floor, no drift alert, and an AUC within
-  ``shadow_max_deficit`` of the incumbent's becomes a **challenger** (it may now answer when the
+  ``shadow_max_deficit`` of the incumbent's (on the same requests) becomes a **challenger** (it may now answer when the
   incumbent is late).
 - **challenger**: answers officially as a fallback. The best challenger becomes the **incumbent** when,
-  on at least ``min_labelled`` labelled answers of each, its AUC beats the incumbent's by ``min_gain``;
-  the old incumbent becomes the first challenger (it stays a fast, known-good fallback).
+  with at least ``min_labelled`` labelled answers of each, its AUC beats the incumbent's by ``min_gain``
+  on the requests both answered, and that gain is ``min_z`` standard errors from zero (DeLong's paired
+  test: the two AUCs on the same requests); the old incumbent becomes the first challenger (it stays a
+  fast, known-good fallback). A model that joined later is compared on the traffic it saw, not the
+  incumbent's whole window.
 - **demotion**: an incumbent or challenger whose AUC falls below ``auc_floor`` (with enough labels) or
   that a drift alert names goes back to **shadow** (still measured, so it can earn its way back). A
   demoted incumbent is replaced by the best eligible challenger.
@@ -33,7 +36,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from evaluation.quality import metrics
+from evaluation.quality import PairedAuc, metrics, paired_auc
 from udfs.policy import ModelSpec, Policy, PolicyError, parse_policy
 
 PROMOTE, KEEP, DEMOTE = "promote", "keep", "demote"
@@ -44,6 +47,7 @@ MODEL_ALERT_KINDS = frozenset({"score_drift", "canary_agreement"})
 @dataclass(frozen=True)
 class GateConfig:
     min_gain: float = 0.005  # AUC points a challenger must win by
+    min_z: float = 0.0  # standard errors its gain must lie above zero (1.645: one-sided 95 %); 0: off
     min_labelled: int = 500  # labelled answers each side needs before quality counts
     auc_floor: float = 0.7  # below this (with enough labels) an official model is demoted
     shadow_max_deficit: float = 0.01  # a shadow within this of the incumbent's AUC becomes a challenger
@@ -65,6 +69,7 @@ class GateConfig:
             ("min_gain", 0.0, 1.0),
             ("auc_floor", 0.0, 1.0),
             ("shadow_max_deficit", 0.0, 1.0),
+            ("min_z", 0.0, 10.0),
         ):
             v = d[name]
             if not isinstance(v, int | float) or isinstance(v, bool) or not lo <= v <= hi:
@@ -141,6 +146,21 @@ def _alert_subjects(alerts: Iterable[Any]) -> dict[str, list[str]]:
     return out
 
 
+def _paired(a: pd.DataFrame, b: pd.DataFrame) -> PairedAuc:
+    """Two models' AUCs on the labelled requests (0/1 truth) both gave a probability for."""
+
+    def usable(g: pd.DataFrame) -> pd.DataFrame:
+        ok = g["label_true"].astype(float).isin((0.0, 1.0)) & g["probability"].notna()
+        return g.loc[ok, ["request_id", "probability", "label_true"]].drop_duplicates("request_id")
+
+    both = usable(a).merge(usable(b)[["request_id", "probability"]], on="request_id", suffixes=("_a", "_b"))
+    return paired_auc(both["label_true"], both["probability_a"], both["probability_b"])
+
+
+def _fmt_z(z: float) -> str:
+    return "n/a" if math.isnan(z) else f"{z:.2f}"
+
+
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
@@ -156,12 +176,16 @@ def gate(  # noqa: C901 - the gate's rules in order, one branch each (docs/evalu
     pol = policy if isinstance(policy, Policy) else parse_policy(policy)
     flagged = _alert_subjects(alerts)
     models: list[_Model] = []
+    rows_of: dict[str, pd.DataFrame] = {}
     for spec in pol.models:
-        g = rows[rows["model_id"] == spec.id]
+        g = rows_of[spec.id] = rows[rows["model_id"] == spec.id]
         q = metrics(g) if len(g) else {"answered": 0, "auc": math.nan}
         auc = None if math.isnan(q["auc"]) else float(q["auc"])
         models.append(_Model(spec, int(q["answered"]), auc, flagged.get(spec.id, [])))
     by_id = {m.id: m for m in models}
+
+    def paired(a: _Model, b: _Model) -> PairedAuc:
+        return _paired(rows_of[a.id], rows_of[b.id])
 
     def enough(m: _Model) -> bool:
         return m.labelled >= cfg.min_labelled and m.auc is not None
@@ -207,21 +231,34 @@ def gate(  # noqa: C901 - the gate's rules in order, one branch each (docs/evalu
                 f"fewer than min_labelled {cfg.min_labelled}, so there is nothing to compare with"
             )
         else:
-            assert incumbent.auc is not None and best.auc is not None
-            gain = best.auc - incumbent.auc
-            if gain >= cfg.min_gain:
+            pair = paired(best, incumbent)
+            on = (
+                f"on the {pair.n} labelled requests both answered ({pair.positives} positive), "
+                f"z {_fmt_z(pair.z)}"
+            )
+            if pair.n < cfg.min_labelled or math.isnan(pair.gain):
+                best.say(
+                    f"kept: {pair.n} labelled requests answered by both it and incumbent {incumbent.id}, "
+                    f"fewer than min_labelled {cfg.min_labelled} (or one class only)"
+                )
+            elif pair.gain >= cfg.min_gain and pair.z >= cfg.min_z:
                 new_incumbent = best
                 best.say(
-                    f"promoted to incumbent: AUC {_fmt(best.auc)} beats {incumbent.id}'s {_fmt(incumbent.auc)} "
-                    f"by {gain:.4f} >= min_gain {cfg.min_gain:g} ({best.labelled} vs {incumbent.labelled} "
-                    "labelled answers)"
+                    f"promoted to incumbent: AUC {_fmt(pair.auc_a)} beats {incumbent.id}'s "
+                    f"{_fmt(pair.auc_b)} by {pair.gain:.4f} >= min_gain {cfg.min_gain:g} {on}"
+                    + (f" >= min_z {cfg.min_z:g}" if cfg.min_z else "")
                 )
                 incumbent.new_role = "challenger"
                 incumbent.say(f"moved to challenger: {best.id} is better")
             else:
+                short = (
+                    f"gain {pair.gain:.4f} < min_gain {cfg.min_gain:g}"
+                    if pair.gain < cfg.min_gain
+                    else f"z {_fmt_z(pair.z)} < min_z {cfg.min_z:g}"
+                )
                 best.say(
-                    f"kept: AUC {_fmt(best.auc)} vs incumbent {incumbent.id}'s {_fmt(incumbent.auc)}, "
-                    f"gain {gain:.4f} < min_gain {cfg.min_gain:g}"
+                    f"kept: AUC {_fmt(pair.auc_a)} vs incumbent {incumbent.id}'s {_fmt(pair.auc_b)} {on}: "
+                    + short
                 )
     if new_incumbent is not None:
         new_incumbent.new_role = "incumbent"
@@ -245,18 +282,22 @@ def gate(  # noqa: C901 - the gate's rules in order, one branch each (docs/evalu
             m.say(f"kept: AUC {_fmt(m.auc)} below the floor {cfg.auc_floor:g}")
         elif reference is None:
             m.say("kept: no incumbent with enough labels to compare with")
-        elif (
-            m.auc is not None
-            and reference.auc is not None
-            and m.auc >= reference.auc - cfg.shadow_max_deficit
-        ):
+        elif (pair := paired(m, reference)).n < cfg.min_labelled or math.isnan(pair.gain):
+            m.say(
+                f"kept: {pair.n} labelled requests answered by both it and incumbent {reference.id}, "
+                f"fewer than min_labelled {cfg.min_labelled} (or one class only)"
+            )
+        elif pair.gain >= -cfg.shadow_max_deficit:
             m.new_role = "challenger"
             m.say(
-                f"promoted to challenger: AUC {_fmt(m.auc)} within {cfg.shadow_max_deficit:g} of "
-                f"incumbent {reference.id}'s {_fmt(reference.auc)} on {m.labelled} labelled answers"
+                f"promoted to challenger: AUC {_fmt(pair.auc_a)} within {cfg.shadow_max_deficit:g} of "
+                f"incumbent {reference.id}'s {_fmt(pair.auc_b)} on the {pair.n} labelled requests both answered"
             )
         else:
-            m.say(f"kept: AUC {_fmt(m.auc)} more than {cfg.shadow_max_deficit:g} below {reference.id}'s")
+            m.say(
+                f"kept: AUC {_fmt(pair.auc_a)} more than {cfg.shadow_max_deficit:g} below {reference.id}'s "
+                f"{_fmt(pair.auc_b)} on the {pair.n} labelled requests both answered"
+            )
     for m in models:
         if m.new_role == m.spec.role and not m.reasons and m.spec.role in ("incumbent", "backstop", "canary"):
             m.say(f"kept as {m.spec.role}" + (f" (AUC {_fmt(m.auc)})" if m.auc is not None else ""))

@@ -108,11 +108,20 @@ def test_a_degrading_incumbent_is_detected_and_demoted(
     # Scored as a shadow: its scores are in the decision log of the third phase.
     assert s["seconds_to_retrained"] is not None and s["seconds_to_shadow"] is not None
     assert s["seconds_to_fallback"] < s["seconds_to_retrained"] < s["seconds_to_shadow"]
-    # The promotion is not reached reliably yet (issue 15): on unchanged data the retrained gbt is only
-    # slightly better than logreg, and the gate's margin needs more labels than the third phase gives.
-    # When it is reached, it must be the new version that answers.
-    if loop["promoted"]:
-        assert loop["promotion_model_version"] == loop["model_version"]
-        chunks = sorted((int(k.rsplit("-retrained", 1)[1]), k) for k in s["wins"] if "-retrained" in k)
-        last = s["wins"][chunks[-1][1]]  # sent once the promotion was seen
-        assert last.get("gbt-r1", 0) > degrade_scenario.RETRAIN_CHUNK // 2, last
+    # Promoted: challenger, then incumbent, each an applied audit record with the paired evidence, and
+    # the official answers after it come from the new version.
+    assert loop["promoted"], loop
+    steps = {a["new_version"]: a for a in auto["audit"] if a["outcome"] == "applied"}
+    roles = [
+        {m["model_id"]: m["new_role"] for m in a["evidence"]["models"]}.get("gbt-r1") for a in steps.values()
+    ]
+    assert roles.index("challenger") < roles.index("incumbent"), roles
+    promotion = next(
+        a for a in steps.values() if any("gbt-r1: promoted to incumbent" in r for r in a["reasons"])
+    )
+    assert any("labelled requests both answered" in r and "min_z" in r for r in promotion["reasons"])
+    assert s["seconds_to_shadow"] < s["seconds_to_challenger"] < s["seconds_to_promotion"]
+    assert loop["promotion_model_version"] == loop["model_version"]
+    chunks = sorted((int(k.rsplit("-retrained", 1)[1]), k) for k in s["wins"] if "-retrained" in k)
+    last = s["wins"][chunks[-1][1]]  # sent once the promotion was seen
+    assert last.get("gbt-r1", 0) > degrade_scenario.RETRAIN_CHUNK // 2, last

@@ -95,6 +95,33 @@ def test_a_gain_below_min_gain_keeps_everything() -> None:
         )
 
 
+def test_min_z_asks_that_the_gain_be_more_than_sampling_noise() -> None:
+    """The same gain on few requests is noise, on many it is a finding: min_z tells them apart."""
+    few = rows(gbt=(600, 2.0), logreg=(600, 2.1))  # gain ~0.012, z ~0.9
+    cfg = GateConfig(min_labelled=500, auc_floor=0.6, min_gain=0.0, min_z=1.645)
+    kept = gate(few, DEFAULT, cfg)
+    assert kept.action == KEEP and any("< min_z 1.645" in r for r in kept.reasons), kept.reasons
+    assert gate(few, DEFAULT, GateConfig(min_labelled=500, auc_floor=0.6, min_gain=0.0)).action == PROMOTE
+    many = rows(gbt=(20_000, 2.0), logreg=(20_000, 2.1))  # gain ~0.010, z ~4.2
+    promoted = gate(many, DEFAULT, cfg)
+    assert promoted.action == PROMOTE
+    [why] = [r for r in promoted.reasons if r.startswith("logreg: promoted")]
+    assert "on the 20000 labelled requests both answered" in why and ">= min_z 1.645" in why
+
+
+def test_a_model_that_joined_later_is_compared_on_the_requests_it_saw() -> None:
+    """The incumbent's window holds a hard stretch the later model never saw: on its whole window the
+    incumbent looks worse, on the requests both answered they are alike, and nothing is promoted."""
+    hard = model_rows("gbt", 2000, 0.3, seed=1)
+    easy = model_rows("gbt", 2000, 3.0, seed=2).assign(request_id=[f"s{i}" for i in range(2000)])
+    later = model_rows("logreg", 2000, 3.0, seed=3).assign(request_id=[f"s{i}" for i in range(2000)])
+    data = pd.concat([hard, easy, later], ignore_index=True)
+    assert auc_of(data, "logreg") > auc_of(data, "gbt") + 0.1  # unpaired, it would be promoted
+    result = gate(data, DEFAULT, GateConfig(min_labelled=500, auc_floor=0.6, min_gain=0.02))
+    assert result.action == KEEP, result.reasons
+    assert any("logreg: kept" in r and "2000 labelled requests both answered" in r for r in result.reasons)
+
+
 def test_too_few_labels_keep_everything() -> None:
     data = rows(gbt=(600, 1.0), logreg=(300, 4.0))
     result = gate(data, DEFAULT, GateConfig(min_labelled=500, auc_floor=0.6))
@@ -194,6 +221,8 @@ def test_policy_can_be_given_as_plain_data() -> None:
         ({"auc_floor": 1.5}, "auc_floor"),
         ({"shadow_max_deficit": True}, "shadow_max_deficit"),
         ({"min_labelled": 0}, "min_labelled"),
+        ({"min_z": -1}, "min_z"),
+        ({"min_z": 11}, "min_z"),
         ({"min_labelled": 10.0}, "min_labelled"),
         ({"new_challenger_wait_ms": -1}, "new_challenger_wait_ms"),
         ({"floor": 0.5}, "floor"),
