@@ -346,7 +346,7 @@ def _feature_names(a: argparse.Namespace, reference: pd.DataFrame) -> list[str]:
 
 def cmd_gate(a: argparse.Namespace) -> int:
     data = read_yaml_mapping(a.config) or {}
-    for name in ("min_gain", "min_labelled", "auc_floor"):
+    for name in ("min_gain", "min_z", "min_labelled", "auc_floor"):
         if getattr(a, name) is not None:
             data[name] = getattr(a, name)
     try:
@@ -655,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--alerts", type=Path, help="drift alerts (JSONL from `drift --alerts`)")
     g.add_argument("--config", type=Path, help="gate settings (YAML mapping, see GateConfig)")
     g.add_argument("--min-gain", type=float, help="AUC a challenger must win by")
+    g.add_argument(
+        "--min-z", type=float, help="standard errors its gain must lie above zero (paired, DeLong; 1.645: 95 %%)"
+    )
     g.add_argument("--min-labelled", type=int, help="labelled answers each side needs")
     g.add_argument("--auc-floor", type=float, help="demote official models below this AUC")
     g.add_argument("--out", type=Path, help="write the next policy file here (only when something changes)")

@@ -179,6 +179,10 @@ def test_gate_writes_the_next_policy(
     code, _, err = run(capsys, "gate", "--decisions", log["decisions"], "--labels", log["labels"], "--policy",
                        DEFAULT_PATH, "--min-gain", -1)  # fmt: skip
     assert code == 2 and "min_gain:" in err
+    # --min-z: a gain far beyond any sampling noise is asked for, so logreg stays a challenger.
+    code, out, _ = run(capsys, "gate", "--decisions", log["decisions"], "--labels", log["labels"], "--policy",
+                       DEFAULT_PATH, "--min-labelled", 300, "--auc-floor", 0.6, "--min-z", 9)  # fmt: skip
+    assert code == 0 and "logreg: kept" in out and "< min_z 9" in out
 
 
 def test_replay(log: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
