@@ -20,6 +20,10 @@ the fault suite, the demo and the tests is made here, so one change of a setting
   connector's ``properties.*`` table options (``ClientSecurity.flink_table_options``) for the job. A
   process uses one file (``use_config_file``; ``security_context`` switches it for a block).
 
+librdkafka's own log lines (a refused connection is logged ~10 times a second per client while a broker
+is down) go through ``LibrdkafkaLog``: each kind at most once a minute per client, with a count, like
+``ClientErrors`` does for the errors.
+
 librdkafka semantics the callers must keep: a producer's delivery callbacks run only inside
 ``poll()``/``flush()`` (``Producer.send`` polls after each record; long-lived producers must keep
 polling or flush); ``Consumer.consume(n, timeout)`` returns records and events (errors, EOF) mixed
@@ -102,6 +106,31 @@ def java_partition(key: bytes, partitions: int) -> int:
 
 
 # --- errors are counted and shown, never dropped ---------------------------------------------------
+
+
+class LibrdkafkaLog:
+    """librdkafka's ``logger``: each log facility (``FAIL``, ``METADATAUPDATE``, ...) of one client at
+    most once a minute, with how many came since; what librdkafka would otherwise print to stderr
+    itself, once per reconnect attempt. confluent-kafka calls ``log(level, "%s [%s] %s", fac, client,
+    text)`` from ``poll``/``consume``/``flush``."""
+
+    def __init__(self, name: str, out: TextIO | None = None) -> None:
+        self.name = name
+        self.out = out
+        self.counts: Counter[str] = Counter()
+        self._noted: dict[str, tuple[float, int]] = {}  # facility -> (when printed, count then)
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        fac = str(args[0]) if args else "LOG"
+        text = str(args[-1]) if len(args) >= 3 else (fmt % args if args else fmt)
+        self.counts[fac] += 1
+        now = time.monotonic()
+        noted = self._noted.get(fac)
+        if noted is not None and now - noted[0] < ERROR_NOTE_EVERY_S:
+            return
+        held = "" if noted is None else f" ({self.counts[fac] - noted[1]} of this kind since the last note)"
+        self._noted[fac] = (now, self.counts[fac])
+        print(f"kafka {self.name}: [{fac}] {text}{held}", file=self.out or sys.stderr, flush=True)
 
 
 class ClientErrors:
@@ -607,7 +636,15 @@ class Producer(confluent_kafka.Producer):
         self.name = name
         self.delivery_errors = DeliveryErrors(name, errors_out)
         self.client_errors = ClientErrors(name, errors_out)
-        super().__init__({"on_delivery": self.delivery_errors, "error_cb": self.client_errors, **config})
+        self.log = LibrdkafkaLog(name, errors_out)
+        super().__init__(
+            {
+                "on_delivery": self.delivery_errors,
+                "error_cb": self.client_errors,
+                "logger": self.log,
+                **config,
+            }
+        )
 
     def send(
         self,
@@ -706,7 +743,8 @@ class Consumer(confluent_kafka.Consumer):
         self.name = name
         self.client_errors = ClientErrors(name, errors_out)
         self._subscribed: list[str] = []
-        super().__init__({"error_cb": self.client_errors, **config})
+        self.log = LibrdkafkaLog(name, errors_out)
+        super().__init__({"error_cb": self.client_errors, "logger": self.log, **config})
 
     def subscribe(self, topics: list[str], *args: Any, **kwargs: Any) -> None:
         self._subscribed = list(topics)
@@ -814,6 +852,7 @@ def admin(
         "bootstrap.servers": bootstrap,
         "client.id": client_id,
         "error_cb": errors if errors is not None else ClientErrors(client_id, quiet=quiet),
+        "logger": LibrdkafkaLog(client_id),
     }
     if quiet:
         config["log_level"] = 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import socket
+import time
 from typing import Any
 
 import pytest
@@ -113,6 +115,46 @@ def test_client_errors_are_counted_and_each_kind_shown_once_a_minute(monkeypatch
         "kafka runner-gbt: 1/1 brokers are down",
         "kafka runner-gbt: Connect to ipv4#127.0.0.1:9092 failed (5 of this kind since the last note)",
     ]
+
+
+def test_librdkafka_log_lines_each_facility_once_a_minute(monkeypatch: Any) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(kafka_client.time, "monotonic", lambda: now[0])
+    out = io.StringIO()
+    log = kafka_client.LibrdkafkaLog("runner-gbt", out)
+    refused = "127.0.0.1:9092/bootstrap: Connect to ipv4#127.0.0.1:9092 failed: Connection refused"
+    for _ in range(40):  # what librdkafka logs while a broker is down for ~4 s
+        log.log(3, "%s [%s] %s", "FAIL", "runner-gbt#consumer-1", refused)
+    log.log(4, "%s [%s] %s", "METADATAUPDATE", "runner-gbt#consumer-1", "new leader not found")
+    now[0] += 61
+    log.log(3, "%s [%s] %s", "FAIL", "runner-gbt#consumer-1", refused)
+    assert log.counts == {"FAIL": 41, "METADATAUPDATE": 1}
+    assert out.getvalue().splitlines() == [
+        f"kafka runner-gbt: [FAIL] {refused}",
+        "kafka runner-gbt: [METADATAUPDATE] new leader not found",
+        f"kafka runner-gbt: [FAIL] {refused} (40 of this kind since the last note)",
+    ]
+
+
+def test_a_client_with_no_broker_prints_a_few_lines_not_one_per_reconnect(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The real librdkafka, pointed at a port nobody listens on: it logs a refused connection on every
+    reconnect attempt (dozens in two seconds); through LibrdkafkaLog and ClientErrors they are a few lines."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = kafka_client.consumer(f"127.0.0.1:{port}", "g", topics=["t"], reconnect_backoff_ms=10)
+    try:
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            c.consume(10, 0.1)
+    finally:
+        c.close()
+    err = capfd.readouterr().err
+    assert c.log.counts["FAIL"] >= 10, c.log.counts  # librdkafka did log every attempt ...
+    assert err.count("Connect to") <= 4, err  # ... and this many lines reached stderr
+    assert "%3|" not in err  # none printed by librdkafka itself
 
 
 def test_failed_deliveries_are_counted_and_the_first_ones_shown() -> None:
