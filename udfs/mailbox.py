@@ -7,7 +7,15 @@ pickled object, so module renames cannot break a restore. Its life:
     recorded) -> closed (decision log and canary records out; a small tombstone stays for
     ``dedupe_retention_ms`` so a replayed or duplicate request never gets a second answer) -> gone.
 
-Scores that arrive before their request wait in the mailbox up to ``orphan_timeout_ms``.
+Scores (and ticks) that arrive before their request wait in the mailbox for it. When it has not come
+within ``orphan_timeout_ms`` (a processing-time timer), each score held is reported as a dead letter
+(``orphan_score``), and so is every score that arrives after that while the request still has not come;
+but the mailbox, now ``orphaned``, keeps them for ``dedupe_retention_ms`` more, and a request that comes
+in that time is answered over them exactly as if it had come before the timeout (``_fold``). So the
+timeout only reports: it never changes an answer, although a replay after a crash runs it out at another
+place among the records than the first run did. Then the mailbox is dropped, and a request after that
+is a new one, answered without them (as a duplicate after the retention is answered again); with a
+retention of 0, which promises no dedupe either, it is dropped at the timeout.
 
 Time, for the policy, is logical: ``clock_ms`` counts milliseconds after the request arrived and moves
 only by ticks (``on_tick``). When a wait or the deadline runs out (a processing-time timer at
@@ -19,10 +27,11 @@ partition again, decides the same way, wherever the request itself falls in the 
 every score that reached Kafka before the tick counts, however late the job reads it.
 
 State stays bounded: every mailbox always has a timer that ends in clearing it (the decision, the
-close, the tombstone's expiry, the orphan timeout), and a mailbox keeps at most the first score of
-each policy model plus ``MAX_EXTRA_SCORES`` others (duplicates, unknown models); more are dead
-letters (``too_many_scores``). Each step counts ``mailboxes_opened`` / ``mailboxes_cleared`` so the
-adapter can report the live mailboxes (keyed state entries) as a metric.
+close, the tombstone's expiry; without a request, the orphan timeout and then its retention), and a
+mailbox keeps at most the first score of each policy model plus ``MAX_EXTRA_SCORES`` others
+(duplicates, unknown models); more are dead letters (``too_many_scores``). Each step counts
+``mailboxes_opened`` / ``mailboxes_cleared`` so the adapter can report the live mailboxes (keyed state
+entries) as a metric.
 Each transition returns the records to emit and sets ``wake_at_ms``, the next time the mailbox
 needs a timer; the Flink adapter only stores state, registers that timer and routes the records.
 """
@@ -103,6 +112,9 @@ class Mailbox:
     clock_ms: int = 0
     due_ms: int | None = None
     ticks: list[list[int]] = field(default_factory=list)
+    # No request yet and the orphan timeout ran out: the scores held were reported as dead letters (and
+    # every score arriving now is at once); still held for a request that comes late. Absent: False.
+    orphaned: bool = False
 
     @property
     def has_request(self) -> bool:
@@ -140,6 +152,7 @@ class Mailbox:
                 **({"clk": self.clock_ms} if self.clock_ms else {}),
                 **({"due": self.due_ms} if self.due_ms is not None else {}),
                 **({"ticks": self.ticks} if self.ticks else {}),
+                **({"orphaned": True} if self.orphaned else {}),
             }
         )
 
@@ -199,6 +212,7 @@ class Mailbox:
             clock_ms=d.get("clk", 0),
             due_ms=d.get("due"),
             ticks=d.get("ticks", []),
+            orphaned=d.get("orphaned", False),
         )
 
 
@@ -239,6 +253,7 @@ def on_request(
     mb.sent_at_ms = req.sent_at_ms
     mb.deadline_ms = req.deadline_ms
     mb.received_at_ms = now_ms
+    mb.orphaned = False  # a request after the orphan timeout: answered as one before it (_fold)
     if policy.bandit is not None:
         state = posteriors or bandit.new_state(prior=policy.bandit.prior, discount=policy.bandit.discount)
         mb.choice = bandit.choose_for_request(state, policy.bandit_arms, req.request_id, str(policy.version))
@@ -316,6 +331,8 @@ def on_score(mb: Mailbox | None, score: Score, source: Source, policy: Policy, n
         step.counts.append(names.METRIC_LATE_SCORES)
     if mb.has_request and mb.result is None and not entry["duplicate"]:
         _evaluate(step, mb, policy, now_ms, by_timer=False)
+    elif mb.orphaned:  # no request yet: held for it all the same, and reported at once as the others were
+        step.outputs.append(_orphan_letter(mb, entry, policy, now_ms))
     return step
 
 
@@ -369,11 +386,7 @@ def _on_timer(mb: Mailbox, policy: Policy, now_ms: int, via_log: bool) -> Step:
         step.mailbox = None
         return step
     if not mb.has_request:
-        if mb.scores:
-            step.outputs.extend(_orphan_letters(mb, now_ms))
-            step.counts.append(names.METRIC_ORPHANS)
-        step.counts.extend([names.METRIC_TICKS_IGNORED] * len(mb.ticks))
-        step.mailbox = None
+        _orphan_timer(step, mb, policy, now_ms)
         return step
     if mb.result is not None:
         _close(step, mb, policy, now_ms)
@@ -393,6 +406,22 @@ def _on_timer(mb: Mailbox, policy: Policy, now_ms: int, via_log: bool) -> Step:
         mb.clock_ms = max(mb.clock_ms, mb.due_ms)
         _evaluate(step, mb, policy, now_ms, by_timer=True)
     return step
+
+
+def _orphan_timer(step: Step, mb: Mailbox, policy: Policy, now_ms: int) -> None:
+    """No request yet. At the orphan timeout: the scores held become dead letters, and the mailbox keeps
+    them (and any ticks) for ``dedupe_retention_ms`` in case the request still comes, so that the timeout,
+    a processing-time timer, never changes an answer. When that runs out too (or there is none): gone."""
+    if not mb.orphaned:
+        if mb.scores:
+            step.outputs.extend(_orphan_letter(mb, s, policy, now_ms) for s in mb.scores)
+            step.counts.append(names.METRIC_ORPHANS)
+        if policy.dedupe_retention_ms > 0:
+            mb.orphaned = True
+            mb.wake_at_ms = now_ms + policy.dedupe_retention_ms
+            return
+    step.counts.extend([names.METRIC_TICKS_IGNORED] * len(mb.ticks))
+    step.mailbox = None
 
 
 def _evaluate(
@@ -534,19 +563,22 @@ def agreement(official: Any, canary: dict[str, Any] | None) -> bool | None:
     return None
 
 
-def _orphan_letters(mb: Mailbox, now_ms: int) -> list[Out]:
-    outs = []
-    for s in mb.scores:
-        topic, partition, offset = s["src"]
-        detail = f"no request with this id arrived within the orphan timeout (score from {s['model_id']})"
-        # Cut here, before the builder, as it always was: so raw_truncated stays false even for the rare
-        # score whose JSON is longer (an error text of non-ASCII characters, which json.dumps escapes).
-        raw = json.dumps(_public_score(s))[:RAW_PREFIX_CHARS]
-        dead = dead_letter(
-            names.REASON_ORPHAN_SCORE, detail, Source(topic, partition, offset), raw, mb.request_id
+def _orphan_letter(mb: Mailbox, s: dict[str, Any], policy: Policy, now_ms: int) -> Out:
+    """The dead letter of a score held in a mailbox whose orphan timeout ran out without the request."""
+    topic, partition, offset = s["src"]
+    detail = f"no request with this id arrived within the orphan timeout (score from {s['model_id']})"
+    if policy.dedupe_retention_ms > 0:
+        detail += (
+            f"; held for the dedupe retention ({policy.dedupe_retention_ms} ms after the orphan timeout) "
+            "in case the request still comes"
         )
-        outs.append(Out(DEAD_LETTER, dead_letter_to_dict(dead, now_ms)))
-    return outs
+    # Cut here, before the builder, as it always was: so raw_truncated stays false even for the rare
+    # score whose JSON is longer (an error text of non-ASCII characters, which json.dumps escapes).
+    raw = json.dumps(_public_score(s))[:RAW_PREFIX_CHARS]
+    dead = dead_letter(
+        names.REASON_ORPHAN_SCORE, detail, Source(topic, partition, offset), raw, mb.request_id
+    )
+    return Out(DEAD_LETTER, dead_letter_to_dict(dead, now_ms))
 
 
 def _archive_row(req: Request, raw: str, source: Source, now_ms: int) -> ArchiveRow:

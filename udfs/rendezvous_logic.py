@@ -241,6 +241,7 @@ class RendezvousLogic:
         self.tally = model_metrics.Tally()
         # Open mailboxes by request id, as last written to state: a record of an open mailbox is applied
         # without reading and parsing its state again. Empty after every (re)start: state is the truth.
+        # Tombstones and orphaned mailboxes (both kept for the dedupe retention) are not cached.
         self._open: dict[str, mbx.Mailbox] = {}
         self._model_ids: dict[int, tuple[str, ...]] = {}
         self._metered_models: set[str] = set()
@@ -320,7 +321,8 @@ class RendezvousLogic:
 
     def _load(self, request_id: str | None, read_state: Callable[[], str | None]) -> mbx.Mailbox | None:
         """The mailbox of the current key: from ``self._open`` (open mailboxes, as this instance last
-        wrote them), else from keyed state (after a restart, and for tombstones, which are not cached)."""
+        wrote them), else from keyed state (after a restart, and for tombstones and orphaned mailboxes,
+        which are not cached)."""
         mb = self._open.get(request_id) if request_id is not None else None
         if mb is not None:
             return mb
@@ -411,7 +413,7 @@ class RendezvousLogic:
             self._open.pop(request_id, None)
         else:
             state, clear = mb.to_json(), False
-            if mb.closed:
+            if mb.closed or mb.orphaned:  # kept for the dedupe retention, rarely read: not cached
                 self._open.pop(request_id, None)
             else:
                 self._open[request_id] = mb

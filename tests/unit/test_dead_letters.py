@@ -248,15 +248,34 @@ def test_the_mailbox_refusing_a_score_after_close(error: str | None) -> None:
     assert_text_kept(got, json.dumps(score_to_dict(score)))
 
 
+ORPHAN_DETAIL = (
+    "no request with this id arrived within the orphan timeout (score from gbt); held for the dedupe "
+    f"retention ({DEFAULT.dedupe_retention_ms} ms after the orphan timeout) in case the request still comes"
+)
+
+
 @pytest.mark.parametrize("error", [None, "boom", "é" * 1024])
-def test_the_mailbox_giving_up_on_orphans(error: str | None) -> None:
+@pytest.mark.parametrize("when", ["at the timeout", "after the timeout"])
+def test_the_mailbox_giving_up_on_orphans(error: str | None, when: str) -> None:
+    """The dead letter of an orphan score: made when the orphan timeout runs out for the scores held
+    then, and at once for a score arriving into the mailbox after it (still held, for the request)."""
     src = Source("scores", 1, 9)
-    mb = on_score(None, _score(error=error), src, DEFAULT, AT).mailbox
-    assert mb is not None and mb.wake_at_ms is not None
-    [got] = _dead_letters(on_timer(mb, DEFAULT, mb.wake_at_ms).outputs)
-    public = json.dumps({k: v for k, v in mb.scores[0].items() if k not in ("src", "request_id")})
-    detail = "no request with this id arrived within the orphan timeout (score from gbt)"
-    assert_record(got, names.REASON_ORPHAN_SCORE, detail, src, "r-1", mb.wake_at_ms)
+    if when == "at the timeout":
+        mb = on_score(None, _score(error=error), src, DEFAULT, AT).mailbox
+        assert mb is not None and mb.wake_at_ms is not None
+        at = mb.wake_at_ms
+        [got] = _dead_letters(on_timer(mb, DEFAULT, at).outputs)
+        held = mb.scores[0]
+    else:
+        mb = on_score(None, _score(model="logreg"), Source("scores", 1, 8), DEFAULT, AT).mailbox
+        assert mb is not None and mb.wake_at_ms is not None
+        mb = on_timer(mb, DEFAULT, mb.wake_at_ms).mailbox
+        assert mb is not None and mb.orphaned
+        at = AT + DEFAULT.orphan_timeout_ms + 1
+        [got] = _dead_letters(on_score(mb, _score(error=error), src, DEFAULT, at).outputs)
+        held = mb.scores[1]
+    public = json.dumps({k: v for k, v in held.items() if k not in ("src", "request_id")})
+    assert_record(got, names.REASON_ORPHAN_SCORE, ORPHAN_DETAIL, src, "r-1", at)
     assert (got["raw"], got["raw_encoding"]) == (public[:TEXT_CHARS], "utf-8")
     # Cut before the builder, as it always was: never flagged, even when the score's JSON was longer.
     assert got["raw_truncated"] is False

@@ -228,6 +228,45 @@ def metered(monkeypatch: pytest.MonkeyPatch) -> Any:
     return _metered(monkeypatch)
 
 
+def test_an_orphan_is_reported_at_its_timeout_and_kept_for_its_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The orphan timeout's timer: dead letters out, the mailbox kept (orphaned, read from state, not
+    the open-mailbox cache) with a timer at the dedupe retention; the request then is answered with the
+    held score."""
+    clock = {"now": 1_000_000}
+    monkeypatch.setattr(flink_fn, "_now_ms", lambda: clock["now"])
+    timers, runtime = FakeTimers(), RecordingRuntime(FakeState())
+    fn = flink_fn.MailboxFunction(POLICY, clock=names.CLOCK_LOCAL)  # timers decide at once
+    fn.open(runtime)  # type: ignore[arg-type]
+    state, group = runtime.state, runtime.group
+    t0 = clock["now"]
+    score = {
+        "request_id": "r1", "model_id": "tree", "model_version": "1", "status": "ok",
+        "output": {"label": 0}, "scored_at_ms": 1, "latency_ms": 1.0,
+    }  # fmt: skip
+    assert list(fn.process_element(_row(SCORE_RECORD, score), FakeCtx(timers))) == []
+    assert timers.pending == {t0 + POLICY.orphan_timeout_ms}
+    out = _fire_due(fn, timers, clock, t0 + POLICY.orphan_timeout_ms)
+    assert [(o[0], json.loads(o[2])["reason"]) for o in out] == [(mbx.DEAD_LETTER, "orphan_score")]
+    assert timers.pending == {t0 + POLICY.orphan_timeout_ms + POLICY.dedupe_retention_ms}
+    text = state.value()
+    assert text is not None and mbx.Mailbox.from_json(text).orphaned
+    assert "r1" not in fn.logic._open
+    clock["now"] += 5
+    out = list(fn.process_element(_row(REQUEST_RECORD, REQUEST), FakeCtx(timers)))
+    assert [o[0] for o in out] == [flink_fn.ARCHIVE]
+    out = _fire_due(fn, timers, clock, clock["now"] + 100)  # gbt's wait, then tree at the deadline
+    (result,) = [json.loads(o[2]) for o in out if o[0] == mbx.RESULT]
+    assert (result["model_id"], result["output"]) == ("tree", {"label": 0})
+    _fire_due(fn, timers, clock, clock["now"] + 10**6)
+    assert state.value() is None and timers.pending == set()
+    fn.counters.flush(clock["now"])
+    counts = group.counts()
+    assert counts[names.METRIC_ORPHANS] == counts[names.dead_letter_metric("orphan_score")] == 1
+    assert counts[names.METRIC_MAILBOXES_OPENED] == counts[names.METRIC_MAILBOXES_CLEARED] == 1
+
+
 def test_the_mailbox_parses_each_record_and_counts_dead_letters_per_reason(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -512,11 +512,11 @@ def test_score_after_close() -> None:
     assert f.of(RESULT)[0][1]["reason"] == "no_answer"
 
 
-def test_orphan_scores_become_dead_letters() -> None:
-    p = policy_with(orphan_timeout_ms=50)
+def test_orphan_scores_become_dead_letters_and_still_wait_for_their_request() -> None:
+    p = policy_with(orphan_timeout_ms=50, dedupe_retention_ms=500)
     f = Flink(p)
-    f.score(10, make_score("gbt"), Source("scores", 0, 1))
-    f.score(30, make_score("gbt", "error"), Source("scores", 1, 2))
+    f.score(10, make_score("gbt", "error"), Source("scores", 0, 1))
+    f.score(30, make_score("gbt"), Source("scores", 1, 2))
     f.drain(until=59)
     assert f.kinds() == [] and f.state is not None
     f.drain(until=60)
@@ -526,15 +526,108 @@ def test_orphan_scores_become_dead_letters() -> None:
         (60, "orphan_score", 1, 2, RID),
     ]
     assert [json.loads(d["raw"])["duplicate"] for _, d in letters] == [False, True]
-    assert f.state is None and f.cleared == [60] and f.counts.count(names.METRIC_ORPHANS) == 1
+    assert letters[0][1]["detail"] == (
+        "no request with this id arrived within the orphan timeout (score from gbt); held for the dedupe "
+        "retention (500 ms after the orphan timeout) in case the request still comes"
+    )
     for _, d in letters:
         assert_valid(DEAD_LETTER, d)
-    # The request comes after all: a fresh mailbox, the orphans are gone.
-    f.request(70, *make_request(70))
+    # Reported, not dropped: the mailbox keeps the scores for the dedupe retention, flagged orphaned.
+    assert f.counts.count(names.METRIC_ORPHANS) == 1 and f.cleared == []
+    mb = f.load()
+    assert mb is not None and mb.orphaned and mb.wake_at_ms == 60 + 500 and len(mb.scores) == 2
+    assert '"orphaned":true' in f.state
+    # A score arriving now is held as well, and reported at once (one dead letter per orphan score).
+    f.score(80, make_score("logreg", output={"label": 0}), Source("scores", 0, 3))
+    assert [(t, d["reason"], d["offset"]) for t, d in f.of(DEAD_LETTER)[2:]] == [(80, "orphan_score", 3)]
+    assert f.counts.count(names.METRIC_ORPHANS) == 1  # per mailbox
+    # The request comes after all: answered over the held scores at once, as if it had come before the
+    # timeout (gbt's first score failed and its second is a duplicate: logreg's is the answer).
+    f.request(100, *make_request(100))
+    mb = f.load()
+    assert mb is not None and not mb.orphaned and '"orphaned"' not in f.state
+    f.drain()
+    ((t, result),) = f.of(RESULT)
+    assert (t, result["model_id"], result["reason"], result["failed"]) == (100, "logreg", "fallback", ["gbt"])
+    ((_, decision),) = f.of(DECISION)
+    assert [s["model_id"] for s in decision["scores"]] == ["gbt", "gbt", "logreg"]
+    assert len(f.of(DEAD_LETTER)) == 3 and f.state is None
+
+
+def test_an_orphan_is_dropped_after_the_retention_and_a_later_request_is_a_new_one() -> None:
+    p = policy_with(orphan_timeout_ms=50, dedupe_retention_ms=500)
+    f = Flink(p)
+    f.score(10, make_score("gbt"), Source("scores", 0, 1))
+    f.drain(until=559)
+    assert [t for t, _ in f.of(DEAD_LETTER)] == [60] and f.state is not None and f.cleared == []
+    assert on_timer(f.load(), p, 559).mailbox == f.load()  # type: ignore[arg-type]  # a stale timer: nothing
+    f.drain(until=560)
+    assert f.state is None and f.cleared == [560] and len(f.of(DEAD_LETTER)) == 1  # no second letter
+    assert f.counts.count(names.METRIC_ORPHANS) == 1
+    # The request after the retention: a fresh mailbox, the orphans are gone (as a duplicate after the
+    # retention is answered again).
+    f.request(600, *make_request(600))
     fresh = f.load()
-    assert fresh is not None and fresh.scores == [] and fresh.first_seen_ms == 70
-    f.drain(until=170)
+    assert fresh is not None and fresh.scores == [] and fresh.first_seen_ms == 600
+    f.drain()
     assert f.of(RESULT)[0][1]["reason"] == "no_answer"
+
+
+def test_without_dedupe_retention_an_orphan_is_dropped_at_its_timeout() -> None:
+    p = policy_with(orphan_timeout_ms=50, dedupe_retention_ms=0)
+    f = Flink(p)
+    f.score(10, make_score("gbt"), Source("scores", 0, 1))
+    f.drain(until=60)
+    ((t, letter),) = f.of(DEAD_LETTER)
+    assert (t, letter["reason"]) == (60, "orphan_score")
+    assert letter["detail"] == "no request with this id arrived within the orphan timeout (score from gbt)"
+    assert f.state is None and f.cleared == [60]
+
+
+def test_ticks_before_their_request_are_kept_past_the_orphan_timeout() -> None:
+    """A tick read before its request (a replay reading the scores topic ahead of the requests) is kept
+    as scores are: the orphan timeout reports nothing (a tick is not a score), and a request after it is
+    answered as one before it."""
+    p = policy_with(orphan_timeout_ms=50, dedupe_retention_ms=500)
+    tick = Tick(RID, 100, p.version, 0)  # the deadline ran out in the first run
+    answers = []
+    for request_at in (20, 70):  # before the orphan timeout, after it
+        f = Flink(p)
+        f.score(0, make_score("tree"), Source("scores", 0, 1))
+        f.advance(5)
+        f.apply(5, on_tick(f.load(), tick, p, 5))  # read after the score
+        f.drain(until=request_at - 1)
+        mb = f.load()
+        assert mb is not None and mb.ticks == [[1, 100]] and mb.orphaned is (request_at > 50)
+        assert [t for t, _ in f.of(DEAD_LETTER)] == ([50] if request_at > 50 else [])
+        f.request(request_at, *make_request(request_at))
+        ((t, result),) = f.of(RESULT)
+        assert t == request_at
+        answers.append((result["model_id"], result["reason"], result["trigger"]))
+    assert answers[0] == answers[1] and answers[0][0] == "tree"
+
+    # Only ticks, and no request ever: kept through the orphan timeout without a dead letter, then dropped.
+    f = Flink(p)
+    f.apply(0, on_tick(None, tick, p, 0))
+    f.drain(until=50)
+    assert f.outs == [] and f.load().orphaned and f.load().wake_at_ms == 550  # type: ignore[union-attr]
+    assert names.METRIC_ORPHANS not in f.counts
+    f.drain()
+    assert f.state is None and f.cleared == [550] and f.outs == []
+    assert f.counts.count(names.METRIC_TICKS_IGNORED) == 1
+
+
+def test_the_orphaned_flag_is_kept_in_state_only_when_set() -> None:
+    p = policy_with(orphan_timeout_ms=50)
+    mb = on_score(None, make_score("gbt"), Source("scores", 0, 1), p, 0).mailbox
+    assert mb is not None and not mb.orphaned
+    text = mb.to_json()
+    assert '"orphaned"' not in text  # what state written before the flag existed looks like
+    assert Mailbox.from_json(text).orphaned is False and Mailbox.from_json(text) == mb
+    orphaned = on_timer(mb, p, 50).mailbox
+    assert orphaned is not None and orphaned.orphaned and not orphaned.is_tombstone
+    again = Mailbox.from_json(orphaned.to_json())
+    assert again == orphaned and again.orphaned and again.to_json() == orphaned.to_json()
 
 
 def test_no_dedupe_retention_clears_at_close() -> None:
@@ -1103,7 +1196,9 @@ def test_one_request_lifecycle_log_clock(
 
 @st.composite
 def orphan_cases(draw: st.DrawFn) -> tuple[Policy, list[Ev]]:
-    policy = policy_with(orphan_timeout_ms=draw(st.integers(1, 100)))
+    policy = policy_with(
+        orphan_timeout_ms=draw(st.integers(1, 100)), dedupe_retention_ms=draw(st.integers(0, 150))
+    )
     evs = []
     for k in range(draw(st.integers(1, 8))):
         mid = draw(st.sampled_from(["gbt", "logreg", "base", "mlp", "ghost"]))
@@ -1118,20 +1213,27 @@ def orphan_cases(draw: st.DrawFn) -> tuple[Policy, list[Ev]]:
 def test_scores_without_a_request_are_orphans(case: tuple[Policy, list[Ev]]) -> None:
     policy, evs = case
     f = run(policy, evs)
-    # Group the scores by mailbox: one opens at a score with no mailbox and closes orphan_timeout_ms later.
-    groups: list[tuple[int, list[Ev]]] = []
+    # Group the scores by mailbox: one opens at a score with no mailbox; its orphan timeout runs out
+    # orphan_timeout_ms later and reports the scores held then; it is cleared dedupe_retention_ms after
+    # that, and a score arriving in between is held and reported at once. (Records at a timer's ms come
+    # first: a score at the timeout is reported by it, one at the clearing is held and reported.)
+    groups: list[tuple[int, int, list[Ev]]] = []  # (orphan timeout, cleared at, scores)
+    want = []
     for e in evs:
-        if groups and e.t <= groups[-1][0]:
-            groups[-1][1].append(e)
-        else:
-            groups.append((e.t + policy.orphan_timeout_ms, [e]))
-    want = [(expiry, e.src.offset, "orphan_score") for expiry, group in groups for e in group]
+        if not groups or e.t > groups[-1][1]:
+            timeout = e.t + policy.orphan_timeout_ms
+            groups.append((timeout, timeout + policy.dedupe_retention_ms, []))
+        timeout, _, group = groups[-1]
+        group.append(e)
+        want.append((max(timeout, e.t), e.src.offset, "orphan_score"))
     got = [(t, d["offset"], d["reason"]) for t, d in f.of(DEAD_LETTER)]
     assert got == want
     assert f.kinds() == [DEAD_LETTER] * len(evs)
-    assert f.cleared == [expiry for expiry, _ in groups] and f.state is None
+    assert f.cleared == [cleared for _, cleared, _ in groups] and f.state is None
     assert f.counts.count(names.METRIC_ORPHANS) == len(groups)
-    for (_, d), e in zip(f.of(DEAD_LETTER), [e for _, g in groups for e in g], strict=True):
+    if any(e.t > timeout for timeout, _, g in groups for e in g):
+        event("a score into an orphaned mailbox")
+    for (_, d), e in zip(f.of(DEAD_LETTER), evs, strict=True):
         assert e.score is not None
         assert d["request_id"] == RID and d["source_topic"] == "scores"
         assert json.loads(d["raw"])["model_id"] == e.score.model_id
@@ -1193,11 +1295,21 @@ def test_the_cap_applies_to_orphans_too() -> None:
     f = Flink(policy_with(orphan_timeout_ms=50))
     for k in range(MAX_EXTRA_SCORES + 3):
         f.score(1, make_score("gbt"), Source("scores", 0, k))
-    f.drain()
+    f.drain(until=51)
     reasons = [d["reason"] for _, d in f.of(DEAD_LETTER)]
     assert reasons.count("too_many_scores") == 2  # gbt's first + 16 duplicates kept
     assert reasons.count("orphan_score") == MAX_EXTRA_SCORES + 1
-    assert f.state is None
+    # Also once the orphan timeout ran out: one more duplicate is refused (not held, so no orphan letter);
+    # the first score of another policy model is held and reported as an orphan.
+    f.score(60, make_score("gbt"), Source("scores", 0, 100))
+    f.score(61, make_score("logreg"), Source("scores", 0, 101))
+    assert [(d["reason"], d["offset"]) for _, d in f.of(DEAD_LETTER)[-2:]] == [
+        ("too_many_scores", 100),
+        ("orphan_score", 101),
+    ]
+    assert len(f.load().scores) == MAX_EXTRA_SCORES + 2  # type: ignore[union-attr]
+    f.drain()
+    assert f.state is None and len(f.of(DEAD_LETTER)) == MAX_EXTRA_SCORES + 5
 
 
 def test_version_1_state_still_loads_and_is_written_as_version_2() -> None:
@@ -1344,8 +1456,9 @@ def test_sustained_load_keeps_state_bounded() -> None:
     advance(10**9)
     assert states == {} and live == 0  # everything expires
 
-    # Lifetime of a request's state: deadline + late window + tombstone retention; orphans: the timeout.
-    bound = rate * (100 + 100 + 1000) // 1000 + (rate // 20) * 300 // 1000 + 10
+    # Lifetime of a request's state: deadline + late window + tombstone retention; orphans: the timeout and
+    # the retention after it (held for a request that comes late).
+    bound = rate * (100 + 100 + 1000) // 1000 + (rate // 20) * (300 + 1000) // 1000 + 10
     steady = [n for t, n, _ in samples if t >= 2000]
     assert max(n for _, n, _ in samples) <= bound
     assert max(steady) - min(steady) <= 20  # flat: the state does not creep up under sustained load
