@@ -58,8 +58,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,10 @@ RUNNERS = (
     stack.RunnerSpec("tree", latency_ms=40, jitter_ms=40, seed=3),
     stack.RunnerSpec("base", seed=4),
 )
+# The same four models in one runner process (runners/runner.py --also, `--runners one`): one fetch of
+# each request for all four and their scores in shared produce requests; the models live and die together.
+ONE_PROCESS_RUNNERS = (replace(RUNNERS[0], also=RUNNERS[1:]),)
+RUNNER_LAYOUTS = {"processes": RUNNERS, "one": ONE_PROCESS_RUNNERS}
 DEFAULT_RATES = "25,50,100,250,500,833,1000,1500,2000,2500,3000,4000"
 # The parts `make bench` runs (--only's default)
 DEFAULT_PARTS = "clients,floor,job,first_in_order,wait_for_all,delivery,clock,addresses,models,scale"
@@ -653,7 +657,7 @@ def many_models_runners(
 
 
 def scores_per_request(runners: Sequence[stack.RunnerSpec]) -> int:
-    return sum(len(s.model_ids) or 1 for s in runners)
+    return sum((len(s.model_ids) or 1) + len(s.also) for s in runners)
 
 
 def models_stack(
@@ -1058,7 +1062,11 @@ def stack_ladder(
             if saturated(step):
                 say(f"[{label}] saturated at {rate:.0f}/s: the ladder stops here")
                 break
-        out: dict[str, Any] = {"policy": str(policy.relative_to(REPO_ROOT)), "steps": steps}
+        out: dict[str, Any] = {
+            "policy": str(policy.relative_to(REPO_ROOT)),
+            "runner_processes": [s.name for s in runners],
+            "steps": steps,
+        }
         if job_overrides:
             out["job_overrides"] = list(job_overrides)
         if warmup:
@@ -1310,10 +1318,17 @@ def job_section(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def _layout(run: Mapping[str, Any]) -> str:
+    """How the ladder's models ran: a process each (the default), or together (``--runners one``)."""
+    processes = run.get("runner_processes") or []
+    return f", in one process ({processes[0]})" if len(processes) == 1 and "+" in processes[0] else ""
+
+
 def stack_section(label: str, run: dict[str, Any]) -> list[str]:
     """One whole-stack ladder: a row per rate, the sustained rate, its warm-up and the idle stack."""
     lines = [
-        f"## Whole stack, `{label}` ({run['policy']}); runners: gbt 2 ms, logreg 1 ms, tree 40-80 ms, base (canary)",
+        f"## Whole stack, `{label}` ({run['policy']}); runners: gbt 2 ms, logreg 1 ms, tree 40-80 ms, base (canary)"
+        + _layout(run),
         "",
         *(
             [f"The job with: `{'`, `'.join(run['job_overrides'])}` (`--stack-job-args`).", ""]
@@ -1619,6 +1634,12 @@ def parser() -> argparse.ArgumentParser:
         "--rates", default=DEFAULT_RATES, help="ladder of offered loads (requests/s), comma-separated"
     )
     ap.add_argument("--seconds", type=float, default=15.0, help="duration of each rate step")
+    ap.add_argument(
+        "--runners",
+        choices=sorted(RUNNER_LAYOUTS),
+        default="processes",
+        help="the stack ladders' four models: a runner process each (default), or one process for all",
+    )
     ap.add_argument("--warmup", type=float, default=30.0, help="seconds of unrecorded load before measuring")
     ap.add_argument(
         "--warmup-max", type=float, default=180.0,
@@ -1711,8 +1732,9 @@ def main(argv: list[str] | None = None) -> int:
         return [float(x) for x in text.split(",") if x.strip()]
 
     parts = {p.strip() for p in a.only.split(",") if p.strip()}
+    runners = RUNNER_LAYOUTS[a.runners]
     result: dict[str, Any] = runinfo.run_info() | {
-        "runners": [asdict(s) for s in RUNNERS],
+        "runners": [asdict(s) for s in runners],
         "budget_ms": BUDGET_MS,
         "args": vars(a) | {"only": sorted(parts)},
     }
@@ -1751,16 +1773,17 @@ def main(argv: list[str] | None = None) -> int:
     if "first_in_order" in parts:
         result["stack"]["first_in_order"] = stack_ladder(
             BENCH_POLICY, floats(a.rates), a.seconds, a.warmup, "first_in_order", IDLE_S, a.warmup_max,
-            stack_overrides,
+            stack_overrides, runners,
         )  # fmt: skip
     elif "idle" in parts:
         result["stack"]["first_in_order"] = stack_ladder(
-            BENCH_POLICY, [], a.seconds, a.warmup, "first_in_order", IDLE_S, a.warmup_max, stack_overrides
-        )
+            BENCH_POLICY, [], a.seconds, a.warmup, "first_in_order", IDLE_S, a.warmup_max, stack_overrides,
+            runners,
+        )  # fmt: skip
     if "wait_for_all" in parts:
         result["stack"]["wait_for_all"] = stack_ladder(
             WAIT_FOR_ALL_POLICY, floats(a.wait_for_all_rates), a.seconds, a.warmup, "wait_for_all",
-            warmup_max_s=a.warmup_max, job_overrides=stack_overrides,
+            warmup_max_s=a.warmup_max, job_overrides=stack_overrides, runners=runners,
         )  # fmt: skip
     if "delivery" in parts:
         result["delivery"] = delivery_cost(a.delivery_rate, max(a.seconds, 30.0), a.warmup / 2)

@@ -69,16 +69,31 @@ class RunnerSpec:
     hang_after: int | None = None  # after this many requests the model answers nothing at all
     # Serve these ids instead of model_id's own (runners/runner.py --model-ids): one process, many models.
     model_ids: tuple[str, ...] = ()
+    # More models served by the same process, each with its own faults (runners/runner.py --also).
+    also: tuple[RunnerSpec, ...] = ()
 
     @property
     def name(self) -> str:
-        """The process's name (its log, its CPU column): the model, or the first id it serves."""
+        """The process's name (its log, its CPU column): the model, or the first id it serves, or every
+        model it serves."""
+        if self.also:
+            return "+".join([self.model_id, *(a.model_id for a in self.also)])
         return f"{self.model_id}-as-{self.model_ids[0]}" if self.model_ids else self.model_id
+
+    def also_arg(self, models_dir: Path) -> str:
+        """This spec as one ``--also`` value: its model directory and its faults."""
+        faults = {"latency_ms": self.latency_ms, "jitter_ms": self.jitter_ms, "fail_rate": self.fail_rate,
+                  "drop_rate": self.drop_rate, "seed": self.seed, "degrade_after": self.degrade_after,
+                  "hang_after": self.hang_after}  # fmt: skip
+        return ",".join(
+            [str(models_dir / self.model_id), *(f"{k}={v}" for k, v in faults.items() if v is not None)]
+        )
 
     def argv(self, models_dir: Path, bootstrap: str, requests_topic: str, scores_topic: str) -> list[str]:
         degrade = [] if self.degrade_after is None else ["--degrade-after", str(self.degrade_after)]
         hang = [] if self.hang_after is None else ["--hang-after", str(self.hang_after)]
         serves = ["--model-ids", ",".join(self.model_ids)] if self.model_ids else []
+        also = [x for a in self.also for x in ("--also", a.also_arg(models_dir))]
         return [
             sys.executable, "-m", "runners.runner",
             "--model-dir", str(models_dir / self.model_id),
@@ -93,6 +108,7 @@ class RunnerSpec:
             *degrade,
             *hang,
             *serves,
+            *also,
         ]  # fmt: skip
 
 

@@ -13,6 +13,12 @@ fail or drop, and the noise, are a hash of (seed, request_id), so a rerun inject
 --model-ids a,b,c serves several model ids from one process: each request is scored once and its score
 goes out once per id (a policy with many models without a process and a model each: what the job and
 the broker pay per extra model is the point, not the models).
+
+--also DIR[,key=value...] serves another model from the same process (repeatable): each request is read
+once and scored by every model, each model with its own injected faults (``latency_ms=1,seed=2``: the
+Faults fields). One consumer and one producer for all of them, so a request costs one fetch and the
+scores share produce requests; the price is isolation: the models live and die together
+(docs/performance.md, "One runner process for several models").
 """
 
 from __future__ import annotations
@@ -276,6 +282,33 @@ class Scheduler:
         return n
 
 
+@dataclass(frozen=True)
+class Served:
+    """One more model in the process (``--also``): the model and its own injected faults."""
+
+    model: ScoringModel
+    faults: Faults
+
+
+def parse_also(text: str) -> tuple[Path, Faults]:
+    """``--also DIR[,key=value...]``: a model directory and its Faults; ValueError naming what is wrong."""
+    head, *pairs = [x.strip() for x in text.split(",")]
+    if not head:
+        raise ValueError(f"--also {text!r}: starts with the model directory")
+    ints = {"seed", "hang_after", "degrade_after"}
+    known = {f for f in Faults.__dataclass_fields__}
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, raw = pair.partition("=")
+        if not eq or key not in known:
+            raise ValueError(f"--also {text!r}: {pair!r} is not key=value of {', '.join(sorted(known))}")
+        try:
+            values[key] = int(raw) if key in ints else float(raw)
+        except ValueError:
+            raise ValueError(f"--also {text!r}: {key} must be a number, got {raw!r}") from None
+    return Path(head), Faults(**values)
+
+
 def poll_timeout_ms(next_due_ms: float | None, now_ms: float, idle_ms: int = IDLE_POLL_MS) -> int:
     """How long the next poll may block: until the next score is due, at most idle_ms."""
     if next_due_ms is None:
@@ -310,6 +343,7 @@ def run(  # noqa: C901 - the poll loop with its faults and stats; the decisions 
     reconnect: Callable[[], Any] | None = None,
     rejoin_after_s: float = REJOIN_AFTER_S,
     model_ids: Sequence[str] = (),
+    also: Sequence[Served] = (),
 ) -> Counter[str]:
     """The loop: poll, admit, release due scores, until `stop` is set or max_seconds pass.
 
@@ -322,9 +356,13 @@ def run(  # noqa: C901 - the poll loop with its faults and stats; the decisions 
     consume/assignment/subscription and produce/poll/flush). The producer is polled every turn of the
     loop, which serves its delivery callbacks: a failed delivery is counted (``send_errors``) and the
     first few are printed. ``model_ids``: the ids its scores go out under (default: the model's own).
-    Returns the counters. Does not close the clients: the caller made them, the caller closes them.
+    ``also``: more models read the same requests, each with its own scheduler (its own faults).
+    Returns the counters (the models' summed). Does not close the clients: the caller made them.
     """
     scheduler = Scheduler(model.model_id, model.model_version, faults, model_ids)
+    lanes = [(model, scheduler)] + [
+        (s.model, Scheduler(s.model.model_id, s.model.model_version, s.faults)) for s in also
+    ]
     counts = scheduler.counts
     started = clock()
     deadline = None if max_seconds is None else started + max_seconds * 1000.0
@@ -343,7 +381,7 @@ def run(  # noqa: C901 - the poll loop with its faults and stats; the decisions 
             print(f"runner {model.model_id}: a score was not delivered: {error}", file=err, flush=True)
 
     def send_due(at_ms: float) -> None:
-        for request_id, record in scheduler.release(at_ms):
+        for request_id, record in (r for _, lane in lanes for r in lane.release(at_ms)):
             value = encode_score(record)
             while True:
                 try:
@@ -362,7 +400,8 @@ def run(  # noqa: C901 - the poll loop with its faults and stats; the decisions 
         now = clock()
         if deadline is not None and now >= deadline:
             break
-        timeout_s = poll_timeout_ms(scheduler.next_due_ms(), now) / 1000.0
+        due = [d for _, lane in lanes if (d := lane.next_due_ms()) is not None]
+        timeout_s = poll_timeout_ms(min(due, default=None), now) / 1000.0
         batch = kafka_client.consume_ready(consumer, max_records, timeout_s)
         if not ready:
             if consumer.assignment():
@@ -398,23 +437,30 @@ def run(  # noqa: C901 - the poll loop with its faults and stats; the decisions 
                     requests.append(parse_request(record.value()))
                 except MalformedRequest:
                     counts["malformed"] += 1
-            scheduler.admit(requests, received, model.score_batch, clock)
+            for m, lane in lanes:
+                lane.admit(requests, received, m.score_batch, clock)
         now = clock()
         send_due(now)
         since = now - last_stats
         busy = counts["consumed"] != last_consumed or counts["sent"] != last_sent
         if since >= (STATS_EVERY_S if busy else STATS_IDLE_EVERY_S) * 1000.0:
             rate = (counts["sent"] - last_sent) * 1000.0 / since
-            print(_stats_line(model.model_id, counts, scheduler.pending(), rate), file=err, flush=True)
+            pending = sum(lane.pending() for _, lane in lanes)
+            print(_stats_line(model.model_id, counts, pending, rate), file=err, flush=True)
             last_stats, last_sent, last_consumed = now, counts["sent"], counts["consumed"]
 
     send_due(clock())
-    counts["discarded_at_stop"] += scheduler.discard()
+    counts["discarded_at_stop"] += sum(lane.discard() for _, lane in lanes)
     counts["undelivered_at_stop"] += producer.flush(10)
     for c in replaced:  # the caller closes the consumer it passed in; these ones are ours
         c.close()
     print(_stats_line(model.model_id, counts, 0, None, final=True), file=err, flush=True)
-    return counts
+    for m, lane in lanes[1:]:
+        print(_stats_line(m.model_id, lane.counts, 0, None, final=True), file=err, flush=True)
+    total = Counter(counts)
+    for _, lane in lanes[1:]:
+        total.update(lane.counts)
+    return total
 
 
 _STATS_KEYS = (
@@ -483,6 +529,14 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Faults]
         default=(),
         help="serve these model ids (comma-separated) instead of the model's own: one score per id per request",
     )
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="DIR[,key=value...]",
+        help="serve this model too, from this process (repeatable); keys: the fault flags below with _ "
+        "(latency_ms=2,seed=1)",
+    )
     p.add_argument("--latency-ms", type=float, default=0.0, help="injected delay per score")
     p.add_argument("--jitter-ms", type=float, default=0.0, help="extra delay, uniform in [0, J)")
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of requests given an error score")
@@ -505,6 +559,7 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Faults]
             degrade_after=args.degrade_after,
             seed=args.seed,
         )
+        args.also = [parse_also(text) for text in args.also]
     except ValueError as exc:
         p.error(str(exc))
     return args, faults
@@ -521,10 +576,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
 
     model = load(args.model_dir)
+    also = [Served(load(d), f) for d, f in args.also]
+    ids = [model.model_id] + [s.model.model_id for s in also]
+    if len(set(ids)) != len(ids) or (also and args.model_ids):
+        print("runner: --also needs models of distinct ids, and no --model-ids", file=sys.stderr)
+        return 2
     # One thread per runner: batches are small and several runners share the cores, where OpenMP's
     # spinning threads made HistGradientBoosting 10-50x slower. After load(): the libraries must be loaded.
     threadpool_limits(limits=1)
-    warm_up(model)
+    for m in [model] + [s.model for s in also]:
+        warm_up(m)
     if stop.is_set():
         return 0
 
@@ -555,6 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_seconds=args.max_seconds,
             reconnect=new_consumer,
             model_ids=args.model_ids,
+            also=also,
         )
     finally:
         producer.finish(timeout_s=10)

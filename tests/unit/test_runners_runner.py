@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -674,3 +675,71 @@ def test_model_ids_are_checked_as_a_scores_model_id(
         _parse_args(["--model-dir", "m", "--bootstrap", "b:1", "--model-ids", text])
     last = capsys.readouterr().err.splitlines()[-1]
     assert "--model-ids" in last and message in last
+
+
+# --- --also: several models, one process ------------------------------------------------------------
+
+
+def test_run_with_also_reads_each_request_once_and_scores_it_with_every_model() -> None:
+    """Two models in one loop, each with its own latency: one consumer, each request scored by both,
+    each score released at its own model's due time, and the counters summed."""
+    from runners.runner import Served
+
+    clock = FakeClock()
+    stop = threading.Event()
+    consumer = FakeConsumer(clock, [[_request("r1"), _request("r2")]], stop)
+    producer = FakeProducer(clock)
+    fast = ScoringModel("fast", "fast-v1", ("x",), TinyEstimator())
+    slow = ScoringModel("slow", "slow-v1", ("x",), TinyEstimator())
+    counts = run(fast, consumer, producer, scores_topic="s", faults=Faults(latency_ms=1), stop=stop,
+                 max_seconds=1, clock=clock, out=io.StringIO(), err=io.StringIO(),
+                 also=[Served(slow, Faults(latency_ms=30, fail_rate=1.0))])  # fmt: skip
+    sent = [(k, v["model_id"], v["status"], v["latency_ms"]) for _, k, v, _ in producer.sent]
+    assert sorted(sent) == sorted(
+        [(b"r1", "fast", "ok", sent[0][3]), (b"r2", "fast", "ok", sent[1][3])]
+        + [(b"r1", "slow", "error", sent[2][3]), (b"r2", "slow", "error", sent[3][3])]
+    )
+    assert [m for _, m, _, _ in sent] == ["fast", "fast", "slow", "slow"]  # each at its own due time
+    assert all(lat >= 30 for _, m, _, lat in sent if m == "slow")
+    assert all(lat < 30 for _, m, _, lat in sent if m == "fast")
+    for _, _, record, _ in producer.sent:
+        VALIDATOR.validate(record)
+    assert counts["consumed"] == 2 and counts["sent"] == 4
+    assert counts["ok_sent"] == 2 and counts["fail"] == 2  # the slow model's counters summed in
+
+
+def test_also_values_parse_to_a_model_dir_and_its_faults() -> None:
+    from pathlib import Path
+
+    from runners.runner import parse_also
+
+    assert parse_also("m/tree,latency_ms=40,jitter_ms=40,seed=3") == (
+        Path("m/tree"),
+        Faults(latency_ms=40, jitter_ms=40, seed=3),
+    )
+    assert parse_also("m/base") == (Path("m/base"), Faults())
+    for bad, message in (
+        ("", "starts with the model directory"),
+        ("m,latency=3", "'latency=3' is not key=value"),
+        ("m,seed=x", "seed must be a number"),
+        ("m,fail_rate=0.7,drop_rate=0.7", "fail_rate + drop_rate"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            parse_also(bad)
+
+
+def test_a_runner_spec_with_also_is_one_process_the_runner_accepts() -> None:
+    from pathlib import Path
+
+    from harness.stack import RunnerSpec
+    from runners.runner import _parse_args
+
+    pod = RunnerSpec("gbt", latency_ms=2, seed=1, also=(RunnerSpec("tree", latency_ms=40, jitter_ms=40,
+                     seed=3, degrade_after=5), RunnerSpec("base", seed=4)))  # fmt: skip
+    assert pod.name == "gbt+tree+base"
+    args, faults = _parse_args(pod.argv(Path("/m"), "b:1", "r", "s")[3:])
+    assert faults == Faults(latency_ms=2, seed=1)
+    assert args.also == [
+        (Path("/m/tree"), Faults(latency_ms=40, jitter_ms=40, seed=3, degrade_after=5)),
+        (Path("/m/base"), Faults(seed=4)),
+    ]
