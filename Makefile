@@ -22,7 +22,7 @@ help:
 	@echo "make publish - copy the runs' JSON from var/ into docs/results/ and render README.md/docs/performance.md from it"
 	@echo "make bench-tuning - the job alone under each candidate Flink setting -> var/bench/tuning.md (~15 min)"
 	@echo "make bench-archive - the archive's cost in the job (drains with/without it) and SQL over 1 M archived requests -> var/bench/archive.md"
-	@echo "make scenario-degrade - a model degrades mid-run: metrics, quality, drift/canary alerts, the autopilot demotes it live, it is retrained from the decoy and shadowed, then a challenger (var/degrade/summary.json: seconds_to_fallback ... seconds_to_promotion, null if not promoted)"
+	@echo "make scenario-degrade - a model degrades mid-run: metrics, quality, drift/canary alerts, the autopilot demotes it live, it is retrained from the decoy, shadowed, made a challenger, then promoted (var/degrade/summary.json: seconds_to_fallback ... seconds_to_promotion; exit 1 without the promotion)"
 	@echo "make sql Q='SELECT ...' - SQL over the decoy archive of the last demo"
 	@echo "make cluster-up | cluster-submit BOOTSTRAP=host:port | cluster-status | cluster-cancel JOB=id | cluster-down"
 
