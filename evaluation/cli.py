@@ -656,7 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", type=Path, help="gate settings (YAML mapping, see GateConfig)")
     g.add_argument("--min-gain", type=float, help="AUC a challenger must win by")
     g.add_argument(
-        "--min-z", type=float, help="standard errors its gain must lie above zero (paired, DeLong; 1.645: 95 %%)"
+        "--min-z",
+        type=float,
+        help="standard errors its gain must lie above zero (paired, DeLong; 1.645: 95 %%)",
     )
     g.add_argument("--min-labelled", type=int, help="labelled answers each side needs")
     g.add_argument("--auc-floor", type=float, help="demote official models below this AUC")
