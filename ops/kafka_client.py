@@ -108,32 +108,42 @@ def java_partition(key: bytes, partitions: int) -> int:
 # --- errors are counted and shown, never dropped ---------------------------------------------------
 
 
-class LibrdkafkaLog:
-    """librdkafka's ``logger``: each log facility (``FAIL``, ``METADATAUPDATE``, ...) of one client at
-    most once a minute, with how many came since; what librdkafka would otherwise print to stderr
-    itself, once per reconnect attempt. confluent-kafka calls ``log(level, "%s [%s] %s", fac, client,
-    text)`` from ``poll``/``consume``/``flush``."""
+class _OnceAMinute:
+    """Counts lines by kind and prints each kind at most once a minute (``always``: every time), with
+    how many of that kind came since the last one printed: what a client says while a broker is down."""
 
     def __init__(self, name: str, out: TextIO | None = None) -> None:
         self.name = name
         self.out = out
         self.counts: Counter[str] = Counter()
-        self._noted: dict[str, tuple[float, int]] = {}  # facility -> (when printed, count then)
+        self._noted: dict[str, tuple[float, int]] = {}  # kind -> (when printed, count then)
+
+    def note(self, kind: str, text: str, *, quiet: bool = False, always: bool = False) -> None:
+        self.counts[kind] += 1
+        if quiet:
+            return
+        now = time.monotonic()
+        noted = self._noted.get(kind)
+        if noted is not None and now - noted[0] < ERROR_NOTE_EVERY_S and not always:
+            return
+        since = "" if noted is None else f" ({self.counts[kind] - noted[1]} of this kind since the last note)"
+        self._noted[kind] = (now, self.counts[kind])
+        print(f"kafka {self.name}: {text}{since}", file=self.out or sys.stderr, flush=True)
+
+
+class LibrdkafkaLog(_OnceAMinute):
+    """librdkafka's ``logger``: each log facility (``FAIL``, ``METADATAUPDATE``, ...) of one client at
+    most once a minute; what librdkafka would otherwise print to stderr itself, once per reconnect
+    attempt. confluent-kafka calls ``log(level, "%s [%s] %s", fac, client, text)`` from
+    ``poll``/``consume``/``flush``."""
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
         fac = str(args[0]) if args else "LOG"
         text = str(args[-1]) if len(args) >= 3 else (fmt % args if args else fmt)
-        self.counts[fac] += 1
-        now = time.monotonic()
-        noted = self._noted.get(fac)
-        if noted is not None and now - noted[0] < ERROR_NOTE_EVERY_S:
-            return
-        held = "" if noted is None else f" ({self.counts[fac] - noted[1]} of this kind since the last note)"
-        self._noted[fac] = (now, self.counts[fac])
-        print(f"kafka {self.name}: [{fac}] {text}{held}", file=self.out or sys.stderr, flush=True)
+        self.note(fac, f"[{fac}] {text}")
 
 
-class ClientErrors:
+class ClientErrors(_OnceAMinute):
     """librdkafka's ``error_cb``: counts every client error and prints each kind at most once a minute.
 
     Most are transient (librdkafka reconnects and retries by itself: a broker restarting, all brokers
@@ -141,26 +151,13 @@ class ClientErrors:
     """
 
     def __init__(self, name: str, out: TextIO | None = None, quiet: bool = False) -> None:
-        self.name = name
-        self.out = out
+        super().__init__(name, out)
         self.quiet = quiet
-        self.counts: Counter[str] = Counter()
         self.last: KafkaError | None = None
-        self._noted: dict[str, tuple[float, int]] = {}  # kind -> (when printed, count then)
 
     def __call__(self, error: KafkaError) -> None:
-        kind = error.name()
-        self.counts[kind] += 1
         self.last = error
-        if self.quiet:
-            return
-        now = time.monotonic()
-        noted = self._noted.get(kind)
-        if noted is not None and now - noted[0] < ERROR_NOTE_EVERY_S and not error.fatal():
-            return
-        since = "" if noted is None else f" ({self.counts[kind] - noted[1]} of this kind since the last note)"
-        self._noted[kind] = (now, self.counts[kind])
-        print(f"kafka {self.name}: {error.str()}{since}", file=self.out or sys.stderr, flush=True)
+        self.note(error.name(), error.str(), quiet=self.quiet, always=error.fatal())
 
     @property
     def total(self) -> int:
