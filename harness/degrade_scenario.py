@@ -109,8 +109,8 @@ GATE_CONFIG = {"min_labelled": 200}
 # +-0.04 on 500 labelled requests; with min_labelled 300 one run demoted logreg at AUC 0.56 on 336).
 # A promotion needs a gain of 0.01 that is also 1.645 standard errors from zero on the requests both
 # models answered (DeLong's paired test, evaluation/quality.paired_auc): the retrained gbt (trained on
-# gbt's training rows plus the run's archive) beats logreg by ~0.05 AUC; offline, 40 of 40 such models
-# passed within 6,000 paired requests and 19 of 20 within 4,000 (docs/evaluation.md). One change per
+# gbt's training rows plus the run's archive) beats logreg by ~0.05 AUC; offline (harness/gate_trials.py)
+# 40 of 40 such models passed within 6,000 paired requests and 19 of 20 within 4,000. One change per
 # 5 s at most: the loop's four changes (demote gbt, logreg incumbent, the new shadow a challenger, then
 # the incumbent) must fit in a short run; the replay guard still checks each.
 AUTOPILOT_CONFIG: dict[str, Any] = {
