@@ -187,6 +187,15 @@ def gate(  # noqa: C901 - the gate's rules in order, one branch each (docs/evalu
     def paired(a: _Model, b: _Model) -> PairedAuc:
         return _paired(rows_of[a.id], rows_of[b.id])
 
+    def too_few(pair: PairedAuc, incumbent: _Model) -> str | None:
+        """Why a paired comparison says nothing yet, or None when it can be judged."""
+        if pair.n >= cfg.min_labelled and not math.isnan(pair.gain):
+            return None
+        return (
+            f"kept: {pair.n} labelled requests answered by both it and incumbent {incumbent.id}, "
+            f"fewer than min_labelled {cfg.min_labelled} (or one class only)"
+        )
+
     def enough(m: _Model) -> bool:
         return m.labelled >= cfg.min_labelled and m.auc is not None
 
@@ -236,11 +245,8 @@ def gate(  # noqa: C901 - the gate's rules in order, one branch each (docs/evalu
                 f"on the {pair.n} labelled requests both answered ({pair.positives} positive), "
                 f"z {_fmt_z(pair.z)}"
             )
-            if pair.n < cfg.min_labelled or math.isnan(pair.gain):
-                best.say(
-                    f"kept: {pair.n} labelled requests answered by both it and incumbent {incumbent.id}, "
-                    f"fewer than min_labelled {cfg.min_labelled} (or one class only)"
-                )
+            if (short := too_few(pair, incumbent)) is not None:
+                best.say(short)
             elif pair.gain >= cfg.min_gain and pair.z >= cfg.min_z:
                 new_incumbent = best
                 best.say(
@@ -282,11 +288,8 @@ def gate(  # noqa: C901 - the gate's rules in order, one branch each (docs/evalu
             m.say(f"kept: AUC {_fmt(m.auc)} below the floor {cfg.auc_floor:g}")
         elif reference is None:
             m.say("kept: no incumbent with enough labels to compare with")
-        elif (pair := paired(m, reference)).n < cfg.min_labelled or math.isnan(pair.gain):
-            m.say(
-                f"kept: {pair.n} labelled requests answered by both it and incumbent {reference.id}, "
-                f"fewer than min_labelled {cfg.min_labelled} (or one class only)"
-            )
+        elif (short := too_few(pair := paired(m, reference), reference)) is not None:
+            m.say(short)
         elif pair.gain >= -cfg.shadow_max_deficit:
             m.new_role = "challenger"
             m.say(

@@ -698,9 +698,10 @@ def verdicts(
     for name, values in series_of(flowing).items():
         row: dict[str, Any] = thirds_summary(values)
         level: Level | None = None
+        bound: dict[str, str] | None = None
         role = name.split(": ", 1)[-1]
         if name.startswith("RSS MB: ") and role in bounds:
-            row |= within_bound(values, bounds[role])
+            bound = within_bound(values, bounds[role])
             if role == JOB_TM:
                 level = levels_off(values, memory, slack=RSS_SLACK_MB)
         elif name.startswith("RSS MB: ") and role not in (STANDBY, HARNESS, "broker"):
@@ -712,12 +713,11 @@ def verdicts(
         elif name.startswith("lag: "):
             per_request = 4.0 if name.endswith("scores") else 1.0
             level = levels_off(values, lag, slack=rate * per_request * CHECKPOINT_S)
-        if level is not None and row.get("verdict") == OVER_BOUND:
-            row["why"] += f"; growth: {level.verdict}"
-        elif level is not None and "verdict" in row:
-            row |= {"verdict": level.verdict, "why": f"{level.why}; {row['why']}"}
-        elif level is not None:
-            row |= {"verdict": level.verdict, "why": level.why}
+        # Over its bound wins; else the growth verdict, else the bound's; every reason is kept.
+        judged = [j for j in (bound, level and {"verdict": level.verdict, "why": level.why}) if j]
+        if judged:
+            over = [j for j in judged if j["verdict"] == OVER_BOUND]
+            row |= {"verdict": (over or judged)[-1]["verdict"], "why": "; ".join(j["why"] for j in judged)}
         out[name] = row
     return out
 

@@ -122,6 +122,21 @@ def test_a_model_that_joined_later_is_compared_on_the_requests_it_saw() -> None:
     assert any("logreg: kept" in r and "2000 labelled requests both answered" in r for r in result.reasons)
 
 
+def test_models_with_no_requests_in_common_are_not_compared() -> None:
+    """Each has enough labels of its own, but none on the same requests: neither the challenger nor the
+    shadow can be judged against the incumbent, so both stay where they are."""
+    gbt = model_rows("gbt", 600, 1.0, seed=1)
+    logreg = model_rows("logreg", 600, 4.0, seed=2).assign(request_id=[f"l{i}" for i in range(600)])
+    mlp = model_rows("mlp", 600, 4.0, seed=3).assign(request_id=[f"m{i}" for i in range(600)])
+    result = gate(pd.concat([gbt, logreg, mlp]), DEFAULT, GateConfig(min_labelled=500, auc_floor=0.6))
+    assert result.action == KEEP, result.reasons
+    for model in ("logreg", "mlp"):
+        assert (
+            f"{model}: kept: 0 labelled requests answered by both it and incumbent gbt, fewer than "
+            "min_labelled 500 (or one class only)" in result.reasons
+        )
+
+
 def test_too_few_labels_keep_everything() -> None:
     data = rows(gbt=(600, 1.0), logreg=(300, 4.0))
     result = gate(data, DEFAULT, GateConfig(min_labelled=500, auc_floor=0.6))
