@@ -79,6 +79,9 @@ OUT_DIR = REPO_ROOT / "var" / "bench"
 MODELS_DIR = REPO_ROOT / "var" / "models"
 BENCH_POLICY = REPO_ROOT / "policies" / "default.yaml"
 WAIT_FOR_ALL_POLICY = REPO_ROOT / "policies" / "bench-wait-for-all.yaml"
+# A stack step's first seconds at its rate, counted but measured apart: the JVMs' JIT compilers recompile
+# for a new rate for ~5-10 s (the job's C2 at 40-60 % of a core, its answers' p99 200-350 ms at 833/s).
+LEAD_IN_S = 10.0
 WARMUP_RATE = 50.0  # requests/s of the stack's unrecorded warm-up: below saturation even with a cold JIT
 BUDGET_MS = 100  # the seed example's answer budget; also the default policy's deadline
 STACK_LINGER_MS = 1  # the load generator's and the runners' producer linger (ops/kafka_client.py)
@@ -974,9 +977,12 @@ def stack_ladder(
     warmup_max_s: float = 0.0,
     job_overrides: Sequence[str] = (),
     runners: Sequence[stack.RunnerSpec] = RUNNERS,
+    lead_in_s: float = 0.0,
 ) -> dict[str, Any]:
     """Broker, runners, job; warm up, then (``idle_s``) the CPU each process uses with no traffic, then
-    each rate in turn until saturation. ``job_overrides``: see job_args."""
+    each rate in turn until saturation. ``job_overrides``: see job_args. Each step sends ``lead_in_s``
+    of its rate before its ``seconds``, in one run: the JVMs compile for a new rate in its first
+    seconds, so those answers are counted but their latency is reported apart (``lead_in_latency_ms``)."""
     from runners.train import ensure_trained
 
     broker = _fresh_broker(f"stack-{label}")
@@ -1021,14 +1027,16 @@ def stack_ladder(
             # No per-request deadline: it would override the policy's (a wait-for-all policy must
             # wait); answers later than the budget are counted on the client instead.
             address, first_ms = first_answer(broker.bootstrap)
+            lead = int(rate * lead_in_s)
             report = loadgen.run_load(
                 broker.bootstrap,
-                count=int(rate * seconds),
+                count=lead + int(rate * seconds),
                 rate=rate,
                 return_address=address,
                 settle_ms=3000,
                 validate_results=False,
                 budget_ms=BUDGET_MS,
+                lead_in=lead,
             )
             step: dict[str, Any] = {
                 "rate": rate,
@@ -1049,12 +1057,22 @@ def stack_ladder(
                 "wins_by_model": report.wins_by_model,
                 "cpu_percent": cpu.percent(),
                 "state_bytes": checkpoint_bytes(work / "flink"),
+                "lead_in_s": lead_in_s,
+                "lead_in_latency_ms": report.lead_in_latency_ms.to_dict()
+                if report.lead_in_latency_ms
+                else None,
             }
             steps.append(step)
             lat = report.latency_ms
             say(
                 f"[{label}] {rate:.0f}/s: answered {report.answered}/{report.sent}, "
-                f"{latency.format_summary(lat)}, CPU {step['cpu_percent']}; first answer to the "
+                f"{latency.format_summary(lat)}"
+                + (
+                    f" (the first {lead_in_s:.0f} s: {latency.format_summary(report.lead_in_latency_ms)})"
+                    if report.lead_in_latency_ms
+                    else ""
+                )
+                + f", CPU {step['cpu_percent']}; first answer to the "
                 f"step's new return address {_ms(first_ms)} ms; "
                 f"where it went: {loadgen.format_legs(report.legs_ms)}; "
                 f"the late ones: {loadgen.format_legs(report.late_legs_ms)}"
@@ -1357,6 +1375,7 @@ def stack_section(label: str, run: dict[str, Any]) -> list[str]:
         'Each step runs on a return address the job has answered once ("first answer": that one '
         "request's latency, which holds the job's first write to a new topic).",
         "",
+        *lead_in_lines(run["steps"]),
     ]
     if run.get("warmup"):
         w = run["warmup"]
@@ -1375,6 +1394,23 @@ def stack_section(label: str, run: dict[str, Any]) -> list[str]:
             "",
         ]
     return lines
+
+
+def lead_in_lines(steps: Sequence[dict[str, Any]]) -> list[str]:
+    """What each step's lead-in saw: its first seconds at the rate, before the measured ones."""
+    led = [s for s in steps if s.get("lead_in_latency_ms")]
+    if not led:
+        return []
+    return [
+        f"Each step's first {led[0]['lead_in_s']:.0f} s at its rate (the same run; their answers are in "
+        '"answered", their latency not in the step\'s): p50 / p99 ms '
+        + ", ".join(
+            f"{_ms(s['lead_in_latency_ms']['p50'])} / {_ms(s['lead_in_latency_ms']['p99'])} at {s['rate']:.0f}/s"
+            for s in led
+        )
+        + ".",
+        "",
+    ]
 
 
 def floor_ratio_section(result: dict[str, Any]) -> list[str]:
@@ -1635,6 +1671,11 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--seconds", type=float, default=15.0, help="duration of each rate step")
     ap.add_argument(
+        "--lead-in", type=float, default=LEAD_IN_S,
+        help="seconds each stack step runs at its rate before its --seconds (the same run; their latency is "
+        "reported apart: the JVMs compile for a new rate); 0: none",
+    )  # fmt: skip
+    ap.add_argument(
         "--runners",
         choices=sorted(RUNNER_LAYOUTS),
         default="processes",
@@ -1727,6 +1768,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     a = ap.parse_args(argv)
+    if a.lead_in < 0:
+        ap.error(f"--lead-in: seconds, 0 or more, got {a.lead_in}")
 
     def floats(text: str) -> list[float]:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -1773,7 +1816,7 @@ def main(argv: list[str] | None = None) -> int:
     if "first_in_order" in parts:
         result["stack"]["first_in_order"] = stack_ladder(
             BENCH_POLICY, floats(a.rates), a.seconds, a.warmup, "first_in_order", IDLE_S, a.warmup_max,
-            stack_overrides, runners,
+            stack_overrides, runners, lead_in_s=a.lead_in,
         )  # fmt: skip
     elif "idle" in parts:
         result["stack"]["first_in_order"] = stack_ladder(
@@ -1783,7 +1826,7 @@ def main(argv: list[str] | None = None) -> int:
     if "wait_for_all" in parts:
         result["stack"]["wait_for_all"] = stack_ladder(
             WAIT_FOR_ALL_POLICY, floats(a.wait_for_all_rates), a.seconds, a.warmup, "wait_for_all",
-            warmup_max_s=a.warmup_max, job_overrides=stack_overrides, runners=runners,
+            warmup_max_s=a.warmup_max, job_overrides=stack_overrides, runners=runners, lead_in_s=a.lead_in,
         )  # fmt: skip
     if "delivery" in parts:
         result["delivery"] = delivery_cost(a.delivery_rate, max(a.seconds, 30.0), a.warmup / 2)

@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ops import archive, kafka_admin, kafka_client, policy_cli
+from ops import archive, background_priority, kafka_admin, kafka_client, policy_cli, procs
 from ops.flink_conf import FlinkConfError, read_conf
 from udfs import flink_compat, names
 from udfs import mailbox as mbx
@@ -165,6 +165,8 @@ class JobConfig:
     # whether there is one at all (False only to measure what it costs: harness/bench_archive.py).
     archive_compact_every: int = DEFAULT_ARCHIVE_COMPACT_EVERY
     archive: bool = True
+    # The nice value of the JVM's checkpoint and archive threads (ops/background_priority.py; 0: unchanged).
+    background_nice: int = background_priority.DEFAULT_NICE
 
 
 @dataclass(frozen=True)
@@ -631,7 +633,9 @@ def _archive_sink(lines: Any, archive_dir: Path, compact_every: int) -> None:
     j_sink = get_gateway().jvm.io.github.rendezvous.archive.ArchiveSink.build(
         str(archive_dir.resolve()), compact_every
     )
-    lines.sink_to(FileSink(j_sink)).uid(names.UID_SINK_ARCHIVE).name("decoy archive").disable_chaining()
+    lines.sink_to(FileSink(j_sink)).uid(names.UID_SINK_ARCHIVE).name(
+        names.OPERATOR_ARCHIVE
+    ).disable_chaining()
 
 
 def _uid_prefix(t_env: Any, prefix: str) -> None:
@@ -751,6 +755,15 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         "per instance, partition and checkpoint)",
     )
     ap.add_argument(
+        "--background-nice",
+        type=int,
+        default=background_priority.DEFAULT_NICE,
+        metavar="N",
+        help="the nice value (CPU priority, Linux) of the embedded JVM's background threads: checkpoint "
+        "snapshots, the decoy archive's writing and compaction; they then take CPU the answers do not use "
+        f"(default %(default)s; 0: leave them at the job's priority; at most {background_priority.MAX_NICE})",
+    )
+    ap.add_argument(
         "--no-archive",
         action="store_true",
         help="write no decoy archive (only to measure what it costs: requests are then not archived)",
@@ -777,6 +790,7 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         ap.error(f"--label-join-ttl-ms: must be positive, got {a.label_join_ttl_ms}")
     _in_range(ap, "--sink-linger-ms", a.sink_linger_ms, MAX_SINK_LINGER_MS)
     _in_range(ap, "--archive-compact-every", a.archive_compact_every, MAX_ARCHIVE_COMPACT_EVERY)
+    _in_range(ap, "--background-nice", a.background_nice, background_priority.MAX_NICE)
     start_from = _start_from_or_exit(ap, a.start_from)
     try:
         policy = load_policy(a.policy)
@@ -826,6 +840,7 @@ def parse_args(argv: list[str] | None) -> JobConfig:
         return_address_prefix=_return_address_prefix(ap, a.return_address_prefix, a.kafka_config),
         archive_compact_every=a.archive_compact_every,
         archive=not a.no_archive,
+        background_nice=a.background_nice,
     )
 
 
@@ -880,6 +895,11 @@ def main(argv: list[str] | None = None) -> None:
         f"start from {cfg.start_from} without restored state{replay}",
         flush=True,
     )
+    if cfg.background_nice:
+        # The embedded mini cluster runs in the JVM the environment started, a child of this process.
+        background_priority.BackgroundPriority(
+            lambda: procs.jvm_of(os.getpid()), cfg.background_nice, lambda m: print(m, flush=True)
+        ).start()
     env.execute(f"rendezvous policy-v{cfg.policy.version}")
 
 

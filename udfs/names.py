@@ -158,6 +158,8 @@ UID_MAILBOX = "rendezvous-mailbox"
 # The decoy archive's Parquet sink (deps/archive-parquet). Until Parquet it was "sink-decoy-archive", a
 # JSON-lines FileSink whose state this sink cannot take (ops/upgrade.py: ARCHIVE_SINK_BEFORE_PARQUET).
 UID_SINK_ARCHIVE = "sink-decoy-archive-parquet"
+# Its operator's name: Flink names the sink's task threads after it (ops/background_priority.py finds them so).
+OPERATOR_ARCHIVE = "decoy archive"
 # Label feedback for `decide: thompson` (udfs/feedback.py): parse labels and decisions read back, join
 # them by request id (keyed state + timers), and tag policy documents so one broadcast stream carries
 # both policies and rewards into the mailbox.
