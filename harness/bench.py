@@ -97,6 +97,9 @@ RUNNERS = (
 # each request for all four and their scores in shared produce requests; the models live and die together.
 ONE_PROCESS_RUNNERS = (replace(RUNNERS[0], also=RUNNERS[1:]),)
 RUNNER_LAYOUTS = {"processes": RUNNERS, "one": ONE_PROCESS_RUNNERS}
+# On two cores shared by the whole stack, four runner processes cost ~0.5 ms of CPU per request more
+# than one and saturated the machine at 833/s (docs/performance.md, "One runner process for several models").
+DEFAULT_RUNNER_LAYOUT = "one"
 DEFAULT_RATES = "25,50,100,250,500,833,1000,1500,2000,2500,3000,4000"
 # The parts `make bench` runs (--only's default)
 DEFAULT_PARTS = "clients,floor,job,first_in_order,wait_for_all,delivery,clock,addresses,models,scale"
@@ -1678,8 +1681,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--runners",
         choices=sorted(RUNNER_LAYOUTS),
-        default="processes",
-        help="the stack ladders' four models: a runner process each (default), or one process for all",
+        default=DEFAULT_RUNNER_LAYOUT,
+        help="the stack ladders' four models: one runner process for all (default: one fetch of each request, "
+        "one produce of its scores), or a process each",
     )
     ap.add_argument("--warmup", type=float, default=30.0, help="seconds of unrecorded load before measuring")
     ap.add_argument(

@@ -1,7 +1,8 @@
 """`make demo`: the whole rendezvous on this machine, then an honest summary of what happened.
 
-Starts a single-node KRaft broker, trains the models (once), starts one runner per model (with a
-slow, sometimes failing incumbent so the policy has something to do), starts the rendezvous job
+Starts a single-node KRaft broker, trains the models (once), starts the model runners (five models, in
+one process unless ``--runners processes``; with a slow, sometimes failing incumbent so the policy has
+something to do), starts the rendezvous job
 on the embedded Flink mini cluster, sends load, and prints what came back. Stops everything it
 started, by PID, whatever happens.
 
@@ -21,6 +22,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,11 @@ DEMO_RUNNERS = (
     stack.RunnerSpec("base", latency_ms=2, seed=4),
     stack.RunnerSpec("mlp", latency_ms=8, jitter_ms=4, seed=5),
 )
+# The same five models, each with its own latency and faults, served by one runner process (one fetch
+# of each request, one produce of its scores: ~0.5 ms of CPU per request less on two cores), or by a
+# process each, isolated from one another (docs/performance.md, "One runner process for several models").
+RUNNER_LAYOUTS = {"one": (replace(DEMO_RUNNERS[0], also=DEMO_RUNNERS[1:]),), "processes": DEMO_RUNNERS}
+DEFAULT_RUNNER_LAYOUT = "one"
 
 
 def say(msg: str) -> None:
@@ -71,6 +78,7 @@ def run(
     args: dict[str, Any] | None = None,
     secure: bool = False,
     tls: bool = False,
+    runners: str = DEFAULT_RUNNER_LAYOUT,
 ) -> int:
     from runners.train import ensure_trained
 
@@ -109,9 +117,9 @@ def run(
             + (f", fails {s.fail_rate:.0%}" if s.fail_rate else "")
             + (f", drops {s.drop_rate:.0%}" if s.drop_rate else "") + ")"
             for s in DEMO_RUNNERS
-        ))  # fmt: skip
+        ) + (" in one runner process" if runners == "one" else ", a process each"))  # fmt: skip
         stack.start_runners(
-            DEMO_RUNNERS, MODELS_DIR, broker.bootstrap, DEMO_DIR / "logs", processes,
+            RUNNER_LAYOUTS[runners], MODELS_DIR, broker.bootstrap, DEMO_DIR / "logs", processes,
             kafka_config=broker.client_config(names.ROLE_RUNNER),
         )  # fmt: skip
 
@@ -261,6 +269,12 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ap.add_argument("--keep-running", action="store_true", help="leave broker, runners and job running")
     ap.add_argument(
+        "--runners",
+        choices=sorted(RUNNER_LAYOUTS),
+        default=DEFAULT_RUNNER_LAYOUT,
+        help="the five models in one runner process (default), or a process each",
+    )
+    ap.add_argument(
         "--secure",
         action="store_true",
         help="a broker with SASL/SCRAM and ACLs; each process runs as its role with its own client properties "
@@ -282,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = runinfo.plain_args(a)
     return run(
         a.count, a.rate, a.bad, a.policy, a.keep_running, a.warmup_s, a.warmup_max_s, args,
-        secure=a.secure, tls=a.tls,
+        secure=a.secure, tls=a.tls, runners=a.runners,
     )  # fmt: skip
 
 

@@ -41,7 +41,8 @@ def is_background(thread_name: str) -> bool:
     return thread_name.startswith(BACKGROUND_THREAD_PREFIXES)
 
 
-def _threads(pid: int) -> Iterable[tuple[int, str]]:
+def threads(pid: int) -> Iterable[tuple[int, str]]:
+    """(thread id, name as /proc shows it) of each thread of ``pid``."""
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             yield int(task.name), (task / "comm").read_text().strip()
@@ -55,7 +56,7 @@ def lower_background(pid: int, nice: int, seen: set[int]) -> list[tuple[int, str
     set once. Raises OSError when ``pid`` is gone."""
     done: list[tuple[int, str]] = []
     alive: set[int] = set()
-    for tid, name in _threads(pid):
+    for tid, name in threads(pid):
         alive.add(tid)
         if tid in seen:
             continue

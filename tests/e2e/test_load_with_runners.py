@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from harness import loadgen, stack
-from ops import archive
+from ops import archive, background_priority, procs
 from runners.train import ensure_trained
 from tests.e2e.conftest import STACK_POLICY, RunningJob
 
@@ -55,3 +56,13 @@ def test_every_request_answered_exactly_once_and_archived(
 
     counts = archive.requests_archived(job.archive_dir, f"{report.run_id}-", COUNT, timeout_s=30)
     assert counts == (COUNT, COUNT)  # every request archived exactly once
+
+    # Checkpoints have run (they commit the archive): their snapshot threads and the archive's task run
+    # at the job's --background-nice (10 by default), the mailbox task at the job's own priority.
+    jvm = procs.jvm_of(job.job.pid)
+    assert jvm is not None
+    nice = {name: os.getpriority(os.PRIO_PROCESS, tid) for tid, name in background_priority.threads(jvm)}
+    lowered = {name: n for name, n in nice.items() if background_priority.is_background(name)}
+    assert any(name.startswith("AsyncOperations") for name in lowered), sorted(nice)
+    assert set(lowered.values()) == {background_priority.DEFAULT_NICE}, lowered
+    assert nice["rendezvous mail"] == os.getpriority(os.PRIO_PROCESS, jvm), nice

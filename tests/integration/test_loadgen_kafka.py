@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import heapq
 import json
 import threading
@@ -194,6 +195,8 @@ def test_every_request_answered_once_and_the_numbers_add_up(bootstrap: str) -> N
     assert count_records(bootstrap, report.return_address) == 200
     # Progress ends with the final numbers.
     assert calls and calls[-1][:2] == (200, 200)
+    # The garbage collector, off while the run measured, is on again.
+    assert gc.isenabled()
     assert [c[0] for c in calls] == sorted(c[0] for c in calls)
 
 

@@ -315,6 +315,37 @@ def test_report_counts_duplicates_and_conflicts_separately() -> None:
     assert (r.latency_ms.min, r.latency_ms.p50, r.latency_ms.max) == (5.0, 10.0, 20.0)
 
 
+def test_report_keeps_the_lead_in_latency_apart_but_counts_its_answers() -> None:
+    # Sent in this order; the first two are the lead-in (a new rate's first seconds).
+    sent = [SentRequest(f"r-{i}", 1000.0 + 10 * i, deadline_ms=100) for i in range(5)]
+    got = [
+        rec(1300, result("r-0")),  # 300 ms: the JIT at work
+        rec(1210, result("r-1")),  # 200 ms
+        rec(1025, result("r-2")),  # 5 ms
+        rec(1045, result("r-3")),  # 15 ms
+        rec(1045, result("r-3", model="logreg", reason="fallback")),  # a conflict: counted whatever its time
+    ]
+    r = report(sent, got, lead_in=2, budget_ms=100)
+    assert (r.sent, r.answered, r.unanswered, r.conflicting) == (5, 4, 1, 1)
+    assert r.wins_by_model == {"gbm": 4}  # every answer, the lead-in's too
+    assert r.latency_ms.count == 2 and (r.latency_ms.min, r.latency_ms.max) == (5.0, 15.0)
+    assert r.lead_in == 2
+    assert r.lead_in_latency_ms is not None
+    assert (r.lead_in_latency_ms.count, r.lead_in_latency_ms.min, r.lead_in_latency_ms.max) == (
+        2,
+        200.0,
+        300.0,
+    )
+    # Late answers, deadlines and the legs are the measured window's only.
+    assert (r.over_budget, r.deadline_checked, r.deadline_misses) == (0, 2, 0)
+    assert r.legs_ms["to the job"].count == 2
+    assert r.to_dict()["lead_in_latency_ms"]["max"] == 300.0
+    assert (
+        report(sent, got).lead_in_latency_ms is None
+        and report(sent, got).to_dict()["lead_in_latency_ms"] is None
+    )
+
+
 def test_report_uses_the_earliest_result_even_if_listed_later() -> None:
     r = report([SentRequest("a", 100.0)], [rec(180, result("a", "late")), rec(130, result("a", "early"))])
     assert r.wins_by_model == {"early": 1}
