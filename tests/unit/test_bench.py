@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from harness import bench, bench_kit
 
 
@@ -339,3 +341,28 @@ def test_markdown_names_the_settings_a_stack_ladder_ran_with() -> None:
     assert "The job with: `execution.buffer-timeout.interval=0ms`, `--sink-linger-ms=5`" in md
     del run["job_overrides"]
     assert "The job with:" not in bench.markdown(result)
+
+
+def _led(rate: float, p99: float, lead_p99: float) -> dict[str, Any]:
+    """A step with a lead-in: its first 10 s at the rate, measured apart."""
+    return _step(rate, p99) | {
+        "lead_in_s": 10.0,
+        "lead_in_latency_ms": {"p50": lead_p99 / 4, "p99": lead_p99, "p99.9": lead_p99},
+    }
+
+
+def test_the_833_target_names_its_lead_in_and_the_ladder_lists_every_lead_in() -> None:
+    steps = [_led(250, 12, 14), _led(833, 23, 226)]
+    t = _by_start({"stack": {"first_in_order": {"steps": steps}}})
+    assert t["833 requests/s sustained"]["measured"] == "p99 23 ms at 833/s (its first 10 s: p99 226 ms)"
+    assert t["833 requests/s sustained"]["met"]  # the lead-in is shown, not judged
+    lines = bench.lead_in_lines(steps)
+    assert lines[0].startswith("Each step's first 10 s at its rate")
+    assert "3.5 / 14 at 250/s, 56 / 226 at 833/s." in lines[0]
+    assert bench.lead_in_lines([_step(250, 12)]) == []  # a run without lead-ins says nothing of them
+
+
+def test_a_negative_lead_in_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        bench.main(["--lead-in", "-1"])
+    assert "--lead-in: seconds, 0 or more, got -1.0" in capsys.readouterr().err
