@@ -137,7 +137,11 @@ def test_the_demos_tls_flag_goes_with_secure(monkeypatch: pytest.MonkeyPatch, ca
 
     monkeypatch.setattr(demo, "run", run)
     assert demo.main(["--secure", "--tls"]) == 0
-    assert runs == [{"secure": True, "tls": True}]
+    assert demo.main(["--runners", "processes"]) == 0
+    assert runs == [
+        {"secure": True, "tls": True, "runners": "one"},
+        {"secure": False, "tls": False, "runners": "processes"},
+    ]
     with pytest.raises(SystemExit):
         demo.main(["--tls"])
     assert "--tls goes with --secure" in capsys.readouterr().err
