@@ -24,6 +24,7 @@ scores share produce requests; the price is isolation: the models live and die t
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import heapq
 import json
@@ -586,6 +587,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     threadpool_limits(limits=1)
     for m in [model] + [s.model for s in also]:
         warm_up(m)
+    # The libraries and models loaded so far live as long as the process: out of the garbage collector's
+    # full collections, which took ~54 ms over them at 833/s, pausing every model this process serves.
+    gc.freeze()
     if stop.is_set():
         return 0
 

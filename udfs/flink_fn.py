@@ -8,6 +8,7 @@ data between it and PyFlink. Records crossing Java and Python are rows of plain 
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -272,6 +273,9 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
             runtime_context.get_metrics_group(), MAILBOX_METRICS, self.logic.tally
         )
         self._policy_effects(self.logic.policies_changed(), _now_ms(), None)
+        # What the interpreter holds now (PyFlink, the policy, this function) lives as long as the job:
+        # out of the garbage collector's full collections, which took 48-92 ms over it at 833/s.
+        gc.freeze()
 
     @property
     def registry(self) -> PolicyRegistry:

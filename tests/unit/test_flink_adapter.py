@@ -6,6 +6,7 @@ which a bounded mini-cluster run cannot, so a timer that is never registered fai
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
@@ -706,3 +707,15 @@ def test_kafka_values_leave_the_mailbox_as_utf8_bytes_for_a_bytes_column(harness
     assert flink_fn.MAILBOX_OUT_TYPE.get_field_types()[2] == Types.PRIMITIVE_ARRAY(Types.BYTE())
     cfg = rj.parse_args(["--policy", str(rj.REPO_ROOT / "policies" / "default.yaml"), "--bootstrap", "h:1"])
     assert "`v` BYTES" in rj._kafka_sink_ddl("t", cfg, names.UID_KAFKA_OUT, names.DELIVERY_AT_LEAST_ONCE)
+
+
+def test_open_keeps_what_lives_as_long_as_the_job_out_of_full_collections() -> None:
+    # Full collections of the job's embedded Python took 48-92 ms at 833/s (docs/performance.md).
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    try:
+        fn = flink_fn.MailboxFunction(POLICY, clock=names.CLOCK_LOCAL)
+        fn.open(FakeRuntime(FakeState()))  # type: ignore[arg-type]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
