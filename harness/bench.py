@@ -59,7 +59,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ RUNNERS = (
 )
 # The same four models in one runner process (runners/runner.py --also, `--runners one`): one fetch of
 # each request for all four and their scores in shared produce requests; the models live and die together.
-ONE_PROCESS_RUNNERS = (replace(RUNNERS[0], also=RUNNERS[1:]),)
+ONE_PROCESS_RUNNERS = stack.one_process(RUNNERS)
 RUNNER_LAYOUTS = {"processes": RUNNERS, "one": ONE_PROCESS_RUNNERS}
 # On two cores shared by the whole stack, four runner processes cost ~0.5 ms of CPU per request more
 # than one and saturated the machine at 833/s (docs/performance.md, "One runner process for several models").

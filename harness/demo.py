@@ -22,7 +22,6 @@ import shutil
 import sys
 import time
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ DEMO_RUNNERS = (
 # The same five models, each with its own latency and faults, served by one runner process (one fetch
 # of each request, one produce of its scores: ~0.5 ms of CPU per request less on two cores), or by a
 # process each, isolated from one another (docs/performance.md, "One runner process for several models").
-RUNNER_LAYOUTS = {"one": (replace(DEMO_RUNNERS[0], also=DEMO_RUNNERS[1:]),), "processes": DEMO_RUNNERS}
+RUNNER_LAYOUTS = {"one": stack.one_process(DEMO_RUNNERS), "processes": DEMO_RUNNERS}
 DEFAULT_RUNNER_LAYOUT = "one"
 
 

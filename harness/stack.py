@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -126,6 +126,12 @@ class Processes:
         for p in reversed(self.started):
             p.stop(grace_s=15.0)
         self.started.clear()
+
+
+def one_process(specs: Sequence[RunnerSpec]) -> tuple[RunnerSpec]:
+    """The same models served by one runner process (``runner --also``): one fetch of each request,
+    one produce of its scores; each keeps its own latency and faults, and they live and die together."""
+    return (replace(specs[0], also=tuple(specs[1:])),)
 
 
 def start_runners(

@@ -23,9 +23,10 @@ import argparse
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
+from ops import procs
 from udfs import names
 
 # Thread names as /proc shows them (their first 15 bytes): Flink's asynchronous snapshot threads, the
@@ -41,22 +42,13 @@ def is_background(thread_name: str) -> bool:
     return thread_name.startswith(BACKGROUND_THREAD_PREFIXES)
 
 
-def threads(pid: int) -> Iterable[tuple[int, str]]:
-    """(thread id, name as /proc shows it) of each thread of ``pid``."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            yield int(task.name), (task / "comm").read_text().strip()
-        except (OSError, ValueError):
-            continue  # the thread ended while we looked
-
-
 def lower_background(pid: int, nice: int, seen: set[int]) -> list[tuple[int, str]]:
     """Set the nice value of ``pid``'s background threads not in ``seen`` to ``nice``; returns the
     (thread id, name) of each one it set. ``seen`` keeps the threads already looked at, so each is
     set once. Raises OSError when ``pid`` is gone."""
     done: list[tuple[int, str]] = []
     alive: set[int] = set()
-    for tid, name in threads(pid):
+    for tid, name in procs.threads_of(pid):
         alive.add(tid)
         if tid in seen:
             continue

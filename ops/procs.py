@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,6 +137,16 @@ def jvm_of(pid: int) -> int | None:
     return None
 
 
+def threads_of(pid: int) -> Iterator[tuple[int, str]]:
+    """(thread id, name as /proc shows it: its first 15 bytes) of each thread of ``pid``; a thread that
+    ends while it is read is left out. Raises OSError when ``pid`` is gone."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            yield int(task.name), (task / "comm").read_text().strip()
+        except (OSError, ValueError):
+            continue
+
+
 def jit_cpu_seconds(pid: int) -> float | None:
     """CPU seconds the JIT compiler threads of ``pid``'s JVM have used so far (None: no JVM found).
 
@@ -148,14 +158,12 @@ def jit_cpu_seconds(pid: int) -> float | None:
         return None
     ticks = 0
     try:
-        tasks = list(Path(f"/proc/{jvm}/task").iterdir())
+        jit = [tid for tid, name in threads_of(jvm) if name.startswith(JIT_THREAD_PREFIXES)]
     except OSError:
         return None
-    for task in tasks:
+    for tid in jit:
         try:
-            if not (task / "comm").read_text().startswith(JIT_THREAD_PREFIXES):
-                continue
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{jvm}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
             ticks += int(fields[11]) + int(fields[12])
         except (OSError, IndexError, ValueError):
             continue

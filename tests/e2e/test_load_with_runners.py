@@ -61,7 +61,7 @@ def test_every_request_answered_exactly_once_and_archived(
     # at the job's --background-nice (10 by default), the mailbox task at the job's own priority.
     jvm = procs.jvm_of(job.job.pid)
     assert jvm is not None
-    nice = {name: os.getpriority(os.PRIO_PROCESS, tid) for tid, name in background_priority.threads(jvm)}
+    nice = {name: os.getpriority(os.PRIO_PROCESS, tid) for tid, name in procs.threads_of(jvm)}
     lowered = {name: n for name, n in nice.items() if background_priority.is_background(name)}
     assert any(name.startswith("AsyncOperations") for name in lowered), sorted(nice)
     assert set(lowered.values()) == {background_priority.DEFAULT_NICE}, lowered
