@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 JARS   := build/jars
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-unit test-faults lint bench bench-archive bench-tuning profile faults soak publish scenario-degrade clean distclean sql
+.PHONY: help setup demo test test-unit test-faults lint bench bench-archive bench-tuning profile episodes faults soak publish scenario-degrade clean distclean sql
 
 help:
 	@echo "make setup   - virtualenv + pinned Python deps + Kafka broker and Flink connector jars (idempotent)"
@@ -19,6 +19,7 @@ help:
 	@echo "make faults  - every fault scenario under load, both delivery modes; invariants checked -> var/faults/ (~25 min)"
 	@echo "make soak    - 30 min at half the measured capacity, a fault every 5 min: memory, state, lag level off? -> var/soak/ (not in make test)"
 	@echo "make profile - where the job's and a runner's CPU goes, stage by stage (py-spy, JFR) -> var/profile/ (~4 min)"
+	@echo "make episodes - the stack at 833/s for 60 s: each second's latency next to every thread's CPU and wait for a core, the host's steal, checkpoints -> var/episodes/ (~4 min)"
 	@echo "make publish - copy the runs' JSON from var/ into docs/results/ and render README.md/docs/performance.md from it"
 	@echo "make bench-tuning - the job alone under each candidate Flink setting -> var/bench/tuning.md (~15 min)"
 	@echo "make bench-archive - the archive's cost in the job (drains with/without it) and SQL over 1 M archived requests -> var/bench/archive.md"
@@ -88,6 +89,10 @@ bench-tuning: setup
 
 profile: setup
 	$(PY) -m harness.profile $(PROFILE_ARGS)
+
+# EPISODES_ARGS: e.g. --rate 1000 --seconds 120 (python -m harness.episodes --help)
+episodes: setup
+	$(PY) -m harness.episodes $(EPISODES_ARGS)
 
 # PUBLISH_ARGS: --bench/--profile/--demo/--faults [PATH] copy only those; empty: copy nothing, only render.
 PUBLISH_ARGS ?= --all

@@ -628,9 +628,11 @@ def run_load(
     validate_results: bool = True,
     budget_ms: float | None = None,
     lead_in: int = 0,
+    keep: Callable[[list[SentRequest], list[ReceivedResult]], None] | None = None,
 ) -> LoadReport:
     """Send `count` requests at `rate`/s, open loop, and collect their results (``lead_in``: see
-    compute_report).
+    compute_report; ``keep``: given every request as sent and every result as received, for a caller
+    that looks at them one by one).
 
     Collection ends when every request has a result (plus `grace_ms` to catch duplicates) or
     `settle_ms` + the deadline after the last send. Without `return_address` a fresh topic
@@ -740,9 +742,12 @@ def run_load(
     end_ms = clock.now_ms()
     if progress is not None:
         progress(len(sent), collector.answered(), (end_ms - start_ms) / 1000.0)
+    received = list(collector.received)
+    if keep is not None:
+        keep(sent, received)
     return compute_report(
         sent,
-        list(collector.received),
+        received,
         run_id=run_id,
         requests_topic=requests_topic,
         return_address=address,

@@ -147,6 +147,40 @@ def threads_of(pid: int) -> Iterator[tuple[int, str]]:
             continue
 
 
+def thread_schedstat(pid: int) -> Iterator[tuple[int, str, int, int]]:
+    """(thread id, name, ns it ran, ns it waited runnable for a core) of each thread of ``pid``, from
+    ``/proc/<pid>/task/<tid>/schedstat`` (nanoseconds, unlike stat's 10 ms ticks); nothing when ``pid``
+    is gone; a thread that ends while it is read is left out."""
+    try:
+        threads = list(threads_of(pid))
+    except OSError:
+        return
+    for tid, name in threads:
+        try:
+            run_ns, wait_ns = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[:2]
+            yield tid, name, int(run_ns), int(wait_ns)
+        except (OSError, ValueError):
+            continue
+
+
+# The host's CPU time by kind, in the order of /proc/stat's "cpu" line (clock ticks, all cores).
+HOST_CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def host_cpu() -> dict[str, int | None]:
+    """The machine's CPU ticks by kind (HOST_CPU_FIELDS; steal: time the virtual machine's cores were
+    taken by its host) and ``pressure_some_us``, the time some task waited for a core
+    (/proc/pressure/cpu; None where the kernel has no pressure stall information)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    out: dict[str, int | None] = {k: int(v) for k, v in zip(HOST_CPU_FIELDS, fields, strict=False)}
+    try:
+        some = Path("/proc/pressure/cpu").read_text().split("\n", 1)[0]
+        out["pressure_some_us"] = int(some.rsplit("total=", 1)[1])
+    except (OSError, IndexError, ValueError):
+        out["pressure_some_us"] = None
+    return out
+
+
 def jit_cpu_seconds(pid: int) -> float | None:
     """CPU seconds the JIT compiler threads of ``pid``'s JVM have used so far (None: no JVM found).
 

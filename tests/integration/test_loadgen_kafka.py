@@ -161,11 +161,13 @@ def test_every_request_answered_once_and_the_numbers_add_up(bootstrap: str) -> N
     requests_topic, scores_topic = unique("lg-requests"), unique("lg-scores")
     create_topic(bootstrap, scores_topic)
     calls: list[tuple[int, int, float]] = []
+    kept: dict[str, Any] = {}
     with EchoRendezvous(bootstrap, requests_topic) as echo:
         report = run_load(
             bootstrap,
             count=200,
             rate=200,
+            keep=lambda sent, received: kept.update(sent=sent, received=received),
             requests_topic=requests_topic,
             scores_topic=scores_topic,
             deadline_ms=10_000,
@@ -198,6 +200,9 @@ def test_every_request_answered_once_and_the_numbers_add_up(bootstrap: str) -> N
     # The garbage collector, off while the run measured, is on again.
     assert gc.isenabled()
     assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+    # `keep` saw every request as sent and every result as received, the report's own.
+    assert len(kept["sent"]) == 200 and len(kept["received"]) == 200
+    assert {r.request_id for r in kept["received"]} == {s.request_id for s in kept["sent"]}
 
 
 def test_duplicates_and_conflicts_are_told_apart(bootstrap: str) -> None:
