@@ -42,17 +42,22 @@ def is_background(thread_name: str) -> bool:
     return thread_name.startswith(BACKGROUND_THREAD_PREFIXES)
 
 
+# What /proc shows for a JVM thread that has started but not yet named itself (its process's name).
+UNNAMED = "java"
+
+
 def lower_background(pid: int, nice: int, seen: set[int]) -> list[tuple[int, str]]:
     """Set the nice value of ``pid``'s background threads not in ``seen`` to ``nice``; returns the
     (thread id, name) of each one it set. ``seen`` keeps the threads already looked at, so each is
-    set once. Raises OSError when ``pid`` is gone."""
+    set once; one still unnamed is looked at again next time. Raises OSError when ``pid`` is gone."""
     done: list[tuple[int, str]] = []
     alive: set[int] = set()
     for tid, name in procs.threads_of(pid):
         alive.add(tid)
         if tid in seen:
             continue
-        seen.add(tid)
+        if name != UNNAMED:
+            seen.add(tid)
         if is_background(name):
             try:
                 os.setpriority(os.PRIO_PROCESS, tid, nice)

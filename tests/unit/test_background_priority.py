@@ -97,6 +97,22 @@ def test_lowers_only_the_background_threads_once(named_threads: tuple[int, int, 
     assert bp.lower_background(pid, 10, seen) == []  # each thread is set once
 
 
+def test_a_thread_not_yet_named_is_looked_at_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JVM thread shows its process's name ("java") until it names itself: it must not be passed over
+    for good at a scan that catches it in between."""
+    names_now = {7: "java"}
+    set_nice: list[int] = []
+    monkeypatch.setattr(bp.procs, "threads_of", lambda pid: iter(names_now.items()))
+    monkeypatch.setattr(bp.os, "setpriority", lambda which, tid, nice: set_nice.append(tid))
+    seen: set[int] = set()
+
+    assert bp.lower_background(1, 10, seen) == []
+    names_now[7] = "AsyncOperations"
+    assert bp.lower_background(1, 10, seen) == [(7, "AsyncOperations")]
+    assert set_nice == [7]
+    assert bp.lower_background(1, 10, seen) == []  # and then once only
+
+
 @pytest.mark.skipif(not LINUX, reason="thread priorities through /proc: Linux only")
 def test_the_watcher_finds_the_jvm_late_and_says_so_once(named_threads: tuple[int, int, int]) -> None:
     pid, background, _ = named_threads

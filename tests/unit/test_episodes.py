@@ -201,7 +201,10 @@ def test_thread_schedstat_sees_a_busy_thread_of_this_process() -> None:
         (["--seconds", "1"], "--seconds: at least 2, got 1"),
         (["--lead-in", "-1"], "--lead-in: at least 0, got -1"),
         (["--period", "5"], "--period: seconds between 0.05 and 1, got 5"),
-        (["--policy", "/nonexistent/policy.yaml"], "--policy: /nonexistent/policy.yaml: cannot read policy file"),
+        (
+            ["--policy", "/nonexistent/policy.yaml"],
+            "--policy: /nonexistent/policy.yaml: cannot read policy file",
+        ),
         (["--stack", "other"], "invalid choice: 'other'"),
     ],
 )
