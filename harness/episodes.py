@@ -346,6 +346,18 @@ def jvm_thread_names(jvm: int) -> dict[int, str]:
         return {}
 
 
+def _every_10_s(total: int) -> loadgen.Progress:
+    """A progress line every 10 s of a long run."""
+    last = [0.0]
+
+    def show(sent: int, answered: int, elapsed_s: float) -> None:
+        if elapsed_s - last[0] >= 10.0:
+            last[0] = elapsed_s
+            bench.say(f"[episodes] {elapsed_s:.0f} s: {sent}/{total} sent, {answered} answered")
+
+    return show
+
+
 # The stacks it can run: the bench's (quick models; warm-up at the bench's 50/s) or the demo's (its slow,
 # flaky incumbent; warm-up at the run's own rate, and the policy's deadline sent with each request).
 STACKS = ("bench", "demo")
@@ -399,19 +411,27 @@ def run(
         report = loadgen.run_load(
             broker.bootstrap, count=lead + int(rate * seconds), rate=rate, return_address=address, settle_ms=3000,
             validate_results=False, budget_ms=bench.BUDGET_MS, lead_in=lead, deadline_ms=deadline_ms,
-            keep=lambda sent, received: raw.update(sent=sent, received=received),
+            keep=lambda sent, received: raw.update(sent=sent, received=received), progress=_every_10_s(lead + int(rate * seconds)),
         )  # fmt: skip
         sampler.join(timeout=lead_in_s + seconds + 60)
-        names = json.loads(samples_file.read_text())
+        if sampler.exitcode != 0 or not samples_file.exists():
+            raise RuntimeError(f"the thread sampler failed (exit code {sampler.exitcode}); nothing to report")
+        sampled = json.loads(samples_file.read_text())
         full = jvm_thread_names(jvm)
-        for key in list(names["names"]):
+        for key in list(sampled["names"]):
             label, tid = key.split("/")
             if label == "job" and int(tid) in full:
-                names["names"][key] = full[int(tid)]
-        cps = checkpoints(f"http://127.0.0.1:{rest_port}")
+                sampled["names"][key] = full[int(tid)]
+        try:
+            cps = checkpoints(f"http://127.0.0.1:{rest_port}")
+        except (OSError, ValueError, KeyError) as e:
+            bench.say(
+                f"[episodes] the job's checkpoints are not known (its REST API: {e}); reported without them"
+            )
+            cps = []
         measured = raw["sent"][lead:]
         answers = answers_of(measured, raw["received"])
-        rows = seconds_table(answers, names["ticks"], cps, list(pids), bench.BUDGET_MS)
+        rows = seconds_table(answers, sampled["ticks"], cps, list(pids), bench.BUDGET_MS)
         return {
             "stack": which,
             "policy": str(policy.relative_to(REPO_ROOT)) if policy.is_relative_to(REPO_ROOT) else str(policy),
@@ -426,8 +446,8 @@ def run(
             "latency_ms": report.latency_ms.to_dict(),
             "late": report.over_budget,
             "seconds_table": rows,
-            "threads": compare_threads(rows, names["ticks"], names["names"], bench.BUDGET_MS),
-            "stages": compare_stages(rows, names["ticks"], names["names"], bench.BUDGET_MS),
+            "threads": compare_threads(rows, sampled["ticks"], sampled["names"], bench.BUDGET_MS),
+            "stages": compare_stages(rows, sampled["ticks"], sampled["names"], bench.BUDGET_MS),
             "checkpoints": [
                 c | {"at_s": round((c["trigger_ms"] - answers[0].sent_ms) / 1000, 1)} for c in cps
             ],

@@ -213,3 +213,15 @@ def test_cli_refuses_bad_arguments_in_one_line(argv: list[str], message: str, ca
         episodes.main(argv)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_progress_is_a_line_every_ten_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    said: list[str] = []
+    monkeypatch.setattr(episodes.bench, "say", said.append)
+    show = episodes._every_10_s(1000)
+    for second in range(25):
+        show(second * 40, second * 39, float(second))
+    assert said == [
+        "[episodes] 10 s: 400/1000 sent, 390 answered",
+        "[episodes] 20 s: 800/1000 sent, 780 answered",
+    ]
