@@ -575,11 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     result = runinfo.run_info() | run(
         a.rate, a.seconds, a.lead_in, a.warmup, a.warmup_max, a.period, a.stack, a.policy.resolve()
     )
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUT_DIR / "episodes.json").write_text(json.dumps(result, indent=2))
-    (OUT_DIR / "episodes.md").write_text(markdown(result))
-    print((OUT_DIR / "episodes.md").read_text())
-    bench.say(f"wrote {OUT_DIR.relative_to(REPO_ROOT)}/episodes.json, episodes.md")
+    bench.say(runinfo.write_run(OUT_DIR, "episodes", result, markdown(result)))
     return 0
 
 

@@ -684,10 +684,7 @@ def main(argv: list[str] | None = None) -> int:
                 result[part] = run()
             except (RuntimeError, TimeoutError) as e:
                 result[part] = {"error": str(e).splitlines()[0]}
-    (OUT_DIR / "profile.json").write_text(json.dumps(result, indent=2))
-    (OUT_DIR / "profile.md").write_text(markdown(result))
-    print((OUT_DIR / "profile.md").read_text())
-    bench.say(f"wrote {OUT_DIR.relative_to(REPO_ROOT)}/profile.json, profile.md")
+    bench.say(runinfo.write_run(OUT_DIR, "profile", result, markdown(result)))
     return 0
 
 

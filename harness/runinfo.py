@@ -5,6 +5,7 @@ to docs/results/."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -29,6 +30,17 @@ def _git(*args: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
+
+
+def write_run(out_dir: Path, stem: str, result: dict[str, Any], markdown: str) -> str:
+    """``<stem>.json`` and ``<stem>.md`` of a run in ``out_dir``; prints the Markdown and returns the line
+    that names what was written (the caller says it its own way)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (out_dir / f"{stem}.md").write_text(markdown)
+    print(markdown)
+    where = out_dir.relative_to(REPO_ROOT) if out_dir.is_relative_to(REPO_ROOT) else out_dir
+    return f"wrote {where}/{stem}.json, {stem}.md"
 
 
 def run_info() -> dict[str, Any]:

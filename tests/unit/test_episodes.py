@@ -225,3 +225,13 @@ def test_progress_is_a_line_every_ten_seconds(monkeypatch: pytest.MonkeyPatch) -
         "[episodes] 10 s: 400/1000 sent, 390 answered",
         "[episodes] 20 s: 800/1000 sent, 780 answered",
     ]
+
+
+def test_write_run_writes_both_files_and_names_them(tmp_path: Any, capsys: Any) -> None:
+    from harness import runinfo
+
+    line = runinfo.write_run(tmp_path / "out", "episodes", {"rate": 833.0}, "# report\n")
+    assert (tmp_path / "out" / "episodes.json").read_text() == '{\n  "rate": 833.0\n}'
+    assert (tmp_path / "out" / "episodes.md").read_text() == "# report\n"
+    assert "# report" in capsys.readouterr().out
+    assert line == f"wrote {tmp_path / 'out'}/episodes.json, episodes.md"
