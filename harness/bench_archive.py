@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from harness import bench, runinfo, stack
-from ops import archive
+from ops import archive, procs
 
 OUT_DIR = bench.OUT_DIR
 JOB_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -332,4 +332,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    procs.exit_on_sigterm()
     sys.exit(main())

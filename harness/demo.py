@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import loadgen, runinfo, stack
-from ops import archive, kafka_admin, kafka_client
+from ops import archive, kafka_admin, kafka_client, procs
 from ops.broker import KafkaBroker
 from udfs import names
 from udfs.policy import load_policy
@@ -300,4 +300,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    procs.exit_on_sigterm()
     sys.exit(main())

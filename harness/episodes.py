@@ -580,4 +580,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    procs.exit_on_sigterm()
     sys.exit(main())

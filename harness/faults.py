@@ -1081,4 +1081,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    procs.exit_on_sigterm()
     sys.exit(main())

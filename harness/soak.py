@@ -1068,4 +1068,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    procs.exit_on_sigterm()
     sys.exit(main())

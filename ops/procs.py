@@ -204,6 +204,17 @@ def jit_cpu_seconds(pid: int) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit(143) in the main thread, so a command that started a broker, a job
+    or runners stops them (its ``finally`` blocks run) when it is stopped by ``kill PID``, as on Ctrl-C.
+    Python's default for SIGTERM ends the process at once and leaves its children running."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     """Signal the process group led by pid, or just pid if it does not lead one."""
     try:
