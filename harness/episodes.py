@@ -124,15 +124,23 @@ def _p(values: Sequence[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
+def _ends(
+    samples: Sequence[Mapping[str, Any]], lo_ms: float, hi_ms: float
+) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
+    """The first and the last sample inside [lo_ms, hi_ms] (None: fewer than two)."""
+    inside = [s for s in samples if lo_ms <= s["t_ms"] <= hi_ms]
+    return (inside[0], inside[-1]) if len(inside) >= 2 else None
+
+
 def thread_percent(
     samples: Sequence[Mapping[str, Any]], lo_ms: float, hi_ms: float
 ) -> tuple[dict[str, float], dict[str, float]]:
     """({thread: % of a core it ran}, {thread: % of the time it waited for a core}) between the first
     and the last sample inside [lo_ms, hi_ms]; threads seen at both ends only."""
-    inside = [s for s in samples if lo_ms <= s["t_ms"] <= hi_ms]
-    if len(inside) < 2:
+    ends = _ends(samples, lo_ms, hi_ms)
+    if ends is None:
         return {}, {}
-    a, b = inside[0], inside[-1]
+    a, b = ends
     dt_ns = (b["t_ms"] - a["t_ms"]) * 1e6
     run, wait = {}, {}
     for key, (run_ns, wait_ns) in b["threads"].items():
@@ -144,12 +152,12 @@ def thread_percent(
 
 def host_percent(samples: Sequence[Mapping[str, Any]], lo_ms: float, hi_ms: float) -> dict[str, float]:
     """The host's busy, steal and pressure (% of the window; busy and steal over all cores, 100 each)."""
-    inside = [s for s in samples if lo_ms <= s["t_ms"] <= hi_ms]
-    if len(inside) < 2:
+    ends = _ends(samples, lo_ms, hi_ms)
+    if ends is None:
         return {}
-    a, b = inside[0]["host"], inside[-1]["host"]
+    a, b = ends[0]["host"], ends[1]["host"]
     total = sum(b[k] - a[k] for k in procs.HOST_CPU_FIELDS)
-    dt_us = (inside[-1]["t_ms"] - inside[0]["t_ms"]) * 1000.0
+    dt_us = (ends[1]["t_ms"] - ends[0]["t_ms"]) * 1000.0
     out = {
         "busy": 100.0 * (total - (b["idle"] - a["idle"]) - (b["iowait"] - a["iowait"])) / total
         if total
@@ -226,19 +234,28 @@ def stage_of(key: str, name: str) -> str:
     return f"{label}: {re.sub(r'[-#_ ]*[0-9]+$', '', name) or name}"
 
 
+Shares = tuple[dict[str, float], dict[str, float]]  # thread_percent's (run, wait) of one window
+
+
+def window_shares(
+    rows: Sequence[Mapping[str, Any]], samples: Sequence[Mapping[str, Any]], window_ms: float = WINDOW_MS
+) -> list[Shares]:
+    """thread_percent of each row's window, once for every comparison made of them."""
+    return [thread_percent(samples, row["from_ms"], row["from_ms"] + window_ms) for row in rows]
+
+
 def compare(
     rows: Sequence[Mapping[str, Any]],
-    samples: Sequence[Mapping[str, Any]],
+    shares: Sequence[Shares],
     group_of: Callable[[str], str],
     budget_ms: float,
-    window_ms: float = WINDOW_MS,
     top: int = TOP_THREADS,
 ) -> list[dict[str, Any]]:
     """Each group of threads' mean run % and run-queue wait % (of a core) in the slow seconds and in the
-    others, the groups that differ most first (run and wait together). Empty unless both kinds exist."""
-    per_window: dict[bool, list[tuple[dict[str, float], dict[str, float]]]] = {True: [], False: []}
-    for row in rows:
-        run, wait = thread_percent(samples, row["from_ms"], row["from_ms"] + window_ms)
+    others (``shares``: window_shares of ``rows``), the groups that differ most first (run and wait
+    together). Empty unless both kinds exist."""
+    per_window: dict[bool, list[Shares]] = {True: [], False: []}
+    for row, (run, wait) in zip(rows, shares, strict=True):
         grouped: tuple[dict[str, float], dict[str, float]] = ({}, {})
         for i, values in enumerate((run, wait)):
             for key, v in values.items():
@@ -272,23 +289,61 @@ def compare(
 
 
 def compare_threads(
-    rows: Sequence[Mapping[str, Any]],
-    samples: Sequence[Mapping[str, Any]],
-    names: Mapping[str, str],
-    budget_ms: float,
+    rows: Sequence[Mapping[str, Any]], shares: Sequence[Shares], names: Mapping[str, str], budget_ms: float
 ) -> list[dict[str, Any]]:
     """compare() thread by thread, each named ``process/tid name``."""
-    return compare(rows, samples, lambda key: f"{key} {names.get(key, '?')}", budget_ms)
+    return compare(rows, shares, lambda key: f"{key} {names.get(key, '?')}", budget_ms)
 
 
 def compare_stages(
+    rows: Sequence[Mapping[str, Any]], shares: Sequence[Shares], names: Mapping[str, str], budget_ms: float
+) -> list[dict[str, Any]]:
+    """compare() by stage (stage_of), every stage listed."""
+    return compare(rows, shares, lambda key: stage_of(key, names.get(key, "?")), budget_ms, top=10_000)
+
+
+TOP_IN_SAMPLE = 6  # threads listed per sample inside a slow second
+
+
+def _short(thread_name: str) -> str:
+    """A task thread's name up to its first chained operator ("rendezvous mailbox -> (Map, ...")."""
+    return thread_name.split(" -> ", 1)[0][:40]
+
+
+def inside_slow_seconds(
     rows: Sequence[Mapping[str, Any]],
     samples: Sequence[Mapping[str, Any]],
     names: Mapping[str, str],
     budget_ms: float,
+    window_ms: float = WINDOW_MS,
 ) -> list[dict[str, Any]]:
-    """compare() by stage (stage_of), every stage listed."""
-    return compare(rows, samples, lambda key: stage_of(key, names.get(key, "?")), budget_ms, top=10_000)
+    """Each slow second, sample interval by sample interval: the host's busy share and the threads that
+    ran most, each with its run and wait % (a second's means hide a quarter in which the mailbox thread
+    waited for a core while another took it)."""
+    out = []
+    for row in rows:
+        if not slow(row, budget_ms):
+            continue
+        inside = [s for s in samples if row["from_ms"] <= s["t_ms"] <= row["from_ms"] + window_ms]
+        for a, b in zip(inside, inside[1:], strict=False):
+            run, wait = thread_percent([a, b], a["t_ms"], b["t_ms"])
+            top = sorted(run, key=lambda k: -run[k])[:TOP_IN_SAMPLE]
+            out.append(
+                {
+                    "second": row["second"],
+                    "at_ms": round(b["t_ms"] - row["from_ms"]),
+                    "host_busy": round(host_percent([a, b], a["t_ms"], b["t_ms"]).get("busy", 0.0)),
+                    "threads": [
+                        {
+                            "thread": f"{k.split('/')[0]}: {_short(names.get(k, '?'))}",
+                            "run": round(run[k]),
+                            "wait": round(wait[k]),
+                        }
+                        for k in top
+                    ],
+                }
+            )
+    return out
 
 
 # --- the job's checkpoints --------------------------------------------------------------------
@@ -432,6 +487,7 @@ def run(
         measured = raw["sent"][lead:]
         answers = answers_of(measured, raw["received"])
         rows = seconds_table(answers, sampled["ticks"], cps, list(pids), bench.BUDGET_MS)
+        shares = window_shares(rows, sampled["ticks"])
         return {
             "stack": which,
             "policy": str(policy.relative_to(REPO_ROOT)) if policy.is_relative_to(REPO_ROOT) else str(policy),
@@ -446,8 +502,11 @@ def run(
             "latency_ms": report.latency_ms.to_dict(),
             "late": report.over_budget,
             "seconds_table": rows,
-            "threads": compare_threads(rows, sampled["ticks"], sampled["names"], bench.BUDGET_MS),
-            "stages": compare_stages(rows, sampled["ticks"], sampled["names"], bench.BUDGET_MS),
+            "threads": compare_threads(rows, shares, sampled["names"], bench.BUDGET_MS),
+            "stages": compare_stages(rows, shares, sampled["names"], bench.BUDGET_MS),
+            "inside_slow_seconds": inside_slow_seconds(
+                rows, sampled["ticks"], sampled["names"], bench.BUDGET_MS
+            ),
             "checkpoints": [
                 c | {"at_s": round((c["trigger_ms"] - answers[0].sent_ms) / 1000, 1)} for c in cps
             ],
@@ -521,6 +580,23 @@ def markdown(result: Mapping[str, Any]) -> str:
             f"| {g[key]} | {g['run_slow']:.1f} | {g['run_other']:.1f} | {g['wait_slow']:.1f} | {g['wait_other']:.1f} |"
             for g in groups
         ]
+    lines += ["", "## Inside the slow seconds, sample by sample", ""]
+    if result.get("inside_slow_seconds"):
+        lines += [
+            "Each sample interval of each slow second: the host's busy share (% of all cores) and the threads "
+            "that ran most, each as ran / waited for a core (% of one core).",
+            "",
+            "| s | at ms | host busy % | threads: ran / waited % |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {t['second']:.0f} | {t['at_ms']} | {t['host_busy']} | "
+            + "; ".join(f"{x['thread']} {x['run']} / {x['wait']}" for x in t["threads"])
+            + " |"
+            for t in result["inside_slow_seconds"]
+        ]
+    else:
+        lines.append("No slow second.")
     lines += ["", "## The job's checkpoints", ""]
     if result["checkpoints"]:
         lines += [

@@ -100,7 +100,8 @@ def test_compare_names_what_ran_or_waited_more_in_the_slow_seconds() -> None:
         "job/2": "C2 CompilerThread0",
         "broker/9": "data-plane-kafka-0",
     }
-    threads = episodes.compare_threads(rows, samples, names, 100)
+    shares = episodes.window_shares(rows, samples)
+    threads = episodes.compare_threads(rows, shares, names, 100)
     # The mailbox waited 50 points more (and ran no more), the JIT ran 49 points more: both named first.
     assert [t["group"] for t in threads[:2]] == [
         "job/1 rendezvous mailbox -> x (1/1)#0",
@@ -114,13 +115,37 @@ def test_compare_names_what_ran_or_waited_more_in_the_slow_seconds() -> None:
         "wait_other": 0.0,
     }
     assert threads[-1]["group"] == "broker/9 data-plane-kafka-0"  # the same in both
-    stages = {s["group"]: s for s in episodes.compare_stages(rows, samples, names, 100)}
+    stages = {s["group"]: s for s in episodes.compare_stages(rows, shares, names, 100)}
     assert stages["job: mailbox task (and the Kafka sink chained to it)"]["wait_slow"] == 60.0
     assert stages["job: JVM: JIT compiler"]["run_slow"] == 50.0
     assert "broker: data-plane-kafka" in stages
     # Without a slow second (or without a fast one) there is nothing to set against.
-    assert episodes.compare_threads(rows[:1], samples, names, 100) == []
-    assert episodes.compare_threads(rows[1:], samples, names, 100) == []
+    assert episodes.compare_threads(rows[:1], shares[:1], names, 100) == []
+    assert episodes.compare_threads(rows[1:], shares[1:], names, 100) == []
+
+
+def test_inside_a_slow_second_each_sample_interval_names_who_ran_and_who_waited() -> None:
+    answers, samples = slow_and_fast_run()
+    rows = episodes.seconds_table(answers, samples, [], ["job", "broker"], budget_ms=100)
+    names = {
+        "job/1": "rendezvous mailbox",
+        "job/2": "AsyncOperations-thread-1",
+        "broker/9": "data-plane-kafka-0",
+    }
+    inside = episodes.inside_slow_seconds(rows, samples, names, 100)
+    # Only the slow second (the second one), and its one interval between two samples.
+    assert inside == [
+        {
+            "second": 1.0,
+            "at_ms": 1000,
+            "host_busy": 0,
+            "threads": [
+                {"thread": "job: AsyncOperations-thread-1", "run": 50, "wait": 0},
+                {"thread": "job: rendezvous mailbox", "run": 40, "wait": 60},
+                {"thread": "broker: data-plane-kafka-0", "run": 30, "wait": 0},
+            ],
+        }
+    ]
 
 
 def test_stage_of_groups_a_pool_and_uses_the_jvm_stages() -> None:
@@ -149,8 +174,9 @@ def test_markdown_marks_slow_seconds_and_lists_checkpoints() -> None:
         "latency_ms": {"p50": 10.0, "p99": 240.0, "max": 249.0},
         "late": 100,
         "seconds_table": rows,
-        "threads": episodes.compare_threads(rows, samples, names, 100),
+        "threads": episodes.compare_threads(rows, episodes.window_shares(rows, samples), names, 100),
         "stages": [],
+        "inside_slow_seconds": episodes.inside_slow_seconds(rows, samples, names, 100),
         "checkpoints": [
             {
                 "id": 3,
@@ -166,6 +192,10 @@ def test_markdown_marks_slow_seconds_and_lists_checkpoints() -> None:
     assert "1 of 2 seconds with p99 over 100 ms" in md
     assert "| job/2 C2 CompilerThread0 | 50.0 | 1.0 | 0.0 | 0.0 |" in md
     assert "No comparison" in md  # the empty stage list says so
+    assert (
+        "| 1 | 1000 | 0 | job: C2 CompilerThread0 50 / 0; job: rendezvous mailbox 40 / 60; broker: ? 30 / 0 |"
+        in md
+    )
     assert "| 3 | 1.5 | COMPLETED | 310 | mailbox: - / 300 / - |" in md
 
 
