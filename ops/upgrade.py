@@ -92,7 +92,8 @@ _WHY = {
     ),
     COMPAT_STATE_VERSION: (
         "the mailboxes in the savepoint are stored in a format the new code cannot read (it reads the "
-        "versions in mailbox_state_reads); this needs a state migration, not a policy upgrade"
+        "versions in mailbox_state_reads); this needs a state migration, not a policy upgrade "
+        "(docs/operations.md, 'Crossing a mailbox state format')"
     ),
     COMPAT_UIDS: "savepoint state is mapped to operators by uid; a renamed uid orphans its state",
     COMPAT_STATE_NAMES: "keyed state is looked up by name; a renamed state starts empty",

@@ -2,8 +2,9 @@
 pins that behaviour, failing the day it changes, so the workaround can go then: items 1 and 2 from the
 installed PyFlink's source (tests/unit/test_flink_compat_pins.py:
 ``test_thread_mode_get_index_of_this_subtask_calls_the_method_flink_2_moved_to_task_info``,
-``test_keyed_broadcast_on_timer_skips_the_side_output_filter_the_keyed_process_on_timer_has``), items 3
-and 4 on the mini cluster (tests/integration/test_flink_compat.py).
+``test_keyed_broadcast_on_timer_skips_the_side_output_filter_the_keyed_process_on_timer_has``,
+``test_thread_mode_byte_array_state_converts_per_byte_and_fails_on_a_missing_value``), items 3 and 4 on
+the mini cluster (tests/integration/test_flink_compat.py).
 
 1. ``subtask_index``: the thread-mode runtime context calls ``getIndexOfThisSubtask``, which Flink 2
    moved to ``getTaskInfo()``.
@@ -26,6 +27,14 @@ and 4 on the mini cluster (tests/integration/test_flink_compat.py).
    for each topic it has not seen, on the task thread. ``deps/kafka-sink-context`` replaces that class
    (one lookup producer), and ``jobs.rendezvous_job.connector_jars`` puts it first in ``pipeline.jars``;
    tests/integration/test_sink_context.py pins the upstream behaviour.
+6. ``text_state_type``: keyed state of ``Types.STRING()`` is checkpointed by Java's ``StringSerializer``,
+   which writes one character at a time through a synchronized ``DataOutputStream.write(int)``: a lock
+   per byte, 130 of the snapshot thread's 163 JFR samples at 833/s (docs/performance.md). A byte array
+   is written in one call, but thread mode converts ``PRIMITIVE_ARRAY(BYTE)`` state element by element
+   into a tuple of ints and fails on a missing value (``fn_execution/embedded/converters.py``,
+   ``ArrayDataConverter``). ``PICKLED_BYTE_ARRAY`` is a ``byte[]`` in Java that PyFlink fills with the
+   pickle of the Python value: a built-in ``str`` stays a ``str`` (no project class is pickled) and
+   crosses, and is checkpointed, as one array.
 """
 
 from __future__ import annotations
@@ -42,6 +51,13 @@ def subtask_index(runtime_context: Any) -> int:
         if java is None:
             return 0  # a context without the method at all (the unit tests' fakes): one instance
         return int(java.getTaskInfo().getIndexOfThisSubtask())
+
+
+def text_state_type() -> Any:
+    """The type of keyed state that holds one Python ``str``, checkpointed as one byte array (item 6)."""
+    from pyflink.common import Types
+
+    return Types.PICKLED_BYTE_ARRAY()
 
 
 def typed_rows(stream: Any, type_info: Any) -> Any:

@@ -3,7 +3,8 @@
 Everything that decides anything lives in ``udfs.rendezvous_logic`` (over ``udfs.mailbox`` /
 ``udfs.policy`` / ``udfs.wire_in`` / ``udfs.wire_out`` / ``udfs.feedback``); this module only moves
 data between it and PyFlink. Records crossing Java and Python are rows of plain strings and integers
-(no pickled project classes), so module renames never break state.
+(no pickled project classes: the mailbox's state is a built-in ``str`` in a byte-array state), so module
+renames never break state.
 """
 
 from __future__ import annotations
@@ -257,7 +258,9 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
         self.via_log = clock == names.CLOCK_LOG
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.state = runtime_context.get_state(ValueStateDescriptor(names.STATE_MAILBOX, Types.STRING()))
+        # The mailbox's text as one byte array (state version 3): not a string written char by char.
+        mailbox_state = ValueStateDescriptor(names.STATE_MAILBOX, flink_compat.text_state_type())
+        self.state = runtime_context.get_state(mailbox_state)
         self.logic = RendezvousLogic(
             self.policy,
             feedback=self.feedback,

@@ -1,7 +1,7 @@
 """The per-request mailbox and its transitions. Pure Python, no pyflink; time is an argument.
 
-A mailbox lives in Flink keyed state (keyed by request id) as versioned JSON text, never as a
-pickled object, so module renames cannot break a restore. Its life:
+A mailbox lives in Flink keyed state (keyed by request id) as versioned JSON text (a built-in ``str``),
+never as a pickled project object, so module renames cannot break a restore. Its life:
 
     open (request and/or scores arriving) -> decided (official result out; late scores still
     recorded) -> closed (decision log and canary records out; a small tombstone stays for
@@ -59,11 +59,14 @@ from udfs.wire_out import (
 
 # The state format this code writes, and the ones it reads (a savepoint of any of them restores: the
 # upgrade's refusal rules, ops/upgrade.py, compare against READABLE_STATE_VERSIONS).
-# 1: every mailbox as JSON. 2: open mailboxes as JSON (v 2), closed ones as a compact tombstone line
-# (TOMBSTONE_PREFIX), ~60 bytes instead of ~170: tombstones are most of the state a checkpoint writes.
-STATE_VERSION = 2
-READABLE_STATE_VERSIONS = (1, 2)
-TOMBSTONE_PREFIX = "t2,"  # never the start of JSON; request ids hold no comma (udfs/wire_in.py)
+# 1: every mailbox as JSON in a string state. 2: open mailboxes as JSON (v 2), closed ones as a compact
+# tombstone line (TOMBSTONE_PREFIX), ~60 bytes instead of ~170: tombstones are most of the state a
+# checkpoint writes. 3: the same texts (v 3, "t3,") in a byte-array state (udfs/flink_compat.py item 6),
+# which a checkpoint writes in one call per value instead of one per character. Flink cannot restore a
+# string state as a byte array, so 3 reads only 3 (docs/operations.md: crossing from 2 to 3).
+STATE_VERSION = 3
+READABLE_STATE_VERSIONS = (3,)
+TOMBSTONE_PREFIX = "t3,"  # never the start of JSON; request ids hold no comma (udfs/wire_in.py)
 # Scores a mailbox keeps beyond the first one of each policy model: duplicates and unknown models.
 MAX_EXTRA_SCORES = 16
 UNKNOWN_ROLE = "unknown"  # Policy.role_of for a model id the policy does not list
@@ -190,6 +193,8 @@ class Mailbox:
                 )
             except ValueError as e:
                 raise ValueError(f"mailbox state: not a tombstone line: {text[:80]!r}") from e
+        if not text.startswith("{"):  # e.g. version 2's "t2," line
+            raise ValueError(f"mailbox state: neither a {TOMBSTONE_PREFIX!r} line nor JSON: {text[:80]!r}")
         d = fastjson.loads(text)
         if d.get("v") not in READABLE_STATE_VERSIONS:
             raise ValueError(

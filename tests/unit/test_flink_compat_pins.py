@@ -1,4 +1,4 @@
-"""Pins the upstream PyFlink behaviour behind ``udfs.flink_compat`` items 1 and 2, from the installed
+"""Pins the upstream PyFlink behaviour behind ``udfs.flink_compat`` items 1, 2 and 6, from the installed
 PyFlink's source files, without starting Flink or importing thread mode's modules (items 3 and 4: tests/integration/test_flink_compat.py).
 
 Each test asserts the bug is still there: the day PyFlink fixes it, the test fails, and its workaround
@@ -15,11 +15,12 @@ from pathlib import Path
 
 # Thread mode's modules import pemja's in-JVM half at import time: read as source, never imported.
 EMBEDDED = "pyflink.fn_execution.datastream.embedded"
+CONVERTERS = "pyflink.fn_execution.embedded"
 
 
-def _source(module: str, *qualname: str) -> str:
+def _source(module: str, *qualname: str, package: str = EMBEDDED) -> str:
     """The source of ``module``'s ``qualname`` (a function, or a class's method) as installed."""
-    spec = importlib.util.find_spec(f"{EMBEDDED}.{module}")
+    spec = importlib.util.find_spec(f"{package}.{module}")
     assert spec is not None and spec.origin is not None, module
     text = Path(spec.origin).read_text(encoding="utf-8")
     body: list[ast.stmt] = ast.parse(text).body
@@ -72,3 +73,18 @@ def test_keyed_broadcast_on_timer_skips_the_side_output_filter_the_keyed_process
     assert keyed_broadcast == "yield from on_timer(timestamp, timer_context)"
     # process_func is the side-output filter: it collects (OutputTag, value) pairs into side outputs.
     assert "side_output_context.collect(output_tag.tag_id, value[1])" in source
+
+
+def test_thread_mode_byte_array_state_converts_per_byte_and_fails_on_a_missing_value() -> None:
+    """Item 6 (``flink_compat.text_state_type``): thread mode converts a ``PRIMITIVE_ARRAY`` state
+    value with ``ArrayDataConverter``, a tuple built element by element, which also fails on the
+    ``None`` of a key without state; ``PICKLED_BYTE_ARRAY`` goes through ``PickleDataConverter``,
+    one ``pickle`` call each way and ``None`` kept, so a ``str`` crosses as one ``byte[]``."""
+    choose = _source("converters", "from_type_info", package=CONVERTERS)
+    assert "PrimitiveArrayTypeInfo" in choose and "return ArrayDataConverter(" in choose
+    assert re.search(r"PickledBytesTypeInfo.*\n\s*return PickleDataConverter\(\)", choose)
+    array = _source("converters", "ArrayDataConverter", "to_internal", package=CONVERTERS)
+    assert "return tuple(super(ArrayDataConverter, self).to_internal(value))" in array
+    pickled = _source("converters", "PickleDataConverter", package=CONVERTERS)
+    assert "if value is None:\n            return None" in pickled
+    assert "return pickle.loads(value)" in pickled and "return pickle.dumps(value)" in pickled

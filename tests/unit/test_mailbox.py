@@ -1312,31 +1312,42 @@ def test_the_cap_applies_to_orphans_too() -> None:
     assert f.state is None and len(f.of(DEAD_LETTER)) == MAX_EXTRA_SCORES + 5
 
 
-def test_version_1_state_still_loads_and_is_written_as_version_2() -> None:
-    # What the job stored before state version 2 (a savepoint restores it: READABLE_STATE_VERSIONS).
-    text = (
+@pytest.mark.parametrize(
+    "text",
+    [
+        # What the job stored in a string state before version 3 (Flink cannot restore that state as
+        # the byte array version 3 keeps: READABLE_STATE_VERSIONS, and the upgrade refuses it).
         '{"v":1,"id":"req-1","first":5,"pv":1,"ra":"results","sent":3,"dl":null,"recv":5,'
-        '"scores":[],"result":null,"closed":false,"wake":45}'
-    )
-    mb = Mailbox.from_json(text)
-    assert mb.to_json() == text.replace('"v":1', '"v":2')
-    assert 1 in READABLE_STATE_VERSIONS and STATE_VERSION in READABLE_STATE_VERSIONS
+        '"scores":[],"result":null,"closed":false,"wake":45}',
+        '{"v":2,"id":"req-1","first":5,"pv":1,"ra":"results","sent":3,"dl":null,"recv":5,'
+        '"scores":[],"result":null,"closed":false,"wake":45}',
+    ],
+)
+def test_state_of_an_older_version_is_refused_with_the_versions_this_code_reads(text: str) -> None:
+    assert READABLE_STATE_VERSIONS == (STATE_VERSION,) == (3,)
+    with pytest.raises(ValueError, match=r"mailbox state version \d is not supported \(this code reads 3\)"):
+        Mailbox.from_json(text)
+    with pytest.raises(ValueError, match="neither a 't3,' line nor JSON: 't2,req-1"):
+        Mailbox.from_json("t2,req-1,5,3,6,600106")  # version 2's tombstone line
 
 
-def test_a_version_1_tombstone_loads_and_is_written_compact() -> None:
-    text = (
-        '{"v":1,"id":"req-1","first":5,"pv":3,"ra":null,"sent":null,"dl":null,"recv":6,'
-        '"scores":[],"result":null,"closed":true,"wake":600106}'
-    )
+def test_a_tombstone_line_loads_and_refuses_as_the_json_one_does() -> None:
+    text = "t3,req-1,5,3,6,600106"
     mb = Mailbox.from_json(text)
     assert mb.is_tombstone
-    assert mb.to_json() == "t2,req-1,5,3,6,600106"
-    assert Mailbox.from_json(mb.to_json()) == mb
-    # A duplicate request and a late score are refused by it as by the JSON one.
-    assert on_request(mb, *make_request(0), DEFAULT, 10).outputs[0].record["reason"] == "duplicate_request"
-    assert on_score(mb, make_score("gbt"), Source("scores"), DEFAULT, 10).outputs[0].record["reason"] == (
-        "score_after_close"
+    assert (mb.request_id, mb.first_seen_ms, mb.policy_version, mb.received_at_ms) == ("req-1", 5, 3, 6)
+    assert mb.to_json() == text
+    as_json = Mailbox(
+        "req-1", 5, policy_version=3, received_at_ms=6, closed=True, wake_at_ms=600106, return_address="r"
     )
+    # A duplicate request and a late score are refused by it as by the JSON one.
+    for closed in (mb, as_json):
+        assert on_request(closed, *make_request(0), DEFAULT, 10).outputs[0].record["reason"] == (
+            "duplicate_request"
+        )
+        assert on_score(closed, make_score("gbt"), Source("scores"), DEFAULT, 10).outputs[0].record[
+            "reason"
+        ] == ("score_after_close")
 
 
 def test_the_tombstone_a_close_keeps_is_a_short_line() -> None:
@@ -1359,7 +1370,7 @@ def test_a_closed_mailbox_with_more_than_a_tombstone_stays_json() -> None:
     assert not Mailbox("req-1", 5, closed=True).is_tombstone  # no expiry: nothing to write in the line
 
 
-@pytest.mark.parametrize("line", ["t2,req-1,5,1,6", "t2,req-1,five,1,6,7", "t2,"])
+@pytest.mark.parametrize("line", ["t3,req-1,5,1,6", "t3,req-1,five,1,6,7", "t3,"])
 def test_a_broken_tombstone_line_is_refused_with_its_text(line: str) -> None:
     with pytest.raises(ValueError, match="not a tombstone line"):
         Mailbox.from_json(line)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from ops.policy_cli import document
 from udfs import names
-from udfs.mailbox import MAX_BUFFERED_TICKS, MAX_EXTRA_SCORES, UNKNOWN_ROLE, Mailbox
+from udfs.mailbox import MAX_BUFFERED_TICKS, MAX_EXTRA_SCORES, TOMBSTONE_PREFIX, UNKNOWN_ROLE, Mailbox
 from udfs.policy import MAX_MODELS, PolicyError, load_policy, parse_policy
 from udfs.policy_registry import MAX_DOCUMENT_BYTES, Accepted, PolicyRegistry
 from udfs.testing import Harness
@@ -99,7 +99,8 @@ def test_twenty_models_each_score_and_the_decision_log_keeps_them_all() -> None:
     assert [s["model_id"] for s in decision["scores"]] == [*first, "challenger-2", *rest]
     assert [s["model_id"] for s in decision["scores"] if s["late"]] == rest  # after the answer: kept, late
     assert [c["canary"]["model_id"] for c in h.canary] == ["base"]
-    assert h.state and all(text.startswith("t2,") for text in h.state.values())  # only the tombstone
+    # Only the tombstone is left.
+    assert h.state and all(text.startswith(TOMBSTONE_PREFIX) for text in h.state.values())
 
 
 # --- the mailbox stays bounded by the policy's models, whatever arrives ------------------------------
