@@ -181,6 +181,12 @@ def _paced(count: int, rate: float, send: Callable[[int], None]) -> float:
 # --- 1. the Kafka floor -----------------------------------------------------------------------
 
 
+# Runs of the floor per rate at the stack's linger, the one the ratios compare against: the floor is what
+# Kafka does on this machine, and one run that a busy moment of the machine spoils (833/s at 13:59 on
+# 2026-12-06: p99 248 ms, above the rendezvous' own) is not it. The ratios take the run with the lower p99.
+FLOOR_RUNS_AT_STACK_LINGER = 2
+
+
 def kafka_floor(
     rates: Sequence[float], seconds: float, lingers: Sequence[int] = (0, 1, 5)
 ) -> list[dict[str, Any]]:
@@ -190,8 +196,11 @@ def kafka_floor(
     try:
         for linger in lingers:
             for rate in rates:
-                say(f"Kafka floor: 3 hops at {rate:.0f}/s, linger {linger} ms ...")
-                out.append(_three_hops(broker.bootstrap, rate, int(rate * seconds), linger))
+                runs = FLOOR_RUNS_AT_STACK_LINGER if linger == STACK_LINGER_MS else 1
+                for run in range(runs):
+                    again = f" (run {run + 1} of {runs})" if runs > 1 else ""
+                    say(f"Kafka floor: 3 hops at {rate:.0f}/s, linger {linger} ms{again} ...")
+                    out.append(_three_hops(broker.bootstrap, rate, int(rate * seconds), linger))
     finally:
         broker.stop()
     return out
@@ -1202,8 +1211,16 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def floor_ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The rendezvous' latency as a multiple of the bare three Kafka hops' at the same rate (the floor
-    with the stack's producer linger, 1 ms), for every rate both measured and the stack kept up with."""
-    floor = {f["rate"]: f for f in result.get("kafka_floor", []) if f["linger_ms"] == STACK_LINGER_MS}
+    with the stack's producer linger, 1 ms; of several runs at a rate, the one with the lowest p99), for
+    every rate both measured and the stack kept up with."""
+    floor: dict[float, dict[str, Any]] = {}
+    for f in result.get("kafka_floor", []):
+        p99 = f["latency_ms"]["p99"]
+        if f["linger_ms"] != STACK_LINGER_MS or not p99:
+            continue
+        best = floor.get(f["rate"])
+        if best is None or p99 < best["latency_ms"]["p99"]:
+            floor[f["rate"]] = f
     out = []
     for s in result.get("stack", {}).get("first_in_order", {}).get("steps", []):
         f = floor.get(s["rate"])
@@ -1425,6 +1442,8 @@ def floor_ratio_section(result: dict[str, Any]) -> list[str]:
         return []
     return [
         f"## The rendezvous over the floor (three bare Kafka hops, linger {STACK_LINGER_MS} ms, same rate)",
+        "",
+        f"The floor of a rate is its run with the lowest p99 of the {FLOOR_RUNS_AT_STACK_LINGER} above.",
         "",
         "| rate (req/s) | p50 ms (floor) | p50 ratio | p99 ms (floor) | p99 ratio |",
         "|---|---|---|---|---|",

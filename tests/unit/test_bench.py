@@ -98,6 +98,46 @@ def test_the_floor_ratios_pair_each_unsaturated_step_with_the_floor_at_its_rate(
     assert "| 100 | 15 (3.0) | 5.0x | 30 (10) | 3.0x |" in bench.markdown(result)
 
 
+def test_the_floor_of_a_rate_is_its_run_with_the_lowest_p99() -> None:
+    """A floor run spoiled by a busy moment (p99 248 ms at 833/s, above the rendezvous' own) is not
+    the floor: of the runs at the stack's linger the ratio takes the best; other lingers are not used."""
+
+    def floor_run(linger: int, p99: float) -> dict[str, Any]:
+        lat = {"p50": 4.0, "p99": p99, "p99.9": p99}
+        return {"rate": 833.0, "linger_ms": linger, "received": 10, "count": 10, "latency_ms": lat}
+
+    result = {
+        "stack": {"first_in_order": {"steps": [_step(833, 30)]}},
+        "kafka_floor": [floor_run(0, 1.0), floor_run(1, 248.0), floor_run(1, 10.0), floor_run(5, 2.0)],
+    }
+    (r,) = bench.floor_ratios(result)
+    assert (r["floor_p99_ms"], r["p99_ratio"]) == (10.0, 3.0)
+    result["kafka_floor"][2]["latency_ms"]["p99"] = 300.0
+    (r,) = bench.floor_ratios(result)
+    assert r["floor_p99_ms"] == 248.0
+
+
+def test_the_floor_runs_twice_at_the_stacks_linger_once_at_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[float, int]] = []
+    broker = type("B", (), {"bootstrap": "b:1", "stop": lambda self: calls.append((0.0, -1))})()
+    monkeypatch.setattr(bench, "_fresh_broker", lambda _name: broker)
+    monkeypatch.setattr(bench, "say", lambda _text: None)
+
+    def three_hops(_bootstrap: str, rate: float, _count: int, linger: int) -> dict[str, Any]:
+        calls.append((rate, linger))
+        return {"rate": rate, "linger_ms": linger}
+
+    monkeypatch.setattr(bench, "_three_hops", three_hops)
+    runs = bench.kafka_floor([100.0, 833.0], 1.0)
+    assert calls == [
+        (100.0, 0), (833.0, 0), (100.0, 1), (100.0, 1), (833.0, 1), (833.0, 1), (100.0, 5), (833.0, 5),
+        (0.0, -1),  # the broker stopped
+    ]  # fmt: skip
+    assert len(runs) == 8
+
+
 def test_targets_say_when_a_rate_was_never_reached() -> None:
     result = {"stack": {"first_in_order": {"steps": [_step(100, 30)]}}}
     t = _by_start(result)
