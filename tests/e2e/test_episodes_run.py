@@ -1,0 +1,49 @@
+"""`make episodes` end to end: the bench's stack on a real broker and job, sampled while it answers.
+
+Its parts (the per-second table, the comparisons, the report) have unit tests in
+tests/unit/test_episodes.py; this runs the whole of ``episodes.run`` once, short and slow, and checks that
+every part of the result came from the run: answers, thread samples of each process, the job's
+checkpoints from its REST API.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness import bench, episodes, runinfo
+from runners.train import ensure_trained
+
+pytestmark = pytest.mark.e2e
+
+RATE = 100.0
+SECONDS = 12.0  # more than one checkpoint interval (10 s): at least one checkpoint falls in it
+
+
+def test_episodes_runs_the_stack_and_reports_each_second_its_threads_and_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(episodes, "OUT_DIR", tmp_path / "episodes")
+    ensure_trained(tmp_path / "models", rows=3000)
+    monkeypatch.setattr(bench, "MODELS_DIR", tmp_path / "models")
+
+    result = episodes.run(RATE, SECONDS, lead_in_s=1.0, warmup_s=2.0, warmup_max_s=20.0, period_s=0.25)
+
+    expected = int(RATE * 1.0) + int(RATE * SECONDS)
+    assert result["sent"] == result["answered"] == expected
+    rows = result["seconds_table"]
+    assert len(rows) == SECONDS
+    assert sum(r["sent"] for r in rows) == int(RATE * SECONDS)  # the lead-in is not in the table
+    for row in rows:
+        assert set(row["cpu_percent"]) == {"job", "broker", "runner", "loadgen"}
+        assert row["cpu_percent"]["job"] > 0 and row["host_percent"]["busy"] > 0
+    groups = {s["group"] for s in result["stages"]}
+    assert any(g.startswith("job: mailbox task") for g in groups), groups
+    assert result["threads"] and all("/" in t["group"] for t in result["threads"])
+    completed = [c for c in result["checkpoints"] if c["status"] == "COMPLETED"]
+    assert completed, result["checkpoints"]
+    assert any(task.startswith("rendezvous mailbox") for task in completed[-1]["tasks"])
+    report = episodes.markdown(runinfo.run_info() | result)
+    assert "## The job's checkpoints" in report and f"{expected}/{expected} answered" in report
+    assert (tmp_path / "episodes" / "work" / "samples.json").is_file()
