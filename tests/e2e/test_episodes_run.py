@@ -8,6 +8,7 @@ checkpoints from its REST API.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -38,12 +39,20 @@ def test_episodes_runs_the_stack_and_reports_each_second_its_threads_and_checkpo
     for row in rows:
         assert set(row["cpu_percent"]) == {"job", "broker", "runner", "loadgen"}
         assert row["cpu_percent"]["job"] > 0 and row["host_percent"]["busy"] > 0
-    groups = {s["group"] for s in result["stages"]}
-    assert any(g.startswith("job: mailbox task") for g in groups), groups
-    assert result["threads"] and all("/" in t["group"] for t in result["threads"])
+    # Every process's threads were sampled, about every 0.25 s, for the whole run.
+    sampled = json.loads((tmp_path / "episodes" / "work" / "samples.json").read_text())
+    assert len(sampled["ticks"]) >= (1.0 + SECONDS) / 0.25 * 0.8
+    assert {key.split("/")[0] for key in sampled["names"]} == {"job", "broker", "runner", "loadgen"}
+    report = episodes.markdown(runinfo.run_info() | result)
+    slow_seconds = [r for r in rows if r["p99_ms"] > result["budget_ms"]]
+    if slow_seconds and len(slow_seconds) < len(rows):  # the comparison needs seconds of both kinds
+        groups = {s["group"] for s in result["stages"]}
+        assert any(g.startswith("job: mailbox task") for g in groups), groups
+        assert result["threads"] and all("/" in t["group"] for t in result["threads"])
+    else:  # at 100/s on a quiet machine: usual; nothing to compare, and the report says why
+        assert result["stages"] == result["threads"] == []
+        assert "No slow second." in report or len(slow_seconds) == len(rows)
     completed = [c for c in result["checkpoints"] if c["status"] == "COMPLETED"]
     assert completed, result["checkpoints"]
     assert any(task.startswith("rendezvous mailbox") for task in completed[-1]["tasks"])
-    report = episodes.markdown(runinfo.run_info() | result)
     assert "## The job's checkpoints" in report and f"{expected}/{expected} answered" in report
-    assert (tmp_path / "episodes" / "work" / "samples.json").is_file()
