@@ -351,7 +351,8 @@ def inside_slow_seconds(
 
 def checkpoints(rest_url: str) -> list[dict[str, Any]]:
     """The job's completed and failed checkpoints from its REST API: id, trigger time (epoch ms), end to
-    end duration, and per task the slowest subtask's sync, async and alignment durations (ms)."""
+    end duration, the state's full size (bytes; the hashmap backend writes all of it each time), and per
+    task the slowest subtask's sync, async and alignment durations (ms)."""
 
     def get(path: str) -> Any:
         with urllib.request.urlopen(rest_url + path, timeout=10) as r:
@@ -383,6 +384,7 @@ def checkpoints(rest_url: str) -> list[dict[str, Any]]:
                 "status": cp["status"],
                 "trigger_ms": cp["trigger_timestamp"],
                 "duration_ms": cp.get("end_to_end_duration"),
+                "state_bytes": cp.get("state_size"),
                 "tasks": tasks,
             }
         )
@@ -600,15 +602,19 @@ def markdown(result: Mapping[str, Any]) -> str:
     lines += ["", "## The job's checkpoints", ""]
     if result["checkpoints"]:
         lines += [
-            "| id | at s | status | end to end ms | slowest subtask per task: sync / async / alignment ms |",
-            "|---|---|---|---|---|",
+            "| id | at s | status | end to end ms | state KB | slowest subtask per task: sync / async / alignment ms |",
+            "|---|---|---|---|---|---|",
         ]
         for c in result["checkpoints"]:
             tasks = "; ".join(
                 f"{name}: {_f(t.get('sync_ms'))} / {_f(t.get('async_ms'))} / {_f(t.get('alignment_ms'))}"
                 for name, t in c["tasks"].items()
             )
-            lines.append(f"| {c['id']} | {c['at_s']} | {c['status']} | {_f(c['duration_ms'])} | {tasks} |")
+            size = c.get("state_bytes")  # absent from runs before it was recorded
+            kb = _f(size / 1024 if isinstance(size, int) else None)
+            lines.append(
+                f"| {c['id']} | {c['at_s']} | {c['status']} | {_f(c['duration_ms'])} | {kb} | {tasks} |"
+            )
     else:
         lines.append("None in the run.")
     return "\n".join(lines) + "\n"

@@ -183,6 +183,7 @@ def test_markdown_marks_slow_seconds_and_lists_checkpoints() -> None:
                 "at_s": 1.5,
                 "status": "COMPLETED",
                 "duration_ms": 310,
+                "state_bytes": 2048 * 1024,
                 "tasks": {"mailbox": {"async_ms": 300}},
             }
         ],
@@ -196,7 +197,9 @@ def test_markdown_marks_slow_seconds_and_lists_checkpoints() -> None:
         "| 1 | 1000 | 0 | job: C2 CompilerThread0 50 / 0; job: rendezvous mailbox 40 / 60; broker: ? 30 / 0 |"
         in md
     )
-    assert "| 3 | 1.5 | COMPLETED | 310 | mailbox: - / 300 / - |" in md
+    assert "| 3 | 1.5 | COMPLETED | 310 | 2048 | mailbox: - / 300 / - |" in md
+    del result["checkpoints"][0]["state_bytes"]  # a run written before sizes were recorded
+    assert "| 3 | 1.5 | COMPLETED | 310 | - | mailbox: - / 300 / - |" in episodes.markdown(result)
 
 
 def test_thread_schedstat_sees_a_busy_thread_of_this_process() -> None:
