@@ -124,11 +124,16 @@ def _p(values: Sequence[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
+def _inside(samples: Sequence[Mapping[str, Any]], lo_ms: float, hi_ms: float) -> list[Mapping[str, Any]]:
+    """The samples taken inside [lo_ms, hi_ms], in order."""
+    return [s for s in samples if lo_ms <= s["t_ms"] <= hi_ms]
+
+
 def _ends(
     samples: Sequence[Mapping[str, Any]], lo_ms: float, hi_ms: float
 ) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
     """The first and the last sample inside [lo_ms, hi_ms] (None: fewer than two)."""
-    inside = [s for s in samples if lo_ms <= s["t_ms"] <= hi_ms]
+    inside = _inside(samples, lo_ms, hi_ms)
     return (inside[0], inside[-1]) if len(inside) >= 2 else None
 
 
@@ -324,7 +329,7 @@ def inside_slow_seconds(
     for row in rows:
         if not slow(row, budget_ms):
             continue
-        inside = [s for s in samples if row["from_ms"] <= s["t_ms"] <= row["from_ms"] + window_ms]
+        inside = _inside(samples, row["from_ms"], row["from_ms"] + window_ms)
         for a, b in zip(inside, inside[1:], strict=False):
             run, wait = thread_percent([a, b], a["t_ms"], b["t_ms"])
             top = sorted(run, key=lambda k: -run[k])[:TOP_IN_SAMPLE]

@@ -74,6 +74,12 @@ def slow_and_fast_run() -> tuple[list[episodes.Answer], list[dict[str, Any]]]:
     return answers, samples
 
 
+def slow_and_fast_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """slow_and_fast_run's per-second table (job and broker) and its samples."""
+    answers, samples = slow_and_fast_run()
+    return episodes.seconds_table(answers, samples, [], ["job", "broker"], budget_ms=100), samples
+
+
 def test_seconds_table_one_row_per_second_of_sent_requests() -> None:
     answers, samples = slow_and_fast_run()
     answers.append(episodes.Answer(2999.0, None))  # unanswered: sent, not answered
@@ -93,8 +99,7 @@ def test_seconds_table_one_row_per_second_of_sent_requests() -> None:
 
 
 def test_compare_names_what_ran_or_waited_more_in_the_slow_seconds() -> None:
-    answers, samples = slow_and_fast_run()
-    rows = episodes.seconds_table(answers, samples, [], ["job", "broker"], budget_ms=100)
+    rows, samples = slow_and_fast_rows()
     names = {
         "job/1": "rendezvous mailbox -> x (1/1)#0",
         "job/2": "C2 CompilerThread0",
@@ -125,8 +130,7 @@ def test_compare_names_what_ran_or_waited_more_in_the_slow_seconds() -> None:
 
 
 def test_inside_a_slow_second_each_sample_interval_names_who_ran_and_who_waited() -> None:
-    answers, samples = slow_and_fast_run()
-    rows = episodes.seconds_table(answers, samples, [], ["job", "broker"], budget_ms=100)
+    rows, samples = slow_and_fast_rows()
     names = {
         "job/1": "rendezvous mailbox",
         "job/2": "AsyncOperations-thread-1",
