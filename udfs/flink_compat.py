@@ -15,13 +15,19 @@ the mini cluster (tests/integration/test_flink_compat.py).
    record on its main output, each row naming its topic, and only the archive, which is written when
    a request arrives (``process_element``), as a side output.
 3. ``key_by_first_field``: ``DataStream.key_by`` always runs a Python key selector (an operator of its
-   own, ``_stream_key_by_map_operator``: a Java/Python crossing and a thread hand-over per record). The
-   key is already a column of the Kafka source's query, so the stream is keyed by that field in Java,
-   exactly as key_by keys the rows its selector makes (``Row(key, value)``, key type ``Row(STRING)``:
-   the same keyed state, so savepoints keep their mailboxes).
-4. ``typed_rows``: the keyed Python operators cast their input's type to ``RowTypeInfo``
-   (``EmbeddedPythonKeyedProcessOperator.open``), and a Table's DataStream has an ``ExternalTypeInfo``;
-   the rows are the same ``Row`` objects, so the stream is declared with the equal ``RowTypeInfo``.
+   own, ``_stream_key_by_map_operator``: a Java/Python crossing and a thread hand-over per record), and
+   keys by ``Row(key)``. The key is already a column of the Kafka source's query, so the stream is
+   keyed by that field in Java, by Flink's own one-field selector (``KeySelectorUtil.OneKeySelector``),
+   and the key is the ``String`` itself: a ``Row`` key is written by ``RowSerializer`` and hashed by
+   ``RowUtils.deepHashCode`` on every state and timer lookup, 109 of the snapshot thread's 145 JFR
+   samples and 45 of the mailbox thread's 250 Java ones at 833/s (docs/performance.md). The price:
+   PyFlink's keyed operators cast the current key to ``Row`` in ``get_current_key``
+   (``EmbeddedPythonKeyedCoProcessOperator$ContextImpl``), so a function keyed this way never calls it;
+   the mailbox reads its request id from its own state (``udfs.mailbox.request_id_of``).
+4. ``typed_rows``: a Table's DataStream has an ``ExternalTypeInfo``, and both Flink's key by a field
+   position (item 3) and the keyed Python operators (``EmbeddedPythonKeyedProcessOperator.open``) want a
+   ``RowTypeInfo``; the rows are the same ``Row`` objects, so the stream is declared with the equal
+   ``RowTypeInfo``.
 5. (JVM side, no Python code.) The Kafka connector's table sink (flink-connector-kafka 5.0.0) asks for
    every record's topic's partitions, and its ``DefaultKafkaSinkContext`` makes and closes a producer
    for each topic it has not seen, on the task thread. ``deps/kafka-sink-context`` replaces that class
@@ -67,11 +73,18 @@ def typed_rows(stream: Any, type_info: Any) -> Any:
 
 
 def key_by_first_field(stream: Any, value_type: Any) -> Any:
-    """A stream of ``Row(key STRING, value)`` keyed by ``key`` in Java; its functions get ``value``."""
+    """A stream of ``Row(key STRING, value)`` keyed by ``key`` (a ``String``) in Java; its functions get
+    ``value`` and must not call ``ctx.get_current_key()`` (item 3)."""
     from pyflink.common import Types
     from pyflink.datastream.data_stream import KeyedStream
     from pyflink.java_gateway import get_gateway
 
-    selector = get_gateway().jvm.KeyByKeySelector()
-    j_keyed = stream._j_data_stream.keyBy(selector, Types.ROW([Types.STRING()]).get_java_type_info())
+    jvm = get_gateway().jvm
+    j_stream = stream._j_data_stream
+    row_type = j_stream.getType()
+    first_field = getattr(jvm.org.apache.flink.api.common.operators, "Keys$ExpressionKeys")(0, row_type)
+    selector = jvm.org.apache.flink.streaming.util.keys.KeySelectorUtil.getSelectorForOneKey(
+        first_field, None, row_type, j_stream.getExecutionConfig()
+    )
+    j_keyed = j_stream.keyBy(selector, Types.STRING().get_java_type_info())
     return KeyedStream(j_keyed, value_type, stream)

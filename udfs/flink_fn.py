@@ -258,7 +258,7 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
         self.via_log = clock == names.CLOCK_LOG
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        # The mailbox's text as one byte array (state version 3): not a string written char by char.
+        # The mailbox's text as one byte array (since state version 3): not a string written char by char.
         mailbox_state = ValueStateDescriptor(names.STATE_MAILBOX, flink_compat.text_state_type())
         self.state = runtime_context.get_state(mailbox_state)
         self.logic = RendezvousLogic(
@@ -342,7 +342,7 @@ class MailboxFunction(KeyedBroadcastProcessFunction):
     def on_timer(self, timestamp: int, ctx: Any) -> Iterator[Any]:
         self._restore(ctx)
         now = max(int(timestamp), _now_ms())
-        effects = self.logic.on_timer(ctx.get_current_key(), now, self.state.value)
+        effects = self.logic.on_timer(now, self.state.value)
         return iter(()) if effects is None else self._carry_out(effects, ctx, now)
 
     def _carry_out(self, effects: Effects, ctx: Any, now: int) -> Iterator[Any]:

@@ -62,11 +62,16 @@ from udfs.wire_out import (
 # 1: every mailbox as JSON in a string state. 2: open mailboxes as JSON (v 2), closed ones as a compact
 # tombstone line (TOMBSTONE_PREFIX), ~60 bytes instead of ~170: tombstones are most of the state a
 # checkpoint writes. 3: the same texts (v 3, "t3,") in a byte-array state (udfs/flink_compat.py item 6),
-# which a checkpoint writes in one call per value instead of one per character. Flink cannot restore a
-# string state as a byte array, so 3 reads only 3 (docs/operations.md: crossing from 2 to 3).
-STATE_VERSION = 3
-READABLE_STATE_VERSIONS = (3,)
-TOMBSTONE_PREFIX = "t3,"  # never the start of JSON; request ids hold no comma (udfs/wire_in.py)
+# which a checkpoint writes in one call per value instead of one per character. 4: the same texts
+# (v 4, "t4,") under a String key instead of a Row(String) one (flink_compat item 3); each text starts
+# with its request id (``request_id_of``), since the keyed operator cannot give the key back. Flink
+# cannot restore state of another key or value type, so 4 reads only 4 (docs/operations.md: crossing
+# a mailbox state format).
+STATE_VERSION = 4
+READABLE_STATE_VERSIONS = (4,)
+TOMBSTONE_PREFIX = "t4,"  # never the start of JSON; request ids hold no comma (udfs/wire_in.py)
+# An open mailbox's JSON starts with this and its request id, which holds no '"' (wire_in.REQUEST_ID_RE).
+_JSON_ID_PREFIX = f'{{"v":{STATE_VERSION},"id":"'
 # Scores a mailbox keeps beyond the first one of each policy model: duplicates and unknown models.
 MAX_EXTRA_SCORES = 16
 UNKNOWN_ROLE = "unknown"  # Policy.role_of for a model id the policy does not list
@@ -219,6 +224,25 @@ class Mailbox:
             ticks=d.get("ticks", []),
             orphaned=d.get("orphaned", False),
         )
+
+
+def request_id_of(text: str) -> str:
+    """The request id of a mailbox stored as ``text``, without parsing the rest (a timer's key: item 3
+    of udfs/flink_compat.py). Any other text is parsed whole, and refused as ``Mailbox.from_json`` does.
+
+    >>> request_id_of("t4,req-1,5,3,6,600106"), request_id_of(Mailbox("req-2", 5).to_json())
+    ('req-1', 'req-2')
+    """
+    if text.startswith(TOMBSTONE_PREFIX):
+        end = text.find(",", len(TOMBSTONE_PREFIX))
+        if end > len(TOMBSTONE_PREFIX):
+            return text[len(TOMBSTONE_PREFIX) : end]
+    elif text.startswith(_JSON_ID_PREFIX):
+        end = text.find('"', len(_JSON_ID_PREFIX))
+        rid = text[len(_JSON_ID_PREFIX) : end]
+        if end > len(_JSON_ID_PREFIX) and "\\" not in rid:  # an escape: the whole parse reads it right
+            return rid
+    return Mailbox.from_json(text).request_id
 
 
 @dataclass

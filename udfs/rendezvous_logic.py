@@ -389,11 +389,15 @@ class RendezvousLogic:
         detail = f"return_address must start with {prefix!r} (the results topics the job may write)"
         return dead_letter(names.REASON_BAD_RETURN_ADDRESS, detail, source, bytes(data), request.request_id)
 
-    def on_timer(self, request_id: str, now: int, read_state: Callable[[], str | None]) -> Effects | None:
-        """The mailbox's timer ran out (``now``: not before the time it was set for); None: no mailbox."""
-        current = self._load(request_id, read_state)
-        if current is None:
+    def on_timer(self, now: int, read_state: Callable[[], str | None]) -> Effects | None:
+        """The mailbox's timer ran out (``now``: not before the time it was set for); None: no mailbox.
+        The request id comes from the stored text: the keyed operator cannot give its key back
+        (udfs/flink_compat.py item 3)."""
+        text = read_state()
+        if text is None:
             return None
+        request_id = mbx.request_id_of(text)
+        current = self._open.get(request_id) or mbx.Mailbox.from_json(text)
         previous_wake_ms = current.wake_at_ms  # read first: the transition updates the mailbox in place
         policy = self.registry.policy_for(current.policy_version)
         step = mbx.on_timer(current, policy, now, via_log=self.via_log)

@@ -217,7 +217,7 @@ class Harness:
                 continue  # deleted (or set again later: that entry fires)
             del self._timers[(key, t)]
             self.now_ms = max(self.now_ms, t)
-            effects = self.logic.on_timer(key, self.now_ms, partial(self.state.get, key))
+            effects = self.logic.on_timer(self.now_ms, partial(self.state.get, key))
             if effects is not None:
                 out += self._carry_out(effects, key)
         self.now_ms = ms

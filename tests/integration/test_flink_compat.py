@@ -41,14 +41,22 @@ def _env() -> tuple[Any, Any]:
     return env, StreamTableEnvironment.create(env)
 
 
-def _keyed_values(typed: bool) -> list[str]:
-    """Rows of a Table keyed by their first field in Java, each as 'key:value' from a keyed function."""
+def _keyed_values(typed: bool, ask_the_key: bool = False) -> list[str]:
+    """Rows of a Table keyed by their first field in Java, each as 'key:value:n' from a keyed function
+    that counts each key's rows in keyed state (the key read from the row, or from the context)."""
     from pyflink.common import Types
-    from pyflink.datastream import KeyedProcessFunction
+    from pyflink.datastream import KeyedProcessFunction, RuntimeContext
+    from pyflink.datastream.state import ValueStateDescriptor
 
     class Show(KeyedProcessFunction):  # type: ignore[misc]
+        def open(self, runtime_context: RuntimeContext) -> None:
+            self.seen = runtime_context.get_state(ValueStateDescriptor("seen", Types.INT()))
+
         def process_element(self, value: Any, ctx: Any) -> Any:
-            yield f"{ctx.get_current_key()}:{bytes(value[1]).decode()}"
+            n = (self.seen.value() or 0) + 1
+            self.seen.update(n)
+            key = ctx.get_current_key() if ask_the_key else value[0]
+            yield f"{key}:{bytes(value[1]).decode()}:{n}"
 
     env, t_env = _env()
     stream = t_env.to_data_stream(t_env.sql_query(QUERY))
@@ -59,14 +67,26 @@ def _keyed_values(typed: bool) -> list[str]:
         return sorted(it)
 
 
-def test_a_tables_rows_keyed_in_java_reach_the_keyed_function_with_their_keys() -> None:
-    assert _keyed_values(typed=True) == ["a:x", "a:z", "b:y"]
+def test_a_tables_rows_keyed_in_java_reach_the_keyed_function_with_their_keyed_state() -> None:
+    assert _keyed_values(typed=True) == ["a:x:1", "a:z:2", "b:y:1"]
 
 
-def test_the_keyed_python_operator_refuses_a_tables_own_row_type() -> None:
-    """Why ``typed_rows`` exists: EmbeddedPythonKeyedProcessOperator casts its input type to RowTypeInfo,
-    and a Table's DataStream has an ExternalTypeInfo."""
+def test_a_key_by_field_position_refuses_a_tables_own_row_type() -> None:
+    """Why ``typed_rows`` exists: a Table's DataStream has an ExternalTypeInfo, and Flink keys by a field
+    position only a tuple type (a ``RowTypeInfo``; the keyed Python operators cast to it as well)."""
     from py4j.protocol import Py4JJavaError
 
-    with pytest.raises(Py4JJavaError, match="ExternalTypeInfo cannot be cast"):
+    with pytest.raises(Py4JJavaError, match="field positions is only valid for tuple data types"):
         _keyed_values(typed=False)
+
+
+def test_the_keyed_python_operator_cannot_give_back_a_string_key() -> None:
+    """Why the mailbox reads its request id from its state (flink_compat item 3,
+    ``udfs.mailbox.request_id_of``): the operator casts the current key to ``Row``. If this fails, PyFlink
+    gives a ``String`` key back and the mailbox's timer may ask the context again."""
+    from py4j.protocol import Py4JJavaError
+
+    with pytest.raises(
+        Py4JJavaError, match=r"String cannot be cast to (class )?org\.apache\.flink\.types\.Row"
+    ):
+        _keyed_values(typed=True, ask_the_key=True)

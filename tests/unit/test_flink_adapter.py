@@ -78,12 +78,12 @@ class FakeTimers:
 
 
 class FakeCtx:
-    def __init__(self, timers: FakeTimers, key: str = "r1") -> None:
+    def __init__(self, timers: FakeTimers) -> None:
         self.timers = timers
-        self.key = key
 
     def get_current_key(self) -> str:
-        return self.key
+        # As the keyed operator does with the job's String key (udfs/flink_compat.py item 3).
+        raise TypeError("class java.lang.String cannot be cast to class org.apache.flink.types.Row")
 
     def timer_service(self) -> FakeTimers:
         return self.timers

@@ -44,9 +44,10 @@ from udfs.mailbox import (
     on_score,
     on_tick,
     on_timer,
+    request_id_of,
 )
 from udfs.policy import Decided, Policy, ScoreView, decide, load_policy, parse_policy
-from udfs.wire_in import Request, Score, Source, Tick
+from udfs.wire_in import REQUEST_ID_RE, Request, Score, Source, Tick
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = load_policy(ROOT / "policies" / "default.yaml")
@@ -1315,24 +1316,61 @@ def test_the_cap_applies_to_orphans_too() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        # What the job stored in a string state before version 3 (Flink cannot restore that state as
-        # the byte array version 3 keeps: READABLE_STATE_VERSIONS, and the upgrade refuses it).
+        # What the job stored before version 4: a string state (1, 2), a Row(String) key (3). Flink
+        # cannot restore either as version 4's state: READABLE_STATE_VERSIONS, and the upgrade refuses it.
         '{"v":1,"id":"req-1","first":5,"pv":1,"ra":"results","sent":3,"dl":null,"recv":5,'
         '"scores":[],"result":null,"closed":false,"wake":45}',
         '{"v":2,"id":"req-1","first":5,"pv":1,"ra":"results","sent":3,"dl":null,"recv":5,'
         '"scores":[],"result":null,"closed":false,"wake":45}',
+        '{"v":3,"id":"req-1","first":5,"pv":1,"ra":"results","sent":3,"dl":null,"recv":5,'
+        '"scores":[],"result":null,"closed":false,"wake":45}',
     ],
 )
 def test_state_of_an_older_version_is_refused_with_the_versions_this_code_reads(text: str) -> None:
-    assert READABLE_STATE_VERSIONS == (STATE_VERSION,) == (3,)
-    with pytest.raises(ValueError, match=r"mailbox state version \d is not supported \(this code reads 3\)"):
+    assert READABLE_STATE_VERSIONS == (STATE_VERSION,) == (4,)
+    with pytest.raises(ValueError, match=r"mailbox state version \d is not supported \(this code reads 4\)"):
         Mailbox.from_json(text)
-    with pytest.raises(ValueError, match="neither a 't3,' line nor JSON: 't2,req-1"):
-        Mailbox.from_json("t2,req-1,5,3,6,600106")  # version 2's tombstone line
+    with pytest.raises(ValueError, match=r"mailbox state version \d is not supported"):
+        request_id_of(text)  # not version 4's prefix: parsed whole, and refused the same way
+    for line in ("t2,req-1,5,3,6,600106", "t3,req-1,5,3,6,600106"):  # versions 2 and 3's tombstone lines
+        with pytest.raises(ValueError, match=f"neither a 't4,' line nor JSON: '{line[:3]}req-1"):
+            Mailbox.from_json(line)
+        with pytest.raises(ValueError, match="neither a 't4,' line nor JSON"):
+            request_id_of(line)
+
+
+@PROPS
+@given(
+    st.from_regex(REQUEST_ID_RE),
+    st.booleans(),
+    st.integers(0, 10**13),
+    st.one_of(st.none(), st.integers(0, 10**13)),
+)
+def test_the_request_id_of_a_stored_mailbox_is_its_own(
+    request_id: str, closed: bool, first_seen_ms: int, received_at_ms: int | None
+) -> None:
+    """What a timer reads its key from (udfs/flink_compat.py item 3): the tombstone line and the JSON."""
+    mb = Mailbox(
+        request_id,
+        first_seen_ms,
+        received_at_ms=received_at_ms,
+        closed=closed,
+        wake_at_ms=first_seen_ms + 5,
+        return_address=None if closed else "results",
+    )
+    text = mb.to_json()
+    assert text.startswith(TOMBSTONE_PREFIX) == closed
+    assert request_id_of(text) == request_id == Mailbox.from_json(text).request_id
+
+
+def test_a_request_id_with_an_escape_is_read_by_the_whole_parse() -> None:
+    """Ids the wire refuses never reach state; if one did, its JSON escape is read right, not cut."""
+    assert request_id_of(Mailbox('odd"id', 5).to_json()) == 'odd"id'
+    assert request_id_of(Mailbox("odd\\id", 5).to_json()) == "odd\\id"
 
 
 def test_a_tombstone_line_loads_and_refuses_as_the_json_one_does() -> None:
-    text = "t3,req-1,5,3,6,600106"
+    text = "t4,req-1,5,3,6,600106"
     mb = Mailbox.from_json(text)
     assert mb.is_tombstone
     assert (mb.request_id, mb.first_seen_ms, mb.policy_version, mb.received_at_ms) == ("req-1", 5, 3, 6)
@@ -1370,7 +1408,7 @@ def test_a_closed_mailbox_with_more_than_a_tombstone_stays_json() -> None:
     assert not Mailbox("req-1", 5, closed=True).is_tombstone  # no expiry: nothing to write in the line
 
 
-@pytest.mark.parametrize("line", ["t3,req-1,5,1,6", "t3,req-1,five,1,6,7", "t3,"])
+@pytest.mark.parametrize("line", ["t4,req-1,5,1,6", "t4,req-1,five,1,6,7", "t4,"])
 def test_a_broken_tombstone_line_is_refused_with_its_text(line: str) -> None:
     with pytest.raises(ValueError, match="not a tombstone line"):
         Mailbox.from_json(line)

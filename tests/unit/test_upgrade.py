@@ -106,19 +106,23 @@ def test_a_state_version_the_new_code_reads_is_allowed_one_it_does_not_is_refuse
     assert upgrade.compat_problems(v1, v2) == []  # 1 -> 2: version 2 read version 1 mailboxes
     back = upgrade.compat_problems(v2, v1)  # 2 -> 1: the old code cannot read compact tombstones
     assert len(back) == 1 and back[0].startswith("mailbox_state_version would change (2 -> 1)")
-    # This code: version 3, a byte-array state, which Flink cannot restore from version 2's string state.
+    # Version 3: a byte-array state, which Flink cannot restore from version 2's string state.
     v3 = compat()
-    assert v3["mailbox_state_version"] == 3 and v3["mailbox_state_reads"] == [3]
-    for older in (v1, v2):
-        [problem] = upgrade.compat_problems(older, v3)
+    v3["mailbox_state_version"], v3["mailbox_state_reads"] = 3, [3]
+    # This code: version 4, a String key, which Flink cannot restore from version 3's Row key.
+    v4 = compat()
+    assert v4["mailbox_state_version"] == 4 and v4["mailbox_state_reads"] == [4]
+    for older, newer in ((v1, v3), (v2, v3), (v1, v4), (v2, v4), (v3, v4)):
+        [problem] = upgrade.compat_problems(older, newer)
         assert problem.startswith(
-            f"mailbox_state_version would change ({older['mailbox_state_version']} -> 3)"
+            f"mailbox_state_version would change ({older['mailbox_state_version']} -> "
+            f"{newer['mailbox_state_version']})"
         )
         assert "cannot read" in problem
-    assert upgrade.compat_problems(v3, compat()) == []
-    v4 = compat()
-    v4["mailbox_state_version"], v4["mailbox_state_reads"] = 4, [3, 4]
-    assert upgrade.compat_problems(v3, v4) == []
+    assert upgrade.compat_problems(v4, compat()) == []
+    v5 = compat()
+    v5["mailbox_state_version"], v5["mailbox_state_reads"] = 5, [4, 5]
+    assert upgrade.compat_problems(v4, v5) == []
 
 
 def test_added_operators_and_states_are_allowed_removed_ones_are_refused() -> None:
