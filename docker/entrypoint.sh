@@ -19,7 +19,8 @@
 #   anything else                run as a command (bash, python, flink, ...)
 #
 # Settings (environment): KAFKA_BOOTSTRAP, KAFKA_CONFIG, ADMIN_CONFIG, SECRETS_DIR, POLICY, ARCHIVE_DIR,
-# STATE_DIR, MODELS_DIR, FLINK_REST_URL, SUBMIT_WAIT_S, FROM_SAVEPOINT, FORCE_SUBMIT; defaults below.
+# STATE_DIR, MODELS_DIR, FLINK_REST_URL, SUBMIT_WAIT_S, FROM_SAVEPOINT, FORCE_SUBMIT, RUNNER_INSTANCE_ID
+# (a runner's --instance-id, unique per copy and stable across its restarts; default: none); defaults below.
 # KAFKA_CONFIG: the role's Kafka client properties file, given to every command that talks to Kafka as
 # --kafka-config (empty: a broker without authentication); ADMIN_CONFIG: the broker's own, for kafka-setup.
 set -euo pipefail
@@ -36,6 +37,7 @@ ARCHIVE_DIR=${ARCHIVE_DIR:-/opt/rendezvous/archive/decoy}
 STATE_DIR=${STATE_DIR:-/opt/rendezvous/state}
 FLINK_REST_URL=${FLINK_REST_URL:-http://jobmanager:8081}
 SUBMIT_WAIT_S=${SUBMIT_WAIT_S:-180}
+RUNNER_INSTANCE_ID=${RUNNER_INSTANCE_ID:-}
 FLINK_HOME=${FLINK_HOME:?FLINK_HOME must point at the pyflink package directory}
 FLINK_CONF_DIR=${FLINK_CONF_DIR:?FLINK_CONF_DIR must point at the generated Flink configuration}
 
@@ -137,8 +139,13 @@ case "$role" in
         fi
         model=$1
         shift
+        # RUNNER_INSTANCE_ID: a static member of its group (docs/operations.md, "Recovery").
+        static=()
+        if [[ -n "$RUNNER_INSTANCE_ID" ]]; then
+            static=(--instance-id "$RUNNER_INSTANCE_ID")
+        fi
         exec python -m runners.runner --model-dir "$MODELS_DIR/$model" --bootstrap "$KAFKA_BOOTSTRAP" \
-            "${kafka_config[@]}" "$@"
+            "${static[@]}" "${kafka_config[@]}" "$@"
         ;;
     submit)
         submit "$@"

@@ -27,6 +27,7 @@ reported, never asserted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -69,11 +70,13 @@ POLICY: dict[str, Any] = {
     "on_no_answer": {"output": None},
     "late_window_ms": 1000,
 }
+# Static members of their groups (--instance-id), as docker/compose.yaml runs them: a crashed runner
+# restarted takes its partitions back at once, not after its dead self's session has timed out (45 s).
 RUNNERS = (
-    stack.RunnerSpec(INCUMBENT, latency_ms=5, seed=1),
-    stack.RunnerSpec("logreg", latency_ms=2, seed=2),
-    stack.RunnerSpec("tree", latency_ms=10, seed=3),
-    stack.RunnerSpec("base", seed=4),
+    stack.RunnerSpec(INCUMBENT, latency_ms=5, seed=1, instance_id=INCUMBENT),
+    stack.RunnerSpec("logreg", latency_ms=2, seed=2, instance_id="logreg"),
+    stack.RunnerSpec("tree", latency_ms=10, seed=3, instance_id="tree"),
+    stack.RunnerSpec("base", seed=4, instance_id="base"),
 )
 RUNNER_DOWN_S = 5.0  # a crashed runner is restarted this long after its kill -9
 RUNNER_BACK_TRAFFIC_S = 10.0  # traffic after the restarted runner is ready, to see it answer again
@@ -703,13 +706,13 @@ def _before(rig: Rig, name: str, rate: float, fault_at_s: float, plan: Plan) -> 
     """Set-up before the traffic starts (model faults start a faulty runner in place of the good one)."""
     if name == "model-hang":
         hang_after = int(rate * fault_at_s)
-        rig.replace_runner(stack.RunnerSpec(INCUMBENT, latency_ms=5, seed=1, hang_after=hang_after))
+        rig.replace_runner(dataclasses.replace(RUNNERS[0], hang_after=hang_after))
         plan.incumbent_silent_from = hang_after
         plan.detail["hang_after_requests"] = hang_after
     elif name == "model-late":
         # Past the deadline, within the late window: the scores arrive, too late to count.
         late_ms = rig.policy["deadline_ms"] + rig.policy.get("late_window_ms", 1000) / 2
-        rig.replace_runner(stack.RunnerSpec(INCUMBENT, latency_ms=late_ms, seed=1))
+        rig.replace_runner(dataclasses.replace(RUNNERS[0], latency_ms=late_ms))
         plan.incumbent_silent_from = 0
         plan.detail["late_ms"] = late_ms
 
@@ -722,8 +725,7 @@ def _inject(rig: Rig, name: str, plan: Plan, traffic: Traffic) -> None:
         traffic.send_for(600.0)  # steady traffic until the restarted runner is back (then 10 s more)
         rig.stop_runner(INCUMBENT, kill=True)
         time.sleep(RUNNER_DOWN_S)
-        rig.start_runner(RUNNERS[0])  # returns once it has its partitions: after the dead member's
-        # session in the consumer group has timed out
+        rig.start_runner(RUNNERS[0])  # returns once it has its partitions: at once, a static member
         plan.detail["runner_ready_after_s"] = round(time.monotonic() - t0, 1)
         traffic.send_for(RUNNER_BACK_TRAFFIC_S)
     elif name == "broker-restart":

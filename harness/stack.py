@@ -71,6 +71,8 @@ class RunnerSpec:
     model_ids: tuple[str, ...] = ()
     # More models served by the same process, each with its own faults (runners/runner.py --also).
     also: tuple[RunnerSpec, ...] = ()
+    # A static member of its group (runners/runner.py --instance-id): restarted, it is back at once.
+    instance_id: str | None = None
 
     @property
     def name(self) -> str:
@@ -94,6 +96,7 @@ class RunnerSpec:
         hang = [] if self.hang_after is None else ["--hang-after", str(self.hang_after)]
         serves = ["--model-ids", ",".join(self.model_ids)] if self.model_ids else []
         also = [x for a in self.also for x in ("--also", a.also_arg(models_dir))]
+        static = [] if self.instance_id is None else ["--instance-id", self.instance_id]
         return [
             sys.executable, "-m", "runners.runner",
             "--model-dir", str(models_dir / self.model_id),
@@ -109,6 +112,7 @@ class RunnerSpec:
             *hang,
             *serves,
             *also,
+            *static,
         ]  # fmt: skip
 
 

@@ -861,14 +861,16 @@ def admin(
 
 def records(messages: Sequence[Message], errors: Callable[[KafkaError], None] | None = None) -> list[Message]:
     """The messages that are records; consumer events (partition EOF, a missing topic, transport
-    errors: librdkafka recovers from those) go to ``errors``. A fatal error raises KafkaException."""
+    errors: librdkafka recovers from those) go to ``errors``. A fatal error raises KafkaException: a
+    message's error says so by its code, ``_FATAL`` (measured: a static member fenced by another with
+    its ``group.instance.id`` got that code with ``fatal()`` False)."""
     out = []
     for m in messages:
         error = m.error()
         if error is None:
             out.append(m)
             continue
-        if error.fatal():
+        if error.fatal() or error.code() == KafkaError._FATAL:
             raise KafkaException(error)
         if errors is not None and error.code() != KafkaError._PARTITION_EOF:
             errors(error)

@@ -41,6 +41,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TextIO
 
+from confluent_kafka import KafkaException
 from threadpoolctl import threadpool_limits
 
 from ops import kafka_admin, kafka_client
@@ -49,6 +50,7 @@ from udfs.names import TOPIC_REQUESTS, TOPIC_SCORES, runner_group
 from udfs.wire_in import MODEL_ID_RE
 
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,249}")
 MAX_ERROR_CHARS = 1024  # score.error limit in schemas/README.md
 IDLE_POLL_MS = 50  # poll timeout when nothing is pending: bounds how long a stop signal waits
 STATS_EVERY_S = 5.0  # at most this often while requests flow
@@ -513,6 +515,16 @@ def _model_ids(text: str) -> tuple[str, ...]:
     return ids
 
 
+def _instance_id(text: str) -> str:
+    """Kafka's rule for a group.instance.id (that of topic names): checked here, so a bad one fails at
+    start with one line rather than at the group join."""
+    if not INSTANCE_ID.fullmatch(text) or text in (".", ".."):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: up to 249 characters of a-z A-Z 0-9 . _ - (Kafka's rule for group.instance.id)"
+        )
+    return text
+
+
 def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Faults]:
     p = argparse.ArgumentParser(prog="python -m runners.runner", description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, required=True, help="a directory written by runners.train")
@@ -523,6 +535,14 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Faults]
         "--group",
         default=None,
         help="consumer group (default: runner-<model_id>, or of the first --model-ids)",
+    )
+    p.add_argument(
+        "--instance-id",
+        type=_instance_id,
+        default=None,
+        help="a static member of the group (Kafka's group.instance.id): restarted with the same id, it "
+        "takes its partitions back at once instead of after the dead one's session times out (45 s); one "
+        "process per id, the newer fences the older out",
     )
     p.add_argument(
         "--model-ids",
@@ -598,6 +618,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Serving other ids, it reads every request in a group of its own, not the model's own runner's.
     serves = args.model_ids[0] if args.model_ids else model.model_id
 
+    static = {} if args.instance_id is None else {"group_instance_id": args.instance_id}
+
     def new_consumer() -> kafka_client.Consumer:
         return kafka_client.consumer(
             bootstrap,
@@ -605,6 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             topics=[args.requests_topic],
             client_id=client_id,
             enable_auto_commit=True,
+            **static,
         )
 
     consumer = new_consumer()
@@ -622,9 +645,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             model_ids=args.model_ids,
             also=also,
         )
+    except KafkaException as e:  # fatal: e.g. fenced by a runner of the same --instance-id
+        print(f"runner {model.model_id}: stopping on a fatal Kafka error: {e.args[0].str()}", file=sys.stderr)
+        return 1
     finally:
         producer.finish(timeout_s=10)
-        consumer.close()  # commits the offsets of what was consumed, and leaves the group
+        # Commits the offsets of what was consumed; leaves the group unless it is a static member,
+        # whose partitions wait for it to come back (or for its session to time out).
+        consumer.close()
     return 0
 
 

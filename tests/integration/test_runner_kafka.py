@@ -185,3 +185,51 @@ def test_runner_answers_every_request_once(bootstrap: str, models: Path, tmp_pat
         else:
             assert score["status"] == "ok"
             assert score["output"]["label"] in (0, 1) and 0 <= score["output"]["probability"] <= 1
+
+
+def _start_runner(
+    bootstrap: str, model_dir: Path, topic: str, group: str, instance_id: str, stderr_path: Path
+) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+    cmd = [sys.executable, "-m", "runners.runner", "--model-dir", str(model_dir), "--bootstrap", bootstrap,
+           "--requests-topic", topic, "--scores-topic", f"{topic}-scores", "--group", group,
+           "--instance-id", instance_id, "--max-seconds", "300"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
+    return proc, lines
+
+
+def test_a_static_runner_restarted_after_kill_9_takes_its_partitions_back_and_a_twin_fences_it(
+    bootstrap: str, models: Path, tmp_path: Path
+) -> None:
+    """--instance-id: the restarted runner is ready long before the dead one's session (45 s, librdkafka's
+    default) could have timed out; a second process with the same id fences the first, which stops
+    with one line and exit code 1."""
+    suffix = uuid.uuid4().hex[:10]
+    topic, group = f"test-static-{suffix}", f"test-static-{suffix}"
+    kafka_admin.create_topics(bootstrap, [topic, f"{topic}-scores"], 2)
+    started: list[subprocess.Popen[str]] = []
+    try:
+        first, lines = _start_runner(bootstrap, models / "gbt", topic, group, "gbt-0", tmp_path / "1.err")
+        started.append(first)
+        _wait_for_line(lines, first, "runner gbt ready", 120, tmp_path / "1.err")
+        os.kill(first.pid, signal.SIGKILL)  # our own child, by PID: a crash, no leave from the group
+        first.wait(timeout=10)
+
+        again, lines = _start_runner(bootstrap, models / "gbt", topic, group, "gbt-0", tmp_path / "2.err")
+        started.append(again)
+        _wait_for_line(lines, again, "runner gbt ready", 30, tmp_path / "2.err")  # < the 45 s session
+
+        twin, lines = _start_runner(bootstrap, models / "gbt", topic, group, "gbt-0", tmp_path / "3.err")
+        started.append(twin)
+        _wait_for_line(lines, twin, "runner gbt ready", 120, tmp_path / "3.err")
+        assert again.wait(timeout=60) == 1
+        fenced = [ln for ln in (tmp_path / "2.err").read_text().splitlines() if "fatal Kafka error" in ln]
+        assert len(fenced) == 1 and "fenced" in fenced[0], _tail(tmp_path / "2.err")
+        assert twin.poll() is None  # the newer one goes on
+    finally:
+        for proc in started:
+            _stop(proc)
+        kafka_admin.delete_topics(bootstrap, [topic, f"{topic}-scores"])

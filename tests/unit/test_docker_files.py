@@ -480,6 +480,32 @@ def test_entrypoint_is_valid_bash() -> None:
     subprocess.run(["bash", "-n", str(ENTRYPOINT)], check=True)
 
 
+def _runner_argv(tmp_path: Path, *args: str, **env: str) -> list[str]:
+    """What the entrypoint's runner role runs: its argv, printed by a stand-in ``python`` on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    stub = bin_dir / "python"
+    stub.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    stub.chmod(0o755)
+    base = {"PATH": f"{bin_dir}:/usr/bin:/bin", "APP_DIR": str(tmp_path), "FLINK_HOME": str(tmp_path),
+            "FLINK_CONF_DIR": str(tmp_path), "KAFKA_BOOTSTRAP": "kafka:9092"}  # fmt: skip
+    done = subprocess.run(["bash", str(ENTRYPOINT), "runner", *args], env=base | env, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    return done.stdout.splitlines()
+
+
+def _instance_ids(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == "--instance-id"]
+
+
+def test_a_runner_container_is_a_static_member_only_when_given_an_instance_id(tmp_path: Path) -> None:
+    """A static member's planned stop leaves its partitions waiting (docs/operations.md): opt-in only."""
+    argv = _runner_argv(tmp_path, "gbt", "--seed", "1")
+    assert argv[:2] == ["-m", "runners.runner"] and argv[-2:] == ["--seed", "1"]
+    assert _instance_ids(argv) == []
+    assert _instance_ids(_runner_argv(tmp_path, "gbt", RUNNER_INSTANCE_ID="gbt-0")) == ["gbt-0"]
+
+
 # --- the Flink configuration baked into the image ------------------------------------------
 
 

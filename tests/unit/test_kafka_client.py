@@ -95,6 +95,11 @@ def test_records_keeps_records_and_hands_events_on() -> None:
     fatal = KafkaError(KafkaError._FATAL, "fenced", fatal=True)
     with pytest.raises(KafkaException):
         kafka_client.records([_Msg(None, fatal)])  # type: ignore[list-item]
+    # What a fenced static member's consume() gave (measured): the code _FATAL, with fatal() False.
+    fenced = KafkaError(KafkaError._FATAL, "Static consumer fenced by other consumer")
+    assert not fenced.fatal()
+    with pytest.raises(KafkaException):
+        kafka_client.records([_Msg(None, fenced)], seen.append)  # type: ignore[list-item]
 
 
 def test_client_errors_are_counted_and_each_kind_shown_once_a_minute(monkeypatch: Any) -> None:

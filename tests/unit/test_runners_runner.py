@@ -623,6 +623,23 @@ def test_every_runner_spec_flag_is_one_the_runner_accepts() -> None:
     _, plain = _parse_args(RunnerSpec("tree").argv(Path("/m"), "b", "r", "s")[3:])
     assert plain.degrade_after is None and plain.hang_after is None
     assert _parse_args(RunnerSpec("tree").argv(Path("/m"), "b", "r", "s")[3:])[0].model_ids == ()
+    assert _parse_args(RunnerSpec("tree").argv(Path("/m"), "b", "r", "s")[3:])[0].instance_id is None
+    static = RunnerSpec("tree", instance_id="tree-0").argv(Path("/m"), "b", "r", "s")
+    assert _parse_args(static[3:])[0].instance_id == "tree-0"
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "a/b", ".", "..", "x" * 250])
+def test_an_instance_id_kafka_would_refuse_fails_at_start_with_one_line(
+    bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runners.runner import _parse_args
+
+    with pytest.raises(SystemExit) as exc:
+        _parse_args(["--model-dir", "x", "--bootstrap", "b:1", "--instance-id", bad])
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # argparse's usage, then the one line
+    assert last.startswith("python -m runners.runner: error: argument --instance-id:")
+    assert "group.instance.id" in last
 
 
 # --- --model-ids: one process, many models -----------------------------------------------------------
