@@ -267,10 +267,15 @@ def wait_until_answering(
     job: Job,
     requests_topic: str = names.TOPIC_REQUESTS,
     timeout_s: float = JOB_READY_TIMEOUT_S,
+    answered_by: Sequence[str] = (),
+    scores_topic: str = names.TOPIC_SCORES,
 ) -> tuple[float, int]:
     """Send probe requests until one is answered: the job is then reading, deciding and writing.
 
-    Returns (seconds waited, probes sent). Probes are ordinary requests with ids ``probe-…``.
+    Returns (seconds waited, probes sent). Probes are ordinary requests with ids ``probe-…``. Without
+    a model to answer them a probe is answered at its deadline (40 s in a test's policy took 57 s to
+    be ready): ``answered_by``, model ids whose scores are sent beside each probe, so the first of the
+    policy answers it at once.
     """
     return_address = f"{kafka_client.results_prefix()}probe-{uuid.uuid4().hex[:8]}"
     kafka_admin.create_topics(bootstrap, [return_address])
@@ -298,6 +303,11 @@ def wait_until_answering(
                     "features": {},
                 }
                 producer.send(requests_topic, json.dumps(req).encode(), rid.encode())
+                for model_id in answered_by:
+                    score = {"request_id": rid, "model_id": model_id, "model_version": "probe",
+                             "status": "ok", "scored_at_ms": int(time.time() * 1000), "latency_ms": 0.0,
+                             "output": {"label": 0, "probability": 0.5}}  # fmt: skip
+                    producer.send(scores_topic, json.dumps(score).encode(), rid.encode())
                 producer.flush(10)
                 sent += 1
                 next_probe = time.monotonic() + 2.0

@@ -190,7 +190,9 @@ def rendezvous_job_factory(
     stopped at module end."""
     started: list[RunningJob] = []
 
-    def start(policy: dict[str, Any], partitions: int = 1) -> RunningJob:
+    def start(policy: dict[str, Any], partitions: int = 1, answer_probes: bool = False) -> RunningJob:
+        """``answer_probes``: the policy's models score the readiness probes at once (a policy with a
+        long deadline would answer them only then)."""
         tag = uuid.uuid4().hex[:8]
         base = tmp_path_factory.mktemp(f"job-{tag}")
         topics = fresh_topics(kafka_bootstrap, tag, partitions=partitions)
@@ -208,7 +210,11 @@ def rendezvous_job_factory(
         )  # fmt: skip
         started.append(running)
         try:
-            stack.wait_until_answering(kafka_bootstrap, job, requests_topic=topics["requests"])
+            models = [m["id"] for m in policy["models"]] if answer_probes else []
+            stack.wait_until_answering(
+                kafka_bootstrap, job, requests_topic=topics["requests"], answered_by=models,
+                scores_topic=topics["scores"],
+            )  # fmt: skip
         except Exception:
             print(job.log_tail(60))
             raise

@@ -56,9 +56,9 @@ V3 = {
 
 
 @pytest.fixture(scope="module")
-def job(rendezvous_job_factory: Callable[[dict[str, Any]], RunningJob]) -> RunningJob:
+def job(rendezvous_job_factory: Callable[..., RunningJob]) -> RunningJob:
     """The job with policy v1 on fresh topics, its own policies topic included (stopped at module end)."""
-    return rendezvous_job_factory(V1)
+    return rendezvous_job_factory(V1, answer_probes=True)  # its 40 s deadline would hold the probes
 
 
 @pytest.fixture(scope="module")
