@@ -39,6 +39,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -605,18 +606,11 @@ class Rig:
             self.cluster.up(ports, taskmanagers=1 + self.standby_taskmanagers)
         finally:
             self.record_cluster_pids()
-        self.job_args = [
-            "--requests-topic", self.topics["requests"], "--scores-topic", self.topics["scores"],
-            "--canary-topic", self.topics["canary"], "--decisions-topic", self.topics["decisions"],
-            "--dead-letters-topic", self.topics["dead-letters"], "--group-id", f"rendezvous-{self.tag}",
-            *[x for o in names.KAFKA_OUTPUTS for x in (f"--{o}-delivery", self.delivery)],
-            "--clock", self.clock,
-            # The rig's broker and topics are new and traffic starts once every task is RUNNING, which
-            # can be before the sources have found the end of the topics: from the beginning, nothing
-            # sent is missed (and there is no history to answer again). A restore (taskmanager-kill,
-            # savepoint-resume) continues from its checkpoint's offsets whatever this says.
-            "--start-from", names.START_EARLIEST,
-        ]  # fmt: skip
+        # The rig's broker and topics are new and traffic starts once every task is RUNNING, which can
+        # be before the sources have found the end of the topics: from the beginning, nothing sent is
+        # missed (and there is no history to answer again). A restore (taskmanager-kill,
+        # savepoint-resume) continues from its checkpoint's offsets whatever this says.
+        self.job_args = self._job_args(f"rendezvous-{self.tag}", names.START_EARLIEST)
         say(f"[{self.delivery}] submitting the job ...")
         self.job_id = self.cluster.submit(self.policy_path, self.broker.bootstrap, self.job_args)
         self.wait_running()
@@ -625,6 +619,33 @@ class Rig:
             {r: self.topics[r] for r in ("results", "decisions", "dead-letters")},
         )
         self.reader.start()
+
+    def _job_args(self, group_id: str, start_from: str) -> list[str]:
+        return [
+            "--requests-topic", self.topics["requests"], "--scores-topic", self.topics["scores"],
+            "--canary-topic", self.topics["canary"], "--decisions-topic", self.topics["decisions"],
+            "--dead-letters-topic", self.topics["dead-letters"], "--group-id", group_id,
+            *[x for o in names.KAFKA_OUTPUTS for x in (f"--{o}-delivery", self.delivery)],
+            "--clock", self.clock, "--start-from", start_from,
+        ]  # fmt: skip
+
+    def switch_delivery(self, delivery: str) -> None:
+        """The same broker, runners and cluster, a new job with every output in ``delivery`` (one rig
+        for both modes in the tests: a rig's start is most of a minute). The old job stops with a
+        savepoint, which commits its transactions; the new one starts without state, in a consumer
+        group of its own, from the records written from now on. Thread mode: on a fresh TaskManager."""
+        ran_job = self.cluster.busy_taskmanagers()
+        upgrade.stop_with_savepoint(self.cluster, self.job_id, self.cluster.state_dir / "savepoints")
+        upgrade.wait_job_finished(self.cluster, self.job_id)
+        self.cluster.stop_taskmanagers(pids=list(ran_job), rest_ids=set(ran_job.values()))
+        self.cluster.start_taskmanagers(1, spare=True)
+        self.record_cluster_pids()
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        self.delivery = delivery
+        self.job_args = self._job_args(f"rendezvous-{self.tag}-{delivery}", now)
+        say(f"[{delivery}] submitting the job (from {now}) ...")
+        self.job_id = self.cluster.submit(self.policy_path, self.broker.bootstrap, self.job_args)
+        self.wait_running()
 
     def close(self) -> None:
         if self.reader is not None:
@@ -808,7 +829,7 @@ def run_scenario(rig: Rig, name: str, rate: float, seconds: float) -> Verdict:
     if name not in SCENARIOS:
         raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
     assert rig.reader is not None
-    prefix = f"{name}-{rig.tag}-"
+    prefix = f"{name}-{rig.delivery}-{rig.tag}-"  # a rig may run a scenario in both modes (switch_delivery)
     fault_at_s = seconds / 3.0
     plan = Plan()
     _before(rig, name, rate, fault_at_s, plan)
@@ -931,7 +952,7 @@ def run_mode(
 def run_scenario_warmup(rig: Rig, rate: float) -> None:
     """Requests until the job answers steadily (its JIT warms up); they are not counted."""
     assert rig.reader is not None
-    prefix = f"warmup-{rig.tag}-"
+    prefix = f"warmup-{rig.delivery}-{rig.tag}-"
     traffic = Traffic(rig.broker.bootstrap, rig.topics, prefix, rate, 10.0)
     traffic.start()
     traffic.finish()

@@ -2,11 +2,12 @@
 session cluster: every request answered, none twice, the archive and the dead letters complete, no
 restart caused by data, after each fault.
 
-One rig per delivery mode and module (its own broker, cluster and runners on free ports in a tmp dir,
-stopped by PID). The fast part runs in `make test`: with exactly-once outputs, a model runner killed
-with -9 and restarted, a model that hangs, and the TaskManager killed with -9 (the job restarts from
-its last checkpoint); with at-least-once outputs, the TaskManager kill again, whose replay must repeat
-the same answers. The others are marked ``slow`` (`make test` deselects them; `make test-faults`
+One rig for the module (its own broker, cluster and runners on free ports in a tmp dir, stopped by
+PID), its job switched to the other delivery mode when a test needs it (``Rig.switch_delivery``: a new
+job on the same rig; `make faults` starts a rig per mode). The fast part runs in `make test`: with
+exactly-once outputs, a model runner killed with -9 and restarted, a model that hangs, and the
+TaskManager killed with -9 (the job restarts from its last checkpoint); with at-least-once outputs, the
+TaskManager kill again, whose replay must repeat the same answers. The others are marked ``slow`` (`make test` deselects them; `make test-faults`
 runs them, and `make faults` runs every scenario in both modes through the CLI with the same checks).
 Timings are printed, never asserted.
 """
@@ -44,9 +45,10 @@ POLICY = {
 }
 
 
-def _rig(delivery: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[faults.Rig]:
-    base: Path = tmp_path_factory.mktemp(f"faults-{delivery}")
-    rig = faults.Rig(base / "rig", delivery, base / "models", POLICY, train_rows=3000)
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[faults.Rig]:
+    base: Path = tmp_path_factory.mktemp("faults")
+    rig = faults.Rig(base / "rig", names.DELIVERY_EXACTLY_ONCE, base / "models", POLICY, train_rows=3000)
     try:
         rig.start()
         faults.run_scenario_warmup(rig, RATE)
@@ -61,14 +63,26 @@ def _rig(delivery: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[fa
         assert not [p for p in rig.runners.values() if p.is_running()]
 
 
-@pytest.fixture(scope="module")
-def exactly_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[faults.Rig]:
-    yield from _rig(names.DELIVERY_EXACTLY_ONCE, tmp_path_factory)
+def in_mode(rig: faults.Rig, delivery: str) -> faults.Rig:
+    """The rig with its job's outputs in ``delivery``, warmed up (a new job if it was in the other)."""
+    if rig.delivery != delivery:
+        try:
+            rig.switch_delivery(delivery)
+            faults.run_scenario_warmup(rig, RATE)
+        except Exception:
+            print(rig.cluster.log_tail(60))
+            raise
+    return rig
 
 
-@pytest.fixture(scope="module")
-def at_least_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[faults.Rig]:
-    yield from _rig(names.DELIVERY_AT_LEAST_ONCE, tmp_path_factory)
+@pytest.fixture
+def exactly_once(rig: faults.Rig) -> faults.Rig:
+    return in_mode(rig, names.DELIVERY_EXACTLY_ONCE)
+
+
+@pytest.fixture
+def at_least_once(rig: faults.Rig) -> faults.Rig:
+    return in_mode(rig, names.DELIVERY_AT_LEAST_ONCE)
 
 
 def run(rig: faults.Rig, scenario: str) -> faults.Verdict:
@@ -142,7 +156,9 @@ def test_stop_with_savepoint_and_resume(exactly_once: faults.Rig) -> None:
 def test_at_least_once_taskmanager_kill_replays_the_same_answers(at_least_once: faults.Rig) -> None:
     """At-least-once repeats what the killed job wrote after its last checkpoint, but never with a
     different answer: the replay reads the same scores and ticks in the same order (``--clock log``)."""
+    assert at_least_once.job_args.count(names.DELIVERY_AT_LEAST_ONCE) == len(names.KAFKA_OUTPUTS)
     v = run(at_least_once, "taskmanager-kill")
+    assert v.delivery == names.DELIVERY_AT_LEAST_ONCE
     assert_invariants(v)  # verify() fails any different answer under the log clock, restart or not
     assert v.restarts is not None and v.restarts >= 1
     assert v.duplicated_different == 0
