@@ -71,8 +71,9 @@ POLICY: dict[str, Any] = {
     "on_no_answer": {"output": None},
     "late_window_ms": 1000,
 }
-# Static members of their groups (--instance-id), as docker/compose.yaml runs them: a crashed runner
-# restarted takes its partitions back at once, not after its dead self's session has timed out (45 s).
+# Static members of their groups (--instance-id), as under a supervisor that restarts a runner in place
+# (docs/operations.md, "Recovery"): a crashed runner restarted takes its partitions back at once, not
+# after its dead self's session has timed out (45 s).
 RUNNERS = (
     stack.RunnerSpec(INCUMBENT, latency_ms=5, seed=1, instance_id=INCUMBENT),
     stack.RunnerSpec("logreg", latency_ms=2, seed=2, instance_id="logreg"),
