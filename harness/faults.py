@@ -630,17 +630,25 @@ class Rig:
             "--clock", self.clock, "--start-from", start_from,
         ]  # fmt: skip
 
+    def stop_with_savepoint(self) -> tuple[str, float]:
+        """Stop the job with a savepoint and ready a fresh TaskManager for the next job; the savepoint's
+        path, and when (``time.monotonic()``) the job had finished. Thread mode runs one job per
+        TaskManager: the standby takes the next one, the one that ran this job goes, a new standby starts."""
+        ran_job = self.cluster.busy_taskmanagers()
+        sp = upgrade.stop_with_savepoint(self.cluster, self.job_id, self.cluster.state_dir / "savepoints")
+        upgrade.wait_job_finished(self.cluster, self.job_id)
+        stopped_at = time.monotonic()
+        self.cluster.stop_taskmanagers(pids=list(ran_job), rest_ids=set(ran_job.values()))
+        self.cluster.start_taskmanagers(1, spare=True)
+        self.record_cluster_pids()
+        return sp, stopped_at
+
     def switch_delivery(self, delivery: str) -> None:
         """The same broker, runners and cluster, a new job with every output in ``delivery`` (one rig
         for both modes in the tests: a rig's start is most of a minute). The old job stops with a
         savepoint, which commits its transactions; the new one starts without state, in a consumer
-        group of its own, from the records written from now on. Thread mode: on a fresh TaskManager."""
-        ran_job = self.cluster.busy_taskmanagers()
-        upgrade.stop_with_savepoint(self.cluster, self.job_id, self.cluster.state_dir / "savepoints")
-        upgrade.wait_job_finished(self.cluster, self.job_id)
-        self.cluster.stop_taskmanagers(pids=list(ran_job), rest_ids=set(ran_job.values()))
-        self.cluster.start_taskmanagers(1, spare=True)
-        self.record_cluster_pids()
+        group of its own, from the records written from now on."""
+        self.stop_with_savepoint()
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         self.delivery = delivery
         self.job_args = self._job_args(f"rendezvous-{self.tag}-{delivery}", now)
@@ -770,15 +778,8 @@ def _inject(rig: Rig, name: str, plan: Plan, traffic: Traffic) -> None:
         rig.record_cluster_pids()
         plan.job_restarted = True
     elif name == "savepoint-resume":
-        ran_job = rig.cluster.busy_taskmanagers()
-        sp = upgrade.stop_with_savepoint(rig.cluster, rig.job_id, rig.cluster.state_dir / "savepoints")
-        upgrade.wait_job_finished(rig.cluster, rig.job_id)
-        plan.detail["savepoint_s"] = round(time.monotonic() - t0, 1)
-        # Thread mode: a fresh TaskManager for the resumed job, the standby; the one that ran the old
-        # job goes, and a new standby starts while the job is resubmitted.
-        rig.cluster.stop_taskmanagers(pids=list(ran_job), rest_ids=set(ran_job.values()))
-        rig.cluster.start_taskmanagers(1, spare=True)
-        rig.record_cluster_pids()
+        sp, stopped_at = rig.stop_with_savepoint()
+        plan.detail["savepoint_s"] = round(stopped_at - t0, 1)
         old = rig.job_id
         rig.job_id = rig.cluster.submit(
             rig.policy_path, rig.broker.bootstrap, rig.job_args, savepoint=sp, previous_job_id=old

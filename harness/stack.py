@@ -22,6 +22,8 @@ from harness import loadgen
 from ops import kafka_admin, kafka_client, procs
 from ops.broker import KafkaBroker, create_default_topics
 from udfs import names
+from udfs.wire_in import Score
+from udfs.wire_out import score_to_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB_READY_TIMEOUT_S = 180.0
@@ -304,10 +306,10 @@ def wait_until_answering(
                 }
                 producer.send(requests_topic, json.dumps(req).encode(), rid.encode())
                 for model_id in answered_by:
-                    score = {"request_id": rid, "model_id": model_id, "model_version": "probe",
-                             "status": "ok", "scored_at_ms": int(time.time() * 1000), "latency_ms": 0.0,
-                             "output": {"label": 0, "probability": 0.5}}  # fmt: skip
-                    producer.send(scores_topic, json.dumps(score).encode(), rid.encode())
+                    score = Score(
+                        rid, model_id, "probe", "ok", {"label": 0}, None, int(time.time() * 1000), 0.0
+                    )
+                    producer.send(scores_topic, json.dumps(score_to_dict(score)).encode(), rid.encode())
                 producer.flush(10)
                 sent += 1
                 next_probe = time.monotonic() + 2.0

@@ -7,8 +7,9 @@ PID), its job switched to the other delivery mode when a test needs it (``Rig.sw
 job on the same rig; `make faults` starts a rig per mode). The fast part runs in `make test`: with
 exactly-once outputs, a model runner killed with -9 and restarted, a model that hangs, and the
 TaskManager killed with -9 (the job restarts from its last checkpoint); with at-least-once outputs, the
-TaskManager kill again, whose replay must repeat the same answers. The others are marked ``slow`` (`make test` deselects them; `make test-faults`
-runs them, and `make faults` runs every scenario in both modes through the CLI with the same checks).
+TaskManager kill again, whose replay must repeat the same answers. The others are marked ``slow``
+(`make test` deselects them; `make test-faults` runs them, and `make faults` runs every scenario in both
+modes through the CLI with the same checks).
 Timings are printed, never asserted.
 """
 

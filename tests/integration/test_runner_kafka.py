@@ -18,6 +18,7 @@ import jsonschema
 import numpy as np
 import pytest
 
+from harness.stack import RunnerSpec
 from ops import kafka_admin, kafka_client
 from runners.data import sample_many
 from runners.runner import INJECTED_FAILURE, Fate, Faults, decide
@@ -190,9 +191,14 @@ def test_runner_answers_every_request_once(bootstrap: str, models: Path, tmp_pat
 def _start_runner(
     bootstrap: str, model_dir: Path, topic: str, group: str, instance_id: str, stderr_path: Path
 ) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
-    cmd = [sys.executable, "-m", "runners.runner", "--model-dir", str(model_dir), "--bootstrap", bootstrap,
-           "--requests-topic", topic, "--scores-topic", f"{topic}-scores", "--group", group,
-           "--instance-id", instance_id, "--max-seconds", "300"]  # fmt: skip
+    spec = RunnerSpec(model_dir.name, instance_id=instance_id)
+    cmd = [
+        *spec.argv(model_dir.parent, bootstrap, topic, f"{topic}-scores"),
+        "--group",
+        group,
+        "--max-seconds",
+        "300",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
