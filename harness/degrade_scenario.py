@@ -261,8 +261,10 @@ def run(
     bootstrap: str | None = None,
     train_rows: int | None = None,
     label_delay_s: float = LABEL_DELAY_S,
+    job_args: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run the scenario (count requests per phase); returns the summary (also in summary.json)."""
+    """Run the scenario (count requests per phase); returns the summary (also in summary.json).
+    ``job_args``: more flags for the job (``stack.checkpoint_every``)."""
     from runners.train import ensure_trained
 
     if out_dir.exists():
@@ -303,7 +305,7 @@ def run(
                 "--canary-topic", topics["canary"], "--decisions-topic", topics["decisions"],
                 "--dead-letters-topic", topics["dead-letters"], "--group-id", f"rendezvous-{tag}",
                 "--policies-topic", topics["policies"],
-                "--metrics-port", str(metrics_port),
+                "--metrics-port", str(metrics_port), *job_args,
             ],
         )  # fmt: skip
         waited, probes = stack.wait_until_answering(bootstrap, job, requests_topic=topics["requests"])

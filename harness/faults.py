@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,6 +89,7 @@ STANDBY_TASKMANAGERS = 1
 BAD_EVERY = 50  # one malformed record per this many requests
 DRAIN_TIMEOUT_S = 240.0  # after the traffic: how long to wait for every answer
 SETTLE_S = 5.0  # after the last answer: anything duplicated would show up by then
+WARMUP_S = 10.0  # traffic before the first scenario of a job, not counted
 SAMPLE = 5  # request ids listed per problem
 
 SCENARIOS = (
@@ -165,7 +166,8 @@ class Verdict:
 
     scenario: str
     delivery: str
-    sent: int
+    sent: int  # reached Kafka: the producer's delivery succeeded (or it was not told otherwise)
+    unsent: int  # the producer reported the delivery failed: never in Kafka, not the job's to answer
     answered: int
     lost: int
     lost_sample: list[str]
@@ -210,6 +212,7 @@ def verify(
     delivery: str,
     sent: Mapping[str, float],
     results: Iterable[Observed],
+    unsent: Collection[str] = (),
     decisions: Iterable[Observed] = (),
     dead_letters: Iterable[Observed] = (),
     bad: Sequence[BadSent] = (),
@@ -225,7 +228,8 @@ def verify(
     fault: Mapping[str, Any] | None = None,
 ) -> Verdict:
     """Count what came out for the requests ``sent`` (id -> send time, epoch ms) and list every broken
-    invariant in ``problems``.
+    invariant in ``problems``. ``unsent``: those of them whose delivery the producer reported failed;
+    unanswered, they never reached Kafka: a problem of their own, not counted as sent nor lost.
 
     ``job_restarted``: the fault restarted the job (or stopped and resumed it from a savepoint), so an
     at-least-once output may repeat itself; exactly-once output never may. A repeated result with a
@@ -244,6 +248,11 @@ def verify(
             by_id[rid].append(r)
         else:
             foreign += 1
+    # A send reported failed may have reached Kafka all the same (a timeout after the write): answered,
+    # it counts as sent.
+    failed = sorted((rid for rid in set(unsent) & set(sent) if rid not in by_id), key=lambda r: sent[r])
+    never_reached = set(failed)
+    sent = {rid: t for rid, t in sent.items() if rid not in never_reached}
     first = {rid: min(rs, key=lambda o: o.consumed_ms) for rid, rs in by_id.items()}
     answers = {rid: {answer_of(o.record) for o in rs} for rid, rs in by_id.items()}
     lost = sorted((rid for rid in sent if rid not in by_id), key=lambda r: sent[r])
@@ -313,6 +322,11 @@ def verify(
     } & wanted
 
     problems: list[str] = []
+    if failed:
+        problems.append(
+            f"{len(failed)} of {len(sent) + len(failed)} requests never reached Kafka (the producer reported "
+            f"their delivery failed), e.g. {failed[:SAMPLE]}"
+        )
     if lost:
         problems.append(f"{len(lost)} of {len(sent)} requests never answered, e.g. {lost[:SAMPLE]}")
     if foreign:
@@ -345,6 +359,7 @@ def verify(
         scenario=scenario,
         delivery=delivery,
         sent=len(sent),
+        unsent=len(failed),
         answered=len(by_id),
         lost=len(lost),
         lost_sample=lost[:SAMPLE],
@@ -478,6 +493,7 @@ class Traffic(threading.Thread):
         self.sent: dict[str, float] = {}
         self.bad: list[BadSent] = []
         self.send_errors = 0
+        self.unsent: set[str] = set()  # request ids whose delivery the producer reported failed
         self.started_ms = 0.0
         self.lock = threading.Lock()
         self.closing = threading.Event()
@@ -503,8 +519,11 @@ class Traffic(threading.Thread):
         if error is None:
             return
         self.producer.delivery_errors(error, msg)  # printed (the first few) and counted there too
+        key = msg.key()
         with self.lock:
             self.send_errors += 1
+            if key is not None and msg.topic() == self.topics["requests"]:
+                self.unsent.add(key.decode("utf-8", "replace"))
 
     def _run(self) -> None:
         next_at = time.monotonic()
@@ -576,6 +595,9 @@ class Rig:
     job_args: list[str] = field(default_factory=list)
     clock: str = names.CLOCK_LOG
     standby_taskmanagers: int = STANDBY_TASKMANAGERS
+    # The job's checkpoint interval (a Flink duration, "2s"); None: flink-conf/'s. Exactly-once output
+    # and the archive show at checkpoints, so the verifier waits for one after every scenario.
+    checkpoint_interval: str | None = None
 
     # --- life cycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -628,6 +650,7 @@ class Rig:
             "--dead-letters-topic", self.topics["dead-letters"], "--group-id", group_id,
             *[x for o in names.KAFKA_OUTPUTS for x in (f"--{o}-delivery", self.delivery)],
             "--clock", self.clock, "--start-from", start_from,
+            *([] if self.checkpoint_interval is None else stack.checkpoint_every(self.checkpoint_interval)),
         ]  # fmt: skip
 
     def stop_with_savepoint(self) -> tuple[str, float]:
@@ -858,12 +881,14 @@ def run_scenario(rig: Rig, name: str, rate: float, seconds: float) -> Verdict:
     say(
         f"[{rig.delivery}] {name}: {len(sent)} sent ({traffic.send_errors} send errors); waiting for answers ..."
     )
+    unsent = set(traffic.unsent)
+    expected = set(sent) - unsent  # a failed send is still answered if it reached Kafka after all
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while time.monotonic() < deadline:
         if rig.reader.error is not None:
             raise RuntimeError("the verifier's reader failed") from rig.reader.error
         answered = {o.record.get("request_id") for o in rig.reader.of("results", prefix)}
-        if answered >= set(sent):
+        if answered >= expected:
             break
         time.sleep(0.5)
     time.sleep(SETTLE_S)
@@ -874,12 +899,13 @@ def run_scenario(rig: Rig, name: str, rate: float, seconds: float) -> Verdict:
         if decided >= answered:
             break
         time.sleep(0.5)
-    archive = rig.archive_counts(prefix, len(sent))
+    archive = rig.archive_counts(prefix, len(set(sent) - (unsent - answered)))
     restarts, data_restarts, exceptions = restarts_in(rig.exceptions(), window_start, _now_ms())
     verdict = verify(
         scenario=name,
         delivery=rig.delivery,
         sent=sent,
+        unsent=unsent,
         results=rig.reader.of("results", prefix),
         decisions=rig.reader.of("decisions", prefix),
         dead_letters=rig.reader.dead_letters(),
@@ -902,7 +928,8 @@ def run_scenario(rig: Rig, name: str, rate: float, seconds: float) -> Verdict:
 def one_line(v: Verdict) -> str:
     status = "PASS" if v.passed else "FAIL: " + "; ".join(v.problems)
     return (
-        f"sent {v.sent}, answered {v.answered}, lost {v.lost}, duplicated {v.duplicated_same} same / "
+        f"sent {v.sent}{f' ({v.unsent} more never reached Kafka)' if v.unsent else ''}, answered {v.answered}, "
+        f"lost {v.lost}, duplicated {v.duplicated_same} same / "
         f"{v.duplicated_different} different, recovery {_s(v.recovery_s)}, longest gap {_s(v.longest_gap_s)}, "
         f"restarts {v.restarts} (data {v.data_restarts}) -> {status}"
     )
@@ -951,11 +978,12 @@ def run_mode(
     }
 
 
-def run_scenario_warmup(rig: Rig, rate: float) -> None:
-    """Requests until the job answers steadily (its JIT warms up); they are not counted."""
+def run_scenario_warmup(rig: Rig, rate: float, seconds: float = WARMUP_S) -> None:
+    """Requests for ``seconds``, all answered: the job answers, and steadily once its JIT has warmed
+    up; they are not counted."""
     assert rig.reader is not None
     prefix = f"warmup-{rig.delivery}-{rig.tag}-"
-    traffic = Traffic(rig.broker.bootstrap, rig.topics, prefix, rate, 10.0)
+    traffic = Traffic(rig.broker.bootstrap, rig.topics, prefix, rate, seconds)
     traffic.start()
     traffic.finish()
     deadline = time.monotonic() + 180.0

@@ -823,7 +823,8 @@ def run(
         while time.monotonic() < deadline:
             if reader.error is not None:
                 raise RuntimeError("the verifier's reader failed") from reader.error
-            if {o.record.get("request_id") for o in reader.of("results", prefix)} >= set(sent):
+            answered = {o.record.get("request_id") for o in reader.of("results", prefix)}
+            if answered >= set(sent) - traffic.unsent:  # a failed send is judged apart (faults.verify)
                 break
             time.sleep(1.0)
         time.sleep(faults.SETTLE_S)
@@ -890,16 +891,19 @@ def judge(
     start_ms = min(sent.values(), default=0.0)
     restarts, data_restarts, firsts = faults.restarts_in(exceptions, start_ms, faults._now_ms())
     job_faults = [f for f in injected if f["fault"] in faults.JOB_FAULTS and f["fault_ms"] is not None]
+    unsent = set(traffic.unsent)
+    answered = {o.record.get("request_id") for o in results}
     verdict = faults.verify(
         scenario="soak",
         delivery=rig.delivery,
         sent=sent,
+        unsent=unsent,
         results=results,
         decisions=reader.of("decisions", prefix),
         dead_letters=reader.dead_letters(),
         bad=traffic.bad,
         fault_ms=None,
-        archive=rig.archive_counts(prefix, len(sent), timeout_s=120.0),
+        archive=rig.archive_counts(prefix, len(set(sent) - (unsent - answered)), timeout_s=120.0),
         restarts=restarts,
         data_restarts=data_restarts,
         job_restarted=bool(job_faults) or restarts > 0,

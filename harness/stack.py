@@ -219,6 +219,15 @@ def _start_service(
     return p
 
 
+CHECKPOINT_INTERVAL_KEY = "execution.checkpointing.interval"
+
+
+def checkpoint_every(interval: str) -> list[str]:
+    """The job flags that set its checkpoint interval (a Flink duration, "2s") over flink-conf/'s:
+    exactly-once output and the archive show at checkpoints, and a test waits for them."""
+    return ["-D", f"{CHECKPOINT_INTERVAL_KEY}={interval}"]
+
+
 def config_args(kafka_config: Path | None) -> list[str]:
     """``--kafka-config FILE`` for a process's argv (the file's path, never what is in it)."""
     return [] if kafka_config is None else ["--kafka-config", str(kafka_config)]

@@ -19,6 +19,11 @@ import yaml
 from harness import stack
 from ops import kafka_admin, kafka_client, policy_cli
 
+# The tests' jobs checkpoint every 2 s, not every 10 s (flink-conf/): the archive (and exactly-once output)
+# shows at a checkpoint, and a test that checks it waits for one. What flink-conf/ ships runs in
+# `make demo`, `make bench`, `make faults` and the session-cluster tests.
+CHECKPOINT_INTERVAL = "2s"
+
 # The default policy's models with generous waits: the stack tests are about answers, once, and the
 # archive, not about speed, and must hold on a busy 2-core CI machine.
 STACK_POLICY: dict[str, Any] = {
@@ -201,7 +206,7 @@ def rendezvous_job_factory(
         processes = stack.Processes()
         job = stack.start_job(
             policy_path, kafka_bootstrap, base / "archive", base / "flink", base / "job.log", processes,
-            extra_args=topic_args(topics, f"rendezvous-{tag}"),
+            extra_args=[*topic_args(topics, f"rendezvous-{tag}"), *stack.checkpoint_every(CHECKPOINT_INTERVAL)],
         )  # fmt: skip
         running = RunningJob(
             kafka_bootstrap, tag, topics["requests"], topics["scores"], topics["results"], topics["canary"],

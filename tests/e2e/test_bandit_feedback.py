@@ -34,7 +34,14 @@ import yaml
 
 from harness import stack
 from ops import kafka_client, procs
-from tests.e2e.conftest import TopicReader, fresh_topics, request_record, score_record, topic_args
+from tests.e2e.conftest import (
+    CHECKPOINT_INTERVAL,
+    TopicReader,
+    fresh_topics,
+    request_record,
+    score_record,
+    topic_args,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -72,7 +79,7 @@ class Feedback:
 
     def start(self, restore_from: Path | None = None, log_name: str = "job.log") -> None:
         t = self.topics
-        extra = topic_args(t, self.group)
+        extra = topic_args(t, self.group) + stack.checkpoint_every(CHECKPOINT_INTERVAL)
         if restore_from is not None:
             extra += ["-D", f"execution.state-recovery.path={restore_from.resolve().as_uri()}"]
         self.job = stack.start_job(
@@ -121,7 +128,7 @@ def fb(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         f.close()
 
 
-def _phase(fb: Feedback, results: TopicReader, name: str, n: int, rate: float = 10.0) -> list[dict[str, Any]]:
+def _phase(fb: Feedback, results: TopicReader, name: str, n: int, rate: float = 25.0) -> list[dict[str, Any]]:
     rids = [f"{name}-{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
     for rid in rids:
         fb.send(rid)
@@ -166,7 +173,7 @@ def test_labels_move_official_answers_to_the_better_model_and_the_posteriors_sur
 
         learned = _phase(fb, results, "learned", 50)
         fb.label([r["request_id"] for r in learned])
-        time.sleep(8)  # those rewards applied; then a checkpoint completed after them (every 10 s)
+        time.sleep(8)  # those rewards applied; then a checkpoint completed after them (CHECKPOINT_INTERVAL)
         checkpoint = _checkpoint_after(fb.base / "flink", time.time(), timeout_s=40)
         fb.stop()
         fb.start(restore_from=checkpoint, log_name="job-restored.log")

@@ -12,7 +12,8 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from harness import degrade_scenario
+from harness import degrade_scenario, stack
+from tests.e2e.conftest import CHECKPOINT_INTERVAL
 from udfs import names
 from udfs.policy import parse_policy
 
@@ -28,8 +29,9 @@ def test_a_degrading_incumbent_is_detected_and_demoted(
     out: Path = tmp_path_factory.mktemp("degrade")
     models = tmp_path_factory.mktemp("models")
     s = degrade_scenario.run(
-        out / "run", count=COUNT, rate=50.0, models_dir=models, bootstrap=kafka_bootstrap
-    )
+        out / "run", count=COUNT, rate=50.0, models_dir=models, bootstrap=kafka_bootstrap,
+        job_args=stack.checkpoint_every(CHECKPOINT_INTERVAL),  # the retraining reads the archive
+    )  # fmt: skip
 
     # The job's per-model counters (Prometheus) moved with the traffic: every mailbox of the degraded
     # phase closed with a score or a timeout from each model; gbt won until the autopilot demoted it.

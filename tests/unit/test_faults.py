@@ -58,6 +58,21 @@ def test_a_lost_request_is_counted_and_fails() -> None:
     assert not v.passed and "1 of 5 requests never answered" in v.problems[0]
 
 
+def test_a_send_the_producer_reported_failed_is_unsent_not_lost() -> None:
+    # s-t-4 never reached Kafka: the archive (4 rows) and the answers agree with the 4 that did.
+    v = clean(
+        results=[Observed(2000.0, result(rid)) for rid in list(SENT)[:4]], unsent={"s-t-4"}, archive=(4, 4)
+    )
+    assert (v.sent, v.unsent, v.answered, v.lost) == (4, 1, 4, 0)
+    assert v.problems == ["1 of 5 requests never reached Kafka (the producer reported their delivery failed), "
+                          "e.g. ['s-t-4']"]  # fmt: skip
+    # Reported failed but answered all the same (written before the timeout): sent, and nothing wrong.
+    v = clean(unsent={"s-t-4"})
+    assert (v.sent, v.unsent, v.answered, v.lost) == (5, 0, 5, 0) and v.passed
+    # An unsent id this scenario never sent changes nothing.
+    assert clean(unsent={"elsewhere-1"}).passed
+
+
 def test_duplicates_are_split_into_same_and_different_answers() -> None:
     rs = [Observed(2000.0, result(rid)) for rid in SENT]
     rs += [Observed(2500.0, result("s-t-0"))]  # the same answer again
@@ -208,3 +223,34 @@ def test_markdown_shows_a_scenario_that_raised() -> None:
     mode = {"delivery": EO, "wall_s": 1, "scenarios": [{"scenario": "savepoint-resume", "error": "boom"}]}
     text = faults.markdown({"date": "d", "machine": {"cpus": 2}, "rate": 20, "seconds": 30, "modes": [mode]})
     assert "| savepoint-resume | ERROR: boom |" in text and "Total: 0 sent" in text
+
+
+class _Delivered:
+    """What a delivery report carries that the traffic reads: the topic and the key."""
+
+    def __init__(self, topic: str, key: bytes | None) -> None:
+        self._topic, self._key = topic, key
+
+    def topic(self) -> str:
+        return self._topic
+
+    def key(self) -> bytes | None:
+        return self._key
+
+
+def test_the_traffic_keeps_the_ids_of_the_requests_whose_delivery_failed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from confluent_kafka import KafkaError
+
+    topics = {k: f"{k}-x" for k in ("requests", "scores", "results", "canary", "decisions", "dead-letters")}
+    traffic = faults.Traffic("127.0.0.1:9", topics, "p-", rate=10.0, seconds=1.0)  # never started: no broker
+    try:
+        timed_out = KafkaError(KafkaError._MSG_TIMED_OUT)
+        traffic._on_error(timed_out, _Delivered("requests-x", b"p-3"))
+        traffic._on_error(timed_out, _Delivered("scores-x", b"p-4"))  # a malformed score's: not a request
+        traffic._on_error(None, _Delivered("requests-x", b"p-5"))  # delivered
+    finally:
+        traffic.producer.close()
+    assert traffic.unsent == {"p-3"} and traffic.send_errors == 2
+    assert "delivery to requests-x failed" in capsys.readouterr().err
