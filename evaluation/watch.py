@@ -66,7 +66,7 @@ def run_periodic(
     """Call ``round_fn(now_ms, round_number, stamp)`` every ``every_ms`` (on the clock, not after each
     round) until ``stop`` is set, ``iterations`` rounds ran, or Ctrl-C; returns the rounds run. A round
     that raises (a file being rewritten, the broker away) is reported as ``[name stamp] round N failed``
-    and the next one runs: a periodic job must outlive one bad round."""
+    and the next one runs: a periodic job must outlive one bad round. A fatal Kafka error ends it."""
     stop = stop or threading.Event()
     rounds = 0
     next_at = clock_ms()
@@ -80,6 +80,8 @@ def run_periodic(
             try:
                 round_fn(now, rounds + 1, stamp)
             except Exception as e:
+                if kafka_client.is_fatal(e):  # its client will never recover: the process must start again
+                    raise
                 print(
                     f"[{name} {stamp}] round {rounds + 1} failed: {type(e).__name__}: {e}",
                     file=out,

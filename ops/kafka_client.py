@@ -33,6 +33,7 @@ A failed delivery is never dropped silently: it is counted on ``producer.deliver
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -62,6 +63,9 @@ READ_UNCOMMITTED = "read_uncommitted"
 OFFSET_BEGINNING = confluent_kafka.OFFSET_BEGINNING
 OFFSET_END = confluent_kafka.OFFSET_END
 ERROR_NOTE_EVERY_S = 60.0  # the same client error is printed at most this often (with a count)
+# How often a client's statistics tell BrokerWatch which brokers it knows, and how long it may know none.
+BROKER_WATCH_EVERY_MS = 5_000
+NO_BROKER_FATAL_S = 15.0
 DELIVERY_ERRORS_LOGGED = 5  # the first failed deliveries are printed one by one, later ones counted
 
 _COMMON: dict[str, Any] = {
@@ -162,6 +166,63 @@ class ClientErrors(_OnceAMinute):
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+class BrokerWatch:
+    """librdkafka's ``stats_cb``: fails the client once it has had no broker to ask for metadata for
+    ``fatal_after_s``, so that its process stops and is started again rather than waiting forever.
+
+    librdkafka 2.13 to 2.16 (its issue 5301, open) drops every broker a Metadata answer does not list,
+    and stops looking for others when that answer lists none. A single broker in controlled shutdown
+    answers so for a moment: in two of six broker restarts under the fault tests (2026-12-06), the
+    traffic's producer then knew no broker at all and delivered nothing more. A broker merely down
+    stays known (``learned``), and so does the bootstrap address until the first answer
+    (``configured``): only the stuck client is left with none. The KafkaException it raises comes out of
+    the ``poll()``, ``consume()`` or ``flush()`` that served the statistics.
+    """
+
+    USABLE = frozenset({"learned", "configured"})  # the other sources: "internal", "logical"
+
+    def __init__(
+        self, name: str, fatal_after_s: float = NO_BROKER_FATAL_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.name = name
+        self.fatal_after_s = fatal_after_s
+        self.clock = clock
+        self.none_since: float | None = None  # when the statistics first showed no usable broker
+        self.brokers = 0  # usable brokers in the last statistics
+        self.updates = 0  # statistics seen
+
+    def __call__(self, stats_json: str) -> None:
+        self.updates += 1
+        brokers = json.loads(stats_json).get("brokers") or {}
+        self.brokers = sum(1 for b in brokers.values() if b.get("source") in self.USABLE)
+        if self.brokers:
+            self.none_since = None
+            return
+        now = self.clock()
+        if self.none_since is None:
+            self.none_since = now
+        elif now - self.none_since >= self.fatal_after_s:
+            raise KafkaException(
+                KafkaError(
+                    KafkaError._FATAL,
+                    f"{self.name} has known no broker for {now - self.none_since:.0f} s and looks for none "
+                    "(librdkafka drops brokers a Metadata answer does not list): start it again",
+                    fatal=True,
+                )
+            )
+
+
+def is_fatal(error: BaseException) -> bool:
+    """A Kafka error its client will not recover from (fenced by a twin, no broker left): its process
+    must stop, or start the client anew."""
+    first = error.args[0] if isinstance(error, KafkaException) and error.args else None
+    return isinstance(first, KafkaError) and (first.fatal() or first.code() == KafkaError._FATAL)
+
+
+def _watched(watch: BrokerWatch) -> dict[str, Any]:
+    return {"statistics.interval.ms": BROKER_WATCH_EVERY_MS, "stats_cb": watch}
 
 
 class DeliveryErrors:
@@ -634,11 +695,13 @@ class Producer(confluent_kafka.Producer):
         self.delivery_errors = DeliveryErrors(name, errors_out)
         self.client_errors = ClientErrors(name, errors_out)
         self.log = LibrdkafkaLog(name, errors_out)
+        self.broker_watch = BrokerWatch(f"producer {name}")
         super().__init__(
             {
                 "on_delivery": self.delivery_errors,
                 "error_cb": self.client_errors,
                 "logger": self.log,
+                **_watched(self.broker_watch),
                 **config,
             }
         )
@@ -741,7 +804,10 @@ class Consumer(confluent_kafka.Consumer):
         self.client_errors = ClientErrors(name, errors_out)
         self._subscribed: list[str] = []
         self.log = LibrdkafkaLog(name, errors_out)
-        super().__init__({"error_cb": self.client_errors, "logger": self.log, **config})
+        self.broker_watch = BrokerWatch(f"consumer {name}")
+        super().__init__(
+            {"error_cb": self.client_errors, "logger": self.log, **_watched(self.broker_watch), **config}
+        )
 
     def subscribe(self, topics: list[str], *args: Any, **kwargs: Any) -> None:
         self._subscribed = list(topics)

@@ -113,6 +113,13 @@ def test_wait_topics_times_out_naming_the_topic(kafka_bootstrap):
 # --- brokers of their own -----------------------------------------------------------------------
 
 
+def _poll_until(client, condition, what, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
+        client.poll(0.1)
+
+
 def test_restart_keeps_data_and_stop_leaves_no_process(tmp_path):
     data_dir = tmp_path / "broker"
     port, controller_port = procs.free_port(), procs.free_port()
@@ -126,10 +133,20 @@ def test_restart_keeps_data_and_stop_leaves_no_process(tmp_path):
         cluster_id = (data_dir / "kraft-logs" / "meta.properties").read_text()
         topic = _topic("durable")
         _produce(first.bootstrap, topic, b"kept across restarts")
+        # The project's client tells its broker watch which brokers it knows (librdkafka's statistics).
+        watched = kafka_client.producer(first.bootstrap, client_id="test-watch", statistics_interval_ms=300)
+        _poll_until(watched, lambda: watched.broker_watch.brokers >= 1, "the watch sees the broker")
     finally:
         first.stop()
 
     assert _gone(first.pid)
+    # A broker down stays known (learned): an outage is not the stuck client the watch fails.
+    seen = watched.broker_watch.updates
+    _poll_until(
+        watched, lambda: watched.broker_watch.updates >= seen + 3, "three statistics while it is down"
+    )
+    assert watched.broker_watch.brokers == 1 and watched.broker_watch.none_since is None
+    watched.close()
     assert not first.is_running()
     assert not (data_dir / "broker.pid").exists()
     assert json.loads((data_dir / "broker.json").read_text())["pid"] is None

@@ -293,3 +293,23 @@ def test_drift_every_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[
     f.write_text("")
     assert main(["drift", "--every", "5s", "--reference", str(f), "--recent", str(f)]) == 2
     assert "archive directory" in capsys.readouterr().err
+
+
+def test_a_periodic_job_outlives_a_bad_round_but_not_a_fatal_kafka_error() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from evaluation.watch import run_periodic
+
+    out = io.StringIO()
+    errors = iter([RuntimeError("the broker is away"), None, KafkaException(KafkaError(KafkaError._FATAL))])
+    ticks = iter(range(0, 10_000, 1000))
+
+    def round_fn(now: int, number: int, stamp: str) -> None:
+        error = next(errors)
+        if error is not None:
+            raise error
+
+    with pytest.raises(KafkaException):
+        run_periodic(round_fn, 1000, name="w", out=out, clock_ms=lambda: next(ticks), sleep_s=lambda _s: None)
+    assert "round 1 failed: RuntimeError: the broker is away" in out.getvalue()
+    assert "round 3" not in out.getvalue()  # the fatal one ended the loop instead of being reported

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 import time
 from typing import Any
@@ -204,3 +205,52 @@ def test_consume_ready_waits_for_one_record_only_then_takes_the_rest_queued() ->
     # Never consume(1000, 0.05): librdkafka would wait the whole 50 ms for 1000 records.
     assert c.calls == [(1000, 0), (1, 0.05), (999, 0)]
     assert kafka_client.consume_ready(_Queued([], []), 10, 0.05) == []
+
+
+def _stats(*sources: str) -> str:
+    """librdkafka's statistics JSON, its ``brokers`` only (the shape the real broker test checks)."""
+    brokers = {
+        f"b{i}": {"name": f"b{i}", "nodeid": i, "source": s, "state": "UP"} for i, s in enumerate(sources)
+    }
+    return json.dumps({"name": "c#producer-1", "brokers": brokers, "topics": {}})
+
+
+def test_the_broker_watch_fails_a_client_that_has_known_no_broker_for_a_while() -> None:
+    now = [0.0]
+    watch = kafka_client.BrokerWatch("producer p", fatal_after_s=15.0, clock=lambda: now[0])
+    watch(_stats("configured", "internal"))  # before the first answer: the bootstrap address
+    watch(_stats("learned", "logical", "internal"))  # a broker down is still known
+    assert watch.none_since is None and watch.brokers == 1
+    now[0] = 100.0
+    watch(_stats("internal", "logical"))  # every broker dropped (librdkafka 2.13-2.16)
+    now[0] = 110.0
+    watch(_stats("internal", "logical"))  # 10 s: not yet
+    now[0] = 115.0
+    with pytest.raises(KafkaException) as raised:
+        watch(_stats("internal", "logical"))
+    error = raised.value.args[0]
+    assert error.fatal() and "producer p has known no broker for 15 s" in error.str()
+    assert kafka_client.is_fatal(raised.value)
+    now[0] = 116.0
+    watch(_stats("configured", "internal"))  # found one again (a librdkafka that re-bootstraps): forgiven
+    now[0] = 200.0
+    watch(_stats("internal"))
+    assert watch.none_since == 200.0
+
+
+def test_is_fatal_tells_the_errors_a_client_will_not_recover_from() -> None:
+    assert kafka_client.is_fatal(KafkaException(KafkaError(KafkaError._FATAL)))  # a fenced static member
+    assert kafka_client.is_fatal(KafkaException(KafkaError(KafkaError._TRANSPORT, fatal=True)))
+    assert not kafka_client.is_fatal(KafkaException(KafkaError(KafkaError._TRANSPORT)))
+    assert not kafka_client.is_fatal(RuntimeError("fatal"))
+
+
+def test_the_project_clients_carry_the_broker_watch() -> None:
+    p = kafka_client.producer("127.0.0.1:9", client_id="w")
+    c = kafka_client.consumer("127.0.0.1:9", "g", topics=[], client_id="w")
+    try:
+        assert isinstance(p.broker_watch, kafka_client.BrokerWatch)
+        assert isinstance(c.broker_watch, kafka_client.BrokerWatch)
+    finally:
+        p.close()
+        c.close()
