@@ -16,7 +16,7 @@ The whole loop of the evaluation side, on this machine:
    trains a new gbt on the decoy archive's requests of the run joined with their labels (plus gbt's
    training rows, since a run's ~2,000 requests hold ~100 positives), registers it as ``gbt-r<N>``
    (``<out>/registry``), starts its runner and publishes the policy with it as a shadow (audited,
-   action ``retrain``); requests are sent at 100/s in chunks of 5 s until the autopilot has made the
+   action ``retrain``); requests are sent at 200/s in chunks of 2.5 s until the autopilot has made the
    shadow a challenger, then the incumbent (its AUC better than logreg's on the same requests, by a
    paired test), and one chunk more (official answers from it); exit 1 if it was not promoted. The
    summary's ``seconds_to_retrained``, ``seconds_to_shadow``, ``seconds_to_promotion`` count, like
@@ -124,14 +124,14 @@ AUTOPILOT_CONFIG: dict[str, Any] = {
     "replay_min_labelled": 1000,
     "gate": {"min_labelled": 1000, "auc_floor": 0.6, "min_gain": 0.01, "min_z": 1.645},
 }
-# The third phase: the retrained model as a shadow, then promoted. 100/s so that its 1000 labelled
-# answers (min_labelled) are there ~15 s after it joins (10 s of traffic + the 5 s label delay); chunks
-# of 5 s (each collected until answered, at most 3 s more) until the autopilot has promoted it, then one
-# more so that it gives official answers; at most RETRAIN_MAX_CHUNKS (60 s of traffic).
+# The third phase: the retrained model as a shadow, then promoted. 200/s so that its 1000 labelled
+# answers (min_labelled) are there ~10 s after it joins (5 s of traffic + the 5 s label delay); chunks
+# of 2.5 s (each collected until answered, at most 3 s more) until the autopilot has promoted it, then
+# one more so that it gives official answers; at most RETRAIN_MAX_CHUNKS (60 s of traffic).
 RETRAIN_KIND = DEGRADING  # the demoted model's kind is what is retrained
-RETRAIN_RATE = 100.0
+RETRAIN_RATE = 200.0
 RETRAIN_CHUNK = 500
-RETRAIN_MAX_CHUNKS = 12
+RETRAIN_MAX_CHUNKS = 24
 LABEL_DELAY_S = 5.0
 GBT_SEED = 1  # the degrading runner's seed: its noise is runners.runner.degraded(..., seed)
 PROM_PREFIX = "flink_taskmanager_job_task_operator_"
