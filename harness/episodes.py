@@ -434,8 +434,10 @@ def run(
     period_s: float,
     which: str = "bench",
     policy: Path = bench.BENCH_POLICY,
+    job_args: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The stack at ``rate`` for ``lead_in_s`` + ``seconds`` after its warm-up, sampled as the module says."""
+    """The stack at ``rate`` for ``lead_in_s`` + ``seconds`` after its warm-up, sampled as the module says;
+    ``job_args``: more flags for the job (``stack.checkpoint_every``)."""
     from runners.train import ensure_trained
 
     broker = bench._fresh_broker("episodes")
@@ -451,7 +453,7 @@ def run(
         started = stack.start_runners(runners, bench.MODELS_DIR, broker.bootstrap, work / "logs", processes)
         job = stack.start_job(
             policy, broker.bootstrap, work / "archive", work / "flink", work / "job.log", processes,
-            ["-D", f"rest.port={rest_port}", "-D", "web.checkpoints.history=1000"],
+            ["-D", f"rest.port={rest_port}", "-D", "web.checkpoints.history=1000", *job_args],
         )  # fmt: skip
         stack.wait_until_answering(broker.bootstrap, job)
         jvm = procs.jvm_of(job.pid) or job.pid
