@@ -724,6 +724,22 @@ class Rig:
         self.stop_runner(spec.model_id)
         self.start_runner(spec)
 
+    def restart_stopped_runners(self) -> list[str]:
+        """Start again each runner whose process has stopped by itself, as its supervisor would (a
+        runner stops on a fatal Kafka error, e.g. ``kafka_client.BrokerWatch`` after a broker restart);
+        the model ids restarted."""
+        restarted = []
+        for spec in RUNNERS:
+            p = self.runners.get(spec.model_id)
+            if p is not None and not p.is_running():
+                say(
+                    f"[{self.delivery}] runner {spec.model_id} had stopped (exit {p.returncode()}); starting it again"
+                )
+                self.stop_runner(spec.model_id)
+                self.start_runner(spec)
+                restarted.append(spec.model_id)
+        return restarted
+
     # --- the job's health ---------------------------------------------------------------------
     def exceptions(self) -> list[dict[str, Any]]:
         try:
@@ -844,9 +860,11 @@ def _restart_broker(cls: Any, data_dir: Path, port: int, cport: int, timeout_s: 
             time.sleep(1.0)
 
 
-def _after(rig: Rig, name: str) -> None:
+def _after(rig: Rig, name: str) -> list[str]:
+    """Ready the rig for the next scenario; the model ids of the runners found stopped and started again."""
     if name in ("model-hang", "model-late"):
         rig.replace_runner(RUNNERS[0])
+    return rig.restart_stopped_runners()
 
 
 def run_scenario(rig: Rig, name: str, rate: float, seconds: float) -> Verdict:
@@ -920,7 +938,9 @@ def run_scenario(rig: Rig, name: str, rate: float, seconds: float) -> Verdict:
         state_bytes=rig.state_bytes(),
         fault=plan.detail | {"send_errors": traffic.send_errors, "exceptions": exceptions[:5]},
     )
-    _after(rig, name)
+    restarted = _after(rig, name)
+    if restarted:
+        verdict.fault["runners_restarted_after"] = restarted
     say(f"[{rig.delivery}] {name}: " + one_line(verdict))
     return verdict
 

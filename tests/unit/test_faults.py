@@ -254,3 +254,36 @@ def test_the_traffic_keeps_the_ids_of_the_requests_whose_delivery_failed(
         traffic.producer.close()
     assert traffic.unsent == {"p-3"} and traffic.send_errors == 2
     assert "delivery to requests-x failed" in capsys.readouterr().err
+
+
+class _Runner:
+    """A runner process as the rig sees it: running, or stopped with an exit code."""
+
+    def __init__(self, running: bool) -> None:
+        self.running = running
+        self.stopped = False
+
+    def is_running(self) -> bool:
+        return self.running
+
+    def returncode(self) -> int | None:
+        return None if self.running else 1
+
+    def stop(self, grace_s: float = 0.0) -> None:
+        self.stopped = True
+
+
+def test_the_rig_starts_again_a_runner_that_stopped_by_itself(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rig = faults.Rig(tmp_path, names.DELIVERY_EXACTLY_ONCE, tmp_path / "models")
+    runners = {spec.model_id: _Runner(running=spec.model_id != faults.INCUMBENT) for spec in faults.RUNNERS}
+    rig.runners = dict(runners)  # type: ignore[arg-type]
+    rig.processes.started.extend(runners.values())  # type: ignore[arg-type]
+    started: list[str] = []
+    monkeypatch.setattr(rig, "start_runner", lambda spec: started.append(spec.model_id))
+
+    assert rig.restart_stopped_runners() == [faults.INCUMBENT] == started
+    assert runners[faults.INCUMBENT].stopped and not any(r.stopped for m, r in runners.items() if m != "gbt")
+    assert f"runner {faults.INCUMBENT} had stopped (exit 1); starting it again" in capsys.readouterr().out
+    assert rig.restart_stopped_runners() == [] and started == [faults.INCUMBENT]  # the others run on
