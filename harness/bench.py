@@ -118,7 +118,7 @@ TUNING_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("buffer timeout 0 ms (flush every record)", ("execution.buffer-timeout.interval=0ms",)),
     ("buffer timeout 100 ms (Flink default)", ("execution.buffer-timeout.interval=100ms",)),
     ("RocksDB state backend", ("state.backend.type=rocksdb",)),
-    ("checkpoint every 2 s (shipped until 2026-12-03)", ("execution.checkpointing.interval=2s",)),
+    ("checkpoint every 2 s (shipped until 2026-12-03)", (f"{stack.CHECKPOINT_INTERVAL_KEY}=2s",)),
     # Checkpoints upload only the state changes since the last one; the heap is written whole once per
     # materialization (1 min here) instead of at every checkpoint (10 s).
     (
@@ -736,13 +736,13 @@ DELIVERY_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("exactly-once, checkpoint 10 s (shipped)", ("--results-delivery", names.DELIVERY_EXACTLY_ONCE)),
     (
         "exactly-once, checkpoint 2 s",
-        ("--results-delivery", names.DELIVERY_EXACTLY_ONCE, "-D", "execution.checkpointing.interval=2s"),
+        ("--results-delivery", names.DELIVERY_EXACTLY_ONCE, *stack.checkpoint_every("2s")),
     ),
     (
         "exactly-once, checkpoint 500 ms",
         (
             "--results-delivery", names.DELIVERY_EXACTLY_ONCE,
-            "-D", "execution.checkpointing.interval=500ms",
+            *stack.checkpoint_every("500ms"),
             "-D", "execution.checkpointing.min-pause=100ms",
         ),
     ),

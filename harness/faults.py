@@ -666,14 +666,16 @@ class Rig:
         self.record_cluster_pids()
         return sp, stopped_at
 
-    def switch_delivery(self, delivery: str) -> None:
+    def switch_delivery(self, delivery: str, checkpoint_interval: str | None = None) -> None:
         """The same broker, runners and cluster, a new job with every output in ``delivery`` (one rig
-        for both modes in the tests: a rig's start is most of a minute). The old job stops with a
-        savepoint, which commits its transactions; the new one starts without state, in a consumer
-        group of its own, from the records written from now on."""
+        for both modes in the tests: a rig's start is most of a minute), checkpointing every
+        ``checkpoint_interval`` (None: flink-conf/'s). The old job stops with a savepoint, which commits
+        its transactions; the new one starts without state, in a consumer group of its own, from the
+        records written from now on."""
         self.stop_with_savepoint()
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         self.delivery = delivery
+        self.checkpoint_interval = checkpoint_interval
         self.job_args = self._job_args(f"rendezvous-{self.tag}-{delivery}", now)
         say(f"[{delivery}] submitting the job (from {now}) ...")
         self.job_id = self.cluster.submit(self.policy_path, self.broker.bootstrap, self.job_args)

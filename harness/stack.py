@@ -27,6 +27,9 @@ from udfs.wire_out import score_to_dict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB_READY_TIMEOUT_S = 180.0
+# How often the readiness probe sends a request. A job that starts at the end of its topics misses what
+# was sent before its source was assigned: the probe's wait after that is up to one interval.
+PROBE_EVERY_S = 0.5
 
 
 def start_broker(
@@ -321,7 +324,7 @@ def wait_until_answering(
                     producer.send(scores_topic, json.dumps(score_to_dict(score)).encode(), rid.encode())
                 producer.flush(10)
                 sent += 1
-                next_probe = time.monotonic() + 2.0
+                next_probe = time.monotonic() + PROBE_EVERY_S
             if consumer.take(1, 0.5):
                 return time.monotonic() - start, sent
         raise TimeoutError(

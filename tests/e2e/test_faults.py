@@ -80,8 +80,7 @@ def in_mode(rig: faults.Rig, delivery: str) -> faults.Rig:
     """The rig with its job's outputs in ``delivery``, warmed up (a new job if it was in the other)."""
     if rig.delivery != delivery:
         try:
-            rig.checkpoint_interval = CHECKPOINT_INTERVAL[delivery]
-            rig.switch_delivery(delivery)
+            rig.switch_delivery(delivery, CHECKPOINT_INTERVAL[delivery])
             faults.run_scenario_warmup(rig, RATE, WARMUP_S)
         except Exception:
             print(rig.cluster.log_tail(60))

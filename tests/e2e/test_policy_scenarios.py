@@ -17,7 +17,7 @@ import jsonschema
 import pyarrow.parquet as pq
 import pytest
 
-from ops import archive
+from ops import archive, procs
 from tests.e2e.conftest import RunningJob, TopicReader, new_rid, one_result
 
 pytestmark = pytest.mark.e2e
@@ -283,3 +283,11 @@ def test_every_request_is_in_the_decoy_archive(job: RunningJob, results: TopicRe
     assert {r for (r,) in flink_in_hour} == hours[busiest]
     _, plan = archive.query_flink(job.archive_dir, f"EXPLAIN SELECT request_id {flink_hour}")
     assert f"partitions=[{{dt={dt}, hour={busiest[-2:]}}}]" in str(plan[0][0])
+
+
+def test_the_job_runs_with_the_tests_jvm_flags(job: RunningJob, flink_jvm_args: str) -> None:
+    """The session's JVM_ARGS (tests/conftest.py) reach the mini cluster's JVM below the job's Python."""
+    jvm = procs.jvm_of(job.job.pid)
+    assert jvm is not None
+    cmdline = procs.read_cmdline(jvm) or []
+    assert all(flag in cmdline for flag in flink_jvm_args.split()), (flink_jvm_args, cmdline[:8])

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from harness import faults
+from harness import faults, stack
 from harness.faults import BadSent, Observed, verify
 from udfs import names
 
@@ -287,3 +287,36 @@ def test_the_rig_starts_again_a_runner_that_stopped_by_itself(
     assert runners[faults.INCUMBENT].stopped and not any(r.stopped for m, r in runners.items() if m != "gbt")
     assert f"runner {faults.INCUMBENT} had stopped (exit 1); starting it again" in capsys.readouterr().out
     assert rig.restart_stopped_runners() == [] and started == [faults.INCUMBENT]  # the others run on
+
+
+class _Cluster:
+    """A session cluster as ``switch_delivery`` sees it: it records what it was asked to submit."""
+
+    def __init__(self) -> None:
+        self.submitted: list[list[str]] = []
+
+    def submit(self, policy: Any, bootstrap: str, job_args: list[str]) -> str:
+        self.submitted.append(list(job_args))
+        return f"job-{len(self.submitted)}"
+
+
+def test_switching_delivery_submits_a_job_in_that_mode_with_its_checkpoint_interval(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = faults.Rig(tmp_path, names.DELIVERY_EXACTLY_ONCE, tmp_path / "models", checkpoint_interval="2s")
+    cluster = _Cluster()
+    rig.cluster = cluster  # type: ignore[assignment]
+    rig.broker = type("Broker", (), {"bootstrap": "127.0.0.1:9"})()  # type: ignore[assignment]
+    rig.topics = {t: f"{t}-x" for t in ("requests", "scores", "canary", "decisions", "dead-letters")}
+    monkeypatch.setattr(rig, "stop_with_savepoint", lambda: ("sp", 0.0))
+    monkeypatch.setattr(rig, "wait_running", lambda: None)
+
+    rig.switch_delivery(names.DELIVERY_AT_LEAST_ONCE)  # flink-conf/'s interval
+    rig.switch_delivery(names.DELIVERY_EXACTLY_ONCE, "2s")
+
+    shipped, short = cluster.submitted
+    assert shipped.count(names.DELIVERY_AT_LEAST_ONCE) == len(names.KAFKA_OUTPUTS)
+    assert not any(a.startswith(stack.CHECKPOINT_INTERVAL_KEY) for a in shipped)
+    assert short.count(names.DELIVERY_EXACTLY_ONCE) == len(names.KAFKA_OUTPUTS)
+    assert " ".join(stack.checkpoint_every("2s")) in " ".join(short)
+    assert rig.job_id == "job-2" and rig.delivery == names.DELIVERY_EXACTLY_ONCE

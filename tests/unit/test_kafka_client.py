@@ -245,12 +245,20 @@ def test_is_fatal_tells_the_errors_a_client_will_not_recover_from() -> None:
     assert not kafka_client.is_fatal(RuntimeError("fatal"))
 
 
-def test_the_project_clients_carry_the_broker_watch() -> None:
+def test_librdkafka_reports_to_the_project_clients_broker_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watch is librdkafka's statistics callback: a client's statistics reach it, and they count the
+    bootstrap address (``configured``) before any answer, here from a port nobody listens on."""
+    monkeypatch.setattr(kafka_client, "BROKER_WATCH_EVERY_MS", 100)
     p = kafka_client.producer("127.0.0.1:9", client_id="w")
     c = kafka_client.consumer("127.0.0.1:9", "g", topics=[], client_id="w")
     try:
-        assert isinstance(p.broker_watch, kafka_client.BrokerWatch)
-        assert isinstance(c.broker_watch, kafka_client.BrokerWatch)
+        end = time.monotonic() + 10.0
+        while (p.broker_watch.updates < 2 or c.broker_watch.updates < 2) and time.monotonic() < end:
+            p.poll(0.05)
+            c.take(1, 0.05)
+        for watch in (p.broker_watch, c.broker_watch):
+            assert watch.updates >= 2, watch.name
+            assert watch.brokers == 1 and watch.none_since is None, watch.name
     finally:
         p.close()
         c.close()
