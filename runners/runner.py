@@ -488,6 +488,20 @@ def warm_up(model: ScoringModel) -> None:
     model.score_batch([dict.fromkeys(model.features, 0)])
 
 
+def settle_in(models: Sequence[ScoringModel]) -> None:
+    """Once the models are loaded, before serving: one thread each, warmed up, out of full collections.
+
+    One thread per runner: batches are small and several runners share the cores, where OpenMP's
+    spinning threads made HistGradientBoosting 10-50x slower; after ``load()``, as the libraries must be
+    loaded. The libraries and models loaded so far live as long as the process: frozen out of the garbage
+    collector's full collections, which took ~54 ms over them at 833/s, pausing every model it serves.
+    """
+    threadpool_limits(limits=1)
+    for m in models:
+        warm_up(m)
+    gc.freeze()
+
+
 def _stats_line(
     model_id: str, counts: Mapping[str, int], pending: int, rate: float | None, final: bool = False
 ) -> str:
@@ -602,14 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(set(ids)) != len(ids) or (also and args.model_ids):
         print("runner: --also needs models of distinct ids, and no --model-ids", file=sys.stderr)
         return 2
-    # One thread per runner: batches are small and several runners share the cores, where OpenMP's
-    # spinning threads made HistGradientBoosting 10-50x slower. After load(): the libraries must be loaded.
-    threadpool_limits(limits=1)
-    for m in [model] + [s.model for s in also]:
-        warm_up(m)
-    # The libraries and models loaded so far live as long as the process: out of the garbage collector's
-    # full collections, which took ~54 ms over them at 833/s, pausing every model this process serves.
-    gc.freeze()
+    settle_in([model] + [s.model for s in also])
     if stop.is_set():
         return 0
 

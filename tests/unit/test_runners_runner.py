@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import re
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runners import runner as runner_mod
 from runners.model import Scored, ScoringModel
 from runners.runner import (
     INJECTED_FAILURE,
@@ -27,6 +29,7 @@ from runners.runner import (
     parse_request,
     poll_timeout_ms,
     run,
+    settle_in,
 )
 
 SCORE_SCHEMA = json.loads((Path(__file__).parents[2] / "schemas" / "score.schema.json").read_text())
@@ -760,3 +763,30 @@ def test_a_runner_spec_with_also_is_one_process_the_runner_accepts() -> None:
         (Path("/m/tree"), Faults(latency_ms=40, jitter_ms=40, seed=3, degrade_after=5)),
         (Path("/m/base"), Faults(seed=4)),
     ]
+
+
+class CountingEstimator(TinyEstimator):
+    """TinyEstimator that counts the rows it scores."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def predict_proba(self, x: Any) -> Any:
+        self.rows += len(x)
+        return super().predict_proba(x)
+
+
+def test_settling_in_warms_every_model_and_freezes_what_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    estimators = [CountingEstimator(), CountingEstimator()]
+    models = [ScoringModel(f"m{i}", "v1", ("x",), e) for i, e in enumerate(estimators)]
+    limits: list[Any] = []  # recorded, not applied: the limit would outlive the test in pytest's process
+    monkeypatch.setattr(runner_mod, "threadpool_limits", lambda **kw: limits.append(kw))
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    try:
+        settle_in(models)
+        assert limits == [{"limits": 1}]
+        assert [e.rows for e in estimators] == [1, 1]  # one dummy row each, before the first request
+        assert gc.get_freeze_count() > 0  # out of full collections, with what was loaded before it
+    finally:
+        gc.unfreeze()
