@@ -55,9 +55,10 @@ $(JARS)/.fetched: deps/pom.xml deps/kafka-sink-context/pom.xml $(shell find deps
 demo: setup
 	$(PY) -m harness.demo $(if $(SECURE),--secure) $(if $(TLS),--secure --tls)
 
-# Long fault scenarios (marker `slow`) are left to `make faults` / `make test-faults`.
+# Long fault scenarios (marker `slow`) are left to `make faults` / `make test-faults`. The 20 slowest
+# tests are listed at the end: where the suite's time goes, in every CI log.
 test: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" --durations=20 $(PYTEST_ARGS)
 
 test-faults: setup
 	$(PY) -m pytest -s tests/e2e/test_faults.py $(PYTEST_ARGS)
