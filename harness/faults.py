@@ -471,8 +471,15 @@ class Traffic(threading.Thread):
     """Requests at a fixed rate (open loop) with a malformed record every BAD_EVERY requests."""
 
     def __init__(
-        self, bootstrap: str, topics: Mapping[str, str], prefix: str, rate: float, seconds: float
+        self,
+        bootstrap: str,
+        topics: Mapping[str, str],
+        prefix: str,
+        rate: float,
+        seconds: float,
+        client_settings: Mapping[str, Any] | None = None,
     ) -> None:
+        """``client_settings``: more settings of its producer (``Rig.traffic_client_settings``)."""
         super().__init__(daemon=True, name=f"faults-traffic-{prefix}")
 
         self.topics = topics
@@ -489,7 +496,10 @@ class Traffic(threading.Thread):
             requests_topic=topics["requests"],
             scores_topic=topics["scores"],
         )
-        self.producer = kafka_client.producer(bootstrap, client_id=f"faults-traffic-{prefix}")
+        self.producer = kafka_client.producer(
+            bootstrap, client_id=f"faults-traffic-{prefix}", **(client_settings or {})
+        )
+        self.debug_log = (client_settings or {}).get("logger")
         self.sent: dict[str, float] = {}
         self.bad: list[BadSent] = []
         self.send_errors = 0
@@ -569,6 +579,8 @@ class Traffic(threading.Thread):
         self.closing.set()
         self.join(300.0)
         self.producer.finish(timeout_s=30)
+        if isinstance(self.debug_log, kafka_client.DebugLog):
+            self.debug_log.close()
         if self.error is not None:
             raise RuntimeError(f"traffic {self.prefix} failed") from self.error
 
@@ -598,6 +610,8 @@ class Rig:
     # The job's checkpoint interval (a Flink duration, "2s"); None: flink-conf/'s. Exactly-once output
     # and the archive show at checkpoints, so the verifier waits for one after every scenario.
     checkpoint_interval: str | None = None
+    # librdkafka debug contexts ("metadata,broker") for the traffic's producer; None: no debug log.
+    kafka_debug: str | None = None
 
     # --- life cycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -665,6 +679,15 @@ class Rig:
         self.cluster.start_taskmanagers(1, spare=True)
         self.record_cluster_pids()
         return sp, stopped_at
+
+    def traffic_client_settings(self, prefix: str) -> dict[str, Any]:
+        """The traffic producer's settings beyond the project's: with ``kafka_debug``, librdkafka's debug
+        log of those contexts in ``<base>/kafka-debug/<prefix>traffic.log``."""
+        if self.kafka_debug is None:
+            return {}
+        return kafka_client.debug_settings(
+            self.kafka_debug, self.base / "kafka-debug" / f"{prefix}traffic.log"
+        )
 
     def switch_delivery(self, delivery: str, checkpoint_interval: str | None = None) -> None:
         """The same broker, runners and cluster, a new job with every output in ``delivery`` (one rig
@@ -881,7 +904,9 @@ def run_scenario(rig: Rig, name: str, rate: float, seconds: float) -> Verdict:
     say(
         f"[{rig.delivery}] {name}: {int(rate * seconds)} requests at {rate:g}/s, fault after {fault_at_s:.0f} s"
     )
-    traffic = Traffic(rig.broker.bootstrap, rig.topics, prefix, rate, seconds)
+    traffic = Traffic(
+        rig.broker.bootstrap, rig.topics, prefix, rate, seconds, rig.traffic_client_settings(prefix)
+    )
     window_start = _now_ms()
     traffic.start()
     if name not in ("model-hang", "model-late"):
@@ -970,9 +995,10 @@ def run_mode(
     models_dir: Path,
     policy: dict[str, Any] | None = None,
     standby_taskmanagers: int = STANDBY_TASKMANAGERS,
+    kafka_debug: str | None = None,
 ) -> dict[str, Any]:
     """One rig in one delivery mode, every scenario on it in turn."""
-    rig = Rig(out / "work" / delivery, delivery, models_dir, policy or dict(POLICY))
+    rig = Rig(out / "work" / delivery, delivery, models_dir, policy or dict(POLICY), kafka_debug=kafka_debug)
     rig.standby_taskmanagers = standby_taskmanagers
     done: list[dict[str, Any]] = []
     t0 = time.monotonic()
@@ -1005,7 +1031,9 @@ def run_scenario_warmup(rig: Rig, rate: float, seconds: float = WARMUP_S) -> Non
     up; they are not counted."""
     assert rig.reader is not None
     prefix = f"warmup-{rig.delivery}-{rig.tag}-"
-    traffic = Traffic(rig.broker.bootstrap, rig.topics, prefix, rate, seconds)
+    traffic = Traffic(
+        rig.broker.bootstrap, rig.topics, prefix, rate, seconds, rig.traffic_client_settings(prefix)
+    )
     traffic.start()
     traffic.finish()
     deadline = time.monotonic() + 180.0
@@ -1119,7 +1147,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="TaskManagers started beside the job's, to take it over (default %(default)s; 0: each "
         "TaskManager loss waits for a new JVM)",
     )
+    ap.add_argument(
+        "--kafka-debug",
+        default=None,
+        metavar="CONTEXTS",
+        help="librdkafka debug contexts for the traffic's producer (e.g. metadata,broker,protocol), "
+        "logged with their time into <out>/work/<delivery>/kafka-debug/",
+    )
     a = ap.parse_args(argv)
+    if a.kafka_debug is not None:
+        try:
+            kafka_client.check_debug_contexts(a.kafka_debug)
+        except ValueError as e:
+            ap.error(f"--kafka-debug: {e}")
     scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
@@ -1139,7 +1179,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     for mode in modes:
         result["modes"].append(
-            run_mode(mode, scenarios, a.rate, a.seconds, a.out, a.models_dir, policy, a.standby_taskmanagers)
+            run_mode(
+                mode,
+                scenarios,
+                a.rate,
+                a.seconds,
+                a.out,
+                a.models_dir,
+                policy,
+                a.standby_taskmanagers,
+                kafka_debug=a.kafka_debug,
+            )
         )
         (a.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
         (a.out / "results.md").write_text(markdown(result))

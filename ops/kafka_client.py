@@ -147,6 +147,46 @@ class LibrdkafkaLog(_OnceAMinute):
         self.note(fac, f"[{fac}] {text}")
 
 
+class DebugLog:
+    """librdkafka's ``logger`` for a client with ``debug`` contexts on: every line, stamped with this
+    machine's wall clock, appended to a file (the usual logger shows each facility once a minute). For
+    reproducing a client's behaviour, e.g. librdkafka's issue 5301 under the fault suite's broker restart."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = path.open("a", encoding="utf-8", buffering=1)
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        text = fmt % args if args else fmt
+        now = time.time()
+        stamp = f"{time.strftime('%H:%M:%S', time.localtime(now))}.{int(now * 1000) % 1000:03d}"
+        self.file.write(f"{stamp} {level} {text}\n")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _Discard:
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        pass
+
+
+def check_debug_contexts(contexts: str) -> None:
+    """ValueError, with librdkafka's own word, unless every one of ``contexts`` ("metadata,broker") is
+    a debug context librdkafka knows."""
+    try:
+        confluent_kafka.Producer({"debug": contexts, "logger": _Discard()}).flush(0)
+    except KafkaException as e:
+        raise ValueError(f"debug contexts {contexts!r}: {e.args[0].str()}") from None
+
+
+def debug_settings(contexts: str, path: Path) -> dict[str, Any]:
+    """A client's settings (overrides) for librdkafka's debug log of ``contexts`` into ``path``."""
+    check_debug_contexts(contexts)
+    return {"debug": contexts, "logger": DebugLog(path)}
+
+
 class ClientErrors(_OnceAMinute):
     """librdkafka's ``error_cb``: counts every client error and prints each kind at most once a minute.
 

@@ -489,7 +489,8 @@ def warm_up(model: ScoringModel) -> None:
 
 
 def settle_in(models: Sequence[ScoringModel]) -> None:
-    """Once the models are loaded, before serving: one thread each, warmed up, out of full collections.
+    """Once the models are loaded, before serving: native thread pools at one thread, each model warmed up,
+    what is loaded out of full collections.
 
     One thread per runner: batches are small and several runners share the cores, where OpenMP's
     spinning threads made HistGradientBoosting 10-50x slower; after ``load()``, as the libraries must be

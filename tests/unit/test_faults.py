@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -320,3 +321,31 @@ def test_switching_delivery_submits_a_job_in_that_mode_with_its_checkpoint_inter
     assert short.count(names.DELIVERY_EXACTLY_ONCE) == len(names.KAFKA_OUTPUTS)
     assert " ".join(stack.checkpoint_every("2s")) in " ".join(short)
     assert rig.job_id == "job-2" and rig.delivery == names.DELIVERY_EXACTLY_ONCE
+
+
+def test_the_rig_gives_its_traffic_a_debug_log_only_when_asked(tmp_path: Any) -> None:
+    rig = faults.Rig(tmp_path, names.DELIVERY_EXACTLY_ONCE, tmp_path / "models")
+    assert rig.traffic_client_settings("s-") == {}
+    rig.kafka_debug = "broker"
+    topics = {t: f"{t}-x" for t in ("requests", "scores", "results")}
+    traffic = faults.Traffic("127.0.0.1:9", topics, "s-", 10.0, 1.0, rig.traffic_client_settings("s-"))
+    log = tmp_path / "kafka-debug" / "s-traffic.log"
+    try:
+        end = time.monotonic() + 10.0
+        while "Added new broker" not in (log.read_text() if log.exists() else "") and time.monotonic() < end:
+            traffic.producer.poll(0.05)
+    finally:
+        traffic.producer.close()
+        traffic.debug_log.close()
+    assert "faults-traffic-s-" in log.read_text()  # its client id: this traffic's producer
+
+
+def test_an_unknown_kafka_debug_context_stops_the_fault_suite_before_it_starts(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        faults.main(["--kafka-debug", "nonsense", "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--kafka-debug: debug contexts 'nonsense': Invalid value \"nonsense\"" in err
+    assert not (tmp_path / "out").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import time
 from typing import Any
@@ -262,3 +263,28 @@ def test_librdkafka_reports_to_the_project_clients_broker_watch(monkeypatch: pyt
     finally:
         p.close()
         c.close()
+
+
+def test_a_debug_log_takes_every_line_of_the_contexts_asked_with_its_time(tmp_path: Any) -> None:
+    path = tmp_path / "debug" / "client.log"
+    settings = kafka_client.debug_settings("broker", path)
+    p = kafka_client.producer("127.0.0.1:9", client_id="dbg", **settings)
+    try:
+        end = time.monotonic() + 10.0
+        while (
+            "Added new broker" not in (path.read_text() if path.exists() else "") and time.monotonic() < end
+        ):
+            p.poll(0.05)
+    finally:
+        p.close()
+        settings["logger"].close()
+    lines = path.read_text().splitlines()
+    assert any("127.0.0.1:9/bootstrap: Added new broker" in ln for ln in lines), lines[:5]
+    assert all(re.match(r"\d\d:\d\d:\d\d\.\d{3} \d+ [A-Z]+ ", ln) for ln in lines), lines[:5]
+
+
+def test_an_unknown_debug_context_is_refused_in_librdkafka_s_words(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match=r"debug contexts 'metadata,bogus': Invalid value \"bogus\""):
+        kafka_client.debug_settings("metadata,bogus", tmp_path / "never.log")
+    assert not (tmp_path / "never.log").exists()
+    kafka_client.check_debug_contexts("metadata,broker,protocol")  # known ones pass
