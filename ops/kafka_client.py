@@ -168,6 +168,8 @@ class DebugLog:
 
 
 class _Discard:
+    """A librdkafka ``logger`` that keeps nothing: the throwaway client that checks debug contexts."""
+
     def log(self, level: int, fmt: str, *args: Any) -> None:
         pass
 
