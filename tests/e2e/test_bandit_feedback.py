@@ -59,6 +59,9 @@ POLICY = {
     "bandit": {"prior": [1, 1], "discount": 1.0},
 }
 RIGHT = {"gbt": 0.2, "logreg": 0.9}  # how often each model's answer matches the truth
+# From a decision record committed to its reward in the mailbox's posteriors: the label join reads the
+# decisions topic as the test does (read_committed), and its reward events go to the mailbox in the job.
+JOIN_SETTLE_S = 2.0
 
 
 class Feedback:
@@ -139,6 +142,15 @@ def _phase(fb: Feedback, results: TopicReader, name: str, n: int, rate: float = 
     return out
 
 
+def _rewards_applied(decisions: TopicReader, phase: list[dict[str, Any]]) -> None:
+    """Once the phase's labels are sent: its decision records committed (a mailbox writes one when it
+    closes, ~1.1 s after its request, visible at the next checkpoint), which the label join reads as
+    this reader does; then a moment for the join's reward events to reach the mailbox."""
+    rids = [r["request_id"] for r in phase]
+    decisions.wait_for(lambda _: all(decisions.for_id(r) for r in rids), 60, f"{len(rids)} decision records")
+    decisions.settle(JOIN_SETTLE_S)
+
+
 def _share(results: list[dict[str, Any]], model: str) -> float:
     return sum(r["model_id"] == model for r in results) / len(results)
 
@@ -164,16 +176,18 @@ def test_labels_move_official_answers_to_the_better_model_and_the_posteriors_sur
 ) -> None:
     fb.start()
     results = TopicReader(fb.bootstrap, fb.topics["results"])
+    decisions = TopicReader(fb.bootstrap, fb.topics["decisions"])
     try:
         prior = _phase(fb, results, "prior", 30)
         # Every answer is the bandit's choice (both contenders answered at once): no fallbacks.
         assert {r["reason"] for r in prior} == {"preferred"}
         fb.label([r["request_id"] for r in prior])
-        time.sleep(8)  # decisions close ~1.1 s after their request, then the loop: decisions + labels -> join
+        _rewards_applied(decisions, prior)
 
         learned = _phase(fb, results, "learned", 50)
         fb.label([r["request_id"] for r in learned])
-        time.sleep(8)  # those rewards applied; then a checkpoint completed after them (CHECKPOINT_INTERVAL)
+        _rewards_applied(decisions, learned)
+        # Then a checkpoint completed after those rewards (CHECKPOINT_INTERVAL): the restart restores it.
         checkpoint = _checkpoint_after(fb.base / "flink", time.time(), timeout_s=40)
         fb.stop()
         fb.start(restore_from=checkpoint, log_name="job-restored.log")
@@ -182,6 +196,7 @@ def test_labels_move_official_answers_to_the_better_model_and_the_posteriors_sur
         log = (fb.base / "job-restored.log").read_text(errors="replace")
     finally:
         results.close()
+        decisions.close()
 
     line = next((ln for ln in log.splitlines() if "bandit posteriors restored" in ln), None)
     with capsys.disabled():
