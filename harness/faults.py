@@ -499,7 +499,6 @@ class Traffic(threading.Thread):
         self.producer = kafka_client.producer(
             bootstrap, client_id=f"faults-traffic-{prefix}", **(client_settings or {})
         )
-        self.debug_log = (client_settings or {}).get("logger")
         self.sent: dict[str, float] = {}
         self.bad: list[BadSent] = []
         self.send_errors = 0
@@ -579,8 +578,6 @@ class Traffic(threading.Thread):
         self.closing.set()
         self.join(300.0)
         self.producer.finish(timeout_s=30)
-        if isinstance(self.debug_log, kafka_client.DebugLog):
-            self.debug_log.close()
         if self.error is not None:
             raise RuntimeError(f"traffic {self.prefix} failed") from self.error
 
@@ -760,8 +757,7 @@ class Rig:
                 say(
                     f"[{self.delivery}] runner {spec.model_id} had stopped (exit {p.returncode()}); starting it again"
                 )
-                self.stop_runner(spec.model_id)
-                self.start_runner(spec)
+                self.replace_runner(spec)
                 restarted.append(spec.model_id)
         return restarted
 

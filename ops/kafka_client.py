@@ -729,6 +729,19 @@ def _config(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return {k.replace("_", "."): v for k, v in overrides.items()}
 
 
+def _client_log(config: dict[str, Any], name: str, errors_out: TextIO | None) -> Any:
+    """A client's librdkafka ``logger``: one given in its settings (a ``DebugLog``, ``debug_settings``),
+    taken out of them so the client owns it, else the usual ``LibrdkafkaLog``."""
+    given = config.pop("logger", None)
+    return LibrdkafkaLog(name, errors_out) if given is None else given
+
+
+def _close_log(log: Any) -> None:
+    """Close a client's debug log with the client (the usual logger holds nothing open)."""
+    if isinstance(log, DebugLog):
+        log.close()
+
+
 class Producer(confluent_kafka.Producer):
     """A confluent-kafka producer with the project's settings; see ``producer()``."""
 
@@ -736,7 +749,7 @@ class Producer(confluent_kafka.Producer):
         self.name = name
         self.delivery_errors = DeliveryErrors(name, errors_out)
         self.client_errors = ClientErrors(name, errors_out)
-        self.log = LibrdkafkaLog(name, errors_out)
+        self.log = _client_log(config, name, errors_out)
         self.broker_watch = BrokerWatch(f"producer {name}")
         super().__init__(
             {
@@ -780,6 +793,11 @@ class Producer(confluent_kafka.Producer):
         delivery = Delivery(self)
         self.send(topic, value, key, on_delivery=delivery._report, **kw)
         return delivery
+
+    def close(self) -> bool:
+        done = bool(super().close())
+        _close_log(self.log)
+        return done
 
     def finish(self, timeout_s: float = 10.0) -> int:
         """Deliver what is queued within ``timeout_s``, drop the rest (counted as delivery errors) and
@@ -845,11 +863,15 @@ class Consumer(confluent_kafka.Consumer):
         self.name = name
         self.client_errors = ClientErrors(name, errors_out)
         self._subscribed: list[str] = []
-        self.log = LibrdkafkaLog(name, errors_out)
+        self.log = _client_log(config, name, errors_out)
         self.broker_watch = BrokerWatch(f"consumer {name}")
         super().__init__(
             {"error_cb": self.client_errors, "logger": self.log, **_watched(self.broker_watch), **config}
         )
+
+    def close(self) -> None:
+        super().close()
+        _close_log(self.log)
 
     def subscribe(self, topics: list[str], *args: Any, **kwargs: Any) -> None:
         self._subscribed = list(topics)

@@ -20,9 +20,8 @@ settings.load_profile("rendezvous")
 BOOTSTRAP_ENV = "RDV_TEST_BOOTSTRAP"
 # The JVM flags of every Flink JVM the tests start (a job's mini cluster, a session cluster's daemons,
 # the Flink CLI), through Flink's JVM_ARGS. By default the client compiler only: a job in a test lives
-# for seconds at a few hundred records/s, where C2's compiles only cost CPU. With C1 alone a job's JVM
-# used 10 s of CPU to answer its first request, not 17, and answered 2.3 s sooner (three starts each
-# way, alternating, 2026-12-07). The broker keeps the shipped JIT. Set it empty for the shipped JIT.
+# for seconds at a few hundred records/s, where C2's compiles only cost CPU (docs/testing.md: what it
+# saves, measured side by side). The broker keeps the shipped JIT. Set it empty for the shipped JIT.
 TEST_JVM_ARGS_ENV = "RDV_TEST_JVM_ARGS"
 TEST_JVM_ARGS_DEFAULT = "-XX:TieredStopAtLevel=1"
 

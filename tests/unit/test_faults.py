@@ -336,7 +336,7 @@ def test_the_rig_gives_its_traffic_a_debug_log_only_when_asked(tmp_path: Any) ->
             traffic.producer.poll(0.05)
     finally:
         traffic.producer.close()
-        traffic.debug_log.close()
+    assert traffic.producer.log.file.closed  # the producer's debug log closes with it
     assert "faults-traffic-s-" in log.read_text()  # its client id: this traffic's producer
 
 

@@ -277,7 +277,7 @@ def test_a_debug_log_takes_every_line_of_the_contexts_asked_with_its_time(tmp_pa
             p.poll(0.05)
     finally:
         p.close()
-        settings["logger"].close()
+    assert settings["logger"] is p.log and p.log.file.closed  # the client owns its log, and closes it
     lines = path.read_text().splitlines()
     assert any("127.0.0.1:9/bootstrap: Added new broker" in ln for ln in lines), lines[:5]
     assert all(re.match(r"\d\d:\d\d:\d\d\.\d{3} \d+ [A-Z]+ ", ln) for ln in lines), lines[:5]
