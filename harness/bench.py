@@ -907,7 +907,7 @@ def first_answer(bootstrap: str) -> tuple[str, float | None]:
 
     The job's Kafka sink looks up a topic's partitions the first time it writes to it, with a Kafka
     producer of its own made and closed for that (the connector's ``DefaultKafkaSinkContext``): the
-    task thread stops once per return address (docs/performance.md). A step measures the steady state
+    task thread stops once per return address (docs/performance-history.md). A step measures the steady state
     on an address the job has answered once; this figure is that first answer.
     """
     address = f"results.bench-{uuid.uuid4().hex[:8]}"

@@ -66,7 +66,7 @@ DEFAULT_DELIVERY = dict.fromkeys(names.KAFKA_OUTPUTS, names.DELIVERY_AT_LEAST_ON
 # How long the Kafka sink's producer waits to fill a batch (linger.ms). 0 sends each record in a produce
 # request of its own whenever the sender thread is free; a short linger lets one request carry the
 # records a burst emits (a result, a decision, a canary record, ticks), which costs the job's producer
-# thread and the broker far less per record (docs/performance.md) and a result at most this long.
+# thread and the broker far less per record (docs/performance-history.md) and a result at most this long.
 DEFAULT_SINK_LINGER_MS = 1
 MAX_SINK_LINGER_MS = 1000  # a linger near the deadline would make every answer late
 # The decoy archive's part files are compacted every this many checkpoints (--archive-compact-every):
@@ -190,7 +190,7 @@ def connector_jars() -> list[Path]:
 
     The job's class loader looks through them in this order, so the connector's
     ``DefaultKafkaSinkContext`` (a new producer per new topic, on the task thread) gives way to the
-    project's (deps/kafka-sink-context: one lookup producer; docs/performance.md).
+    project's (deps/kafka-sink-context: one lookup producer; docs/performance-history.md).
     """
     connector = sorted(CONNECTOR_JARS_DIR.glob("flink-sql-connector-kafka-*.jar"))
     fix = CONNECTOR_JARS_DIR / SINK_CONTEXT_JAR
@@ -230,7 +230,7 @@ def flink_configuration(cfg: JobConfig) -> dict[str, str]:
     )
     conf.update(cfg.flink_overrides)
     # The changelog state backend (a candidate against the full heap snapshot every checkpoint, see
-    # docs/performance.md) needs a place for its log; beside the checkpoints unless one is given.
+    # docs/performance-history.md) needs a place for its log; beside the checkpoints unless one is given.
     if conf.get(CHANGELOG_ENABLED_KEY, "").lower() == "true":  # Flink reads booleans in any case
         conf.setdefault(CHANGELOG_STORAGE_KEY, "filesystem")
         conf.setdefault(CHANGELOG_PATH_KEY, (cfg.state_dir / "changelog").resolve().as_uri())

@@ -5,7 +5,7 @@ written by an ``AsyncOperations`` thread, the decoy archive's task closes its Pa
 its ``compact-executor`` threads rewrite them into one. At the priority of the mailbox task, on a
 machine whose cores the answer path keeps busy, that work took the CPU from the answers for a few
 hundred milliseconds: at 833 requests/s every answer over 100 ms after the first ten seconds came
-within a second of a checkpoint (docs/performance.md, "Checkpoints at a lower priority").
+within a second of a checkpoint (docs/performance-history.md, "Checkpoints at a lower priority").
 
 Linux schedules threads, and a nice value is per thread. The JVM offers no way to lower one thread's
 priority (Java's priorities reach the OS only when run as root), so ``BackgroundPriority`` looks at

@@ -107,7 +107,7 @@ def server_properties(
         "log.retention.check.interval.ms": 60_000,
         # Request threads for a machine of a few cores (Kafka's defaults, 3 network and 8 I/O threads,
         # are sized for a server): every request is handed between fewer threads, which cost the broker
-        # 12-17 % less CPU under the stack at 250-500 requests/s (docs/performance.md).
+        # 12-17 % less CPU under the stack at 250-500 requests/s (docs/performance-history.md).
         "num.network.threads": 1,
         "num.io.threads": 2,
     }

@@ -7,7 +7,7 @@ the fault suite, the demo and the tests is made here, so one change of a setting
   (``Utils.toPositive(Utils.murmur2(key)) % partitions``) picks, like the Flink Kafka sink's ticks
   and every Java client; librdkafka's own default (``consistent_random``, CRC32) would not.
   ``java_partition`` computes the same placement in Python, for tests and checks.
-- ``linger.ms: 1`` (producers): less added latency when the load is light (docs/performance.md).
+- ``linger.ms: 1`` (producers): less added latency when the load is light (docs/performance-history.md).
 - ``fetch.wait.max.ms: 100`` (consumers): the broker answers a waiting fetch as soon as a record
   arrives (``fetch.min.bytes`` 1), so this bounds the idle fetch rate (10 a second per consumer), not
   the latency; librdkafka's 500 ms would only slow down re-fetches after an assignment changes.

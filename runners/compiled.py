@@ -2,7 +2,7 @@
 
 ``predict_proba`` on one row pays for input validation, dataframe checks and an OpenMP dispatch per
 tree: 2.6 ms for the 120-tree gradient-boosted model, ~0.8 ms for a scaled logistic regression or
-MLP, on this 2-core machine (docs/performance.md, "Scoring one row"). A runner answers one request at a time, so that
+MLP, on this 2-core machine (docs/performance-history.md, "Scoring one row"). A runner answers one request at a time, so that
 cost is paid per request, by every model. ``compile_scorer`` reads the fitted parameters once and
 returns a function of one feature row that does only the arithmetic: the same splits, the same
 summation order, the same link function, so its probability equals scikit-learn's (to 1e-12; exactly

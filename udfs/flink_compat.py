@@ -20,7 +20,7 @@ the mini cluster (tests/integration/test_flink_compat.py).
    keyed by that field in Java, by Flink's own one-field selector (``KeySelectorUtil.OneKeySelector``),
    and the key is the ``String`` itself: a ``Row`` key is written by ``RowSerializer`` and hashed by
    ``RowUtils.deepHashCode`` on every state and timer lookup, 109 of the snapshot thread's 145 JFR
-   samples and 45 of the mailbox thread's 250 Java ones at 833/s (docs/performance.md). The price:
+   samples and 45 of the mailbox thread's 250 Java ones at 833/s (docs/performance-history.md). The price:
    PyFlink's keyed operators cast the current key to ``Row`` in ``get_current_key``
    (``EmbeddedPythonKeyedCoProcessOperator$ContextImpl``), so a function keyed this way never calls it;
    the mailbox reads its request id from its own state (``udfs.mailbox.request_id_of``).
@@ -35,7 +35,7 @@ the mini cluster (tests/integration/test_flink_compat.py).
    tests/integration/test_sink_context.py pins the upstream behaviour.
 6. ``text_state_type``: keyed state of ``Types.STRING()`` is checkpointed by Java's ``StringSerializer``,
    which writes one character at a time through a synchronized ``DataOutputStream.write(int)``: a lock
-   per byte, 130 of the snapshot thread's 163 JFR samples at 833/s (docs/performance.md). A byte array
+   per byte, 130 of the snapshot thread's 163 JFR samples at 833/s (docs/performance-history.md). A byte array
    is written in one call, but thread mode converts ``PRIMITIVE_ARRAY(BYTE)`` state element by element
    into a tuple of ints and fails on a missing value (``fn_execution/embedded/converters.py``,
    ``ArrayDataConverter``). ``PICKLED_BYTE_ARRAY`` is a ``byte[]`` in Java that PyFlink fills with the

@@ -724,7 +724,7 @@ def test_kafka_values_leave_the_mailbox_as_utf8_bytes_for_a_bytes_column(harness
 
 
 def test_open_keeps_what_lives_as_long_as_the_job_out_of_full_collections() -> None:
-    # Full collections of the job's embedded Python took 48-92 ms at 833/s (docs/performance.md).
+    # Full collections of the job's embedded Python took 48-92 ms at 833/s (docs/performance-history.md).
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
     try:
