@@ -1126,11 +1126,28 @@ def sustained_rate(steps: Sequence[dict[str, Any]]) -> float | None:
     return max(ok) if ok else None
 
 
+def cpu_us_per_request(step: Mapping[str, Any]) -> float | None:
+    """The CPU of every process of the step's stack (job, broker, runners, load generator) per request
+    answered at its achieved rate: what the machine pays for one request, whatever the rate."""
+    rate = step.get("achieved_rate") or 0
+    cpu = step.get("cpu_percent") or {}
+    return sum(cpu.values()) / 100 * 1e6 / rate if rate and cpu else None
+
+
+def _goal_cores(step: Mapping[str, Any], goal: float) -> str:
+    """What the goal rate needs at the step's CPU per request, in cores: the bound when it is missed."""
+    us = cpu_us_per_request(step)
+    if us is None:
+        return ""
+    return f"; at its {us:,.0f} µs of CPU per request, {goal:,.0f}/s needs {us * goal / 1e6:.1f} cores"
+
+
 def _step_at(steps: Sequence[dict[str, Any]], rate: float) -> dict[str, Any] | None:
     return next((s for s in steps if s["rate"] == rate), None)
 
 
 IDLE_MAX_PERCENT = 5  # of one core, per process, with no traffic
+GOAL_RATE = 2500  # requests/s with p99 within the budget: the performance work's goal
 JOB_MIN_RECORDS_PER_S = 10_000
 
 
@@ -1176,10 +1193,12 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         s833 is not None and p99_833 is not None and p99_833 <= BUDGET_MS and not saturated(s833),
     ))  # fmt: skip
     best = sustained_rate(steps)
+    best_step = _step_at(steps, best) if best else None
     out.append(_target(
-        f"the highest rate with p99 <= {BUDGET_MS} ms (goal: 2,500 requests/s)",
-        f"{best:.0f} requests/s" if best else f"no rate held p99 <= {BUDGET_MS} ms",
-        best is not None and best >= 2500,
+        f"the highest rate with p99 <= {BUDGET_MS} ms (goal: {GOAL_RATE:,} requests/s)",
+        (f"{best:.0f} requests/s" + (_goal_cores(best_step, GOAL_RATE) if best < GOAL_RATE else ""))
+        if best and best_step else f"no rate held p99 <= {BUDGET_MS} ms",
+        best is not None and best >= GOAL_RATE,
     ))  # fmt: skip
     s250 = _step_at(steps, 250)
     lat250 = s250["latency_ms"] if s250 else None
@@ -1377,8 +1396,8 @@ def stack_section(label: str, run: dict[str, Any]) -> list[str]:
         ),
         "| rate (req/s) | achieved | answered | p50 ms | p99 ms | p99.9 ms | over 100 ms | no_answer | "
         "p99 ms to the job / in the job / back | first answer ms | state KB | "
-        "CPU % job / broker / runners / loadgen |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "CPU % job / broker / runners / loadgen | CPU µs per request |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in run["steps"]:
         lat, cpu = s["latency_ms"], s["cpu_percent"]
@@ -1388,7 +1407,8 @@ def stack_section(label: str, run: dict[str, Any]) -> list[str]:
             f"{_ms(lat['p50'])} | {_ms(lat['p99'])} | {_ms(lat['p99.9'])} | {s['deadline_misses']} | "
             f"{s['by_reason'].get('no_answer', 0)} | {_legs_p99(s.get('legs_ms'))} | "
             f"{_ms(s.get('first_answer_ms'))} | {_kb(s['state_bytes'])} | "
-            f"{cpu['job']} / {cpu['broker']} / {runners_cpu} / {cpu['loadgen']} |"
+            f"{cpu['job']} / {cpu['broker']} / {runners_cpu} / {cpu['loadgen']} | "
+            f"{_us(cpu_us_per_request(s))} |"
         )
     best = sustained_rate(run["steps"])
     lines += [
