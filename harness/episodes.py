@@ -225,6 +225,20 @@ def seconds_table(
     return rows
 
 
+def late_near_checkpoints(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """How many late answers were sent in a second in which a checkpoint was triggered, or in the second
+    after (a snapshot's asynchronous part runs on for up to a second): what checkpoints cost the deadline."""
+    near = [
+        bool(r["checkpoints"]) or (i > 0 and bool(rows[i - 1]["checkpoints"])) for i, r in enumerate(rows)
+    ]
+    return {
+        "late": sum(r["late"] for r in rows),
+        "late_near_checkpoints": sum(r["late"] for r, n in zip(rows, near, strict=True) if n),
+        "seconds": len(rows),
+        "seconds_near_checkpoints": sum(near),
+    }
+
+
 def slow(row: Mapping[str, Any], budget_ms: float) -> bool:
     """A slow second: its p99 over the budget."""
     return row["p99_ms"] is not None and row["p99_ms"] > budget_ms
@@ -511,6 +525,7 @@ def run(
             "latency_ms": report.latency_ms.to_dict(),
             "late": report.over_budget,
             "seconds_table": rows,
+            "near_checkpoints": late_near_checkpoints(rows),
             "threads": compare_threads(rows, shares, sampled["names"], bench.BUDGET_MS),
             "stages": compare_stages(rows, shares, sampled["names"], bench.BUDGET_MS),
             "inside_slow_seconds": inside_slow_seconds(
@@ -536,6 +551,17 @@ def _by_process(values: Mapping[str, float], labels: Sequence[str]) -> str:
     return " / ".join(_f(values.get(lb)) for lb in labels)
 
 
+def _near_checkpoints_line(near: Mapping[str, int] | None) -> list[str]:
+    """The late answers' share in checkpoint seconds (absent from runs before it was recorded)."""
+    if not near:
+        return []
+    return [
+        "",
+        f"Late answers sent in a second with a checkpoint or the second after: {near['late_near_checkpoints']} of "
+        f"{near['late']} (those are {near['seconds_near_checkpoints']} of the {near['seconds']} seconds).",
+    ]
+
+
 def markdown(result: Mapping[str, Any]) -> str:
     """episodes.md: the run, second by second, then the slow seconds against the others."""
     labels = list(result["seconds_table"][0]["cpu_percent"]) if result["seconds_table"] else []
@@ -552,6 +578,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"{result['answered']}/{result['sent']} answered; measured part p50 {_f(lat['p50'], 1)} ms, "
         f"p99 {_f(lat['p99'], 1)} ms, max {_f(lat['max'])} ms; {result['late']} later than {budget} ms; "
         f"{len(slow_rows)} of {len(result['seconds_table'])} seconds with p99 over {budget} ms.",
+        *_near_checkpoints_line(result.get("near_checkpoints")),
         "",
         "CPU and wait: % of one core (all threads of the process); wait: runnable but waiting for a core. "
         "Host: busy and steal in % of all cores, pressure in % of the time some task waited for a core.",

@@ -98,6 +98,25 @@ def test_seconds_table_one_row_per_second_of_sent_requests() -> None:
     assert episodes.seconds_table([], samples, cps, ["job"], 100) == []
 
 
+def test_late_answers_are_counted_in_the_seconds_of_a_checkpoint_and_the_second_after() -> None:
+    def row(late: int, checkpoints: list[int]) -> dict[str, Any]:
+        return {"late": late, "checkpoints": checkpoints}
+
+    rows = [row(1, []), row(5, [3]), row(7, []), row(2, []), row(4, [4, 5])]
+    assert episodes.late_near_checkpoints(rows) == {
+        "late": 19,
+        "late_near_checkpoints": 16,  # 5 + 7 (the second after) + 4
+        "seconds": 5,
+        "seconds_near_checkpoints": 3,
+    }
+    assert episodes.late_near_checkpoints([]) == {
+        "late": 0,
+        "late_near_checkpoints": 0,
+        "seconds": 0,
+        "seconds_near_checkpoints": 0,
+    }
+
+
 def test_compare_names_what_ran_or_waited_more_in_the_slow_seconds() -> None:
     rows, samples = slow_and_fast_rows()
     names = {
@@ -178,6 +197,7 @@ def test_markdown_marks_slow_seconds_and_lists_checkpoints() -> None:
         "latency_ms": {"p50": 10.0, "p99": 240.0, "max": 249.0},
         "late": 100,
         "seconds_table": rows,
+        "near_checkpoints": episodes.late_near_checkpoints(rows),
         "threads": episodes.compare_threads(rows, episodes.window_shares(rows, samples), names, 100),
         "stages": [],
         "inside_slow_seconds": episodes.inside_slow_seconds(rows, samples, names, 100),
@@ -195,6 +215,11 @@ def test_markdown_marks_slow_seconds_and_lists_checkpoints() -> None:
     md = episodes.markdown(result)
     assert "| **1** | 100 |" in md and "| 0 | 100 |" in md
     assert "1 of 2 seconds with p99 over 100 ms" in md
+    assert (
+        "Late answers sent in a second with a checkpoint or the second after: 100 of 100 "
+        "(those are 1 of the 2 seconds)." in md
+    )
+    assert "Late answers sent" not in episodes.markdown({**result, "near_checkpoints": None})
     assert "| job/2 C2 CompilerThread0 | 50.0 | 1.0 | 0.0 | 0.0 |" in md
     assert "No comparison" in md  # the empty stage list says so
     assert (
