@@ -138,9 +138,10 @@ def run(
             waited, probes = stack.wait_until_answering(broker.bootstrap, job)
             say(f"job answering after {waited:.1f} s ({probes} probe request(s))")
 
+            warmup_backlog = None
             if warmup_s > 0:
                 jvms = {"job": job.pid, "broker": broker.pid}
-                stack.warm_up(
+                rounds = stack.warm_up(
                     broker.bootstrap,
                     rate,
                     warmup_s,
@@ -148,6 +149,9 @@ def run(
                     jvms,
                     say,
                     policy.deadline_ms,
+                )
+                warmup_backlog = stack.drain_after_warm_up(
+                    rounds, lambda s: stack.wait_until_answering(broker.bootstrap, job, timeout_s=s), say
                 )
 
             say(f"sending {count} requests at {rate:.0f}/s (+{bad} malformed records) ...")
@@ -178,6 +182,7 @@ def run(
             "deadline_ms": policy.deadline_ms,
             "target_within_deadline": TARGET_WITHIN_DEADLINE,
             "report": report.to_dict(),
+            "warmup_backlog": warmup_backlog,
             "archived": archived,
             "archived_distinct": archived_distinct,
             "dead_letters": dict(Counter(str(d.get("reason")) for d in dead)),

@@ -471,9 +471,13 @@ def run(
         )  # fmt: skip
         stack.wait_until_answering(broker.bootstrap, job)
         jvm = procs.jvm_of(job.pid) or job.pid
-        stack.warm_up(
+        rounds = stack.warm_up(
             broker.bootstrap, warm_rate, warmup_s, warmup_max_s, {"job": job.pid, "broker": broker.pid},
             lambda m: bench.say(f"[episodes] {m}"), deadline_ms=deadline_ms, budget_ms=bench.BUDGET_MS,
+        )  # fmt: skip
+        warmup_backlog = stack.drain_after_warm_up(
+            rounds, lambda s: stack.wait_until_answering(broker.bootstrap, job, timeout_s=s),
+            lambda m: bench.say(f"[episodes] {m}"),
         )  # fmt: skip
         time.sleep(5)
         pids = {"job": jvm, "broker": broker.pid, "runner": started[0].pid, "loadgen": os.getpid()}
@@ -524,6 +528,7 @@ def run(
             "sent": report.sent,
             "latency_ms": report.latency_ms.to_dict(),
             "late": report.over_budget,
+            "warmup_backlog": warmup_backlog,
             "seconds_table": rows,
             "near_checkpoints": late_near_checkpoints(rows),
             "threads": compare_threads(rows, shares, sampled["names"], bench.BUDGET_MS),
@@ -562,6 +567,19 @@ def _near_checkpoints_line(near: Mapping[str, int] | None) -> list[str]:
     ]
 
 
+def _warmup_backlog_line(backlog: Mapping[str, Any] | None) -> list[str]:
+    """Whether the warm-up, at the run's rate, fell behind, and whether the stack caught up before the run."""
+    if not backlog:
+        return []
+    drained = backlog.get("drained_s")
+    how = (
+        f"caught up in {drained} s before the run"
+        if drained is not None
+        else f"not caught up within {stack.WARMUP_DRAIN_TIMEOUT_S:.0f} s: the run began behind"
+    )
+    return ["", f"The warm-up fell behind: {backlog['behind']} requests unanswered at its end; {how}."]
+
+
 def markdown(result: Mapping[str, Any]) -> str:
     """episodes.md: the run, second by second, then the slow seconds against the others."""
     labels = list(result["seconds_table"][0]["cpu_percent"]) if result["seconds_table"] else []
@@ -579,6 +597,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         f"p99 {_f(lat['p99'], 1)} ms, max {_f(lat['max'])} ms; {result['late']} later than {budget} ms; "
         f"{len(slow_rows)} of {len(result['seconds_table'])} seconds with p99 over {budget} ms.",
         *_near_checkpoints_line(result.get("near_checkpoints")),
+        *_warmup_backlog_line(result.get("warmup_backlog")),
         "",
         "CPU and wait: % of one core (all threads of the process); wait: runnable but waiting for a core. "
         "Host: busy and steal in % of all cores, pressure in % of the time some task waited for a core.",

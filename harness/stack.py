@@ -427,3 +427,38 @@ def warm_up(
         say(r.line())
         if r.elapsed_s >= max_s or (r.elapsed_s >= min_s and r.quiet):
             return rounds
+
+
+# How long a warm-up's backlog may take to drain before the measured run starts anyway.
+WARMUP_DRAIN_TIMEOUT_S = 60.0
+
+
+def drain_after_warm_up(
+    rounds: Sequence[WarmupRound],
+    wait_answering: Callable[[float], object],
+    say: Callable[[str], None],
+    timeout_s: float = WARMUP_DRAIN_TIMEOUT_S,
+) -> dict[str, float | int | None] | None:
+    """A warm-up at the measured rate that fell behind leaves requests in the job's queue, and the measured
+    run would inherit their wait. When its last round left answers missing, wait until a probe request
+    (sent behind them) is answered, at most ``timeout_s``; then the measured run starts on a stack that
+    has caught up, or, if it did not, says so and is measured anyway. ``wait_answering(timeout_s)`` is
+    ``wait_until_answering`` bound to the stack. None when nothing was behind; else what was and how long
+    it took (``drained_s`` None: not within the timeout)."""
+    if not rounds or rounds[-1].answered >= rounds[-1].sent:
+        return None
+    behind = rounds[-1].sent - rounds[-1].answered
+    start = time.monotonic()
+    try:
+        wait_answering(timeout_s)
+    except TimeoutError:
+        say(
+            f"the warm-up's last round left {behind} requests unanswered, and a probe sent behind them was "
+            f"not answered within {timeout_s:.0f} s: the stack is behind at this rate; measuring anyway"
+        )
+        return {"behind": behind, "drained_s": None}
+    drained_s = round(time.monotonic() - start, 1)
+    say(
+        f"the warm-up's last round left {behind} requests unanswered; caught up (a probe answered) in {drained_s} s"
+    )
+    return {"behind": behind, "drained_s": drained_s}

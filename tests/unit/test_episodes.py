@@ -220,6 +220,9 @@ def test_markdown_marks_slow_seconds_and_lists_checkpoints() -> None:
         "(those are 1 of the 2 seconds)." in md
     )
     assert "Late answers sent" not in episodes.markdown({**result, "near_checkpoints": None})
+    assert "warm-up fell behind" not in md  # no backlog recorded
+    behind = episodes.markdown({**result, "warmup_backlog": {"behind": 4736, "drained_s": None}})
+    assert "The warm-up fell behind: 4736 requests unanswered at its end; not caught up within 60 s" in behind
     assert "| job/2 C2 CompilerThread0 | 50.0 | 1.0 | 0.0 | 0.0 |" in md
     assert "No comparison" in md  # the empty stage list says so
     assert (

@@ -28,6 +28,37 @@ def test_a_warm_up_round_is_quiet_only_when_every_jit_is_measured_and_low() -> N
     )
 
 
+def test_a_warm_up_that_fell_behind_is_drained_before_the_measured_run() -> None:
+    said: list[str] = []
+    waits: list[float] = []
+
+    def answering(timeout_s: float) -> None:
+        waits.append(timeout_s)
+
+    kept_up = [
+        WarmupRound(15.0, 1500, 1500, 0, 9.0, 20.0, {}),
+        WarmupRound(30.0, 1500, 1500, 0, 9.0, 20.0, {}),
+    ]
+    assert stack.drain_after_warm_up(kept_up, answering, said.append) is None
+    assert (
+        waits == [] and said == []
+    )  # nothing behind: no probe (its new address would cost the job a lookup)
+
+    behind = [WarmupRound(15.0, 12495, 7759, 7759, 7988.1, 8909.7, {})]
+    drained = stack.drain_after_warm_up(behind, answering, said.append, timeout_s=30.0)
+    assert drained is not None and drained["behind"] == 4736 and drained["drained_s"] is not None
+    assert waits == [30.0] and "left 4736 requests unanswered; caught up" in said[-1]
+
+    def never(timeout_s: float) -> None:
+        raise TimeoutError("the rendezvous job did not answer a probe")
+
+    assert stack.drain_after_warm_up(behind, never, said.append, timeout_s=30.0) == {
+        "behind": 4736,
+        "drained_s": None,
+    }
+    assert said[-1].endswith("the stack is behind at this rate; measuring anyway")
+
+
 # --- the one start sequence -----------------------------------------------------------------------------
 
 
