@@ -83,6 +83,9 @@ RUNNERS = (
 RUNNER_DOWN_S = 5.0  # a crashed runner is restarted this long after its kill -9
 RUNNER_BACK_TRAFFIC_S = 10.0  # traffic after the restarted runner is ready, to see it answer again
 BROKER_DOWN_S = 5.0  # the broker is started again this long after it stopped
+# After the broker is back: a runner librdkafka left without a broker stops after NO_BROKER_FATAL_S
+# (15 s) and is started again; the incumbent must win again within this long.
+INCUMBENT_BACK_TIMEOUT_S = 90.0
 # TaskManagers beyond the one running the job (parallelism 1): a standby takes a lost TaskManager's job
 # over at once, and the resumed job of savepoint-resume (`--standby-taskmanagers`).
 STANDBY_TASKMANAGERS = 1
@@ -101,6 +104,9 @@ SCENARIOS = (
     "savepoint-resume",
     "upgrade",
 )
+# Faults after which the incumbent must not win: it hangs, or answers after the deadline. After every
+# other fault it must win again (its runner restarted, or never stopped).
+INCUMBENT_SILENCED = ("model-hang", "model-late")
 # Faults that stop the job's processing: requests sent meanwhile are answered after recovery, and an
 # at-least-once output may repeat what it wrote after the last checkpoint.
 JOB_FAULTS = ("broker-restart", "taskmanager-kill", "savepoint-resume", "upgrade")
@@ -224,6 +230,8 @@ def verify(
     clock: str = names.CLOCK_LOG,
     incumbent: str = INCUMBENT,
     incumbent_silent_from: int | None = None,
+    incumbent_returns: bool = False,
+    incumbent_returns_after_ms: float | None = None,
     state_bytes: int | None = None,
     fault: Mapping[str, Any] | None = None,
 ) -> Verdict:
@@ -235,7 +243,11 @@ def verify(
     at-least-once output may repeat itself; exactly-once output never may. A repeated result with a
     different answer fails in every mode unless the job ran on ``--clock local`` and restarted.
     ``incumbent_silent_from``: request index from which the incumbent
-    must not win (it hangs, or answers after the deadline). ``archive``: (rows, distinct ids) for the
+    must not win (it hangs, or answers after the deadline). ``incumbent_returns``: the fault leaves
+    the incumbent able to answer again (its runner restarted, or running throughout), so it must win
+    the official answer to some request sent after the fault, or after ``incumbent_returns_after_ms``
+    when given (the moment the stopped broker was gone: what was sent before it went out at once).
+    ``archive``: (rows, distinct ids) for the
     scenario's requests.
     """
     by_id: dict[str, list[Observed]] = defaultdict(list)
@@ -338,6 +350,10 @@ def verify(
         problems.append(f"{dup_same} requests answered twice (same answer) without a job restart")
     if silent_wins:
         problems.append(f"{silent_wins} official answers from {incumbent}, which should not have answered")
+    if incumbent_returns and fault_ms is not None:
+        since = fault_ms if incumbent_returns_after_ms is None else incumbent_returns_after_ms
+        if not any(sent[rid] >= since and o.record.get("model_id") == incumbent for rid, o in first.items()):
+            problems.append(f"no official answer from {incumbent} to a request sent after the fault")
     if decisions_missing:
         problems.append(f"{decisions_missing} answered requests without a decision record")
     if exactly_once and decisions_duplicated:
@@ -789,6 +805,7 @@ class Plan:
     fault_ms: float | None = None
     job_restarted: bool = False
     incumbent_silent_from: int | None = None
+    outage_from_ms: float | None = None  # when the fault had taken its part down (the broker: stopped)
     detail: dict[str, Any] = field(default_factory=dict)
 
 
@@ -821,10 +838,20 @@ def _inject(rig: Rig, name: str, plan: Plan, traffic: Traffic) -> None:
     elif name == "broker-restart":
         data_dir, port, cport = rig.broker.data_dir, rig.broker.port, rig.broker.controller_port
         rig.broker.stop()
+        plan.outage_from_ms = _now_ms()
         plan.detail["broker_stopped_in_s"] = round(time.monotonic() - t0, 1)
         time.sleep(BROKER_DOWN_S)
         rig.broker = _restart_broker(KafkaBroker, data_dir, port, cport)
         plan.detail["broker_back_after_s"] = round(time.monotonic() - t0, 1)
+        # Traffic goes on until the incumbent wins again, then 10 s more. Meanwhile a runner that
+        # stopped by itself (librdkafka lost the broker: kafka_client.BrokerWatch) is started again, as
+        # its supervisor would.
+        traffic.send_for(600.0)
+        back_s, restarted = _await_incumbent(rig, traffic, since_ms=plan.outage_from_ms)
+        plan.detail["incumbent_answering_after_s"] = None if back_s is None else round(back_s, 1)
+        if restarted:
+            plan.detail["runners_restarted_during"] = restarted
+        traffic.send_for(RUNNER_BACK_TRAFFIC_S)
         # Whether the job restarted (and may repeat at-least-once output) shows in its exception history.
     elif name == "taskmanager-kill":
         (tm,) = rig.cluster.busy_taskmanagers()  # the one running the job
@@ -868,6 +895,25 @@ def _inject(rig: Rig, name: str, plan: Plan, traffic: Traffic) -> None:
         plan.job_restarted = True
 
 
+def _await_incumbent(
+    rig: Rig, traffic: Traffic, since_ms: float, timeout_s: float = INCUMBENT_BACK_TIMEOUT_S
+) -> tuple[float | None, list[str]]:
+    """Wait until the incumbent wins the official answer to a request sent after ``since_ms``, starting
+    again any runner that stopped meanwhile; (seconds from ``since_ms``, or None after ``timeout_s``;
+    the model ids restarted)."""
+    assert rig.reader is not None
+    restarted: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        restarted += rig.restart_stopped_runners()
+        for o in rig.reader.of("results", traffic.prefix):
+            sent_ms = traffic.sent.get(str(o.record.get("request_id")))
+            if o.record.get("model_id") == INCUMBENT and sent_ms is not None and sent_ms >= since_ms:
+                return (o.consumed_ms - since_ms) / 1000.0, restarted
+        time.sleep(0.5)
+    return None, restarted
+
+
 def _restart_broker(cls: Any, data_dir: Path, port: int, cport: int, timeout_s: float = 120.0) -> Any:
     """Start the broker again on its data dir and ports (clients keep their bootstrap address); the
     ports may stay taken for a moment by connections the stop left in TIME_WAIT."""
@@ -883,7 +929,7 @@ def _restart_broker(cls: Any, data_dir: Path, port: int, cport: int, timeout_s: 
 
 def _after(rig: Rig, name: str) -> list[str]:
     """Ready the rig for the next scenario; the model ids of the runners found stopped and started again."""
-    if name in ("model-hang", "model-late"):
+    if name in INCUMBENT_SILENCED:
         rig.replace_runner(RUNNERS[0])
     return rig.restart_stopped_runners()
 
@@ -905,7 +951,7 @@ def run_scenario(rig: Rig, name: str, rate: float, seconds: float) -> Verdict:
     )
     window_start = _now_ms()
     traffic.start()
-    if name not in ("model-hang", "model-late"):
+    if name not in INCUMBENT_SILENCED:
         time.sleep(fault_at_s)
         try:
             _inject(rig, name, plan, traffic)
@@ -958,6 +1004,8 @@ def run_scenario(rig: Rig, name: str, rate: float, seconds: float) -> Verdict:
         job_restarted=plan.job_restarted or restarts > 0,
         clock=rig.clock,
         incumbent_silent_from=plan.incumbent_silent_from,
+        incumbent_returns=name not in INCUMBENT_SILENCED,
+        incumbent_returns_after_ms=plan.outage_from_ms,
         state_bytes=rig.state_bytes(),
         fault=plan.detail | {"send_errors": traffic.send_errors, "exceptions": exceptions[:5]},
     )

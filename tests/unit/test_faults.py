@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -135,6 +135,31 @@ def test_the_silent_incumbent_must_not_win() -> None:
     v = clean(results=rs, incumbent_silent_from=2)
     assert v.incumbent_wins_after_fault == 1 and not v.passed
     assert clean(results=rs, incumbent_silent_from=4).passed
+
+
+def test_after_a_fault_it_survives_the_incumbent_must_win_again() -> None:
+    """A runner that a broker restart stopped and nobody started again leaves every answer to the
+    fallback: all answered, and still a failure."""
+    fallback = [Observed(2000.0 + i, result(rid, "logreg", "fallback")) for i, rid in enumerate(SENT)]
+    v = clean(results=fallback, fault_ms=1150.0, incumbent_returns=True)
+    assert v.lost == 0 and v.incumbent_back_s is None
+    assert v.problems == ["no official answer from gbt to a request sent after the fault"]
+    assert clean(results=fallback, fault_ms=1150.0).passed  # not asked (the incumbent was silenced)
+    # gbt wins request 3, sent at 1300 ms, after the fault at 1150: back 0.853 s after it.
+    back = [*fallback[:3], Observed(2003.0, result("s-t-3")), fallback[4]]
+    v = clean(results=back, fault_ms=1150.0, incumbent_returns=True)
+    assert v.passed and v.incumbent_back_s == pytest.approx(0.85)
+    # A gbt win for a request sent before the fault does not count.
+    before = [Observed(2000.0, result("s-t-0")), *fallback[1:]]
+    assert not clean(results=before, fault_ms=1150.0, incumbent_returns=True).passed
+    # A broker restart: what was sent while the broker was still stopping went out at once; gbt must
+    # win a request sent once it was gone (1350 ms on), so its win of request 3 (1300 ms) is not enough.
+    assert not clean(
+        results=back, fault_ms=1150.0, incumbent_returns=True, incumbent_returns_after_ms=1350.0
+    ).passed
+    assert clean(
+        results=back, fault_ms=1150.0, incumbent_returns=True, incumbent_returns_after_ms=1250.0
+    ).passed
 
 
 def test_decision_log_missing_duplicated_and_disagreeing() -> None:
@@ -279,8 +304,8 @@ def test_the_rig_starts_again_a_runner_that_stopped_by_itself(
 ) -> None:
     rig = faults.Rig(tmp_path, names.DELIVERY_EXACTLY_ONCE, tmp_path / "models")
     runners = {spec.model_id: _Runner(running=spec.model_id != faults.INCUMBENT) for spec in faults.RUNNERS}
-    rig.runners = dict(runners)  # type: ignore[arg-type]
-    rig.processes.started.extend(runners.values())  # type: ignore[arg-type]
+    rig.runners = dict(runners)
+    rig.processes.started.extend(runners.values())
     started: list[str] = []
     monkeypatch.setattr(rig, "start_runner", lambda spec: started.append(spec.model_id))
 
@@ -349,3 +374,45 @@ def test_an_unknown_kafka_debug_context_stops_the_fault_suite_before_it_starts(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--kafka-debug: debug contexts 'nonsense': Invalid value \"nonsense\"" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_after_a_broker_restart_the_rig_restarts_stopped_runners_until_the_incumbent_wins_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class FakeReader:
+        def __init__(self) -> None:
+            self.results: list[Observed] = []
+
+        def of(self, role: str, prefix: str) -> list[Observed]:
+            assert (role, prefix) == ("results", "br-")
+            return list(self.results)
+
+    class FakeRig:
+        def __init__(self) -> None:
+            self.reader = FakeReader()
+            self.polls = 0
+
+        def restart_stopped_runners(self) -> list[str]:
+            self.polls += 1
+            if self.polls == 1:  # found stopped at the first look: started again
+                return ["gbt"]
+            if self.polls == 3:  # ... and answering two looks later, for a request sent after the fault
+                self.reader.results.append(Observed(9500.0, result("br-7")))
+            return []
+
+    class FakeTraffic:
+        prefix = "br-"
+        sent = {"br-1": 1000.0, "br-7": 7000.0}
+
+    monkeypatch.setattr(faults.time, "sleep", lambda s: None)
+    rig = FakeRig()
+    rig.reader.results.append(Observed(1500.0, result("br-1")))  # a gbt win from before the fault
+    traffic: Any = FakeTraffic()
+    back_s, restarted = faults._await_incumbent(cast(Any, rig), traffic, since_ms=5000.0)
+    assert (back_s, restarted) == (4.5, ["gbt"])
+
+    never: Any = FakeRig()
+    never.polls = 10  # nothing stopped, nothing answers
+    ticks = iter(range(0, 1000, 10))
+    monkeypatch.setattr(faults.time, "monotonic", lambda: float(next(ticks)))
+    assert faults._await_incumbent(never, traffic, since_ms=5000.0, timeout_s=30.0) == (None, [])
