@@ -64,9 +64,11 @@ def test_targets_report_each_goal_against_the_measured_steps() -> None:
         t["833 requests/s sustained"]["met"]
         and t["833 requests/s sustained"]["measured"] == "p99 80 ms at 833/s"
     )
-    # The step's stack used 90 % of a core at 1000/s: 900 µs a request, so 2,500/s needs 2.2 cores.
+    # Every step's stack used 90 % of a core, whatever its rate: no cost per request, 0.9 cores at
+    # 2,500/s (its p99 over the budget, but not saturated: the line goes through all four).
     assert not t["the highest rate"]["met"] and t["the highest rate"]["measured"] == (
-        "1000 requests/s; at its 900 µs of CPU per request, 2,500/s needs 2.2 cores"
+        "1000 requests/s; the stack's CPU, 90 % of a core plus 0 µs per request (a line through the 4 "
+        "steps that kept up), puts 2,500/s at 0.9 cores"
     )
     p250 = t["p50 <= 10"]
     assert p250["measured"] == "p50 12 ms, p99 24 ms" and not p250["met"]  # p50 (p99 / 2) over 10 ms
@@ -425,3 +427,16 @@ def test_the_goal_is_met_without_a_bound_when_a_rate_at_or_over_it_holds() -> No
     result = {"stack": {"first_in_order": {"steps": [_step(2500, 60)]}}}
     goal = _by_start(result)["the highest rate"]
     assert goal["met"] and goal["measured"] == "2500 requests/s"
+
+
+def test_the_cpu_line_is_the_fixed_part_and_the_cost_of_one_more_request() -> None:
+    def at(rate: float, cpu: int) -> dict[str, Any]:
+        return _step(rate, 30) | {"cpu_percent": {"job": cpu}}
+
+    # 10 % at rest plus 0.1 % of a core per request/s: 1,000 µs a request; 2,500/s needs 2.6 cores.
+    steps = [at(100, 20), at(500, 60), at(1000, 110), _step(1500, 30, answered=50)]
+    fixed, us, n = bench.cpu_line(steps) or (0.0, 0.0, 0)
+    assert (fixed, us, n) == (pytest.approx(10.0), pytest.approx(1000.0), 3)  # the saturated step left out
+    assert bench.cpu_line(steps[:1]) is None and bench.cpu_line([at(100, 20), at(100, 30)]) is None
+    goal = _by_start({"stack": {"first_in_order": {"steps": steps}}})["the highest rate"]
+    assert goal["measured"].endswith("puts 2,500/s at 2.6 cores")
