@@ -1126,12 +1126,17 @@ def sustained_rate(steps: Sequence[dict[str, Any]]) -> float | None:
     return max(ok) if ok else None
 
 
-def cpu_us_per_request(step: Mapping[str, Any]) -> float | None:
-    """The CPU of every process of the step's stack (job, broker, runners, load generator) per request
-    answered at its achieved rate: what the machine pays for one request, whatever the rate."""
-    rate = step.get("achieved_rate") or 0
+def stack_cpu_percent(step: Mapping[str, Any]) -> float | None:
+    """The CPU of every process of the step's stack (job, broker, runners, load generator), % of a core."""
     cpu = step.get("cpu_percent") or {}
-    return sum(cpu.values()) / 100 * 1e6 / rate if rate and cpu else None
+    return float(sum(cpu.values())) if cpu else None
+
+
+def cpu_us_per_request(step: Mapping[str, Any]) -> float | None:
+    """The stack's CPU per request at the step's achieved rate: what the machine pays for one request,
+    fixed costs included."""
+    rate, cpu = step.get("achieved_rate") or 0, stack_cpu_percent(step)
+    return cpu / 100 * 1e6 / rate if rate and cpu is not None else None
 
 
 def cpu_line(steps: Sequence[dict[str, Any]]) -> tuple[float, float, int] | None:
@@ -1139,9 +1144,9 @@ def cpu_line(steps: Sequence[dict[str, Any]]) -> tuple[float, float, int] | None
     (% of a core at no load, µs per request more, steps used). The slope is what one more request costs
     the machine; a step's own CPU per request also carries the fixed part, which low rates inflate."""
     points = [
-        (float(s["achieved_rate"]), float(sum(s["cpu_percent"].values())))
+        (float(s["achieved_rate"]), cpu)
         for s in steps
-        if not saturated(s) and s.get("achieved_rate") and s.get("cpu_percent")
+        if not saturated(s) and s.get("achieved_rate") and (cpu := stack_cpu_percent(s)) is not None
     ]
     if len(points) < 2:
         return None

@@ -212,6 +212,19 @@ class Verdict:
         return asdict(self) | {"passed": self.passed}
 
 
+def first_win_after(
+    results: Iterable[Observed], sent: Mapping[str, float], since_ms: float, model: str
+) -> float | None:
+    """When ``model`` was first read winning the official answer to a request sent at or after
+    ``since_ms`` (epoch ms), among ``results`` of the requests ``sent``; None if it never did."""
+    won = [
+        o.consumed_ms
+        for o in results
+        if o.record.get("model_id") == model and sent.get(str(o.record.get("request_id")), -1.0) >= since_ms
+    ]
+    return min(won, default=None)
+
+
 def verify(
     *,
     scenario: str,
@@ -290,13 +303,9 @@ def verify(
         )
         if len(times) > 1:
             longest_gap_s = round(max(b - a for a, b in zip(times, times[1:], strict=False)) / 1000.0, 2)
-        back = [
-            o.consumed_ms
-            for rid, o in first.items()
-            if sent[rid] >= fault_ms and o.record.get("model_id") == incumbent
-        ]
-        if back:
-            incumbent_back_s = round((min(back) - fault_ms) / 1000.0, 2)
+        back_ms = first_win_after(first.values(), sent, fault_ms, incumbent)
+        if back_ms is not None:
+            incumbent_back_s = round((back_ms - fault_ms) / 1000.0, 2)
     wins_before: Counter[str] = Counter()
     wins_after: Counter[str] = Counter()
     for rid, o in first.items():
@@ -352,7 +361,7 @@ def verify(
         problems.append(f"{silent_wins} official answers from {incumbent}, which should not have answered")
     if incumbent_returns and fault_ms is not None:
         since = fault_ms if incumbent_returns_after_ms is None else incumbent_returns_after_ms
-        if not any(sent[rid] >= since and o.record.get("model_id") == incumbent for rid, o in first.items()):
+        if first_win_after(first.values(), sent, since, incumbent) is None:
             problems.append(f"no official answer from {incumbent} to a request sent after the fault")
     if decisions_missing:
         problems.append(f"{decisions_missing} answered requests without a decision record")
@@ -906,10 +915,9 @@ def _await_incumbent(
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         restarted += rig.restart_stopped_runners()
-        for o in rig.reader.of("results", traffic.prefix):
-            sent_ms = traffic.sent.get(str(o.record.get("request_id")))
-            if o.record.get("model_id") == INCUMBENT and sent_ms is not None and sent_ms >= since_ms:
-                return (o.consumed_ms - since_ms) / 1000.0, restarted
+        won_ms = first_win_after(rig.reader.of("results", traffic.prefix), traffic.sent, since_ms, INCUMBENT)
+        if won_ms is not None:
+            return (won_ms - since_ms) / 1000.0, restarted
         time.sleep(0.5)
     return None, restarted
 

@@ -32,8 +32,9 @@ def test_a_warm_up_that_fell_behind_is_drained_before_the_measured_run() -> None
     said: list[str] = []
     waits: list[float] = []
 
-    def answering(timeout_s: float) -> None:
+    def answering(timeout_s: float) -> tuple[float, int]:
         waits.append(timeout_s)
+        return 2.34, 5  # answered 2.34 s after the first of five probes
 
     kept_up = [
         WarmupRound(15.0, 1500, 1500, 0, 9.0, 20.0, {}),
@@ -46,10 +47,10 @@ def test_a_warm_up_that_fell_behind_is_drained_before_the_measured_run() -> None
 
     behind = [WarmupRound(15.0, 12495, 7759, 7759, 7988.1, 8909.7, {})]
     drained = stack.drain_after_warm_up(behind, answering, said.append, timeout_s=30.0)
-    assert drained is not None and drained["behind"] == 4736 and drained["drained_s"] is not None
+    assert drained == {"behind": 4736, "drained_s": 2.3}
     assert waits == [30.0] and "left 4736 requests unanswered; caught up" in said[-1]
 
-    def never(timeout_s: float) -> None:
+    def never(timeout_s: float) -> tuple[float, int]:
         raise TimeoutError("the rendezvous job did not answer a probe")
 
     assert stack.drain_after_warm_up(behind, never, said.append, timeout_s=30.0) == {
